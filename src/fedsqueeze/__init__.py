@@ -1,0 +1,27 @@
+"""fedsqueeze: communication-efficient federated LoRA fine-tuning with exact byte accounting."""
+
+from __future__ import annotations
+
+import os
+
+# No hub access at run time, ever: models and data come from installed packages.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from .codecs import Codec, ErrorFeedback, decode  # noqa: E402
+from .errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError  # noqa: E402
+from .spec import UpdateSpec  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codec",
+    "ConfigError",
+    "ErrorFeedback",
+    "FedsqueezeError",
+    "PayloadError",
+    "SpecMismatchError",
+    "UpdateSpec",
+    "__version__",
+    "decode",
+]

@@ -1,0 +1,72 @@
+"""The ``fedsqueeze`` command line.
+
+Subcommands live in their own modules, each with ``add_arguments(parser)`` and ``main(args) -> int``; this file
+only wires them up. A module that is not importable (an optional part) is left out of ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import FedsqueezeError
+
+# (command path, module). The module's docstring's first line is the help text.
+COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("codecs",), "fedsqueeze.cli_codecs"),
+    (("run",), "fedsqueeze.fl.cli_run"),
+    (("bench", "rd"), "fedsqueeze.bench.rd"),
+    (("bench", "speed"), "fedsqueeze.bench.speed"),
+    (("bench", "intervals"), "fedsqueeze.bench.intervals"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsqueeze",
+        description="Communication-efficient federated LoRA fine-tuning with exact byte accounting.",
+    )
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, modname in COMMANDS:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name and (exc.name == modname or modname.startswith(exc.name + ".")):
+                continue  # that part is not built (yet)
+            raise
+        doc = (mod.__doc__ or "").strip().splitlines()
+        helptext = doc[0] if doc else ""
+        where = top
+        for part in path[:-1]:
+            if part not in groups:
+                g = top.add_parser(part, help=f"{part} subcommands")
+                groups[part] = g.add_subparsers(dest=f"{part}_command", metavar="SUBCOMMAND", required=True)
+            where = groups[part]
+        sub = where.add_parser(
+            path[-1], help=helptext, description="\n".join(doc), formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        mod.add_arguments(sub)
+        sub.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_main"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except FedsqueezeError as exc:
+        print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The codec contract.
+
+A codec is a frozen dataclass whose fields are its options. It turns a flat float32 update into a *body* of
+bytes; :meth:`Codec.encode` wraps the body in a frame (see ``wire/SPEC.md``). Decoding is a classmethod of the
+body alone: every parameter the decoder needs travels in the body, so the server needs no codec options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..spec import UpdateSpec
+from ..wire.frame import HEADER_SIZE, pack_frame
+
+__all__ = ["Codec", "DecodeContext"]
+
+DecodeContext = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec(ABC):
+    """Base class of every codec.
+
+    Subclasses set ``name``, ``codec_id`` (unique byte on the wire) and ``summary`` (one line for
+    ``fedsqueeze codecs``), declare options as dataclass fields, validate them in ``__post_init__`` by raising
+    :class:`~fedsqueeze.ConfigError`, and implement :meth:`encode_flat` and :meth:`decode_flat`.
+
+    Attributes
+    ----------
+    rate_option
+        Name of the field that sets the target rate in bits per parameter (whole frame included), or ``None``
+        when the codec's rate is fixed. Benchmarks use it to compare codecs at equal measured bits.
+    stateful
+        True when the client-side instance keeps state across rounds (e.g. PowerSGD's warm start); such
+        state lives in :attr:`state` and round-trips through :meth:`state_dict`.
+    """
+
+    name: ClassVar[str]
+    codec_id: ClassVar[int]
+    summary: ClassVar[str]
+    rate_option: ClassVar[str | None] = None
+    stateful: ClassVar[bool] = False
+
+    state: dict[str, Any] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def encode(self, update: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
+        """Encode ``update`` into a framed payload.
+
+        Parameters
+        ----------
+        update
+            Named tensors of one client's update; their order and shapes define the spec.
+        seed
+            Seed of every random choice (stochastic rounding, masks); stored in the frame header.
+
+        Returns
+        -------
+        bytes
+            The frame; its length is the exact uplink cost.
+        """
+        spec = UpdateSpec.from_tensors(update)
+        return self.encode_with_spec(spec.flatten(update), spec, seed=seed)
+
+    def encode_with_spec(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int = 0) -> bytes:
+        """Encode a flat float32 vector of ``spec`` (skips building the spec from a mapping)."""
+        if flat.ndim != 1 or flat.numel() != spec.numel:
+            raise ConfigError(f"flat update has shape {tuple(flat.shape)}, the spec needs ({spec.numel},)")
+        flat = flat.detach().to("cpu", torch.float32).contiguous()
+        if not bool(torch.isfinite(flat).all()):
+            raise ConfigError("update contains NaN or Inf; refusing to encode it")
+        body = self.encode_flat(flat, spec, seed=seed)
+        return pack_frame(self.codec_id, spec, seed, body)
+
+    @abstractmethod
+    def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
+        """Encode a finite float32 vector of length ``spec.numel`` into a body."""
+
+    # -- decoding -----------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def decode_flat(
+        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+    ) -> torch.Tensor:
+        """Decode a body into a float32 vector of length ``spec.numel``.
+
+        Must raise :class:`~fedsqueeze.PayloadError` for any malformed body and validate every count and
+        width against ``spec`` before allocating.
+        """
+
+    @classmethod
+    def max_body_bytes(cls, spec: UpdateSpec) -> int:
+        """Upper bound on a valid body for ``spec``; larger frames are refused before decoding."""
+        return 8 * spec.numel + 4096
+
+    # -- budgets --------------------------------------------------------------------------------------
+    @staticmethod
+    def header_bits() -> int:
+        """Bits of the frame header, which every budget includes."""
+        return 8 * HEADER_SIZE
+
+    # -- state ----------------------------------------------------------------------------------------
+    def fresh(self) -> Codec:
+        """A copy with the same options and empty state (one per client)."""
+        return dataclasses.replace(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Client-side state to checkpoint (empty for stateless codecs)."""
+        return dict(self.state)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.state.clear()
+        self.state.update(state)
+
+    def options(self) -> dict[str, Any]:
+        """The codec's options as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}

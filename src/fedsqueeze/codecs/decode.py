@@ -1,0 +1,63 @@
+"""``fedsqueeze.decode``: decode any codec's frame against the receiver's spec."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import PayloadError
+from ..spec import UpdateSpec
+from ..wire.frame import HEADER, HEADER_SIZE, parse_frame
+from .base import DecodeContext
+from .registry import by_id
+
+__all__ = ["decode", "decode_flat"]
+
+
+def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = None) -> torch.Tensor:
+    """Decode a frame into a flat float32 vector of ``spec.numel`` values.
+
+    Raises
+    ------
+    PayloadError
+        Malformed, truncated, extended, oversized, corrupted, of another spec, of an unknown codec, or
+        decoding to non-finite values.
+    """
+    if isinstance(blob, bytes | bytearray | memoryview) and len(blob) >= HEADER_SIZE:
+        codec_id = HEADER.unpack_from(bytes(blob[:HEADER_SIZE]))[2]
+        cls = by_id(codec_id)
+        if cls is None:
+            raise PayloadError(f"unknown codec id {codec_id}")
+        limit = cls.max_body_bytes(spec)
+    else:
+        cls, limit = None, None
+    header, body = parse_frame(blob, spec, max_body=limit)
+    assert cls is not None
+    try:
+        flat = cls.decode_flat(body, spec, seed=header.seed, context=context)
+    except PayloadError:
+        raise
+    except (ValueError, IndexError, OverflowError, RuntimeError) as exc:
+        # Defence in depth: a decoder bug on hostile input still surfaces as PayloadError.
+        raise PayloadError(f"{cls.name}: malformed body ({type(exc).__name__}: {exc})") from exc
+    if flat.dtype != torch.float32 or flat.shape != (spec.numel,):
+        raise PayloadError(f"{cls.name} decoded to {flat.dtype} {tuple(flat.shape)}, expected ({spec.numel},)")
+    if not bool(torch.isfinite(flat).all()):
+        raise PayloadError(f"{cls.name} payload decodes to NaN or Inf")
+    return flat
+
+
+def decode(
+    blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = None
+) -> dict[str, torch.Tensor]:
+    """Decode a frame made by any registered codec into named tensors of ``spec``.
+
+    Parameters
+    ----------
+    blob
+        The payload exactly as received.
+    spec
+        The receiver's :class:`~fedsqueeze.UpdateSpec`; a payload for another spec is refused.
+    context
+        Extra decoder inputs for learned codecs (e.g. decoder weights keyed by fingerprint).
+    """
+    return spec.unflatten(decode_flat(blob, spec, context=context))

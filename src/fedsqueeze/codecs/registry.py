@@ -1,0 +1,75 @@
+"""Codec registry: names and wire ids to codec classes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from ..errors import ConfigError
+from .base import Codec
+
+__all__ = ["available", "by_id", "get", "register"]
+
+_BY_NAME: dict[str, type[Codec]] = {}
+_BY_ID: dict[int, type[Codec]] = {}
+
+C = TypeVar("C", bound=type[Codec])
+
+
+def register(cls: C) -> C:
+    """Class decorator adding a codec to the registry (name and id must be new)."""
+    name, cid = cls.name, cls.codec_id
+    if not name or name != name.lower() or not name.replace("_", "").isalnum():
+        raise ValueError(f"codec name {name!r} must be lower-case letters, digits and underscores")
+    if not 0 < cid < 256:
+        raise ValueError(f"codec id of {name!r} must be in 1..255")
+    if name in _BY_NAME or cid in _BY_ID:
+        raise ValueError(f"codec {name!r} (id {cid}) collides with a registered codec")
+    _BY_NAME[name] = cls
+    _BY_ID[cid] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    from . import _builtin  # noqa: F401  (imports every codec module, which registers itself)
+
+
+def available() -> list[str]:
+    """Names of the registered codecs, sorted."""
+    _load_builtin()
+    return sorted(_BY_NAME)
+
+
+def codec_class(name: str) -> type[Codec]:
+    _load_builtin()
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown codec {name!r}; available: {', '.join(sorted(_BY_NAME))}") from None
+
+
+def get(name: str, **options: Any) -> Codec:
+    """Instantiate codec ``name`` with ``options``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown codec, unknown option (the message lists the allowed ones) or an invalid value.
+    """
+    cls = codec_class(name)
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"codec {name!r} has no option(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}"
+        )
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"codec {name!r}: {exc}") from None
+
+
+def by_id(codec_id: int) -> type[Codec] | None:
+    """The codec class with wire id ``codec_id``, or ``None``."""
+    _load_builtin()
+    return _BY_ID.get(codec_id)

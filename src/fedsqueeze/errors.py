@@ -1,0 +1,26 @@
+"""Exception tree of fedsqueeze.
+
+Every error raised on purpose by the library derives from :class:`FedsqueezeError`, so callers can catch one
+type. :class:`PayloadError` marks untrusted bytes that cannot be decoded; it is also a ``ValueError`` so
+generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "FedsqueezeError", "PayloadError", "SpecMismatchError"]
+
+
+class FedsqueezeError(Exception):
+    """Base class of every fedsqueeze error."""
+
+
+class PayloadError(FedsqueezeError, ValueError):
+    """A payload is malformed, truncated, oversized, of another spec or fails its checksum."""
+
+
+class SpecMismatchError(PayloadError):
+    """A payload was produced for a different :class:`~fedsqueeze.UpdateSpec`."""
+
+
+class ConfigError(FedsqueezeError, ValueError):
+    """A configuration value or codec option is invalid; the message says what to fix."""

@@ -1,0 +1,157 @@
+"""The seam between the round loop and the ML side.
+
+The federated loop (``fedsqueeze.fl``) sees a :class:`Workload`: a model, a dataset and its partition, able
+to train one client locally and to evaluate. It never imports transformers. Real workloads are built by
+``fedsqueeze.models.workload.build_workload``; tests use a tiny in-code one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..errors import ConfigError
+from ..spec import UpdateSpec
+
+__all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload"]
+
+MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama")
+DATASETS = ("rotten_tomatoes", "bbc_news", "gsm8k")
+PARTITIONS = ("iid", "dirichlet")
+
+
+def _choice(section: str, key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{key} = {value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def _positive(section: str, key: str, value: float | int | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not value > 0:
+        raise ConfigError(f"{section}.{key} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which pretrained model and which LoRA adapter.
+
+    ``tiny-bert`` and ``tiny-llama`` are randomly initialised miniature models (tests only). ``num_layers``
+    keeps only the first layers (smoke runs of big models). ``target_modules`` of ``None`` means the model's
+    default (query/value or q_proj/v_proj).
+    """
+
+    name: str = "minilm"
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+    max_length: int = 64
+    num_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice("model", "name", self.name, MODELS)
+        _positive("model", "lora_r", self.lora_r)
+        _positive("model", "lora_alpha", self.lora_alpha)
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _positive("model", "max_length", self.max_length)
+        _positive("model", "num_layers", self.num_layers, allow_none=True)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how many clients and how it is split among them.
+
+    ``max_train_examples`` / ``test_examples`` cap the training pool and the held-out set (seeded choice).
+    ``gen_max_new_tokens`` bounds generation for gsm8k evaluation.
+    """
+
+    dataset: str = "rotten_tomatoes"
+    num_clients: int = 20
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    max_train_examples: int | None = None
+    test_examples: int = 1000
+    seed: int = 0
+    gen_max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        _choice("data", "dataset", self.dataset, DATASETS)
+        _choice("data", "partition", self.partition, PARTITIONS)
+        _positive("data", "num_clients", self.num_clients)
+        _positive("data", "alpha", self.alpha)
+        _positive("data", "max_train_examples", self.max_train_examples, allow_none=True)
+        _positive("data", "test_examples", self.test_examples)
+        _positive("data", "gen_max_new_tokens", self.gen_max_new_tokens)
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """Local training of one client in one round (paper defaults: Adam+amsgrad, lr 1e-3, wd 0.02).
+
+    ``max_steps`` caps optimizer steps per round (``None``: run all ``epochs``).
+    """
+
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    amsgrad: bool = True
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("train", "epochs", self.epochs)
+        _positive("train", "batch_size", self.batch_size)
+        _positive("train", "lr", self.lr)
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _positive("train", "max_steps", self.max_steps, allow_none=True)
+
+
+@runtime_checkable
+class Workload(Protocol):
+    """A model + dataset + partition, seen by the round loop.
+
+    Attributes
+    ----------
+    lora_spec
+        The LoRA tensors, in state-dict order: what the uplink codec compresses.
+    head_spec
+        Other trainable tensors (e.g. a classifier head), sent densely and counted; may be empty.
+    metric_name
+        Name of the main evaluation metric (``"accuracy"`` or ``"exact_match"``); higher is better.
+    """
+
+    lora_spec: UpdateSpec
+    head_spec: UpdateSpec
+    metric_name: str
+
+    def num_clients(self) -> int: ...
+
+    def client_num_examples(self, client: int) -> int: ...
+
+    def initial_params(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The global ``(lora, head)`` tensors before round 1 (deterministic from the build seed)."""
+        ...
+
+    def train_client(
+        self,
+        client: int,
+        lora: dict[str, torch.Tensor],
+        head: dict[str, torch.Tensor],
+        cfg: LocalTrainConfig,
+        *,
+        seed: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+        """Train ``client`` from ``(lora, head)``; return the new ``(lora, head)`` and the mean train loss.
+
+        Must be deterministic given the inputs and ``seed`` and must not modify its inputs.
+        """
+        ...
+
+    def evaluate(self, lora: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Held-out metrics; includes ``metric_name`` (and e.g. ``macro_f1``, ``eval_loss``)."""
+        ...
