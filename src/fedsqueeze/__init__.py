@@ -8,9 +8,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from .codecs import Codec, ErrorFeedback, decode  # noqa: E402
-from .errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError  # noqa: E402
-from .spec import UpdateSpec  # noqa: E402
+from .codecs import Codec, ErrorFeedback, decode
+from .errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError
+from .spec import UpdateSpec
 
 __version__ = "0.1.0"
 

@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[part] = g.add_subparsers(dest=f"{part}_command", metavar="SUBCOMMAND", required=True)
             where = groups[part]
         sub = where.add_parser(
-            path[-1], help=helptext, description="\n".join(doc), formatter_class=argparse.RawDescriptionHelpFormatter
+            path[-1],
+            help=helptext,
+            description="\n".join(doc),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(sub)
         sub.set_defaults(_main=mod.main)

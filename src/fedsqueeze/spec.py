@@ -108,7 +108,9 @@ class UpdateSpec:
             if got != shape:
                 raise ConfigError(f"tensor {name!r} has shape {got}, the spec says {shape}")
 
-    def flatten(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def flatten(
+        self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Concatenate the tensors in spec order into one 1-D tensor of ``dtype`` (on the CPU)."""
         self.check(tensors)
         if not self.entries:

@@ -40,15 +40,15 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None 
         # Defence in depth: a decoder bug on hostile input still surfaces as PayloadError.
         raise PayloadError(f"{cls.name}: malformed body ({type(exc).__name__}: {exc})") from exc
     if flat.dtype != torch.float32 or flat.shape != (spec.numel,):
-        raise PayloadError(f"{cls.name} decoded to {flat.dtype} {tuple(flat.shape)}, expected ({spec.numel},)")
+        raise PayloadError(
+            f"{cls.name} decoded to {flat.dtype} {tuple(flat.shape)}, expected ({spec.numel},)"
+        )
     if not bool(torch.isfinite(flat).all()):
         raise PayloadError(f"{cls.name} payload decodes to NaN or Inf")
     return flat
 
 
-def decode(
-    blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = None
-) -> dict[str, torch.Tensor]:
+def decode(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = None) -> dict[str, torch.Tensor]:
     """Decode a frame made by any registered codec into named tensors of ``spec``.
 
     Parameters

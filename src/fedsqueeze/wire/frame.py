@@ -83,7 +83,9 @@ def parse_frame(blob: bytes, spec: UpdateSpec, max_body: int | None = None) -> t
             f"{kind} payload: header says {length} body bytes, {len(blob) - HEADER_SIZE} present"
         )
     if max_body is not None and length > max_body:
-        raise PayloadError(f"body of {length} bytes exceeds the {max_body}-byte limit for this codec and spec")
+        raise PayloadError(
+            f"body of {length} bytes exceeds the {max_body}-byte limit for this codec and spec"
+        )
     body = blob[HEADER_SIZE:]
     if zlib.crc32(body) != crc:
         raise PayloadError("CRC-32 mismatch: the payload was corrupted")
