@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup run test test-slow lint bench clean fuzz
 
 $(STAMP): pyproject.toml constraints.txt requirements.txt requirements-dev.txt requirements-assets.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,6 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+fuzz: setup  ## long decoder fuzz campaign: every codec, 100,000 hostile payloads
+	cd tests && ../$(PY) fuzz_main.py 100000

@@ -1,0 +1,121 @@
+"""Payload mutators shared by the decoder fuzz tests and ``make fuzz``.
+
+Every mutation of a valid frame must end in a correct decode or :class:`fedsqueeze.PayloadError`: never another
+exception, a hang, NaN/Inf or an allocation beyond a small multiple of the spec's size.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import fedsqueeze
+from fedsqueeze import PayloadError, UpdateSpec
+from fedsqueeze.codecs import available, get
+from fedsqueeze.wire.frame import HEADER, HEADER_SIZE
+
+FUZZ_SPEC = UpdateSpec.from_shapes({"l0.A": (8, 48), "l0.B": (48, 8), "l1.A": (8, 48), "l1.B": (48, 8)})
+
+
+def fuzz_codecs() -> list[str]:
+    """Codecs that decode without extra context (learned codecs need their decoder weights)."""
+    return [n for n in available() if not n.startswith("cg_fedllm")]
+
+
+def valid_frame(codec: str, seed: int) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([1e-3, 1.0, 30.0, 0.1])
+    upd = {
+        name: torch.randn(*shape, generator=g) * scales[i]
+        for i, (name, shape) in enumerate(FUZZ_SPEC.entries)
+    }
+    return get(codec).encode(upd, seed=seed)
+
+
+def refresh_crc(blob: bytes) -> bytes:
+    """Fix length and CRC after editing the body, so the body decoder itself is attacked."""
+    body = blob[HEADER_SIZE:]
+    magic, version, cid, flags, digest, seed, _, _ = HEADER.unpack_from(blob)
+    return HEADER.pack(magic, version, cid, flags, digest, seed, len(body), zlib.crc32(body)) + body
+
+
+def mutate(blob: bytes, rng: np.random.Generator) -> bytes:
+    """One random hostile edit of ``blob``."""
+    b = bytearray(blob)
+    kind = int(rng.integers(0, 8))
+    body_len = len(b) - HEADER_SIZE
+    if kind == 0:  # flip 1–8 bits in the body, CRC refreshed
+        for _ in range(int(rng.integers(1, 9))):
+            if body_len:
+                pos = HEADER_SIZE + int(rng.integers(0, body_len))
+                b[pos] ^= 1 << int(rng.integers(0, 8))
+        return refresh_crc(bytes(b))
+    if kind == 1:  # truncate the body, CRC refreshed
+        cut = int(rng.integers(0, body_len + 1))
+        return refresh_crc(bytes(b[: HEADER_SIZE + cut]))
+    if kind == 2:  # extend the body with random bytes, CRC refreshed
+        extra = rng.integers(0, 256, size=int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+        return refresh_crc(bytes(b) + extra)
+    if kind == 3:  # overwrite the first bytes of the body (codec header fields), CRC refreshed
+        n = min(body_len, int(rng.integers(1, 17)))
+        if n:
+            b[HEADER_SIZE : HEADER_SIZE + n] = rng.integers(0, 256, size=n, dtype=np.uint8).tobytes()
+        return refresh_crc(bytes(b))
+    if kind == 4:  # set a body byte to an extreme value, CRC refreshed
+        if body_len:
+            b[HEADER_SIZE + int(rng.integers(0, min(body_len, 32)))] = int(rng.choice([0, 0xFF, 0x7F, 0x80]))
+        return refresh_crc(bytes(b))
+    if kind == 5:  # swap the codec id to another registered codec (body of one codec read by another)
+        ids = [get(n).codec_id for n in fuzz_codecs()]
+        b[5] = int(rng.choice(ids))
+        return bytes(b)
+    if kind == 6:  # random header bytes, no CRC fix
+        pos = int(rng.integers(0, HEADER_SIZE))
+        b[pos] = int(rng.integers(0, 256))
+        return bytes(b)
+    # kind 7: plain bit flip anywhere, no CRC fix
+    pos = int(rng.integers(0, len(b)))
+    b[pos] ^= 1 << int(rng.integers(0, 8))
+    return bytes(b)
+
+
+def check_decode(blob: bytes, spec: UpdateSpec = FUZZ_SPEC) -> str:
+    """Decode hostile bytes; return "ok" or "rejected"; raise AssertionError on any other outcome."""
+    limit = 64 * spec.numel * 4 + (1 << 20)  # bytes of numpy allocations allowed: a small multiple of the spec
+    tracemalloc.start()
+    try:
+        out = fedsqueeze.decode(blob, spec)
+    except PayloadError:
+        return "rejected"
+    except Exception as exc:  # noqa: BLE001 - any other exception is the bug we hunt
+        raise AssertionError(f"decode raised {type(exc).__name__}: {exc}") from exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        if peak > limit:
+            raise AssertionError(f"decode allocated {peak} bytes (limit {limit})")
+    for t in out.values():
+        if not bool(torch.isfinite(t).all()):
+            raise AssertionError("decode returned NaN or Inf")
+    return "ok"
+
+
+def run_campaign(cases: int, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Run ``cases`` random mutations over every codec; returns outcome counts."""
+    rng = np.random.default_rng(seed)
+    codecs = fuzz_codecs()
+    frames = {c: [valid_frame(c, s) for s in range(4)] for c in codecs}
+    counts = {"ok": 0, "rejected": 0}
+    for i in range(cases):
+        codec = codecs[i % len(codecs)]
+        blob = frames[codec][int(rng.integers(0, 4))]
+        for _ in range(int(rng.integers(1, 3))):
+            blob = mutate(blob, rng)
+        counts[check_decode(blob)] += 1
+        if progress and i % 1000 == 0:
+            progress(i)
+    return counts
