@@ -1,0 +1,152 @@
+"""Interval-size benchmark: FLM-TopK error against the interval length L = 2^s, beside Fed-CVLC and TopK.
+
+For every ``s`` the update is encoded by ``flm_topk`` with ``interval_size = 2**s`` in both allocations
+(``even``, the paper's, only where every interval can own a packet; ``threshold``, ours), decoded from the
+bytes and scored by ``rel_error = ‖u − û‖² / ‖u‖²``. The searched ``flm_topk`` (no fixed L), ``fed_cvlc`` (one
+interval) and ``topk`` run at the same budget. Writes JSON rows and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["add_arguments", "main", "sweep"]
+
+DEFAULT_OUT = "results/bench"
+
+
+def _measure(name: str, opts: dict[str, Any], u: torch.Tensor, spec: Any, seed: int) -> dict[str, Any]:
+    from ..codecs import get
+    from ..codecs.decode import decode_flat
+
+    codec = get(name, **opts)
+    t0 = time.perf_counter()
+    blob = codec.encode_with_spec(u, spec, seed=seed)
+    t1 = time.perf_counter()
+    v = decode_flat(blob, spec)
+    t2 = time.perf_counter()
+    err = float(((u.double() - v.double()) ** 2).sum() / (u.double() ** 2).sum())
+    last = codec.state.get("last", {}) if codec.stateful else {}
+    return {
+        "codec": name, **{k: v for k, v in opts.items() if v is not None}, "rel_error": err,
+        "bits_per_param": 8 * len(blob) / spec.numel, "bytes": len(blob), "encode_s": t1 - t0,
+        "decode_s": t2 - t1, **({"s": int(last["s"])} if "s" in last else {}),
+        **({"kept": int(last["kept"]), "packets": int(last["packets"])} if "kept" in last else {}),
+    }
+
+
+def _source(name: str, d: int | None, seed: int) -> tuple[torch.Tensor, Any]:
+    from ..spec import UpdateSpec
+
+    try:
+        from .sources import make_source
+    except ImportError:  # pragma: no cover - the shared generator ships with the package
+        make_source = None
+    if make_source is not None:
+        tensors = make_source(name, d, seed)
+    else:
+        raise ConfigError("fedsqueeze.bench.sources is missing")
+    spec = UpdateSpec.from_tensors(tensors)
+    return spec.flatten(tensors), spec
+
+
+def sweep(source: str = "blocks", d: int | None = None, seed: int = 0, density: float = 0.02,
+          rate: float | None = None, s_min: int = 4, s_max: int | None = None) -> list[dict[str, Any]]:
+    """Rows of the benchmark (see the module docstring)."""
+    from ..codecs import available
+    from ..codecs.budget import PACKET_BYTES, budget_bits
+
+    u, spec = _source(source, d, seed)
+    n = spec.numel
+    budget = budget_bits(n, rate=rate, density=density)
+    packets = max(1, (budget // 8) // PACKET_BYTES)
+    top = max(1, math.ceil(math.log2(n)))
+    s_max = top if s_max is None else min(s_max, top)
+    common = {"density": density, "rate": rate}
+    rows = []
+    for s in range(max(1, s_min), s_max + 1):
+        modes = ["threshold"] + (["even"] if math.ceil(n / (1 << s)) <= packets else [])
+        for mode in modes:
+            opts = {"mode": mode, "interval_size": 1 << s, **common}
+            rows.append(_measure("flm_topk", opts, u, spec, seed))
+    for mode in ("threshold", "even"):
+        row = _measure("flm_topk", {"mode": mode, **common}, u, spec, seed)
+        rows.append({**row, "searched": True})
+    rows.append(_measure("fed_cvlc", common, u, spec, seed))
+    if "topk" in available():
+        from ..codecs import codec_class
+
+        opt = codec_class("topk").rate_option
+        rows.append(_measure("topk", {opt: budget / n} if opt else {}, u, spec, seed))
+    for r in rows:
+        r["source"] = source
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for mode, style in (("threshold", "o-"), ("even", "s--")):
+        pts = sorted((r["s"], r["rel_error"]) for r in rows
+                     if r["codec"] == "flm_topk" and r.get("mode") == mode and "interval_size" in r)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=f"flm_topk {mode}")
+        for r in rows:
+            if r.get("searched") and r.get("mode") == mode and "s" in r:
+                ax.plot([r["s"]], [r["rel_error"]], "*", ms=14, label=f"{mode}, searched L=2^{r['s']}")
+    for name, color in (("fed_cvlc", "tab:red"), ("topk", "tab:gray")):
+        for r in rows:
+            if r["codec"] == name:
+                ax.axhline(r["rel_error"], color=color, ls=":", label=f"{name} ({r['rel_error']:.3f})")
+    ax.set_xlabel("interval length log2 L")
+    ax.set_ylabel("rel_error ‖u−û‖²/‖u‖²")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", default="blocks", help="gaussian, blocks, ... (default blocks)")
+    parser.add_argument("--d", type=int, default=None, help="vector length of the source (default: its own)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the codecs (default 0)")
+    parser.add_argument("--density", type=float, default=0.02, help="paper budget density p (default 0.02)")
+    parser.add_argument("--rate", type=float, default=None, help="budget in bits/param (overrides --density)")
+    parser.add_argument("--s-min", type=int, default=4, help="smallest log2 L (default 4)")
+    parser.add_argument("--s-max", type=int, default=None, help="largest log2 L (default ceil(log2 d))")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--json", default=None, metavar="PATH", help="JSON rows (default OUT/intervals.json)")
+    parser.add_argument("--plot", default=None, metavar="PATH", help="plot (default OUT/intervals.png)")
+
+
+def main(args: argparse.Namespace) -> int:
+    rows = sweep(args.source, args.d, args.seed, args.density, args.rate, args.s_min, args.s_max)
+    out = Path(args.out)
+    jpath = Path(args.json) if args.json else out / "intervals.json"
+    jpath.parent.mkdir(parents=True, exist_ok=True)
+    jpath.write_text(json.dumps(rows, indent=1))
+    ppath = Path(args.plot) if args.plot else out / "intervals.png"
+    budget = f"rate {args.rate}" if args.rate else f"p = {args.density}"
+    plot(rows, ppath, f"{args.source}: error vs interval length at {budget}")
+    for r in rows:
+        tag = r.get("mode", "") + (" searched" if r.get("searched") else "")
+        print(f"{r['codec']:9s} {tag:19s} s={r.get('s', '-')!s:>3} rel_error={r['rel_error']:.4f} "
+              f"bits/param={r['bits_per_param']:.4f}")
+    print(f"wrote {jpath} and {ppath}")
+    return 0

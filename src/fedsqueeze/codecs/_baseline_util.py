@@ -1,0 +1,152 @@
+"""Helpers shared by the classical baseline codecs (topk, randk, qsgd, signsgd, powersgd, compeft).
+
+Not a codec module (leading underscore): option checks, the rate search, TopK selection, the value coders and
+the float32 clamp that keeps decoded values finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, PayloadError
+from ..wire.frame import HEADER_SIZE
+
+__all__ = [
+    "CODER_IDS",
+    "CODER_NAMES",
+    "FP32_MAX",
+    "HEADER_BITS",
+    "check_density",
+    "check_rate",
+    "density_k",
+    "expect_body_bits",
+    "frame_bits",
+    "largest_fitting",
+    "read_values",
+    "to_f32",
+    "topk_sorted",
+    "value_code",
+]
+
+FP32_MAX = float(np.finfo(np.float32).max)
+HEADER_BITS = 8 * HEADER_SIZE
+# Wire ids of the index coders of wire/index_coding.py.
+CODER_IDS = {"fixed": 0, "elias_fano": 1}
+CODER_NAMES = {v: k for k, v in CODER_IDS.items()}
+
+
+# -- option checks ---------------------------------------------------------------------------------------
+def check_density(name: str, density: float) -> None:
+    if not (isinstance(density, int | float) and 0 < density <= 1):
+        raise ConfigError(f"{name}: density must be in (0, 1], got {density!r}")
+
+
+def check_rate(name: str, rate: float | None) -> None:
+    if rate is None:
+        return
+    if not (isinstance(rate, int | float) and rate > 0 and math.isfinite(rate)):
+        raise ConfigError(f"{name}: rate must be positive bits per parameter or None, got {rate!r}")
+
+
+def density_k(density: float, d: int) -> int:
+    """``floor(density * d)`` kept entries, at least one when ``d > 0`` (so tiny specs still send)."""
+    if d <= 0:
+        return 0
+    return min(d, max(1, math.floor(density * d)))
+
+
+# -- sizes and the rate search -------------------------------------------------------------------------
+def frame_bits(body_bits: int | np.ndarray) -> int | np.ndarray:
+    """Bits of the whole frame for a body of ``body_bits`` bits (padded to a byte, header included)."""
+    return HEADER_BITS + 8 * ((body_bits + 7) // 8)
+
+
+def largest_fitting(name: str, body_bits: np.ndarray, rate: float, d: int) -> int:
+    """Largest index ``i`` with ``frame_bits(body_bits[i]) <= floor(rate * d)``.
+
+    ``body_bits[i]`` is the body size of candidate ``i`` (e.g. ``k = i`` kept entries); sizes need not be
+    monotone. Raises :class:`ConfigError` when no candidate fits: the rate is too small for this spec.
+    """
+    budget = math.floor(rate * d)
+    sizes = np.asarray(body_bits, dtype=np.int64)
+    fits = np.flatnonzero(frame_bits(sizes) <= budget)
+    if fits.size == 0:
+        smallest = int(frame_bits(sizes.min())) if sizes.size else HEADER_BITS
+        raise ConfigError(
+            f"{name}: rate {rate} bits/param gives {budget} bits for d={d}, but the smallest frame is "
+            f"{smallest} bits; raise the rate (at least {smallest / max(d, 1):.4g}) or drop the rate option"
+        )
+    return int(fits[-1])
+
+
+def expect_body_bits(name: str, body: bytes, nbits: int) -> None:
+    """Refuse a body whose length is not exactly ``nbits`` rounded up to bytes."""
+    want = (nbits + 7) // 8
+    if len(body) != want:
+        raise PayloadError(f"{name}: body has {len(body)} bytes, its header implies {want}")
+
+
+# -- TopK selection ----------------------------------------------------------------------------------------
+def topk_sorted(flat: torch.Tensor, k: int) -> np.ndarray:
+    """Sorted int64 indices of the ``k`` largest ``|flat|`` (vectorized ``torch.topk``)."""
+    d = flat.numel()
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k >= d:
+        return np.arange(d, dtype=np.int64)
+    idx = torch.topk(flat.abs(), k, sorted=False).indices.numpy().astype(np.int64)
+    idx.sort()
+    return idx
+
+
+# -- value coding ----------------------------------------------------------------------------------------
+def value_code(
+    vals: np.ndarray, bits: int, *, stochastic: bool = False, rng: np.random.Generator | None = None
+) -> tuple[float, np.ndarray]:
+    """Code float64 values in ``bits`` bits each; returns ``(scale, codes)``.
+
+    * 32: IEEE float32 bit patterns (scale unused, 0).
+    * 16: IEEE float16 of ``v / scale`` with the float32 ``scale = max|v|`` (no fp16 overflow or underflow
+      of the range itself, whatever the magnitudes).
+    * 2..15: sign bit plus a ``bits - 1``-bit magnitude level, uniform on ``[0, scale]``, rounded to nearest
+      or stochastically (unbiased) with ``rng``.
+    """
+    if bits == 32:
+        return 0.0, vals.astype(np.float32).view(np.uint32).astype(np.uint64)
+    scale = float(np.float32(np.max(np.abs(vals)))) if vals.size else 0.0
+    div = scale if scale > 0 else 1.0
+    r = np.minimum(np.abs(vals) / div, 1.0)  # fp32 rounding of scale may leave r a hair above 1
+    if bits == 16:
+        h = np.copysign(r, vals).astype(np.float16)
+        return scale, h.view(np.uint16).astype(np.uint64)
+    levels = (1 << (bits - 1)) - 1
+    x = r * levels
+    if stochastic:
+        assert rng is not None
+        q = np.floor(x + rng.random(x.size))
+    else:
+        q = np.floor(x + 0.5)
+    q = np.clip(q, 0, levels).astype(np.uint64)
+    sign = (vals < 0).astype(np.uint64)
+    return scale, (sign << np.uint64(bits - 1)) | q
+
+
+def read_values(codes: np.ndarray, bits: int, scale: float) -> np.ndarray:
+    """Inverse of :func:`value_code`; float64 values."""
+    with np.errstate(invalid="ignore"):  # hostile signalling NaNs: the caller's finiteness check rejects them
+        if bits == 32:
+            return codes.astype(np.uint32).view(np.float32).astype(np.float64)
+        if bits == 16:
+            return codes.astype(np.uint16).view(np.float16).astype(np.float64) * scale
+    levels = (1 << (bits - 1)) - 1
+    mag = (codes & np.uint64(levels)).astype(np.float64) * (scale / levels)
+    neg = (codes >> np.uint64(bits - 1)).astype(bool)
+    return np.where(neg, -mag, mag)
+
+
+def to_f32(x: np.ndarray) -> torch.Tensor:
+    """float64 values to a float32 tensor, saturating at the float32 range (NaN stays NaN for the caller)."""
+    return torch.from_numpy(np.clip(x, -FP32_MAX, FP32_MAX).astype(np.float32))

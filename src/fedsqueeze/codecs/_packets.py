@@ -1,0 +1,364 @@
+"""Packetized sign-magnitude quantization shared by ``fed_cvlc`` and ``flm_topk``.
+
+Kept entries travel in packets of at most 1500 bytes. Each packet carries one run of entries with its own
+value bit width ``b`` and its magnitude range ``[lo, hi]`` (fp32); every entry is one word of
+``s + 1 + b`` bits: local offset (``s`` bits), sign, level. Levels are unbiased stochastic roundings of the
+magnitude onto ``2**b`` evenly spaced points of ``[lo, hi]``.
+
+Body layout (all fields MSB first, see ``wire/SPEC.md``)::
+
+    message header, byte-aligned:  s (5 bits) | mode (1 bit: 0 even, 1 threshold) | 2 zero bits
+                                   | packet count (32 bits) | threshold only: k_j, m fields of bitlen(L) bits
+    then each packet, byte-aligned: interval index (ceil(log2 m) bits) | b (4) | n (14) | lo (f32) | hi (f32)
+                                   | n words of (offset s | sign 1 | level b)
+
+The packet plan (how many entries, which width per packet) comes from :func:`plan_packets`, the exact DP of
+``flm-topk.md`` §3.7(c) over runs of the magnitude-sorted candidates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import PayloadError
+from ..wire.frame import HEADER_SIZE
+
+__all__ = [
+    "MAX_B",
+    "PACKET_BYTES",
+    "Stream",
+    "decode_body",
+    "encode_body",
+    "layout",
+    "packet_header_bits",
+    "plan_packets",
+    "quant_cost",
+]
+
+PACKET_BYTES = 1500
+MAX_B = 15  # the b field has 4 bits
+N_BITS = 14  # entries per packet field (a packet holds at most 12000 / 3 = 4000 entries)
+MODE_EVEN, MODE_THRESHOLD = 0, 1
+
+
+class BudgetTooSmallError(ValueError):
+    """The budget cannot hold the headers and one packet."""
+
+
+def ceil_log2(x: int) -> int:
+    return max(0, math.ceil(math.log2(x))) if x > 1 else 0
+
+
+def packet_header_bits(m: int) -> int:
+    """Bits of one packet header when the message has ``m`` intervals."""
+    return ceil_log2(m) + 4 + N_BITS + 64
+
+
+def message_header_bytes(mode: int, m: int, s: int) -> int:
+    bits = 8 + 32 + (m * (1 << s).bit_length() if mode == MODE_THRESHOLD else 0)
+    return (bits + 7) // 8
+
+
+def layout(budget_bits: int, fixed_bytes: int) -> tuple[int, int]:
+    """Packets and per-packet byte capacity left after the frame and message headers.
+
+    Returns ``(count, cap)``: ``count`` packets of at most ``cap <= 1500`` bytes fill the budget.
+    """
+    avail = budget_bits // 8 - HEADER_SIZE - fixed_bytes
+    if avail <= 0:
+        return 0, 0
+    count = -(-avail // PACKET_BYTES)
+    return count, avail // count
+
+
+def quant_cost(n: np.ndarray, hi: np.ndarray, lo: np.ndarray, b: int | np.ndarray) -> np.ndarray:
+    """Expected squared error of stochastic rounding of ``n`` values in ``[lo, hi]`` with ``b`` bits.
+
+    Uses ``n * step**2 / 6`` (the mean of ``f (1 - f) step**2`` over a uniform fraction ``f``).
+    """
+    step = (hi - lo) / (np.exp2(b) - 1.0)
+    return n * step * step / 6.0
+
+
+def plan_packets(
+    a: np.ndarray, r: int, n_of_b: dict[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact packet plan for a group of intervals that each own ``r`` packets.
+
+    Parameters
+    ----------
+    a
+        ``(g, kc)`` candidate magnitudes, each row sorted in descending order (non-negative).
+    r
+        Packets per interval.
+    n_of_b
+        Entries that fit in one packet at value width ``b`` (full packets; a run may stop early only at the
+        end of the candidates).
+
+    Returns
+    -------
+    ns, bs, err
+        ``(g, r)`` entries and widths per packet (``ns == 0``: packet unused) and ``(g,)`` the estimated error
+        (tail energy beyond the candidates not included).
+    """
+    g, kc = a.shape
+    widths = sorted(n_of_b)
+    sq = np.concatenate([np.zeros((g, 1)), np.cumsum(a * a, axis=1)], axis=1)
+    tail = sq[:, -1:] - sq  # (g, kc + 1): energy of candidates from position i on
+    inf = np.inf
+    dp = np.full((g, kc + 1), inf)
+    dp[:, 0] = 0.0
+    choice = np.full((r, g, kc + 1), -1, dtype=np.int8)  # width index, +64 for a partial run
+    pred = np.zeros((r, g), dtype=np.int64)  # source of a partial run ending at kc
+    nmax = max(n_of_b.values())
+    rows = np.arange(g)
+    for p in range(r):
+        new = dp.copy()  # an unused packet keeps the position (choice -1)
+        top = min(kc, p * nmax)  # positions reachable after p packets
+        for q, b in enumerate(widths):
+            n = n_of_b[b]
+            if n <= 0:
+                continue
+            hi_src = min(top, kc - n)  # full runs [i, i + n)
+            if hi_src >= 0:
+                i = np.arange(hi_src + 1)
+                cand = dp[:, i] + quant_cost(n, a[:, i], a[:, i + n - 1], b)
+                tgt = new[:, i + n]
+                better = cand < tgt
+                new[:, i + n] = np.where(better, cand, tgt)
+                cp = choice[p]
+                cp[:, i + n] = np.where(better, q, cp[:, i + n])
+            lo_src = max(0, kc - n + 1)  # partial runs [i, kc)
+            if lo_src <= min(top, kc - 1):
+                i = np.arange(lo_src, min(top, kc - 1) + 1)
+                cand = dp[:, i] + quant_cost(kc - i, a[:, i], a[:, kc - 1 : kc], b)
+                j = np.argmin(cand, axis=1)
+                best = cand[rows, j]
+                better = best < new[:, kc]
+                new[:, kc] = np.where(better, best, new[:, kc])
+                choice[p][:, kc] = np.where(better, q + 64, choice[p][:, kc])
+                pred[p] = np.where(better, i[j], pred[p])
+        dp = new
+    total = dp + tail
+    end = np.argmin(total, axis=1)
+    err = total[rows, end]
+    ns = np.zeros((g, r), dtype=np.int64)
+    bs = np.zeros((g, r), dtype=np.int64)
+    pos = end.copy()
+    for p in range(r - 1, -1, -1):
+        c = choice[p, rows, pos].astype(np.int64)
+        used = c >= 0
+        partial = c >= 64
+        q = np.where(partial, c - 64, c)
+        n_full = np.array([n_of_b[widths[k]] for k in np.clip(q, 0, len(widths) - 1)], dtype=np.int64)
+        src = np.where(partial, pred[p], pos - n_full)
+        ns[:, p] = np.where(used, pos - src, 0)
+        bs[:, p] = np.where(used, np.array(widths)[np.clip(q, 0, len(widths) - 1)], 0)
+        pos = np.where(used, src, pos)
+    return ns, bs, err
+
+
+def empty_body(budget_bits: int, d: int) -> bytes:
+    """A valid body with no packets (everything dropped), for budgets below one packet."""
+    if budget_bits // 8 < HEADER_SIZE + 5:
+        raise BudgetTooSmallError(f"budget of {budget_bits} bits cannot hold the frame and message headers")
+    s = max(1, ceil_log2(d))
+    return bytes([(s << 3) | (MODE_EVEN << 2), 0, 0, 0, 0])
+
+
+class Stream:
+    """Entries in wire order with their packet split: what :func:`encode_body` serializes."""
+
+    def __init__(self, idx: np.ndarray, vals: np.ndarray, counts: np.ndarray, widths: np.ndarray,
+                 intervals: np.ndarray) -> None:
+        self.idx = idx  # global indices (int64), wire order
+        self.vals = vals  # float32 values, wire order
+        self.counts = counts  # entries per packet
+        self.widths = widths  # value bits per packet
+        self.intervals = intervals  # interval of each packet (even) or of its first entry (threshold)
+
+
+def _words_to_bits(words: np.ndarray, width: int) -> np.ndarray:
+    """``n`` words of ``width`` bits (<= 64) -> ``n * width`` bits, MSB first."""
+    be = words.astype(">u8").view(np.uint8).reshape(-1, 8)
+    return np.unpackbits(be, axis=1)[:, 64 - width :].reshape(-1)
+
+
+def _bits_to_words(bits: np.ndarray, width: int) -> np.ndarray:
+    n = bits.size // width
+    full = np.zeros((n, 64), dtype=np.uint8)
+    full[:, 64 - width :] = bits.reshape(n, width)
+    return np.packbits(full, axis=1).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def _uint_bits(value: int, width: int) -> np.ndarray:
+    return _words_to_bits(np.array([value], dtype=np.uint64), width) if width else np.zeros(0, np.uint8)
+
+
+def _pad(nbits: int) -> np.ndarray:
+    return np.zeros((-nbits) % 8, dtype=np.uint8)
+
+
+def encode_body(stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np.ndarray | None,
+                seed: int) -> bytes:
+    """Quantize the stream's values per packet (stochastic rounding seeded by ``seed``) and serialize."""
+    m = -(-d // (1 << s))
+    counts = stream.counts.astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    mag = np.abs(stream.vals).astype(np.float32)
+    nonempty = counts > 0
+    lo = np.zeros(counts.size, dtype=np.float32)
+    hi = np.zeros(counts.size, dtype=np.float32)
+    if mag.size:
+        lo[nonempty] = np.minimum.reduceat(mag, starts[nonempty])
+        hi[nonempty] = np.maximum.reduceat(mag, starts[nonempty])
+    owner = np.repeat(np.arange(counts.size), counts)
+    b_e = stream.widths[owner].astype(np.int64)
+    levels_max = np.exp2(b_e) - 1.0
+    span = (hi[owner].astype(np.float64) - lo[owner])
+    x = np.where(span > 0, (mag - lo[owner]) / np.where(span > 0, span, 1.0) * levels_max, 0.0)
+    fl = np.floor(x)
+    rng = np.random.default_rng(seed)
+    level = fl + (rng.random(x.size) < (x - fl))
+    level = np.minimum(level, levels_max).astype(np.uint64)
+    L = 1 << s
+    off = (stream.idx & (L - 1)).astype(np.uint64)
+    sign = (stream.vals < 0).astype(np.uint64)
+    words = (off << (b_e + 1).astype(np.uint64)) | (sign << b_e.astype(np.uint64)) | level
+
+    head = [_uint_bits((s << 3) | (mode << 2), 8), _uint_bits(int(counts.size), 32)]
+    if mode == MODE_THRESHOLD:
+        assert k_per_interval is not None
+        head.append(_words_to_bits(k_per_interval.astype(np.uint64), L.bit_length()).astype(np.uint8))
+    nb = sum(h.size for h in head)
+    head.append(_pad(nb))
+    pieces = head
+    w_m = ceil_log2(m)
+    for p in range(counts.size):
+        b, n = int(stream.widths[p]), int(counts[p])
+        hdr = np.concatenate([
+            _uint_bits(int(stream.intervals[p]), w_m), _uint_bits(b, 4), _uint_bits(n, N_BITS),
+            _words_to_bits(np.array([lo[p], hi[p]], dtype=np.float32).view(np.uint32).astype(np.uint64), 32),
+        ])
+        pay = _words_to_bits(words[starts[p] : starts[p] + n], s + 1 + b)
+        pieces += [hdr, pay, _pad(hdr.size + pay.size)]
+    return np.packbits(np.concatenate(pieces)).tobytes()
+
+
+def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int = 1,
+                info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and validate a body; returns ``(indices, float32 values)``. Raises :class:`PayloadError`.
+
+    ``info``, when given, receives the parsed layout: ``s``, ``mode``, and per packet ``bytes``, ``b``,
+    ``n``, ``lo``, ``hi`` (for tests and benchmarks).
+    """
+    if len(body) < 5:
+        raise PayloadError("packet body shorter than its 5-byte message header")
+    bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
+    total = bits.size
+    first = int(body[0])
+    s, mode, rsv = first >> 3, (first >> 2) & 1, first & 3
+    if rsv:
+        raise PayloadError("reserved bits of the message header are set")
+    if want_mode is not None and mode != want_mode:
+        raise PayloadError(f"unexpected allocation mode {mode}")
+    if s < min_s or s > 31:
+        raise PayloadError(f"interval exponent s={s} out of range [{min_s}, 31]")
+    L = 1 << s
+    m = -(-d // L)
+    npk = int.from_bytes(body[1:5], "big")
+    pos = 40
+    k_int = None
+    if mode == MODE_THRESHOLD:
+        wk = L.bit_length()
+        if m * wk > total - pos:
+            raise PayloadError("truncated payload: interval counts")
+        k_int = _bits_to_words(bits[pos : pos + m * wk], wk).astype(np.int64)
+        pos += m * wk
+        lens = np.full(m, L, dtype=np.int64)
+        lens[-1] = d - (m - 1) * L
+        if (k_int > lens).any():
+            raise PayloadError("an interval count exceeds the interval length")
+    pos += (-pos) % 8
+    w_m = ceil_log2(m)
+    hbits = w_m + 4 + N_BITS + 64
+    if npk * hbits > total - pos:
+        raise PayloadError(f"packet count {npk} does not fit in the payload")
+    idx_parts, val_parts = [], []
+    kept = 0
+    packets: list[tuple[int, int, int, float, float]] = []
+    for _ in range(npk):
+        start = pos
+        if hbits > total - pos:
+            raise PayloadError("truncated packet header")
+        h = bits[pos : pos + hbits]
+        pos += hbits
+        small = int(_bits_to_words(h[: w_m + 4 + N_BITS], w_m + 4 + N_BITS)[0])
+        j, b, n = small >> (4 + N_BITS), (small >> N_BITS) & 15, small & ((1 << N_BITS) - 1)
+        lohi = _bits_to_words(h[w_m + 4 + N_BITS :], 32).astype(np.uint32).view(np.float32)
+        lo, hi = float(lohi[0]), float(lohi[1])
+        if not (1 <= b <= MAX_B) or j >= m:
+            raise PayloadError(f"bad packet header (interval {j}, width {b})")
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+            raise PayloadError("bad packet range")
+        w = s + 1 + b
+        if n * w > total - pos or kept + n > d:
+            raise PayloadError("truncated packet or too many entries")
+        words = _bits_to_words(bits[pos : pos + n * w], w)
+        pos += n * w
+        pos += (-pos) % 8
+        kept += n
+        packets.append(((pos - start) // 8, b, n, lo, hi))
+        level = (words & np.uint64((1 << b) - 1)).astype(np.float64)
+        sign = ((words >> np.uint64(b)) & np.uint64(1)).astype(bool)
+        off = (words >> np.uint64(b + 1)).astype(np.int64)
+        mag = (lo + level * ((hi - lo) / ((1 << b) - 1))).astype(np.float32)
+        mag = np.clip(mag, np.float32(lo), np.float32(hi))
+        if mode == MODE_THRESHOLD:
+            idx_parts.append(off)
+        else:
+            idx_parts.append(off + j * L)
+        val_parts.append(np.where(sign, -mag, mag))
+        if mode == MODE_THRESHOLD:
+            val_parts[-1] = (val_parts[-1], j)  # type: ignore[assignment]
+    if total - pos >= 8:
+        raise PayloadError(f"payload has {(total - pos) // 8} trailing bytes")
+    if info is not None:
+        info.update(s=s, mode=mode, header_bytes=(40 + (m * L.bit_length() if mode else 0) + 7) // 8)
+        for key, col in zip(("bytes", "b", "n", "lo", "hi"), zip(*packets, strict=True) if packets else
+                            [(), (), (), (), ()], strict=True):
+            info[key] = np.array(col, dtype=np.float64 if key in ('lo', 'hi') else np.int64)
+    if mode == MODE_THRESHOLD:
+        return _finish_threshold(idx_parts, val_parts, k_int, L, d, kept)  # type: ignore[arg-type]
+    idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
+    vals = np.concatenate(val_parts) if val_parts else np.zeros(0, np.float32)
+    if idx.size and idx.max() >= d:
+        raise PayloadError("an index lies beyond the update")
+    mark = np.zeros(d, dtype=np.uint8)
+    mark[idx] = 1
+    if int(mark.sum(dtype=np.int64)) != idx.size:
+        raise PayloadError("duplicate indices")
+    return idx, vals.astype(np.float32)
+
+
+def _finish_threshold(offs: list, parts: list, k_int: np.ndarray, L: int, d: int,
+                      kept: int) -> tuple[np.ndarray, np.ndarray]:
+    if int(k_int.sum()) != kept:
+        raise PayloadError("interval counts disagree with the packets")
+    off = np.concatenate(offs) if offs else np.zeros(0, np.int64)
+    vals = np.concatenate([v for v, _ in parts]) if parts else np.zeros(0, np.float32)
+    interval = np.repeat(np.arange(k_int.size, dtype=np.int64), k_int)
+    # Each packet names the interval of its first entry; it must agree with the counts.
+    firsts = np.concatenate([[0], np.cumsum([v.size for v, _ in parts])[:-1]]).astype(np.int64)
+    named = np.array([j for _, j in parts], dtype=np.int64)
+    nonempty = np.array([v.size > 0 for v, _ in parts], dtype=bool)
+    if nonempty.any() and (interval[firsts[nonempty]] != named[nonempty]).any():
+        raise PayloadError("a packet's interval index disagrees with the interval counts")
+    idx = interval * L + off
+    if off.size and (off >= L).any():
+        raise PayloadError("offset beyond its interval")
+    if idx.size and (idx[-1] >= d or (np.diff(idx) <= 0).any()):
+        raise PayloadError("threshold-mode indices must be increasing and inside the update")
+    return idx, vals.astype(np.float32)

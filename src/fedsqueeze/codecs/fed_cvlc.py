@@ -1,0 +1,86 @@
+"""Fed-CVLC: global TopK candidates in 1500-byte packets, each with its own value bit width.
+
+Su et al., "Fed-CVLC: Compressing federated learning communications with variable-length codes", INFOCOM
+2024 (``docs/cg-fedllm-and-baselines.md`` §3.6, ``docs/flm-topk.md`` §2.2 steps 7–10). It is FLM-TopK's
+``even`` allocation with one interval of length ``d``: ``ceil(log2 d)``-bit position ids, packets over runs
+of the magnitude-sorted candidates, widths and kept count from the exact packet-plan DP, stochastic rounding
+between each packet's extreme magnitudes. The body is the ``flm_topk`` packet format (``_packets.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+from ..errors import ConfigError, PayloadError
+from ..spec import UpdateSpec
+from ._flm_plan import even_stream
+from ._packets import MAX_B, MODE_EVEN, BudgetTooSmallError, ceil_log2, decode_body, empty_body, encode_body
+from .base import Codec, DecodeContext
+from .budget import budget_bits
+from .registry import register
+
+__all__ = ["FedCVLC"]
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class FedCVLC(Codec):
+    """Fed-CVLC: one interval, packets with per-packet value widths.
+
+    Parameters
+    ----------
+    density
+        Budget as the paper's ``P`` packets of 12,000 bits at TopK density ``p`` (ignored with ``rate``).
+    rate
+        Target bits per parameter of the whole frame; overrides ``density``.
+    b_min, b_max
+        Range of the per-packet value bit width (1..15).
+    """
+
+    name: ClassVar[str] = "fed_cvlc"
+    codec_id: ClassVar[int] = 20
+    summary: ClassVar[str] = "Fed-CVLC: TopK in 1500-B packets, per-packet bit widths (paper budget p=0.02)"
+    rate_option: ClassVar[str | None] = "rate"
+
+    density: float = 0.02
+    rate: float | None = None
+    b_min: int = 4
+    b_max: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 < self.density <= 1:
+            raise ConfigError(f"density must be in (0, 1], got {self.density}")
+        if self.rate is not None and not self.rate > 0:
+            raise ConfigError(f"rate must be a positive number of bits per parameter, got {self.rate}")
+        if not 1 <= self.b_min <= self.b_max <= MAX_B:
+            raise ConfigError(
+                f"need 1 <= b_min <= b_max <= {MAX_B}, got b_min={self.b_min}, b_max={self.b_max}"
+            )
+
+    def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
+        d = spec.numel
+        s = max(1, ceil_log2(d))
+        budget = budget_bits(d, rate=self.rate, density=self.density)
+        try:
+            stream, s, _ = even_stream(flat, budget, self.b_min, self.b_max, s)
+        except BudgetTooSmallError:
+            try:  # below one packet: send nothing
+                return empty_body(budget, d)
+            except BudgetTooSmallError as exc:
+                raise ConfigError(f"fed_cvlc: {exc}; raise the budget (density or rate)") from None
+        return encode_body(stream, mode=MODE_EVEN, s=s, d=d, k_per_interval=None, seed=seed)
+
+    @classmethod
+    def decode_flat(
+        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+    ) -> torch.Tensor:
+        d = spec.numel
+        if len(body) and (body[0] >> 3) < max(1, ceil_log2(d)):
+            raise PayloadError("fed_cvlc body must describe a single interval")
+        idx, vals = decode_body(body, d, want_mode=MODE_EVEN)
+        out = torch.zeros(d, dtype=torch.float32)
+        out[torch.from_numpy(idx)] = torch.from_numpy(vals)
+        return out

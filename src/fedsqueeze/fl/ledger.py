@@ -1,0 +1,76 @@
+"""The traffic ledger: every byte counted is the length of a payload that was sent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RoundTraffic", "TrafficLedger"]
+
+
+@dataclass
+class RoundTraffic:
+    """Bytes of one round, per client (keys are client ids)."""
+
+    server_round: int
+    uplink_lora: dict[int, int]
+    uplink_head: dict[int, int]
+    downlink: dict[int, int]
+
+    @property
+    def uplink_bytes(self) -> int:
+        return sum(self.uplink_lora.values()) + sum(self.uplink_head.values())
+
+    @property
+    def downlink_bytes(self) -> int:
+        return sum(self.downlink.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.server_round,
+            "uplink_lora": {str(k): v for k, v in self.uplink_lora.items()},
+            "uplink_head": {str(k): v for k, v in self.uplink_head.items()},
+            "downlink": {str(k): v for k, v in self.downlink.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RoundTraffic:
+        def ints(m: Mapping[str, int]) -> dict[int, int]:
+            return {int(k): int(v) for k, v in m.items()}
+
+        return cls(int(d["round"]), ints(d["uplink_lora"]), ints(d["uplink_head"]), ints(d["downlink"]))
+
+
+@dataclass
+class TrafficLedger:
+    """Per-round records and running totals of uplink and downlink bytes."""
+
+    rounds: list[RoundTraffic] = field(default_factory=list)
+
+    def record(
+        self,
+        server_round: int,
+        uplink_lora: Mapping[int, int],
+        uplink_head: Mapping[int, int],
+        downlink: Mapping[int, int],
+    ) -> RoundTraffic:
+        """Add one round (byte counts are payload lengths, keyed by client)."""
+        rec = RoundTraffic(server_round, dict(uplink_lora), dict(uplink_head), dict(downlink))
+        self.rounds.append(rec)
+        return rec
+
+    @property
+    def total_uplink(self) -> int:
+        return sum(r.uplink_bytes for r in self.rounds)
+
+    @property
+    def total_downlink(self) -> int:
+        return sum(r.downlink_bytes for r in self.rounds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rounds": [r.to_dict() for r in self.rounds]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrafficLedger:
+        return cls([RoundTraffic.from_dict(r) for r in d["rounds"]])

@@ -1,0 +1,289 @@
+"""``fedsqueeze.fl.run``: the local federated round loop, with outputs, checkpoints and resume.
+
+One round: sample K of N clients (seeded) → download the global state (:class:`~.server.Downlink`, counted)
+→ each client trains and sends ``C(u + e)`` plus a dense head frame (:func:`~.client.client_step`) → the
+server decodes the bytes, takes the sample-weighted mean and applies ``θ ← θ − server_lr · ū``
+(:mod:`~.server`). Every seed derives from ``fl.seed`` (:mod:`~.seeding`), so a run is a pure function of its
+config, and a resumed run equals the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..codecs import ErrorFeedback
+from ..errors import ConfigError
+from .checkpoint import append_jsonl, atomic_write, load_checkpoint, save_checkpoint, write_json, write_jsonl
+from .client import ClientReply, client_step, relative_error
+from .config import RunConfig
+from .ledger import TrafficLedger
+from .report import Progress, package_versions, plot_metric_vs_uplink, summarize
+from .seeding import derive_seed, sample_clients
+from .server import Downlink, aggregate_payloads, apply_update, weighted_mean
+from .workload import Workload
+
+__all__ = ["default_out_dir", "parse_capture_rounds", "run"]
+
+CAPTURES = "captures.safetensors"
+
+
+def default_out_dir(config: RunConfig) -> Path:
+    """``runs/<timestamp>-<codec>`` under the current directory."""
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{config.codec.name}"
+
+
+def parse_capture_rounds(spec: str | Iterable[int] | None) -> frozenset[int] | str:
+    """``"1,2,5"`` → ``{1, 2, 5}``; ``"all"`` → ``"all"``; ``None`` → no rounds."""
+    if spec is None:
+        return frozenset()
+    if isinstance(spec, str):
+        if spec.strip().lower() == "all":
+            return "all"
+        try:
+            rounds = frozenset(int(p) for p in spec.split(",") if p.strip())
+        except ValueError:
+            raise ConfigError(f"--capture-updates expects e.g. 1,2,5 or all, got {spec!r}") from None
+    else:
+        rounds = frozenset(int(r) for r in spec)
+    if any(r < 1 for r in rounds):
+        raise ConfigError(f"--capture-updates: rounds start at 1, got {sorted(rounds)}")
+    return rounds
+
+
+def _build_workload(config: RunConfig) -> Workload:
+    # Imported here: the real workload pulls in transformers, the loop itself must not.
+    from ..models.workload import build_workload
+
+    return build_workload(config.model, config.data, seed=config.fl.seed)
+
+
+class _Federation:
+    """The server's whole state; ``state_dict`` is the checkpoint."""
+
+    def __init__(self, config: RunConfig, workload: Workload) -> None:
+        self.config, self.workload = config, workload
+        self.n = workload.num_clients()
+        if config.fl.clients_per_round > self.n:
+            raise ConfigError(f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients")
+        self.lora, self.head = workload.initial_params()
+        codec = config.codec.build()
+        self.efs = [ErrorFeedback(codec, enabled=config.fl.error_feedback) for _ in range(self.n)]
+        self.downlink = Downlink(
+            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n
+        )
+        self.ledger = TrafficLedger()
+        self.rows: list[dict[str, Any]] = []
+        self.captures: dict[str, torch.Tensor] = {}
+
+    @property
+    def done(self) -> int:
+        return len(self.rows)
+
+    def run_round(self, r: int, capture: bool) -> dict[str, Any]:
+        cfg, wl = self.config, self.workload
+        t0 = time.perf_counter()
+        seed = cfg.fl.seed
+        clients = sample_clients(seed, r, self.n, cfg.fl.clients_per_round)
+        lora0, head0, down = self.downlink.broadcast(
+            r, self.lora, self.head, clients, seed=derive_seed(seed, r, -1, "downlink")
+        )
+        replies: list[ClientReply] = [
+            client_step(
+                wl, c, lora0, head0, cfg.train, self.efs[c],
+                train_seed=derive_seed(seed, r, c, "train"),
+                encode_seed=derive_seed(seed, r, c, "encode"),
+            )
+            for c in clients
+        ]  # fmt: skip
+        weights = [rep.num_examples for rep in replies]
+        mean_lora = aggregate_payloads([rep.lora_payload for rep in replies], weights, wl.lora_spec)
+        mean_head = aggregate_payloads([rep.head_payload for rep in replies], weights, wl.head_spec)
+        self.lora = apply_update(self.lora, mean_lora, wl.lora_spec, cfg.fl.server_lr)
+        self.head = apply_update(self.head, mean_head, wl.head_spec, cfg.fl.server_lr)
+        dense = weighted_mean([rep.raw_update for rep in replies], weights)
+        traffic = self.ledger.record(
+            r,
+            {rep.client: len(rep.lora_payload) for rep in replies},
+            {rep.client: len(rep.head_payload) for rep in replies},
+            down,
+        )
+        if capture:
+            for rep in replies:
+                for name, t in wl.lora_spec.unflatten(rep.raw_update).items():
+                    self.captures[f"r{r}/c{rep.client}/{name}"] = t.to(torch.float32).clone()
+
+        train_s = time.perf_counter() - t0
+        evaluate = r % cfg.fl.eval_every == 0 or r == cfg.fl.rounds
+        ev = wl.evaluate(dict(self.lora), dict(self.head)) if evaluate else None
+        prev = self.rows[-1] if self.rows else {"cum_uplink_bytes": 0, "cum_downlink_bytes": 0}
+        rels = [rep.rel_error for rep in replies if rep.rel_error is not None]
+        d = max(wl.lora_spec.numel, 1)
+        row = {
+            "round": r,
+            "clients": clients,
+            "num_examples": weights,
+            "uplink_bytes": traffic.uplink_bytes,
+            "cum_uplink_bytes": prev["cum_uplink_bytes"] + traffic.uplink_bytes,
+            "uplink_lora_bytes": sum(traffic.uplink_lora.values()),
+            "uplink_head_bytes": sum(traffic.uplink_head.values()),
+            "downlink_bytes": traffic.downlink_bytes,
+            "cum_downlink_bytes": prev["cum_downlink_bytes"] + traffic.downlink_bytes,
+            "lora_bits_per_param": 8 * sum(traffic.uplink_lora.values()) / (d * len(replies)),
+            "train_loss": sum(w * rep.train_loss for w, rep in zip(weights, replies, strict=True)) / sum(weights),
+            "eval_metric": None if ev is None else float(ev[wl.metric_name]),
+            "eval_metric_name": wl.metric_name,
+            "eval": None if ev is None else {k: float(v) for k, v in ev.items()},
+            "rel_error": relative_error(dense, mean_lora),
+            "client_rel_error": sum(rels) / len(rels) if rels else None,
+            "residual_norms": [rep.residual_norm for rep in replies],
+            "mean_update_norm": float(dense.norm()),
+            "train_s": train_s,
+            "wall_s": time.perf_counter() - t0,
+        }
+        self.rows.append(row)
+        return row
+
+    # -- checkpoint --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "round": self.done,
+            "config": self.config.to_dict(),
+            "lora_spec": self.workload.lora_spec.to_json(),
+            "head_spec": self.workload.head_spec.to_json(),
+            "lora": self.lora,
+            "head": self.head,
+            "clients": [ef.state_dict() for ef in self.efs],
+            "downlink": self.downlink.state_dict(),
+            "ledger": self.ledger.to_dict(),
+            "rows": self.rows,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != 1:
+            raise ConfigError("checkpoint has an unknown format; start a new run")
+        if state["lora_spec"] != self.workload.lora_spec.to_json() or state["head_spec"] != (
+            self.workload.head_spec.to_json()
+        ):
+            raise ConfigError("checkpoint was made with another model/adapter (its tensor specs differ)")
+        _check_same_config(state["config"], self.config.to_dict())
+        self.lora, self.head = dict(state["lora"]), dict(state["head"])
+        for ef, st in zip(self.efs, state["clients"], strict=True):
+            ef.load_state_dict(st)
+        self.downlink.load_state_dict(state["downlink"])
+        self.ledger = TrafficLedger.from_dict(state["ledger"])
+        self.rows = list(state["rows"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _check_same_config(saved: dict[str, Any], now: dict[str, Any]) -> None:
+    # fl.rounds may grow (continue a finished run further); anything else would change the trajectory.
+    diffs = [
+        f"{sec}.{key}"
+        for sec in sorted(set(saved) | set(now))
+        for key in sorted(set(saved.get(sec, {})) | set(now.get(sec, {})))
+        if (sec, key) != ("fl", "rounds") and saved.get(sec, {}).get(key) != now.get(sec, {}).get(key)
+    ]
+    if diffs:
+        raise ConfigError(f"--resume with a different config ({', '.join(diffs)}); only fl.rounds may change")
+
+
+def _load_captures(path: Path, upto: int) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items() if int(k.split("/", 1)[0][1:]) <= upto}
+
+
+def _save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"layout": "r{round}/c{client}/{tensor}"}))
+
+
+def run(
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    capture_rounds: str | Iterable[int] | None = None,
+    workload: Workload | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run federated fine-tuning and write ``metrics.jsonl``, ``summary.json`` and the plot to ``out_dir``.
+
+    Parameters
+    ----------
+    config
+        The resolved run config.
+    out_dir
+        Output folder (default ``runs/<timestamp>-<codec>``); a checkpoint is written there after every round.
+    resume
+        Continue from ``out_dir/checkpoint`` (the same config, except that ``fl.rounds`` may grow); the
+        result equals the uninterrupted run bit for bit. Without a checkpoint the run starts fresh.
+    capture_rounds
+        Rounds whose raw client updates (before error feedback and compression) go to
+        ``out_dir/captures.safetensors`` under ``r{round}/c{client}/{tensor}``: ``"1,2,5"``, ``"all"`` or ints.
+    workload
+        The model + data (default: ``fedsqueeze.models.workload.build_workload`` from the config).
+    progress
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``summary.json``).
+    """
+    out = Path(out_dir) if out_dir is not None else default_out_dir(config)
+    captures = parse_capture_rounds(capture_rounds)
+    ckpt = load_checkpoint(out) if resume else None
+    if not resume and (out / "checkpoint").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    wl = workload if workload is not None else _build_workload(config)
+    fed = _Federation(config, wl)
+    if ckpt is not None:
+        fed.load_state_dict(ckpt)
+        fed.captures = _load_captures(out / CAPTURES, fed.done)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
+
+    bar = Progress(config.fl.rounds, fed.done, enabled=progress)
+    try:
+        for r in range(fed.done + 1, config.fl.rounds + 1):
+            capture = captures == "all" or (isinstance(captures, frozenset) and r in captures)
+            row = fed.run_round(r, capture)
+            if capture:
+                _save_captures(out / CAPTURES, fed.captures)
+            append_jsonl(out / "metrics.jsonl", row)
+            save_checkpoint(out, fed.state_dict())
+            bar.update(row)
+    finally:
+        bar.close()
+
+    summary = summarize(fed.rows, wl.metric_name, config.fl.target_metric)
+    summary.update(
+        {
+            "codec": config.codec.name,
+            "downlink_protocol": fed.downlink.protocol,
+            "seed": config.fl.seed,
+            "lora_numel": wl.lora_spec.numel,
+            "head_numel": wl.head_spec.numel,
+            "num_clients": fed.n,
+            "workload": dict(getattr(wl, "info", {}) or {}),
+            "config": config.to_dict(),
+            "versions": package_versions(),
+            "out_dir": str(out),
+        }
+    )
+    write_json(out / "summary.json", summary)
+    title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
+    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title)
+    return summary

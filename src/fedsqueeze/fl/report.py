@@ -1,0 +1,112 @@
+"""Run outputs beside the loop: summary, package versions, the accuracy-vs-uplink plot, the progress bar."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Progress", "package_versions", "plot_metric_vs_uplink", "summarize"]
+
+_PACKAGES = ("fedsqueeze", "torch", "numpy", "transformers", "peft", "safetensors", "constriction", "matplotlib")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on (``"absent"`` when not installed)."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], metric_name: str, target: float | None
+) -> dict[str, Any]:
+    """Final/best metric and the rounds and uplink bytes to reach ``target`` (``None`` if never reached)."""
+    evals = [r for r in rows if r.get("eval_metric") is not None]
+    best = max(evals, key=lambda r: r["eval_metric"], default=None)
+    hit = None if target is None else next((r for r in evals if r["eval_metric"] >= target), None)
+    last = rows[-1] if rows else {}
+    return {
+        "metric_name": metric_name,
+        "final_metric": evals[-1]["eval_metric"] if evals else None,
+        "best_metric": None if best is None else best["eval_metric"],
+        "best_round": None if best is None else best["round"],
+        "target_metric": target,
+        "rounds_to_target": None if hit is None else hit["round"],
+        "uplink_bytes_to_target": None if hit is None else hit["cum_uplink_bytes"],
+        "downlink_bytes_to_target": None if hit is None else hit["cum_downlink_bytes"],
+        "rounds": len(rows),
+        "total_uplink_bytes": last.get("cum_uplink_bytes", 0),
+        "total_downlink_bytes": last.get("cum_downlink_bytes", 0),
+        "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+    }
+
+
+def plot_metric_vs_uplink(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> None:
+    """Evaluation metric against cumulative uplink MB (matplotlib's Agg canvas; no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    evals = [r for r in rows if r.get("eval_metric") is not None]
+    fig = Figure(figsize=(6, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    name = evals[0]["eval_metric_name"] if evals else "metric"
+    ax.plot([r["cum_uplink_bytes"] / 1e6 for r in evals], [r["eval_metric"] for r in evals], marker="o", ms=3)
+    ax.set_xlabel("cumulative uplink (MB, payload bytes)")
+    ax.set_ylabel(f"held-out {name}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+class Progress:
+    """A rich progress bar showing round, metric and MB sent; one plain line per round when stderr is no
+    terminal (logs, CI); silent when ``enabled`` is false."""
+
+    def __init__(self, total: int, start: int, *, enabled: bool) -> None:
+        self.enabled, self.total = enabled, total
+        self._bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self._console = Console(file=sys.stderr)
+        if not self._console.is_terminal:
+            return
+        self._bar = RichProgress(
+            TextColumn("round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self._console,
+        )
+        self._task = self._bar.add_task("run", total=total, completed=start, info="")
+        self._bar.start()
+
+    def update(self, row: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        metric = row.get("eval_metric")
+        text = f"{row['eval_metric_name']} {metric:.4f}" if metric is not None else "(no eval)"
+        info = f"{text}  up {row['cum_uplink_bytes'] / 1e6:.3f} MB  down {row['cum_downlink_bytes'] / 1e6:.3f} MB"
+        if self._bar is None:
+            print(f"round {row['round']}/{self.total}  {info}  {row['wall_s']:.1f} s", file=sys.stderr, flush=True)
+        else:
+            self._bar.update(self._task, completed=row["round"], info=info)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

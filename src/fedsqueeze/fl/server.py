@@ -1,0 +1,158 @@
+"""The server side: decode the received bytes, weighted FedAvg, server learning rate, and the downlink.
+
+Engine-agnostic like :mod:`fedsqueeze.fl.client`: a Flower ``ServerApp`` calls the same functions on the
+payloads it received.
+
+Downlink protocols (:class:`Downlink`)
+---------------------------------------
+``identity`` (default)
+    Every sampled client downloads the full global LoRA and head as fp32 identity frames; each client's cost
+    is the two frames' lengths.
+any other codec: the FLASC protocol (sparse download of the global delta)
+    The server keeps the *broadcast state* ``θ̃`` that clients hold. Each round it encodes
+    ``δ = θ_global − θ̃`` with the downlink codec and advances ``θ̃ ← θ̃ + decode(frame)``; clients train from
+    ``θ̃``, and what the frame dropped stays in ``θ_global − θ̃`` for the next round (server-side error
+    feedback for free). A client holds the broadcast state of the last round it took part in (every client
+    starts from the shared initial model, which costs nothing to obtain), so a client sampled again after
+    missing rounds downloads all the delta frames it missed, or the dense fp32 ``θ̃`` when that is smaller:
+    both give it exactly ``θ̃``, and it is charged the smaller. The head is always downloaded densely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..codecs import Codec, decode_flat
+from ..errors import ConfigError
+from ..spec import UpdateSpec
+from ..wire.frame import HEADER_SIZE
+from .client import encode_dense
+
+__all__ = ["Downlink", "aggregate_payloads", "apply_update", "weighted_mean"]
+
+
+def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[int | float]) -> torch.Tensor:
+    """``Σ (w_i / Σw) · v_i`` in float64, accumulated in the given order (bit-reproducible)."""
+    if len(vectors) != len(weights) or not vectors:
+        raise ConfigError("weighted_mean needs one weight per vector and at least one vector")
+    total = float(sum(weights))
+    if not total > 0:
+        raise ConfigError(f"weights must sum to > 0, got {total}")
+    acc = torch.zeros(vectors[0].numel(), dtype=torch.float64)
+    for v, w in zip(vectors, weights, strict=True):
+        acc += (float(w) / total) * v.to(torch.float64)
+    return acc
+
+
+def aggregate_payloads(
+    payloads: Sequence[bytes], weights: Sequence[int | float], spec: UpdateSpec
+) -> torch.Tensor:
+    """Decode each client's frame (:func:`fedsqueeze.decode`) and return the weighted mean (float64, flat).
+
+    Raises
+    ------
+    PayloadError
+        A malformed payload (the caller decides whether to drop that client).
+    """
+    if spec.numel == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    return weighted_mean([decode_flat(p, spec) for p in payloads], weights)
+
+
+def apply_update(
+    params: Mapping[str, torch.Tensor], mean_update: torch.Tensor, spec: UpdateSpec, server_lr: float
+) -> dict[str, torch.Tensor]:
+    """``θ ← θ − server_lr · ū`` (computed in float64, stored in float32); returns new tensors."""
+    flat = spec.flatten(params, torch.float64) - float(server_lr) * mean_update.to(torch.float64)
+    return {k: v.clone() for k, v in spec.unflatten(flat.to(torch.float32)).items()}
+
+
+class Downlink:
+    """Server-to-client transfer of the global state, with exact byte counts (see the module docstring).
+
+    Parameters
+    ----------
+    codec
+        ``None`` (or the identity codec) for the dense protocol, else the codec of the FLASC delta.
+    lora, head
+        The initial global tensors, which every client holds before round 1.
+    num_clients
+        Clients in the federation (for the FLASC per-client sync rounds).
+    """
+
+    def __init__(
+        self,
+        codec: Codec | None,
+        lora_spec: UpdateSpec,
+        head_spec: UpdateSpec,
+        lora: Mapping[str, torch.Tensor],
+        num_clients: int,
+    ) -> None:
+        self.codec = None if codec is None or codec.name == "identity" else codec
+        self.lora_spec, self.head_spec = lora_spec, head_spec
+        self.held = lora_spec.flatten(lora).clone()  # θ̃ (FLASC only)
+        self.last_sync = [0] * num_clients
+        self.frame_bytes: list[int] = []  # length of round r's delta frame at index r - 1
+        self.dense_lora_bytes = 0 if lora_spec.numel == 0 else HEADER_SIZE + 4 * lora_spec.numel
+
+    @property
+    def protocol(self) -> str:
+        return "dense" if self.codec is None else f"flasc:{self.codec.name}"
+
+    def broadcast(
+        self,
+        server_round: int,
+        lora: Mapping[str, torch.Tensor],
+        head: Mapping[str, torch.Tensor],
+        clients: Sequence[int],
+        *,
+        seed: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[int, int]]:
+        """The ``(lora, head)`` the sampled clients start from, and each client's downlink bytes.
+
+        Every tensor returned was decoded from bytes that were counted.
+        """
+        head_frame = encode_dense(self.head_spec.flatten(head), self.head_spec, seed=seed)
+        head_out = self._decode(head_frame, self.head_spec)
+        if self.codec is None:
+            frame = encode_dense(self.lora_spec.flatten(lora), self.lora_spec, seed=seed)
+            lora_out = self._decode(frame, self.lora_spec)
+            return lora_out, head_out, {c: len(frame) + len(head_frame) for c in clients}
+
+        delta = self.lora_spec.flatten(lora) - self.held
+        if self.lora_spec.numel:
+            frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
+            self.held = self.held + decode_flat(frame, self.lora_spec)
+            self.frame_bytes.append(len(frame))
+        else:
+            self.frame_bytes.append(0)
+        cost = {}
+        for c in clients:
+            missed = sum(self.frame_bytes[self.last_sync[c] : server_round])
+            cost[c] = min(missed, self.dense_lora_bytes) + len(head_frame)
+            self.last_sync[c] = server_round
+        lora_out = {k: v.clone() for k, v in self.lora_spec.unflatten(self.held.clone()).items()}
+        return lora_out, head_out, cost
+
+    @staticmethod
+    def _decode(frame: bytes, spec: UpdateSpec) -> dict[str, torch.Tensor]:
+        flat = torch.zeros(0) if spec.numel == 0 else decode_flat(frame, spec)
+        return {k: v.clone() for k, v in spec.unflatten(flat).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "held": self.held.clone(),
+            "last_sync": list(self.last_sync),
+            "frame_bytes": list(self.frame_bytes),
+            "codec_state": None if self.codec is None else self.codec.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.held = state["held"].clone()
+        self.last_sync = list(state["last_sync"])
+        self.frame_bytes = list(state["frame_bytes"])
+        if self.codec is not None and state.get("codec_state") is not None:
+            self.codec.load_state_dict(state["codec_state"])

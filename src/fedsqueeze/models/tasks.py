@@ -1,0 +1,187 @@
+"""What a workload trains and measures: sequence classification or gsm8k answer generation.
+
+A task holds the tokenised training pool and held-out set; it turns index lists into batches, computes
+the training loss and evaluates a model. It knows nothing about clients or LoRA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.functional import cross_entropy
+
+from ..data import metrics
+from ..data.text import (
+    IGNORE_INDEX,
+    collate_causal,
+    collate_classification,
+    collate_prompts,
+)
+
+__all__ = ["ClassificationTask", "GenerationTask"]
+
+
+def _by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    # Evaluation order does not change the metrics; sorting by length cuts padding (and time) a lot.
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class ClassificationTask:
+    """Sequence classification; metrics ``accuracy`` (main), ``macro_f1``, ``eval_loss``."""
+
+    metric_name = "accuracy"
+
+    def __init__(
+        self,
+        train_ids: list[list[int]],
+        train_labels: Sequence[int],
+        test_ids: list[list[int]],
+        test_labels: Sequence[int],
+        *,
+        num_classes: int,
+        pad_id: int,
+        eval_batch_size: int = 128,
+    ) -> None:
+        self.train_ids = train_ids
+        self.train_labels = np.asarray(train_labels, dtype=np.int64)
+        self.test_ids = test_ids
+        self.test_labels = np.asarray(test_labels, dtype=np.int64)
+        self.num_classes = num_classes
+        self.pad_id = pad_id
+        self.eval_batch_size = eval_batch_size
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_ids)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_ids)
+
+    def train_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        return collate_classification(
+            [self.train_ids[i] for i in idx], self.train_labels[list(idx)].tolist(), self.pad_id
+        )
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return cross_entropy(out.logits.float(), batch["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, model: Any) -> dict[str, float]:
+        preds = np.zeros(self.num_test, dtype=np.int64)
+        loss_sum = 0.0
+        for idx in _by_length([len(x) for x in self.test_ids], self.eval_batch_size):
+            batch = collate_classification(
+                [self.test_ids[i] for i in idx], self.test_labels[idx].tolist(), self.pad_id
+            )
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
+            loss_sum += float(cross_entropy(logits, batch["labels"], reduction="sum"))
+            preds[idx] = logits.argmax(-1).numpy()
+        return {
+            "accuracy": metrics.accuracy(preds, self.test_labels),
+            "macro_f1": metrics.macro_f1(preds, self.test_labels, self.num_classes),
+            "eval_loss": loss_sum / max(self.num_test, 1),
+        }
+
+
+class GenerationTask:
+    """gsm8k: causal-LM training on answer tokens; metrics ``exact_match`` (main) and ``eval_loss``.
+
+    ``exact_match`` compares the final number of a greedy, batched generation (at most ``max_new_tokens``
+    new tokens) with the reference ``#### N``. ``eval_loss`` is the teacher-forced loss per answer token.
+    """
+
+    metric_name = "exact_match"
+
+    def __init__(
+        self,
+        train_ids: list[list[int]],
+        train_labels: list[list[int]],
+        test_ids: list[list[int]],
+        test_labels: list[list[int]],
+        test_prompts: list[list[int]],
+        test_answers: Sequence[str],
+        *,
+        tokenizer: Any,
+        max_new_tokens: int,
+        eval_batch_size: int = 16,
+    ) -> None:
+        self.train_ids, self.train_labels = train_ids, train_labels
+        self.test_ids, self.test_labels = test_ids, test_labels
+        self.test_prompts = test_prompts
+        self.test_answers = list(test_answers)
+        self.tokenizer = tokenizer
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.max_new_tokens = max_new_tokens
+        self.eval_batch_size = eval_batch_size
+        self.last_generations: list[str] = []  # kept for inspection / debugging
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_ids)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_prompts)
+
+    def train_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        return collate_causal(
+            [self.train_ids[i] for i in idx], [self.train_labels[i] for i in idx], self.pad_id
+        )
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        return cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: Any) -> dict[str, float]:
+        from .loading import quiet_transformers
+
+        loss_sum, tokens = 0.0, 0
+        for idx in _by_length([len(x) for x in self.test_ids], self.eval_batch_size):
+            batch = collate_causal(
+                [self.test_ids[i] for i in idx], [self.test_labels[i] for i in idx], self.pad_id
+            )
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:].reshape(-1)
+            loss_sum += float(
+                cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                    labels,
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+            )
+            tokens += int((labels != IGNORE_INDEX).sum())
+        gens = [""] * self.num_test
+        for idx in _by_length([len(x) for x in self.test_prompts], self.eval_batch_size):
+            batch = collate_prompts([self.test_prompts[i] for i in idx], self.pad_id)
+            with quiet_transformers():
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=self.eos_id,
+                )
+            new = out[:, batch["input_ids"].shape[1] :]
+            for j, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                gens[j] = text
+        self.last_generations = gens
+        return {
+            "exact_match": metrics.gsm8k_exact_match(gens, self.test_answers),
+            "eval_loss": loss_sum / max(tokens, 1),
+        }

@@ -1,0 +1,251 @@
+"""``build_workload``: a real model + dataset + partition behind the :class:`~fedsqueeze.fl.workload.Workload`
+protocol.
+
+One PEFT model is kept in memory; each ``train_client`` / ``evaluate`` call loads the given ``(lora, head)``
+tensors into it. Randomness is isolated: training forks the global torch RNG (dropout) and shuffles with
+its own ``torch.Generator``, so the caller's RNG streams are untouched and results depend only on inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.partition import partition, train_test_split
+from ..data.sources import load_dataset
+from ..data.text import encode_causal, encode_prompt, encode_texts
+from ..errors import ConfigError
+from ..fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from ..spec import UpdateSpec
+from .loading import CAUSAL_MODELS, load_base_model, load_tokenizer
+from .lora import apply_lora, read_tensors, split_trainable, write_tensors
+from .tasks import ClassificationTask, GenerationTask
+
+__all__ = ["PeftWorkload", "build_workload", "configure_threads"]
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def configure_threads() -> int:
+    """Use the CPUs this process may run on, unless ``OMP_NUM_THREADS`` or ``FEDSQUEEZE_THREADS`` is set.
+
+    (``torch``'s default counts the host's cores, which oversubscribes a container limited to 2.)
+    """
+    env = os.environ.get("FEDSQUEEZE_THREADS")
+    if env:
+        torch.set_num_threads(max(1, int(env)))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        try:
+            allowed = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            allowed = os.cpu_count() or 1
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), allowed)))
+    return torch.get_num_threads()
+
+
+def _derive_seeds(seed: int, client: int) -> tuple[int, int]:
+    # Two independent 63-bit streams (shuffling, dropout) from the loop's seed and the client id.
+    a, b = np.random.SeedSequence([seed & _SEED_MASK, client & _SEED_MASK, 0xF5]).generate_state(2, np.uint64)
+    return int(a) & _SEED_MASK, int(b) & _SEED_MASK
+
+
+class PeftWorkload:
+    """A PEFT model, a task and a client partition; implements the ``Workload`` protocol.
+
+    Attributes
+    ----------
+    lora_spec, head_spec
+        Specs of the LoRA tensors and of the other trainable tensors (classifier head; empty for LMs).
+    metric_name
+        ``"accuracy"`` (classification) or ``"exact_match"`` (gsm8k).
+    info
+        Plain facts for logs: model, dataset, sizes.
+    """
+
+    def __init__(self, model: Any, task: Any, parts: list[np.ndarray], info: dict[str, Any]) -> None:
+        self.model = model
+        self.task = task
+        self.parts = parts
+        self._lora_params, self._head_params = split_trainable(model)
+        self.lora_spec = UpdateSpec.from_tensors(self._lora_params)
+        self.head_spec = UpdateSpec.from_tensors(self._head_params)
+        self.metric_name: str = task.metric_name
+        self._init = (read_tensors(self._lora_params), read_tensors(self._head_params))
+        self.info = {
+            **info,
+            "lora_numel": self.lora_spec.numel,
+            "head_numel": self.head_spec.numel,
+            "num_train": task.num_train,
+            "num_test": task.num_test,
+        }
+
+    # -- protocol -----------------------------------------------------------------------------------
+    def num_clients(self) -> int:
+        return len(self.parts)
+
+    def client_num_examples(self, client: int) -> int:
+        return len(self.parts[client])
+
+    def initial_params(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Copies of the LoRA and head tensors the model was built with (deterministic from the seed)."""
+        return (
+            {k: v.clone() for k, v in self._init[0].items()},
+            {k: v.clone() for k, v in self._init[1].items()},
+        )
+
+    def load(self, lora: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``(lora, head)`` into the model (the inputs are not kept or modified)."""
+        write_tensors(self._lora_params, lora)
+        write_tensors(self._head_params, head)
+
+    def train_client(
+        self,
+        client: int,
+        lora: dict[str, torch.Tensor],
+        head: dict[str, torch.Tensor],
+        cfg: LocalTrainConfig,
+        *,
+        seed: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+        """Local training of ``client``: Adam (``amsgrad`` per ``cfg``) over its shard, shuffled each epoch.
+
+        Stops after ``cfg.epochs`` epochs or ``cfg.max_steps`` optimizer steps, whichever comes first.
+        Returns the new ``(lora, head)`` and the mean training loss over the steps taken.
+        """
+        if not 0 <= client < len(self.parts):
+            raise ConfigError(f"client {client} out of range (0..{len(self.parts) - 1})")
+        shard = torch.as_tensor(self.parts[client], dtype=torch.long)
+        shuffle_seed, dropout_seed = _derive_seeds(seed, client)
+        gen = torch.Generator().manual_seed(shuffle_seed)
+        self.load(lora, head)
+        params = [*self._lora_params.values(), *self._head_params.values()]
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+        losses: list[float] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dropout_seed)
+            self.model.train()
+            try:
+                for _epoch in range(cfg.epochs):
+                    order = shard[torch.randperm(len(shard), generator=gen)].tolist()
+                    for start in range(0, len(order), cfg.batch_size):
+                        if cfg.max_steps is not None and len(losses) >= cfg.max_steps:
+                            break
+                        batch = self.task.train_batch(order[start : start + cfg.batch_size])
+                        opt.zero_grad(set_to_none=True)
+                        loss = self.task.loss(self.model, batch)
+                        loss.backward()
+                        opt.step()
+                        losses.append(float(loss.detach()))
+            finally:
+                self.model.eval()
+        mean_loss = float(np.mean(losses)) if losses else float("nan")
+        return read_tensors(self._lora_params), read_tensors(self._head_params), mean_loss
+
+    def evaluate(self, lora: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Held-out metrics of the model with ``(lora, head)`` loaded."""
+        self.load(lora, head)
+        self.model.eval()
+        return self.task.evaluate(self.model)
+
+
+def _classification_task(
+    raw: Any, tok: Any, data: DataConfig, max_length: int
+) -> tuple[ClassificationTask, list]:
+    train, test = train_test_split(
+        len(raw), data.test_examples, seed=data.seed, max_train=data.max_train_examples
+    )
+    labels = np.asarray(raw.labels, dtype=np.int64)
+    texts = raw.texts
+    task = ClassificationTask(
+        encode_texts(tok, [texts[i] for i in train], max_length),
+        labels[train],
+        encode_texts(tok, [texts[i] for i in test], max_length),
+        labels[test],
+        num_classes=len(raw.label_names),
+        pad_id=int(tok.pad_token_id),
+    )
+    parts = partition(
+        len(train), data.num_clients, data.partition, labels=labels[train], alpha=data.alpha, seed=data.seed
+    )
+    return task, parts
+
+
+def _generation_task(raw: Any, tok: Any, data: DataConfig, max_length: int) -> tuple[GenerationTask, list]:
+    train, test = train_test_split(
+        len(raw), data.test_examples, seed=data.seed, max_train=data.max_train_examples
+    )
+    q, a = raw.texts, raw.answers
+
+    def pairs(idx: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+        enc = [encode_causal(tok, q[i], a[i], max_length) for i in idx]
+        return [e[0] for e in enc], [e[1] for e in enc]
+
+    train_ids, train_labels = pairs(train)
+    test_ids, test_labels = pairs(test)
+    task = GenerationTask(
+        train_ids,
+        train_labels,
+        test_ids,
+        test_labels,
+        [encode_prompt(tok, q[i], max_length) for i in test],
+        [a[i] for i in test],
+        tokenizer=tok,
+        max_new_tokens=data.gen_max_new_tokens,
+    )
+    # gsm8k has no labels: "dirichlet" becomes a quantity skew (client sizes ~ Dir(alpha)).
+    parts = partition(
+        len(train), data.num_clients, data.partition, labels=None, alpha=data.alpha, seed=data.seed
+    )
+    return task, parts
+
+
+def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWorkload:
+    """Load ``model`` with a fresh LoRA adapter, tokenise ``data``, split and partition it.
+
+    Parameters
+    ----------
+    model, data
+        What to build. gsm8k needs a causal model (``smollm2-135m`` or ``tiny-llama``).
+    seed
+        Seeds the random parts of the model (LoRA ``A``, classifier head, tiny models' weights), so
+        :meth:`PeftWorkload.initial_params` is a function of it. The split and partition use ``data.seed``.
+
+    Raises
+    ------
+    ConfigError
+        For an impossible combination (an encoder on gsm8k, too few examples for the clients, ...).
+    """
+    configure_threads()
+    raw = load_dataset(data.dataset)
+    generation = not raw.is_classification
+    if generation and model.name not in CAUSAL_MODELS:
+        raise ConfigError(f"{data.dataset} needs a causal LM: set model.name to smollm2-135m or tiny-llama")
+    tok = load_tokenizer(model.name)
+    if generation:
+        task, parts = _generation_task(raw, tok, data, model.max_length)
+    else:
+        task, parts = _classification_task(raw, tok, data, model.max_length)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed & _SEED_MASK)
+        base = load_base_model(
+            model.name,
+            tok,
+            num_labels=None if generation else len(raw.label_names),
+            num_layers=model.num_layers,
+        )
+        peft_model = apply_lora(
+            base,
+            model.name,
+            r=model.lora_r,
+            alpha=model.lora_alpha,
+            dropout=model.lora_dropout,
+            target_modules=model.target_modules,
+            classification=not generation,
+        )
+    peft_model.eval()
+    info = {"model": model.name, "dataset": data.dataset, "num_clients": data.num_clients}
+    return PeftWorkload(peft_model, task, parts, info)
