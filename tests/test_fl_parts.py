@@ -11,7 +11,14 @@ import torch
 
 from fedsqueeze import ErrorFeedback, UpdateSpec
 from fedsqueeze.codecs import decode_flat, get
-from fedsqueeze.fl import Downlink, aggregate_payloads, apply_update, derive_seed, sample_clients, weighted_mean
+from fedsqueeze.fl import (
+    Downlink,
+    aggregate_payloads,
+    apply_update,
+    derive_seed,
+    sample_clients,
+    weighted_mean,
+)
 from fedsqueeze.fl.client import client_step, encode_dense, relative_error
 from fedsqueeze.fl.ledger import TrafficLedger
 from fedsqueeze.fl.toy import ToyWorkload
@@ -19,7 +26,9 @@ from fedsqueeze.fl.workload import LocalTrainConfig, Workload
 
 
 def test_derive_seed_is_uint64_deterministic_and_distinct():
-    seeds = {derive_seed(7, r, c, p) for r in range(1, 20) for c in range(-1, 10) for p in ("encode", "train")}
+    seeds = {
+        derive_seed(7, r, c, p) for r in range(1, 20) for c in range(-1, 10) for p in ("encode", "train")
+    }
     assert len(seeds) == 19 * 11 * 2
     assert all(0 <= s < 2**64 for s in seeds)
     assert derive_seed(7, 3, 2, "encode") == derive_seed(7, 3, 2, "encode")

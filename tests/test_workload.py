@@ -163,3 +163,17 @@ def test_smollm2_gsm8k_smoke():
     assert math.isfinite(loss) and not _equal(l1, lora)
     m = w.evaluate(l1, h1)
     assert 0.0 <= m["exact_match"] <= 1.0 and math.isfinite(m["eval_loss"])
+
+
+def test_tiny_llama_can_classify_with_a_score_head():
+    w = build_workload(
+        ModelConfig(name="tiny-llama", lora_r=2, max_length=24),
+        DataConfig(dataset="bbc_news", num_clients=2, max_train_examples=20, test_examples=8),
+        seed=0,
+    )
+    assert w.metric_name == "accuracy"
+    assert w.head_spec.names == ("score.weight",) and w.head_spec.shapes == ((5, 32),)
+    lora, head = w.initial_params()
+    l1, h1, loss = w.train_client(1, lora, head, LocalTrainConfig(batch_size=4, max_steps=1), seed=0)
+    assert math.isfinite(loss) and not _equal(h1, head)
+    assert 0.0 <= w.evaluate(l1, h1)["accuracy"] <= 1.0

@@ -1,4 +1,4 @@
-"""Atomic files: checkpoints (``torch.save``), JSON, JSON lines and safetensors, all via temp file + ``os.replace``."""
+"""Atomic files (temp file + ``os.replace``): checkpoints (``torch.save``), JSON, JSON lines, safetensors."""
 
 from __future__ import annotations
 

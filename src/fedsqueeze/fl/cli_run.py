@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key (value is a TOML literal, else a string); repeatable",
     )
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<time>-<codec>)")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="output folder (default runs/<time>-<codec>)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument(
         "--capture-updates",

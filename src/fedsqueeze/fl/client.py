@@ -1,4 +1,4 @@
-"""The client step: train locally, form ``u = θ_global − θ_local``, compress it (with error feedback) to bytes.
+"""The client step: train locally, form ``u = θ_global − θ_local``, compress it with error feedback.
 
 Engine-agnostic: the local loop calls :func:`client_step` directly; a Flower ``ClientApp`` calls the same
 function with the tensors it received and sends ``reply.lora_payload`` / ``reply.head_payload``.

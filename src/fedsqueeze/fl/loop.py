@@ -70,7 +70,9 @@ class _Federation:
         self.config, self.workload = config, workload
         self.n = workload.num_clients()
         if config.fl.clients_per_round > self.n:
-            raise ConfigError(f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients")
+            raise ConfigError(
+                f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients"
+            )
         self.lora, self.head = workload.initial_params()
         codec = config.codec.build()
         self.efs = [ErrorFeedback(codec, enabled=config.fl.error_feedback) for _ in range(self.n)]
@@ -135,7 +137,8 @@ class _Federation:
             "downlink_bytes": traffic.downlink_bytes,
             "cum_downlink_bytes": prev["cum_downlink_bytes"] + traffic.downlink_bytes,
             "lora_bits_per_param": 8 * sum(traffic.uplink_lora.values()) / (d * len(replies)),
-            "train_loss": sum(w * rep.train_loss for w, rep in zip(weights, replies, strict=True)) / sum(weights),
+            "train_loss": sum(w * rep.train_loss for w, rep in zip(weights, replies, strict=True))
+            / sum(weights),
             "eval_metric": None if ev is None else float(ev[wl.metric_name]),
             "eval_metric_name": wl.metric_name,
             "eval": None if ev is None else {k: float(v) for k, v in ev.items()},
@@ -206,7 +209,9 @@ def _load_captures(path: Path, upto: int) -> dict[str, torch.Tensor]:
 def _save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"layout": "r{round}/c{client}/{tensor}"}))
+    atomic_write(
+        path, lambda tmp: save_file(tensors, tmp, metadata={"layout": "r{round}/c{client}/{tensor}"})
+    )
 
 
 def run(
@@ -231,7 +236,8 @@ def run(
         result equals the uninterrupted run bit for bit. Without a checkpoint the run starts fresh.
     capture_rounds
         Rounds whose raw client updates (before error feedback and compression) go to
-        ``out_dir/captures.safetensors`` under ``r{round}/c{client}/{tensor}``: ``"1,2,5"``, ``"all"`` or ints.
+        ``out_dir/captures.safetensors`` under ``r{round}/c{client}/{tensor}``: ``"1,2,5"``, ``"all"``
+        or ints.
     workload
         The model + data (default: ``fedsqueeze.models.workload.build_workload`` from the config).
     progress
@@ -251,6 +257,8 @@ def run(
     fed = _Federation(config, wl)
     if ckpt is not None:
         fed.load_state_dict(ckpt)
+        if fed.done > config.fl.rounds:
+            raise ConfigError(f"the checkpoint is at round {fed.done}, past fl.rounds = {config.fl.rounds}")
         fed.captures = _load_captures(out / CAPTURES, fed.done)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint

@@ -11,7 +11,16 @@ from typing import Any
 
 __all__ = ["Progress", "package_versions", "plot_metric_vs_uplink", "summarize"]
 
-_PACKAGES = ("fedsqueeze", "torch", "numpy", "transformers", "peft", "safetensors", "constriction", "matplotlib")
+_PACKAGES = (
+    "fedsqueeze",
+    "torch",
+    "numpy",
+    "transformers",
+    "peft",
+    "safetensors",
+    "constriction",
+    "matplotlib",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -25,9 +34,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def summarize(
-    rows: Sequence[Mapping[str, Any]], metric_name: str, target: float | None
-) -> dict[str, Any]:
+def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float | None) -> dict[str, Any]:
     """Final/best metric and the rounds and uplink bytes to reach ``target`` (``None`` if never reached)."""
     evals = [r for r in rows if r.get("eval_metric") is not None]
     best = max(evals, key=lambda r: r["eval_metric"], default=None)
@@ -101,9 +108,14 @@ class Progress:
             return
         metric = row.get("eval_metric")
         text = f"{row['eval_metric_name']} {metric:.4f}" if metric is not None else "(no eval)"
-        info = f"{text}  up {row['cum_uplink_bytes'] / 1e6:.3f} MB  down {row['cum_downlink_bytes'] / 1e6:.3f} MB"
+        up, down = row["cum_uplink_bytes"] / 1e6, row["cum_downlink_bytes"] / 1e6
+        info = f"{text}  up {up:.3f} MB  down {down:.3f} MB"
         if self._bar is None:
-            print(f"round {row['round']}/{self.total}  {info}  {row['wall_s']:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"round {row['round']}/{self.total}  {info}  {row['wall_s']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             self._bar.update(self._task, completed=row["round"], info=info)
 

@@ -1,4 +1,4 @@
-"""Seeds and client sampling: pure functions of (run seed, round, client), so a resumed run needs no RNG state."""
+"""Seeds and client sampling: pure functions of (run seed, round, client); a resume needs no RNG state."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn.functional import cross_entropy
 
 from ..spec import UpdateSpec
 from .workload import LocalTrainConfig
@@ -21,7 +21,7 @@ __all__ = ["ToyWorkload"]
 
 
 class ToyWorkload:
-    """Implements :class:`~fedsqueeze.fl.workload.Workload` with synthetic data and a three-tensor-group model.
+    """Implements :class:`~fedsqueeze.fl.workload.Workload` on synthetic data with a tiny LoRA model.
 
     Parameters
     ----------
@@ -62,14 +62,18 @@ class ToyWorkload:
         self.noise = noise
         self.w0 = torch.as_tensor(rng.normal(0.0, 1.0 / math.sqrt(dim), (hidden, dim)), dtype=torch.float32)
         self.lora_spec = UpdateSpec.from_shapes({"layer.lora_A": (rank, dim), "layer.lora_B": (hidden, rank)})
-        self.head_spec = UpdateSpec.from_shapes({"head.weight": (num_classes, hidden), "head.bias": (num_classes,)})
+        self.head_spec = UpdateSpec.from_shapes(
+            {"head.weight": (num_classes, hidden), "head.bias": (num_classes,)}
+        )
         self._init = (
             {
                 "layer.lora_A": torch.as_tensor(rng.normal(0, 0.3, (rank, dim)), dtype=torch.float32),
                 "layer.lora_B": torch.as_tensor(rng.normal(0, 0.05, (hidden, rank)), dtype=torch.float32),
             },
             {
-                "head.weight": torch.as_tensor(rng.normal(0, 0.1, (num_classes, hidden)), dtype=torch.float32),
+                "head.weight": torch.as_tensor(
+                    rng.normal(0, 0.1, (num_classes, hidden)), dtype=torch.float32
+                ),
                 "head.bias": torch.zeros(num_classes),
             },
         )
@@ -96,7 +100,10 @@ class ToyWorkload:
         return len(self.clients[client][1])
 
     def initial_params(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        return ({k: v.clone() for k, v in self._init[0].items()}, {k: v.clone() for k, v in self._init[1].items()})
+        return (
+            {k: v.clone() for k, v in self._init[0].items()},
+            {k: v.clone() for k, v in self._init[1].items()},
+        )
 
     def _logits(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         w = self.w0 + self.scale * p["layer.lora_B"] @ p["layer.lora_A"]
@@ -123,7 +130,7 @@ class ToyWorkload:
                     break
                 idx = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(self._logits(x[idx], params), y[idx])
+                loss = cross_entropy(self._logits(x[idx], params), y[idx])
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
@@ -138,5 +145,5 @@ class ToyWorkload:
             logits = self._logits(x, {**lora, **head})
             return {
                 "accuracy": float((logits.argmax(1) == y).float().mean()),
-                "eval_loss": float(F.cross_entropy(logits, y)),
+                "eval_loss": float(cross_entropy(logits, y)),
             }

@@ -18,6 +18,11 @@ def bits_to_bytes(nbits: int) -> int:
     return (int(nbits) + 7) // 8
 
 
+def _container_bytes(w: int) -> int:
+    """Smallest of 1, 2, 4, 8 bytes that holds ``w`` bits."""
+    return 1 if w <= 8 else 2 if w <= 16 else 4 if w <= 32 else 8
+
+
 def _to_bit_array(values: np.ndarray, widths: int | np.ndarray) -> np.ndarray:
     """Expand unsigned ints into a uint8 array of bits, MSB first."""
     v = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
@@ -27,8 +32,10 @@ def _to_bit_array(values: np.ndarray, widths: int | np.ndarray) -> np.ndarray:
             return np.zeros(0, dtype=np.uint8)
         if w < 64 and v.size and int(v.max()) >> w:
             raise ValueError(f"value does not fit in {w} bits")
-        shifts = np.arange(w - 1, -1, -1, dtype=np.uint64)
-        return ((v[:, None] >> shifts[None, :]) & np.uint64(1)).astype(np.uint8).reshape(-1)
+        # Big-endian bytes of the smallest standard width, unpacked: one byte per bit, no (n, w) uint64 temp.
+        nb = _container_bytes(w)
+        as_bytes = v.astype(f">u{nb}").view(np.uint8).reshape(-1, nb)
+        return np.unpackbits(as_bytes, axis=1)[:, 8 * nb - w :].reshape(-1)
     wa = np.asarray(widths, dtype=np.int64).reshape(-1)
     if wa.shape != v.shape:
         raise ValueError("widths and values differ in length")
@@ -137,11 +144,14 @@ class BitReader:
                 raise PayloadError(f"invalid {what}: count {count}, width {w}")
             if w == 0 or count == 0:
                 return np.zeros(count, dtype=np.uint64)
-            bits = self._take(count * w, what).reshape(count, w).astype(np.uint64)
-            out = np.zeros(count, dtype=np.uint64)
-            for j in range(w):  # loop over bit positions (<= 64), vectorized over values
-                out = (out << np.uint64(1)) | bits[:, j]
-            return out
+            bits = self._take(count * w, what).reshape(count, w)
+            nb = _container_bytes(w)
+            if w == 8 * nb:
+                padded = bits
+            else:  # right-align each value's bits in a standard-width container, then pack
+                padded = np.zeros((count, 8 * nb), dtype=np.uint8)
+                padded[:, 8 * nb - w :] = bits
+            return np.packbits(padded, axis=1).reshape(-1).view(f">u{nb}").astype(np.uint64)
         wa = np.asarray(width, dtype=np.int64).reshape(-1)
         if wa.size != count or (wa.size and (wa.min() < 0 or wa.max() > 64)):
             raise PayloadError(f"invalid {what}: widths out of range")

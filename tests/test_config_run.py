@@ -1,0 +1,126 @@
+"""RunConfig: TOML presets, --set overrides, errors that name the key; the `fedsqueeze run` CLI."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import fedsqueeze.fl.loop as loop
+from fedsqueeze.cli import main as cli_main
+from fedsqueeze.errors import ConfigError
+from fedsqueeze.fl.config import RunConfig, apply_overrides, load_config, preset_names
+from fedsqueeze.fl.toy import ToyWorkload
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_presets_packaged_and_root_copies_are_identical():
+    packaged = resources.files("fedsqueeze") / "configs"
+    names = sorted(p.name for p in packaged.iterdir() if p.name.endswith(".toml"))
+    assert {"default.toml", "smoke.toml", "paper.toml"} <= set(names)
+    root = sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
+    assert root == names
+    for name in names:
+        assert (ROOT / "configs" / name).read_bytes() == (packaged / name).read_bytes(), name
+
+
+def test_presets_load_and_default_is_the_embedded_default():
+    for name in preset_names():
+        assert isinstance(load_config(name), RunConfig)
+    cfg = load_config()
+    assert (cfg.model.name, cfg.data.dataset, cfg.data.num_clients) == ("minilm", "rotten_tomatoes", 20)
+    assert (cfg.data.partition, cfg.data.alpha, cfg.fl.clients_per_round) == ("dirichlet", 0.5, 5)
+    assert cfg.codec.name in ("flm_topk", "topk") and cfg.downlink.name == "identity"
+    paper = load_config("paper")
+    assert (paper.data.num_clients, paper.fl.clients_per_round, paper.fl.rounds) == (100, 10, 200)
+    assert (paper.train.epochs, paper.train.batch_size, paper.model.lora_r) == (5, 64, 16)
+
+
+def test_config_file_roundtrip_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[fl]\nrounds = 7\n[codec]\nname = "topk"\noptions = { density = 0.1 }\n')
+    cfg = load_config(
+        path, ["fl.seed=3", "train.lr=5e-4", 'model.target_modules=["query"]', "model.name=tiny-bert"]
+    )
+    assert (cfg.fl.rounds, cfg.fl.seed, cfg.train.lr) == (7, 3, 5e-4)
+    assert cfg.model.target_modules == ("query",) and cfg.model.name == "tiny-bert"  # bare word -> string
+    assert cfg.codec.options == {"density": 0.1}
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    cfg2 = load_config(path, ["codec.options.density=0.2", "downlink.name=topk", "fl.target_metric=0.8"])
+    assert (
+        cfg2.codec.options == {"density": 0.2}
+        and cfg2.downlink.name == "topk"
+        and cfg2.fl.target_metric == 0.8
+    )
+    assert RunConfig.from_dict({"downlink": "fp16"}).downlink.name == "fp16"  # string shorthand
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fl.rouns=3", "unknown key fl.rouns; allowed: rounds, clients_per_round"),
+        ("model.lora_rank=4", "unknown key model.lora_rank; allowed: name, lora_r"),
+        ("fl.rounds=abc", "fl.rounds must be an integer"),
+        ("fl.error_feedback=1", "fl.error_feedback must be true or false"),
+        ("fl.rounds=0", "fl.rounds must be >= 1"),
+        ("model.name=gpt5", "model.name = 'gpt5' is not allowed; choose one of minilm"),
+        ("data.partition=skewed", "data.partition"),
+        ("codec.name=nope", "unknown codec 'nope'; available:"),
+        ("codec.options.densty=0.1", "no option(s) densty; allowed: "),
+        ("codec.colour=red", "unknown key codec.colour; allowed: name, options"),
+        ("optim.lr=1", "unknown section optim"),
+        ("fl.clients_per_round=21", "exceeds data.num_clients"),
+        ("fl.min_replies=9", "fl.min_replies"),
+        ("rounds=3", "unknown section rounds"),
+        ("fl.rounds", "key=value"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_bad_files():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no/such/file.toml")
+    with pytest.raises(ConfigError, match="unknown section"):
+        RunConfig.from_dict({"model": {}, "extra": {}})
+    with pytest.raises(ConfigError, match="not a table"):
+        apply_overrides({"fl": 3}, ["fl.rounds=2"])
+
+
+def test_cli_run_end_to_end_with_toy_workload(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(6))
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text(
+        "[data]\nnum_clients = 6\n[train]\nlr = 0.05\nmax_steps = 2\n"
+        '[fl]\nrounds = 2\nclients_per_round = 2\n[codec]\nname = "topk"\n'
+    )
+    out = tmp_path / "out"
+    argv = [
+        "run",
+        str(cfg),
+        "--set",
+        "fl.rounds=3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--capture-updates",
+        "2",
+    ]
+    assert cli_main(argv) == 0
+    assert "3 rounds, final accuracy" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["config"]["fl"]["rounds"] == 3
+    assert (out / "captures.safetensors").is_file() and (out / "accuracy_vs_uplink.png").is_file()
+    assert (
+        cli_main(["run", str(cfg), "--out", str(out), "--set", "fl.rounds=4", "--resume", "--no-progress"])
+        == 0
+    )
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    assert cli_main(["run", str(cfg), "--set", "fl.rouns=2", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key fl.rouns" in capsys.readouterr().err
