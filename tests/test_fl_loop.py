@@ -180,7 +180,8 @@ class CrashingToy(ToyWorkload):
 
 @pytest.mark.parametrize(
     ("codec", "options", "downlink"),
-    [("topk", None, "identity"), ("powersgd", {"rank": 1}, "topk")],  # stateful codec; FLASC downlink
+    # stateful codecs (flm_topk keeps NumPy values in its state); the FLASC downlink
+    [("flm_topk", {"reoptimize_every": 2}, "identity"), ("powersgd", {"rank": 1}, "topk")],
 )
 def test_resume_equals_uninterrupted(tmp_path, codec, options, downlink):
     cfg = make_config(codec, options, downlink=downlink, rounds=4)
@@ -203,7 +204,10 @@ def test_resume_equals_uninterrupted(tmp_path, codec, options, downlink):
         if ca["residual"] is not None:
             assert torch.equal(ca["residual"], cb["residual"])
         assert ca["codec_state"].keys() == cb["codec_state"].keys()
-        assert all(torch.equal(ca["codec_state"][k], cb["codec_state"][k]) for k in ca["codec_state"])
+        for k, va in ca["codec_state"].items():
+            assert (
+                torch.equal(va, cb["codec_state"][k]) if torch.is_tensor(va) else va == cb["codec_state"][k]
+            )
     assert strip_times(rows_of(whole)) == strip_times(rows_of(cut))
     drop = ("wall_s", "out_dir")
     assert {k: v for k, v in s_whole.items() if k not in drop} == {
@@ -258,3 +262,22 @@ def test_default_preset_meets_its_promise(tmp_path):
     summary = run(load_config(), tmp_path)
     assert summary["final_metric"] >= 0.72
     assert summary["wall_s"] <= 600
+
+
+def test_checkpoint_keeps_numpy_values_exactly(tmp_path):
+    import numpy as np
+
+    from fedsqueeze.fl.checkpoint import save_checkpoint
+
+    state = {
+        "a": np.float32(0.1),
+        "b": [np.arange(5, dtype=np.int16), (np.uint64(2**63 + 1), "x")],
+        "t": torch.ones(2),
+        "raw": b"\x00\x01",
+    }
+    save_checkpoint(tmp_path, state)
+    back = load_checkpoint(tmp_path)
+    assert type(back["a"]) is np.float32 and back["a"] == np.float32(0.1)
+    assert back["b"][0].dtype == np.int16 and back["b"][0].tolist() == list(range(5))
+    assert back["b"][1] == (np.uint64(2**63 + 1), "x") and type(back["b"][1][0]) is np.uint64
+    assert torch.equal(back["t"], torch.ones(2)) and back["raw"] == b"\x00\x01"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -71,10 +73,42 @@ def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
         fh.write(json.dumps(jsonable(row)) + "\n")
 
 
+_NPY = "__npy__"
+
+
+def _pack(obj: Any) -> Any:
+    # NumPy values (e.g. in codec state) become .npy bytes, so the file loads with weights_only=True
+    # (no pickle code execution) and comes back with the exact dtype and value.
+    if isinstance(obj, np.ndarray | np.generic):
+        if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+            raise TypeError("cannot checkpoint a NumPy object array")
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(obj), allow_pickle=False)
+        return {_NPY: buf.getvalue(), "scalar": isinstance(obj, np.generic)}
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_pack(v) for v in obj)
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if _NPY in obj and set(obj) == {_NPY, "scalar"}:
+            arr = np.load(io.BytesIO(obj[_NPY]), allow_pickle=False)
+            return arr[()] if obj["scalar"] else arr
+        return {k: _unpack(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_unpack(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(out_dir: Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` (tensors, bytes, plain Python values) to ``out_dir/checkpoint/state.pt`` atomically."""
+    """Write ``state`` (tensors, bytes, plain Python and NumPy values) to ``out_dir/checkpoint/state.pt``
+    atomically."""
     path = out_dir / CHECKPOINT_NAME
-    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+    packed = _pack(dict(state))
+    atomic_write(path, lambda tmp: torch.save(packed, tmp))
     return path
 
 
@@ -83,4 +117,4 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    return torch.load(path, weights_only=True)
+    return _unpack(torch.load(path, weights_only=True))

@@ -13,7 +13,6 @@ import dataclasses
 import tomllib
 import types
 import typing
-import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -301,16 +300,4 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path or 'default preset'}: invalid TOML: {exc}") from None
     data = apply_overrides(data, overrides)
-    return RunConfig.from_dict(_fallback_codec(data))
-
-
-def _fallback_codec(data: dict[str, Any]) -> dict[str, Any]:
-    # The presets name flm_topk; until that codec is registered (it lives in its own module), use topk.
-    from ..codecs import available
-
-    codec = data.get("codec")
-    if isinstance(codec, dict) and codec.get("name") == "flm_topk" and "flm_topk" not in available():
-        warnings.warn("codec flm_topk is not registered; falling back to topk", stacklevel=3)
-        codec["name"] = "topk"
-        codec.pop("options", None)
-    return data
+    return RunConfig.from_dict(data)

@@ -280,6 +280,8 @@ def run(
     summary.update(
         {
             "codec": config.codec.name,
+            "codec_options": config.codec.build().options(),  # with the codec's defaults filled in
+            "downlink_options": config.downlink.build().options(),
             "downlink_protocol": fed.downlink.protocol,
             "seed": config.fl.seed,
             "lora_numel": wl.lora_spec.numel,
