@@ -4,7 +4,8 @@ Two coders, both vectorized:
 
 * ``fixed``: every index in ``ceil(log2 d)`` bits (the papers' accounting for vanilla TopK).
 * ``elias_fano``: ``l = floor(log2(d / k))`` low bits per index plus a unary-coded high part,
-  ``k * (2 + l) + 1`` bits at most, within about 0.6 bit per index of the entropy ``log2 C(d, k)``.
+  exactly ``k * l + k + ((d - 1) >> l) + 1`` bits, at most ``k * (l + 3)`` (about ``k * (l + 2)`` when
+  ``d / k`` is a power of two), within about 0.6 bit per index of the entropy ``log2 C(d, k)``.
 
 The count ``k`` is not written here; the caller writes it (codecs know their own header layout).
 """

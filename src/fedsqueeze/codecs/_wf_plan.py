@@ -1,0 +1,139 @@
+"""Rate allocation of ``wf_ecq``: intervals, per-interval models and the step-size search (no bytes here).
+
+One global step Δ is the water level: every coded interval gets the same distortion ≈ Δ²/12 at high rate,
+and an interval whose Lagrangian gain does not pay for its bits is sent at zero rate (reverse water-filling,
+Cover & Thomas Thm 10.3.3, realised by an entropy-coded dead-zone quantizer). The search runs on the model
+tables of ``_wf_model`` (entropy and distortion per interval class), so it touches O(#intervals) numbers per
+step, never the d values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._wf_model import BETAS, T_MAX, T_STEPS, T_ZERO, moment_ratios, tables
+
+__all__ = ["CLASS_BITS", "CODE_BITS", "Plan", "interval_layout", "interval_stats", "search_step", "side_bits"]
+
+CODE_BITS = 11  # per interval: 0 = zero rate, else 1 + β_idx * (T_MAX + 1) + t  (max 1160 < 2048)
+CLASS_BITS = 16 + 8 + 8  # per distinct class: alphabet bound M, centroid offsets for |q| = 1 and |q| >= 2
+FIXED_BITS = 8 + 8 + 32 + 32  # flags, ρ code, block, Δ (f32)
+WORDS_BITS = 32  # ANS word count
+_N_T = T_MAX + 1
+
+
+def interval_layout(sizes: tuple[int, ...], block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the intervals: each tensor cut into chunks of ``block`` (``None``: whole)."""
+    starts, lens = [], []
+    off = 0
+    for n in sizes:
+        if n > 0:
+            b = n if block is None else block
+            s = np.arange(0, n, b, dtype=np.int64)
+            starts.append(off + s)
+            lens.append(np.minimum(b, n - s))
+        off += n
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(starts), np.concatenate(lens)
+
+
+def interval_stats(x: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-interval RMS and GGD shape index (nearest moment ratio ``(E|x|)²/E[x²]``)."""
+    if starts.size == 0:
+        return np.zeros(0), np.zeros(0, np.int64)
+    ax = np.abs(x.astype(np.float64))
+    m1 = np.add.reduceat(ax, starts) / lens
+    m2 = np.add.reduceat(ax * ax, starts) / lens
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(m2 > 0, m1 * m1 / m2, 1.0)
+    ref = np.log(moment_ratios())
+    lr = np.log(np.clip(ratio, 1e-6, 1.0))
+    beta_idx = np.argmin(np.abs(lr[:, None] - ref[None, :]), axis=1).astype(np.int64)
+    return np.sqrt(m2), beta_idx
+
+
+def side_bits(n_intervals: int, n_classes: int) -> int:
+    """Body bits before the ANS words (byte-aligned), for the given interval and class counts."""
+    bits = FIXED_BITS + n_intervals * CODE_BITS + n_classes * CLASS_BITS
+    return 8 * ((bits + 7) // 8) + WORDS_BITS
+
+
+@dataclass
+class Plan:
+    """Outcome of the search at one step: class code per interval (0 = zero rate) and estimates."""
+
+    log2_step: float
+    codes: np.ndarray
+    est_bits: float  # modelled ANS bits
+    est_dist: float  # modelled squared error (absolute)
+    n_classes: int
+
+
+def _table_stack(rho_code: int) -> tuple[np.ndarray, np.ndarray]:
+    ent = np.stack([tables(rho_code, b)[0] for b in range(len(BETAS))])
+    dist = np.stack([tables(rho_code, b)[1] for b in range(len(BETAS))])
+    return ent, dist
+
+
+def evaluate(log2_step: float, rms, beta_idx, lens, ent, dist) -> Plan:
+    """Codes and estimates at step ``2**log2_step`` with Lagrangian zero-rate decisions."""
+    step2 = 4.0 ** log2_step
+    with np.errstate(divide="ignore"):
+        t = np.rint(T_STEPS * (np.log2(rms) - log2_step)).astype(np.float64) + T_ZERO
+    alive = np.isfinite(t) & (t >= 0)
+    ti = np.clip(np.nan_to_num(t, nan=0.0, neginf=0.0), 0, T_MAX).astype(np.int64)
+    h = ent[beta_idx, ti] * lens
+    dq = dist[beta_idx, ti] * step2 * lens
+    var = rms * rms * lens
+    # marginal trade-off of the global step: moving every coded interval one grid point
+    tu, td = np.clip(ti + 1, 0, T_MAX), np.clip(ti - 1, 0, T_MAX)
+    dh = (ent[beta_idx, tu] - ent[beta_idx, td]) * lens
+    dd = (dist[beta_idx, td] * 4.0 ** (1.0 / T_STEPS) - dist[beta_idx, tu] * 4.0 ** (-1.0 / T_STEPS))
+    dd = dd * step2 * lens
+    w = alive & (dh > 0)
+    lam = float(np.sum(dd[w]) / np.sum(dh[w])) if np.any(w) and np.sum(dh[w]) > 0 else 0.0
+    coded = alive & (var - dq > lam * h) & (h > 0)
+    codes = np.where(coded, 1 + beta_idx * _N_T + ti, 0)
+    n_classes = int(np.unique(codes[coded]).size)
+    return Plan(
+        log2_step, codes, float(np.sum(h[coded])), float(np.sum(dq[coded]) + np.sum(var[~coded])), n_classes
+    )
+
+
+def search_step(rms, beta_idx, lens, rho_code: int, avail_bits: float, kappa: float = 1.0) -> Plan:
+    """Smallest step whose modelled frame fits ``avail_bits`` (body bits incl. side info).
+
+    ``kappa`` scales the modelled ANS bits (calibration from a real encode). The step never goes below
+    ``max RMS / 2^10`` (the model grid's end), so a generous budget is simply not filled.
+    """
+    ent, dist = _table_stack(rho_code)
+    top = float(np.log2(rms.max()))
+    lo = top + (T_ZERO - T_MAX) / T_STEPS  # finest allowed step
+    hi = top + 12.0  # everything at zero rate
+
+    def fits(p: Plan) -> bool:
+        return kappa * p.est_bits + side_bits(lens.size, p.n_classes) <= avail_bits
+
+    best = evaluate(lo, rms, beta_idx, lens, ent, dist)
+    if fits(best):
+        return best
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        p = evaluate(mid, rms, beta_idx, lens, ent, dist)
+        if fits(p):
+            hi, best = mid, p
+        else:
+            lo = mid
+        if hi - lo < 1e-3:
+            break
+    if not fits(best):
+        best = evaluate(hi, rms, beta_idx, lens, ent, dist)
+    return best
+
+
+def step_is_finite(log2_step: float) -> bool:
+    return math.isfinite(log2_step) and -140 < log2_step < 127

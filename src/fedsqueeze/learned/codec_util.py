@@ -1,0 +1,70 @@
+"""Pieces shared by the ``cg_fedllm`` and ``cg_fedllm_q`` codecs: model resolution and body bounds."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..errors import ConfigError, PayloadError
+from ..spec import UpdateSpec
+from .autoencoder import CGAutoEncoder
+from .layout import FactorLayout
+from .normalize import num_scales
+from .store import load, lookup
+
+__all__ = ["PREFIX", "codec_model", "max_body", "read_floats", "read_prefix"]
+
+# version (B) + fingerprint (8s)
+PREFIX = struct.Struct("<B8s")
+MAX_MULTIPLE = 2**8  # depth <= 8
+
+
+def codec_model(model_fingerprint: str | None, model_path: str | None, name: str) -> CGAutoEncoder:
+    """The encoder's model: an in-memory one registered by ``from_model``, else loaded from ``model_path``."""
+    if model_fingerprint is not None:
+        model = lookup(model_fingerprint)
+        if model is None:
+            raise ConfigError(
+                f"{name}: autoencoder {model_fingerprint} is not in this process's store; build the codec "
+                "with from_model(model) or give model_path"
+            )
+        return model
+    if model_path is None:
+        raise ConfigError(
+            f"{name} needs a trained autoencoder: set model_path (train one with `fedsqueeze tgap`) or use "
+            f"{name}.from_model(model)"
+        )
+    return load(model_path)
+
+
+def max_body(spec: UpdateSpec, per_value_bytes: int, fixed: int) -> int:
+    """Bound for any model: scales of every tensor plus one value per padded input element."""
+    if spec.numel == 0:
+        return fixed
+    lay = FactorLayout.from_spec(spec, MAX_MULTIPLE)
+    return fixed + 4 * len(spec.entries) + per_value_bytes * lay.image_numel
+
+
+def read_prefix(body: bytes, version: int, name: str) -> str:
+    if len(body) < PREFIX.size:
+        raise PayloadError(f"{name} body of {len(body)} bytes is shorter than its {PREFIX.size}-byte prefix")
+    ver, fp = PREFIX.unpack_from(body)
+    if ver != version:
+        raise PayloadError(f"{name} body version {ver} is unknown (this build reads {version})")
+    return fp.hex()
+
+
+def read_floats(body: bytes, offset: int, count: int, dtype: str, name: str) -> np.ndarray:
+    """``count`` little-endian floats of ``dtype`` at ``offset``, checked finite, as float32."""
+    width = np.dtype(dtype).itemsize
+    if offset + width * count > len(body):
+        raise PayloadError(f"{name} body truncated: needs {offset + width * count} bytes, has {len(body)}")
+    vals = np.frombuffer(body, dtype=f"<{dtype}", count=count, offset=offset).astype(np.float32)
+    if not np.isfinite(vals).all():
+        raise PayloadError(f"{name} body holds NaN or Inf values")
+    return vals
+
+
+def scales_count(spec: UpdateSpec, model: CGAutoEncoder) -> int:
+    return num_scales(spec, model.config.normalize)
