@@ -83,6 +83,8 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
     "flm_topk-even-rate": ("flm_topk", {"mode": "even", "rate": 4.0, "b_min": 1, "b_max": 15}, 20),
     "flm_topk-even-L1024-3packets": ("flm_topk", {"mode": "even", "rate": 12.0, "interval_size": 1024}, 22),
     "flm_topk-threshold-3packets": ("flm_topk", {"rate": 12.0, "b_min": 2}, 23),
+    "wf_ecq": ("wf_ecq", {}, 24),
+    "wf_ecq-rate-dither-block256": ("wf_ecq", {"rate": 3.0, "dither": True, "block": 256}, 25),
 }
 
 

@@ -83,16 +83,24 @@ def evaluate(log2_step: float, rms, beta_idx, lens, ent, dist) -> Plan:
     """Codes and estimates at step ``2**log2_step`` with Lagrangian zero-rate decisions."""
     step2 = 4.0 ** log2_step
     with np.errstate(divide="ignore"):
-        t = np.rint(T_STEPS * (np.log2(rms) - log2_step)).astype(np.float64) + T_ZERO
-    alive = np.isfinite(t) & (t >= 0)
-    ti = np.clip(np.nan_to_num(t, nan=0.0, neginf=0.0), 0, T_MAX).astype(np.int64)
-    h = ent[beta_idx, ti] * lens
-    dq = dist[beta_idx, ti] * step2 * lens
+        tf = T_STEPS * (np.log2(rms) - log2_step) + T_ZERO  # continuous grid position of RMS / Δ
+    alive = np.isfinite(tf) & (tf >= -0.5)
+    tf = np.clip(np.nan_to_num(tf, nan=0.0, neginf=0.0), 0.0, float(T_MAX))
+    ti = np.rint(tf).astype(np.int64)  # the class the coder will use
+    # the estimates interpolate the tables: the data's real RMS / Δ, not its grid point, sets the rate
+    t0 = np.minimum(np.floor(tf).astype(np.int64), T_MAX - 1)
+    f = tf - t0
+
+    def lerp(tab: np.ndarray, shift: int = 0) -> np.ndarray:
+        a, b = np.clip(t0 + shift, 0, T_MAX), np.clip(t0 + 1 + shift, 0, T_MAX)
+        return tab[beta_idx, a] * (1 - f) + tab[beta_idx, b] * f
+
+    h = lerp(ent) * lens
+    dq = lerp(dist) * step2 * lens
     var = rms * rms * lens
     # marginal trade-off of the global step: moving every coded interval one grid point
-    tu, td = np.clip(ti + 1, 0, T_MAX), np.clip(ti - 1, 0, T_MAX)
-    dh = (ent[beta_idx, tu] - ent[beta_idx, td]) * lens
-    dd = (dist[beta_idx, td] * 4.0 ** (1.0 / T_STEPS) - dist[beta_idx, tu] * 4.0 ** (-1.0 / T_STEPS))
+    dh = (lerp(ent, 1) - lerp(ent, -1)) * lens
+    dd = lerp(dist, -1) * 4.0 ** (1.0 / T_STEPS) - lerp(dist, 1) * 4.0 ** (-1.0 / T_STEPS)
     dd = dd * step2 * lens
     w = alive & (dh > 0)
     lam = float(np.sum(dd[w]) / np.sum(dh[w])) if np.any(w) and np.sum(dh[w]) > 0 else 0.0

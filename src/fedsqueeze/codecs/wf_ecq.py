@@ -239,7 +239,7 @@ class WfEcq(Codec):
             raise PayloadError(f"wf_ecq: unknown flags {flags:#x}")
         if rho not in RHO_CODES or (flags and rho != 128):
             raise PayloadError(f"wf_ecq: invalid dead-zone code {rho}")
-        if block != 0 and block < _MIN_BLOCK:
+        if block != 0 and not _MIN_BLOCK <= block < 2**31:
             raise PayloadError(f"wf_ecq: invalid block {block}")
         if not (math.isfinite(step) and step > 0):
             raise PayloadError(f"wf_ecq: invalid step {step}")
