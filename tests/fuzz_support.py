@@ -6,9 +6,12 @@ exception, a hang, NaN/Inf or an allocation beyond a small multiple of the spec'
 
 from __future__ import annotations
 
+import signal
+import time
 import tracemalloc
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -119,3 +122,74 @@ def run_campaign(cases: int, seed: int = 0, progress: Callable[[int], None] | No
         if progress and i % 1000 == 0:
             progress(i)
     return counts
+
+
+class CaseTimeout(Exception):
+    """Raised by the per-case alarm: a decode that runs past the time limit is a hang."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise CaseTimeout()
+
+
+@dataclass
+class CampaignReport:
+    """Outcome of :func:`run_campaign_report`: counts, failures and the slowest case."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "rejected": 0})
+    failures: list[tuple[int, str, str, bytes]] = field(default_factory=list)  # (case, codec, error, blob)
+    slowest: tuple[float, int, str] = (0.0, -1, "")  # (seconds, case, codec)
+    per_codec_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_campaign_report(
+    cases: int,
+    seed: int = 0,
+    *,
+    time_limit: float = 10.0,
+    progress: Callable[[int], None] | None = None,
+    max_failures: int = 50,
+) -> CampaignReport:
+    """Like :func:`run_campaign` but keeps going after a failure, with a per-case hang guard.
+
+    Each decode runs under ``signal.setitimer`` (``time_limit`` seconds, main thread, POSIX); a case that
+    trips it is recorded as a ``hang`` failure. The slowest case is reported so a near-hang is visible too.
+    """
+    rng = np.random.default_rng(seed)
+    codecs = fuzz_codecs()
+    frames = {c: [valid_frame(c, s) for s in range(4)] for c in codecs}
+    rep = CampaignReport(per_codec_seconds={c: 0.0 for c in codecs})
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        for i in range(cases):
+            codec = codecs[i % len(codecs)]
+            blob = frames[codec][int(rng.integers(0, 4))]
+            for _ in range(int(rng.integers(1, 3))):
+                blob = mutate(blob, rng)
+            t0 = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, time_limit)
+            try:
+                outcome = check_decode(blob)
+            except CaseTimeout:
+                outcome, err = None, f"hang: decode ran past {time_limit}s"
+            except AssertionError as exc:
+                outcome, err = None, str(exc)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                if tracemalloc.is_tracing():
+                    tracemalloc.stop()
+            dt = time.perf_counter() - t0
+            rep.per_codec_seconds[codec] += dt
+            if dt > rep.slowest[0]:
+                rep.slowest = (dt, i, codec)
+            if outcome is None:
+                rep.counts["failed"] = rep.counts.get("failed", 0) + 1
+                if len(rep.failures) < max_failures:
+                    rep.failures.append((i, codec, err, blob))
+            else:
+                rep.counts[outcome] += 1
+            if progress and i % 1000 == 0:
+                progress(i)
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    return rep

@@ -97,7 +97,9 @@ def test_error_feedback_invariant() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), mode=st.sampled_from(["flip", "byte", "cut", "ans"]))
+@given(
+    seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), mode=st.sampled_from(["flip", "byte", "cut", "ans"])
+)
 def test_mutated_bodies_decode_finitely_or_are_rejected(seed: int, n: int, mode: str) -> None:
     upd = _update(3)
     spec = UpdateSpec.from_tensors(upd)

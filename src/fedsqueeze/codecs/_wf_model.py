@@ -3,7 +3,7 @@
 Each coded interval is modelled as i.i.d. generalized Gaussian (GGD) ``∝ exp(−|x/α|^β)`` with its shape ``β``
 picked from :data:`BETAS` and its RMS ``a`` (in units of the quantizer step Δ) on the log grid
 ``log2 a = (t − T_ZERO) / T_STEPS`` for ``t = 0..T_MAX``. The quantizer is the uniform dead-zone quantizer
-``|q| = floor(|x| / Δ + ρ)``: ``q = 0`` on ``|x| < (1 − ρ) Δ`` and ``|q| = k`` on ``[(k − ρ) Δ, (k + 1 − ρ) Δ)``.
+``|q| = floor(|x| / Δ + ρ)``: ``q = 0`` on ``|x| < (1 − ρ) Δ``, ``|q| = k`` on ``[(k − ρ) Δ, (k + 1 − ρ) Δ)``.
 
 This module gives, from integers only (so encoder and decoder compute bit-identical floats):
 
@@ -64,7 +64,9 @@ def _cum(beta: float, a: float, u: np.ndarray, p: int) -> np.ndarray:
 
 def _bins(beta: float, a: float, rho: float, kmax: int, moments: bool):
     """Per-bin mass (and first/second moments) of ``|q| = 0..kmax``; the tail is folded into ``kmax``."""
-    upper = np.arange(kmax + 1, dtype=np.float64) + 1.0 - rho  # bin k spans [k − ρ, k + 1 − ρ), bin 0 [0, 1 − ρ)
+    upper = (
+        np.arange(kmax + 1, dtype=np.float64) + 1.0 - rho
+    )  # bin k spans [k − ρ, k + 1 − ρ), bin 0 [0, 1 − ρ)
     out = []
     for p in (0, 1, 2) if moments else (0,):
         c = _cum(beta, a, upper, p)

@@ -16,7 +16,16 @@ import numpy as np
 
 from ._wf_model import BETAS, T_MAX, T_STEPS, T_ZERO, moment_ratios, tables
 
-__all__ = ["CLASS_BITS", "CODE_BITS", "Plan", "interval_layout", "interval_stats", "search_step", "side_bits"]
+__all__ = [
+    "CLASS_BITS",
+    "CODE_BITS",
+    "Plan",
+    "interval_layout",
+    "interval_stats",
+    "plan_at",
+    "search_step",
+    "side_bits",
+]
 
 CODE_BITS = 11  # per interval: 0 = zero rate, else 1 + β_idx * (T_MAX + 1) + t  (max 1160 < 2048)
 CLASS_BITS = 16 + 8 + 8  # per distinct class: alphabet bound M, centroid offsets for |q| = 1 and |q| >= 2
@@ -81,7 +90,7 @@ def _table_stack(rho_code: int) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(log2_step: float, rms, beta_idx, lens, ent, dist) -> Plan:
     """Codes and estimates at step ``2**log2_step`` with Lagrangian zero-rate decisions."""
-    step2 = 4.0 ** log2_step
+    step2 = 4.0**log2_step
     with np.errstate(divide="ignore"):
         tf = T_STEPS * (np.log2(rms) - log2_step) + T_ZERO  # continuous grid position of RMS / Δ
     alive = np.isfinite(tf) & (tf >= -0.5)
@@ -110,6 +119,12 @@ def evaluate(log2_step: float, rms, beta_idx, lens, ent, dist) -> Plan:
     return Plan(
         log2_step, codes, float(np.sum(h[coded])), float(np.sum(dq[coded]) + np.sum(var[~coded])), n_classes
     )
+
+
+def plan_at(log2_step: float, rms, beta_idx, lens, rho_code: int) -> Plan:
+    """The plan at a given step (used to bisect between real encodes)."""
+    ent, dist = _table_stack(rho_code)
+    return evaluate(log2_step, rms, beta_idx, lens, ent, dist)
 
 
 def search_step(rms, beta_idx, lens, rho_code: int, avail_bits: float, kappa: float = 1.0) -> Plan:

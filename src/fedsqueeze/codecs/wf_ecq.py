@@ -54,6 +54,7 @@ from ._wf_plan import (
     Plan,
     interval_layout,
     interval_stats,
+    plan_at,
     search_step,
     side_bits,
 )
@@ -90,7 +91,7 @@ def _grouping(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Coded
     ln, st = lens[order], starts[order]
     before = np.cumsum(ln) - ln
     perm = np.repeat(st - before, ln) + np.arange(int(ln.sum()), dtype=np.int64)
-    keys, first, inv = np.unique(codes[order], return_index=True, return_inverse=True)
+    keys, _, inv = np.unique(codes[order], return_index=True, return_inverse=True)
     counts = np.bincount(inv, weights=ln, minlength=keys.size).astype(np.int64)
     return _Coded(perm, keys, counts)
 
@@ -132,13 +133,15 @@ class WfEcq(Codec):
     rate: float | None = None
     block: int | None = 4096
     dither: bool = False
-    max_encodes: int = 3
+    max_encodes: int = 8
 
     def __post_init__(self) -> None:
         check_density(self.name, self.density)
         check_rate(self.name, self.rate)
         if self.block is not None and not (isinstance(self.block, int) and _MIN_BLOCK <= self.block < 2**31):
-            raise ConfigError(f"wf_ecq: block must be None or an int in [{_MIN_BLOCK}, 2**31), got {self.block!r}")
+            raise ConfigError(
+                f"wf_ecq: block must be None or an int in [{_MIN_BLOCK}, 2**31), got {self.block!r}"
+            )
         if not isinstance(self.dither, bool):
             raise ConfigError(f"wf_ecq: dither must be True or False, got {self.dither!r}")
         if not (isinstance(self.max_encodes, int) and self.max_encodes >= 1):
@@ -170,14 +173,25 @@ class WfEcq(Codec):
         plans = {r: search_step(rms, bidx, lens, r, avail) for r in rho_codes}
         rho = min(plans, key=lambda r: plans[r].est_dist)
         plan, kappa, best = plans[rho], 1.0, None
+        fit_at, fail_at = math.inf, -math.inf  # log2 steps known to fit / to overflow with the real coder
         for attempt in range(self.max_encodes):
             body, ans_bits = self._body(x, plan, rho, starts, lens, u)
-            if 8 * len(body) <= avail and (best is None or len(body) > len(best)):
-                best = body
+            if 8 * len(body) <= avail:
+                fit_at = min(fit_at, plan.log2_step)
+                if best is None or len(body) > len(best):
+                    best = body
+            else:
+                fail_at = max(fail_at, plan.log2_step)
             if best is not None and 8 * len(best) >= 0.99 * avail:
                 break
             if attempt + 1 < self.max_encodes:
-                kappa = max(kappa * ans_bits / max(plan.est_bits * kappa, 1.0), 1e-3) if plan.est_bits else kappa
+                if math.isfinite(fit_at) and math.isfinite(fail_at):  # bracketed: bisect on real sizes
+                    plan = plan_at(0.5 * (fit_at + fail_at), rms, bidx, lens, rho)
+                    continue
+                # rescale the model by the measured ratio, but at most 4x per try: data far from every GGD
+                # (e.g. bounded uniform init values that all fall in the dead zone) must not derail it
+                ratio = ans_bits / max(plan.est_bits * kappa, 1.0) if plan.est_bits else 1.0
+                kappa *= float(np.clip(ratio, 0.25, 4.0))
                 plan = search_step(rms, bidx, lens, rho, avail * (1.0 - 0.002 * (attempt + 1)), kappa)
         if best is None:  # the model kept missing: fall back to sending every interval at zero rate
             best = self._body(x, Plan(0.0, np.zeros(lens.size, np.int64), 0, 0, 0), rho, starts, lens, u)[0]
@@ -207,7 +221,9 @@ class WfEcq(Codec):
             if ms[i] == 0:
                 continue
             beta_idx, t = _split(int(grp.keys[i]))
-            model = cs.stream.model.Categorical(class_probabilities(beta_idx, t, ms[i], rho / 256.0), perfect=False)
+            model = cs.stream.model.Categorical(
+                class_probabilities(beta_idx, t, ms[i], rho / 256.0), perfect=False
+            )
             enc.encode_reverse((q[bounds[i] : bounds[i + 1]] + ms[i]).astype(np.int32), model)
         words = np.asarray(enc.get_compressed(), dtype="<u4")
         w = BitWriter()
@@ -302,7 +318,9 @@ def _decode_symbols(words: np.ndarray, grp: _Coded, ms: np.ndarray, rho: int) ->
             n, m = int(grp.counts[i]), int(ms[i])
             if m > 0 and n > 0:
                 beta_idx, t = _split(int(grp.keys[i]))
-                model = cs.stream.model.Categorical(class_probabilities(beta_idx, t, m, rho / 256.0), perfect=False)
+                model = cs.stream.model.Categorical(
+                    class_probabilities(beta_idx, t, m, rho / 256.0), perfect=False
+                )
                 out[pos : pos + n] = dec.decode(model, n).astype(np.int64) - m
             pos += n
         if not dec.is_empty():

@@ -34,10 +34,25 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # like a plainly created file (some writers make 0600 files)
+        _fsync(tmp)  # the data is on disk before the rename makes it visible (power loss, not only kill -9)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(str(path.parent), directory=True)  # and the rename itself is durable
+
+
+def _fsync(path: str, *, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDONLY)
+    except OSError:  # e.g. directories cannot be opened on Windows: best effort there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

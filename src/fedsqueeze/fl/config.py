@@ -55,7 +55,15 @@ class FLConfig:
     target_metric
         Optional target of the evaluation metric; the summary reports rounds and uplink bytes to reach it.
     min_replies
-        Minimum replies for a round to count (engines where clients can drop out; the local loop has none).
+        Minimum valid replies (after screening, see :mod:`fedsqueeze.fl.robust`) for a round to change the
+        model; with fewer the round leaves the model unchanged. ``None``: at least one.
+    norm_bound_factor
+        Drop a reply whose update norm exceeds this many times the round's median norm (``0``/``None``:
+        no bound). Undecodable and non-finite replies are always dropped.
+    aggregation
+        ``"mean"`` (sample-weighted FedAvg), ``"median"`` or ``"trimmed_mean"`` (coordinate-wise, robust).
+    trim_fraction
+        Fraction of clients trimmed at each end of every coordinate by ``"trimmed_mean"``, in ``[0, 0.5)``.
     """
 
     rounds: int = 20
@@ -66,6 +74,9 @@ class FLConfig:
     eval_every: int = 1
     target_metric: float | None = None
     min_replies: int | None = None
+    norm_bound_factor: float | None = 10.0
+    aggregation: str = "mean"
+    trim_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         for key in ("rounds", "clients_per_round", "eval_every"):
@@ -80,6 +91,19 @@ class FLConfig:
                 f"fl.min_replies must be in 1..fl.clients_per_round ({self.clients_per_round}), "
                 f"got {self.min_replies}"
             )
+        if self.norm_bound_factor is not None and not (
+            self.norm_bound_factor == 0 or self.norm_bound_factor >= 1
+        ):
+            raise ConfigError(
+                f"fl.norm_bound_factor must be 0 (off) or >= 1, got {self.norm_bound_factor}"
+            )
+        if self.aggregation not in ("mean", "median", "trimmed_mean"):
+            raise ConfigError(
+                f"fl.aggregation = {self.aggregation!r} is not allowed; "
+                "choose one of mean, median, trimmed_mean"
+            )
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"fl.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,8 @@ config, and a resumed run equals the uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -25,12 +27,14 @@ from .config import RunConfig
 from .ledger import TrafficLedger
 from .report import Progress, package_versions, plot_metric_vs_uplink, summarize
 from .seeding import derive_seed, sample_clients
-from .server import Downlink, aggregate_payloads, apply_update, weighted_mean
+from .robust import aggregate, merge_screens, screen_replies
+from .server import Downlink, apply_update, weighted_mean
 from .workload import Workload
 
 __all__ = ["default_out_dir", "parse_capture_rounds", "run"]
 
 CAPTURES = "captures.safetensors"
+log = logging.getLogger(__name__)
 
 
 def default_out_dir(config: RunConfig) -> Path:
@@ -57,6 +61,12 @@ def parse_capture_rounds(spec: str | Iterable[int] | None) -> frozenset[int] | s
 
 
 def _build_workload(config: RunConfig) -> Workload:
+    if config.model.name == "toy":  # tiny synthetic workload (tests, crash/determinism checks)
+        from .toy import ToyWorkload
+
+        return ToyWorkload(
+            config.data.num_clients, rank=config.model.lora_r, alpha=config.data.alpha, seed=config.fl.seed
+        )
     # Imported here: the real workload pulls in transformers, the loop itself must not.
     from ..models.workload import build_workload
 
@@ -104,11 +114,7 @@ class _Federation:
             for c in clients
         ]  # fmt: skip
         weights = [rep.num_examples for rep in replies]
-        mean_lora = aggregate_payloads([rep.lora_payload for rep in replies], weights, wl.lora_spec)
-        mean_head = aggregate_payloads([rep.head_payload for rep in replies], weights, wl.head_spec)
-        self.lora = apply_update(self.lora, mean_lora, wl.lora_spec, cfg.fl.server_lr)
-        self.head = apply_update(self.head, mean_head, wl.head_spec, cfg.fl.server_lr)
-        dense = weighted_mean([rep.raw_update for rep in replies], weights)
+        kept, mean_lora, dense, dropped = self._aggregate(replies, weights)
         traffic = self.ledger.record(
             r,
             {rep.client: len(rep.lora_payload) for rep in replies},
@@ -124,7 +130,9 @@ class _Federation:
         evaluate = r % cfg.fl.eval_every == 0 or r == cfg.fl.rounds
         ev = wl.evaluate(dict(self.lora), dict(self.head)) if evaluate else None
         prev = self.rows[-1] if self.rows else {"cum_uplink_bytes": 0, "cum_downlink_bytes": 0}
-        rels = [rep.rel_error for rep in replies if rep.rel_error is not None]
+        kept_replies = [replies[i] for i in kept]
+        kept_w = [weights[i] for i in kept]
+        rels = [rep.rel_error for rep in kept_replies if rep.rel_error is not None]
         d = max(wl.lora_spec.numel, 1)
         row = {
             "round": r,
@@ -137,20 +145,57 @@ class _Federation:
             "downlink_bytes": traffic.downlink_bytes,
             "cum_downlink_bytes": prev["cum_downlink_bytes"] + traffic.downlink_bytes,
             "lora_bits_per_param": 8 * sum(traffic.uplink_lora.values()) / (d * len(replies)),
-            "train_loss": sum(w * rep.train_loss for w, rep in zip(weights, replies, strict=True))
-            / sum(weights),
+            "train_loss": sum(w * rep.train_loss for w, rep in zip(kept_w, kept_replies, strict=True))
+            / sum(kept_w)
+            if kept
+            else None,
             "eval_metric": None if ev is None else float(ev[wl.metric_name]),
             "eval_metric_name": wl.metric_name,
             "eval": None if ev is None else {k: float(v) for k, v in ev.items()},
-            "rel_error": relative_error(dense, mean_lora),
+            "rel_error": None if dense is None else relative_error(dense, mean_lora),
             "client_rel_error": sum(rels) / len(rels) if rels else None,
             "residual_norms": [rep.residual_norm for rep in replies],
-            "mean_update_norm": float(dense.norm()),
+            "mean_update_norm": None if dense is None else float(dense.norm()),
+            "aggregated": dense is not None,
+            "num_dropped": len(dropped),
+            "dropped": dropped,
+            "lora_sha256": [hashlib.sha256(rep.lora_payload).hexdigest() for rep in replies],
+            "head_sha256": [hashlib.sha256(rep.head_payload).hexdigest() for rep in replies],
             "train_s": train_s,
             "wall_s": time.perf_counter() - t0,
         }
         self.rows.append(row)
         return row
+
+    def _aggregate(
+        self, replies: list[ClientReply], weights: list[int]
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor | None, list[dict[str, Any]]]:
+        """Screen the replies (:mod:`.robust`), aggregate the kept ones and apply the update.
+
+        Returns the kept indices, the aggregated LoRA update (zeros when the round is skipped), the dense
+        reference mean of the kept raw updates (``None`` when skipped) and the dropped records.
+        """
+        fl, wl = self.config.fl, self.workload
+        clients = [rep.client for rep in replies]
+        screens = [
+            screen_replies(
+                [getattr(rep, part) for rep in replies], weights, spec,
+                norm_bound_factor=fl.norm_bound_factor, clients=clients,
+            )
+            for part, spec in (("lora_payload", wl.lora_spec), ("head_payload", wl.head_spec))
+        ]  # fmt: skip
+        kept, (lora_vecs, head_vecs), dropped = merge_screens(len(replies), screens, clients)
+        for d in dropped:
+            log.warning("dropped the reply of client %s: %s", d["client"], d["reason"])
+        if len(kept) < (fl.min_replies or 1):  # too few valid replies: the model stays as it is
+            return kept, torch.zeros(wl.lora_spec.numel, dtype=torch.float64), None, dropped
+        kw = [weights[i] for i in kept]
+        mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
+        mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
+        self.lora = apply_update(self.lora, mean_lora, wl.lora_spec, fl.server_lr)
+        self.head = apply_update(self.head, mean_head, wl.head_spec, fl.server_lr)
+        dense = weighted_mean([replies[i].raw_update for i in kept], kw)
+        return kept, mean_lora, dense, dropped
 
     # -- checkpoint --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

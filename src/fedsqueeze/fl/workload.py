@@ -17,7 +17,7 @@ from ..spec import UpdateSpec
 
 __all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload"]
 
-MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama")
+MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "toy")  # toy: fl.toy.ToyWorkload (tests)
 DATASETS = ("rotten_tomatoes", "bbc_news", "gsm8k")
 PARTITIONS = ("iid", "dirichlet")
 

@@ -51,3 +51,30 @@ def synthesise(
     img = model.decode(latent.to(torch.float32).unsqueeze(0))
     flat = lay.from_images(img)
     return normalize(flat, scales.reshape(1, -1), spec, model.config.normalize, inverse=True)[0].contiguous()
+
+
+# -- the untrained fallback of cg_fedllm_q ---------------------------------------------------------------
+BLOCK = 8  # 8×8 block means: a fixed 1/64 linear dimension reducer, the same ratio as the paper's latent
+
+
+def blockmean_analyse(flat: torch.Tensor, spec: UpdateSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Untrained transform: per-tensor RMS normalisation, then orthonormal 8×8 block means of the stack.
+
+    Returns a ``(1, H/8, W/8)`` latent and the ``(len(spec),)`` scales.
+    """
+    images, scales, _ = prepare_images(flat, spec, "tensor_rms", BLOCK)
+    z = torch.nn.functional.avg_pool2d(images, BLOCK) * BLOCK  # orthonormal: sum / 8
+    return z[0].contiguous(), scales[0]
+
+
+def blockmean_synthesise(latent: torch.Tensor, scales: torch.Tensor, spec: UpdateSpec) -> torch.Tensor:
+    """Inverse (least-squares) of :func:`blockmean_analyse`: spread each block mean over its block."""
+    lay = FactorLayout.from_spec(spec, BLOCK)
+    img = latent.to(torch.float32).unsqueeze(0).repeat_interleave(BLOCK, -2).repeat_interleave(BLOCK, -1)
+    flat = lay.from_images(img / BLOCK)
+    return normalize(flat, scales.reshape(1, -1), spec, "tensor_rms", inverse=True)[0].contiguous()
+
+
+def blockmean_latent_shape(spec: UpdateSpec) -> tuple[int, int, int]:
+    lay = FactorLayout.from_spec(spec, BLOCK)
+    return (1, lay.height // BLOCK, lay.width // BLOCK)

@@ -1,0 +1,125 @@
+"""What a Flower run needs beyond the engine: the run config as flat Flower keys, the workload, timeouts.
+
+Flower run configs are flat ``key = scalar`` tables that travel to every ServerApp and ClientApp, so the whole
+:class:`~fedsqueeze.fl.config.RunConfig` travels as one JSON string (``fedsqueeze-config``); the server and
+every client rebuild the same config from it and check its digest on every message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from ..fl.config import RunConfig
+from ..fl.workload import Workload
+
+__all__ = ["DEFAULT_ROUND_TIMEOUT", "FlowerSettings", "make_workload"]
+
+DEFAULT_ROUND_TIMEOUT = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowerSettings:
+    """One Flower run: the engine config plus the Flower-only knobs.
+
+    Parameters
+    ----------
+    config
+        The same :class:`~fedsqueeze.fl.config.RunConfig` ``fedsqueeze run`` takes (``fl.min_replies`` is
+        honoured here: a round with fewer valid replies leaves the model unchanged; ``None`` means 1).
+    workload
+        ``""``: built from the config exactly as ``fedsqueeze run`` builds it (``model.name = "toy"`` gives
+        the tiny synthetic :class:`~fedsqueeze.fl.toy.ToyWorkload`); ``"module:callable"``:
+        ``callable(config) -> Workload``, importable on every node (the ServerApp and every ClientApp).
+    round_timeout
+        Seconds the server waits for replies each round (Flower run-config key ``round-timeout``); clients
+        that have not replied by then are dropped from that round.
+    out_dir
+        Where the ServerApp writes ``metrics.jsonl`` / ``summary.json`` (on the machine running the
+        ServerApp, i.e. the SuperLink's in a deployment); ``""`` for ``runs/<time>-<codec>-flower``.
+    """
+
+    config: RunConfig
+    workload: str = ""
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.round_timeout, int | float) and math.isfinite(self.round_timeout)) or (
+            self.round_timeout <= 0
+        ):
+            raise ConfigError(f"round-timeout must be a number of seconds > 0, got {self.round_timeout!r}")
+        if self.workload and ":" not in self.workload:
+            raise ConfigError(f'workload must be "" or "module:callable", got {self.workload!r}')
+
+    @property
+    def digest(self) -> str:
+        """Short SHA-256 of the config and workload: server and clients must agree on it."""
+        blob = json.dumps([self.config.to_dict(), self.workload], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def min_replies(self) -> int:
+        return self.config.fl.min_replies or 1
+
+    def to_run_config(self) -> dict[str, str | float]:
+        """The flat Flower run config (``[tool.flwr.app.config]`` / ``context.run_config``)."""
+        return {
+            "fedsqueeze-config": json.dumps(self.config.to_dict(), sort_keys=True),
+            "workload": self.workload,
+            "round-timeout": float(self.round_timeout),
+            "out-dir": self.out_dir,
+        }
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FlowerSettings:
+        """Inverse of :meth:`to_run_config` (raises :class:`~fedsqueeze.ConfigError` on a bad value)."""
+        raw = run_config.get("fedsqueeze-config")
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError("the Flower run config has no fedsqueeze-config; start runs with fedsqueeze flower")
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"fedsqueeze-config is not valid JSON: {exc}") from None
+        return cls(
+            config=RunConfig.from_dict(data),
+            workload=str(run_config.get("workload", "")),
+            round_timeout=float(run_config.get("round-timeout", DEFAULT_ROUND_TIMEOUT)),
+            out_dir=str(run_config.get("out-dir", "")),
+        )
+
+
+_CACHE: dict[str, Workload] = {}
+
+
+def make_workload(settings: FlowerSettings) -> Workload:
+    """Build (once per process and config) the workload named by ``settings.workload``.
+
+    The cache matters in simulation, where client actors stay warm; in a deployment every message gets a
+    fresh ClientApp process, so the model is rebuilt each round (see docs/flower.md).
+    """
+    key = settings.digest
+    if key not in _CACHE:
+        _CACHE.clear()  # one config per process at a time; do not pin old models in memory
+        _CACHE[key] = _build(settings)
+    return _CACHE[key]
+
+
+def _build(settings: FlowerSettings) -> Workload:
+    cfg = settings.config
+    if settings.workload == "":
+        from ..fl.loop import _build_workload  # the same construction as `fedsqueeze run`
+
+        return _build_workload(cfg)
+    mod, _, attr = settings.workload.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"workload {settings.workload!r} cannot be imported: {exc}") from None
+    return factory(cfg)

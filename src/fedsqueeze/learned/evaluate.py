@@ -1,0 +1,170 @@
+"""Evaluate CG-FedLLM on captured updates against its controls and TopK/FLM-TopK at equal bits.
+
+    python -m fedsqueeze.learned.evaluate runs/X/captures.safetensors --json docs/cg-fedllm-eval.json
+
+Held out: the later rounds (last ``--holdout-rounds`` fraction) of the training clients, and every round of
+``--holdout-clients`` unseen clients. TGAP trains on the rest: the paper's autoencoder (``normalize=none``,
+ReLU ends, Tanh) for ``cg_fedllm`` and the sound one (``tensor_rms``, no ReLU ends, linear head) for
+``cg_fedllm_q``. Every codec row is measured from real payload bytes (``bits_per_param`` = 8·len(frame)/d).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..codecs import codec_class, decode_flat, get
+from ..spec import UpdateSpec
+from .autoencoder import AEConfig
+from .controls import identity_is_exact, score, shuffle_control, train_mean_predictor, zero_predictor
+from .tgap import Captures, TGAPConfig, load_captures, tgap_pretrain
+
+__all__ = ["add_arguments", "evaluate", "main", "measure", "split_captures"]
+
+PAPER_AE = AEConfig()
+SOUND_AE = AEConfig(normalize="tensor_rms", relu_ends=False, tanh_head=False)
+
+
+def split_captures(
+    caps: Captures, holdout_rounds: float = 0.3, holdout_clients: float = 0.2, seed: int = 0
+) -> dict[str, Captures]:
+    """``train`` / ``later_rounds`` / ``unseen_clients`` (seeded choice of clients; rounds by time)."""
+    rounds = sorted(set(caps.rounds))
+    clients = sorted(set(caps.clients))
+    n_late = int(round(holdout_rounds * len(rounds))) if len(rounds) > 1 else 0
+    late = set(rounds[len(rounds) - n_late :]) if n_late else set()
+    rng = np.random.default_rng(seed)
+    n_unseen = min(int(round(holdout_clients * len(clients))), len(clients) - 1)
+    unseen = set(rng.choice(clients, size=n_unseen, replace=False).tolist()) if n_unseen > 0 else set()
+    pairs = list(zip(caps.rounds, caps.clients, strict=True))
+    return {
+        "train": caps.select([r not in late and c not in unseen for r, c in pairs]),
+        "later_rounds": caps.select([r in late and c not in unseen for r, c in pairs]),
+        "unseen_clients": caps.select([c in unseen for _, c in pairs]),
+    }
+
+
+def measure(codec: Any, targets: torch.Tensor, spec: UpdateSpec) -> dict[str, Any]:
+    """Encode and decode every target with ``codec``; bits from the frames, plus distortion."""
+    t0 = time.perf_counter()
+    blobs = [codec.encode_with_spec(u.to(torch.float32), spec, seed=i) for i, u in enumerate(targets)]
+    recon = torch.stack([decode_flat(b, spec) for b in blobs])
+    return {
+        "bits_per_param": float(np.mean([8 * len(b) / spec.numel for b in blobs])),
+        **score(targets, recon, spec),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _reconstructor(codec: Any, spec: UpdateSpec) -> Any:
+    return lambda u: decode_flat(codec.encode_with_spec(u.to(torch.float32), spec), spec)
+
+
+def evaluate(
+    caps: Captures,
+    *,
+    tgap: TGAPConfig | None = None,
+    holdout_rounds: float = 0.3,
+    holdout_clients: float = 0.2,
+    q_rates: tuple[float, ...] = (0.05, 0.1, 0.25),
+    log: Any = None,
+) -> dict[str, Any]:
+    """Train both autoencoders on the training split and score every codec and control on the held-out sets."""
+    tgap = tgap or TGAPConfig()
+    split = split_captures(caps, holdout_rounds, holdout_clients, tgap.seed)
+    train, spec = split["train"], caps.spec
+    if len(train) == 0:
+        raise ValueError("the training split is empty; capture more rounds or clients")
+    say = log or (lambda msg: None)
+    say(f"TGAP on {len(train)} snapshots (d = {spec.numel}), {tgap.steps} steps per model")
+    paper, paper_log = tgap_pretrain(train, ae=PAPER_AE, config=tgap)
+    sound, sound_log = tgap_pretrain(train, ae=SOUND_AE, config=tgap)
+    C, Q = codec_class("cg_fedllm"), codec_class("cg_fedllm_q")
+    codecs: dict[str, Any] = {
+        "cg_fedllm fp32 (paper AE)": C.from_model(paper),
+        "cg_fedllm fp16 (paper AE)": C.from_model(paper, latent_dtype="fp16"),
+        "cg_fedllm fp32 (sound AE)": C.from_model(sound),
+    }
+    for r in q_rates:
+        codecs[f"cg_fedllm_q rate={r} (sound AE)"] = Q.from_model(sound, rate=r)
+        codecs[f"cg_fedllm_q rate={r} (untrained block means)"] = Q(rate=r)
+    out: dict[str, Any] = {
+        "d": spec.numel,
+        "splits": {k: len(v) for k, v in split.items()},
+        "tgap": {
+            "config": dataclasses.asdict(tgap),
+            "paper": {k: v for k, v in paper_log.items() if k != "spec"},
+            "sound": {k: v for k, v in sound_log.items() if k != "spec"},
+        },
+        "encoder_bytes": paper.encoder_bytes(),
+        "results": {},
+    }
+    for name, held in split.items():
+        if name == "train" or len(held) == 0:
+            continue
+        u = held.flats
+        say(f"held-out set {name}: {len(held)} updates")
+        rows: dict[str, Any] = {
+            "zero predictor": score(u, zero_predictor(u), spec),
+            "train-mean predictor": score(u, train_mean_predictor(train.flats, u), spec),
+            "identity codec bit-exact": identity_is_exact(u, spec),
+        }
+        for label, codec in codecs.items():
+            rows[label] = measure(codec, u, spec)
+            if "fp32" in label:
+                rows[label + " shuffled"] = score(u, shuffle_control(_reconstructor(codec, spec), u), spec)
+        for ref in ("cg_fedllm fp32 (paper AE)", "cg_fedllm fp16 (paper AE)"):
+            bpp = rows[ref]["bits_per_param"]
+            for base in ("topk", "flm_topk"):
+                opt = codec_class(base).rate_option
+                rows[f"{base} at {bpp:.3f} bpp"] = measure(get(base, **{opt: bpp}), u, spec)
+        out["results"][name] = rows
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("captures", help="captures.safetensors from `fedsqueeze run --capture-updates all`")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--steps", type=int, default=TGAPConfig.steps, help="TGAP Adam steps per model")
+    parser.add_argument("--batch-size", type=int, default=TGAPConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TGAPConfig.lr)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--holdout-rounds", type=float, default=0.3, help="fraction of later rounds held out")
+    parser.add_argument("--holdout-clients", type=float, default=0.2, help="fraction of clients held out")
+
+
+def main(args: argparse.Namespace) -> int:
+    caps = load_captures(args.captures)
+    cfg = TGAPConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    res = evaluate(
+        caps, tgap=cfg, holdout_rounds=args.holdout_rounds, holdout_clients=args.holdout_clients,
+        log=lambda m: print(m, file=sys.stderr),
+    )  # fmt: skip
+    res["captures"] = str(args.captures)
+    for split, rows in res["results"].items():
+        print(f"\n{split}")
+        for name, row in rows.items():
+            if isinstance(row, dict):
+                bpp = row.get("bits_per_param")
+                shown = "" if bpp is None else f"{bpp:7.4f} bpp  "
+                print(f"  {name:48s} {shown}rel_error {row['rel_error']:.4f}  cosine {row['cosine']:+.4f}")
+            else:
+                print(f"  {name:48s} {row}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="python -m fedsqueeze.learned.evaluate", description=__doc__)
+    add_arguments(_p)
+    raise SystemExit(main(_p.parse_args()))
