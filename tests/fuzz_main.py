@@ -20,13 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cases", nargs="?", type=int, default=100_000)
     p.add_argument("--random-seed", action="store_true", help="seed from the clock (printed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per case before it counts as a hang")
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per case = a hang")
     p.add_argument("--save-failures", type=pathlib.Path, default=None, help="write failing frames here")
     args = p.parse_args(argv)
     seed = int(time.time()) if args.random_seed else args.seed
     t0 = time.perf_counter()
     rep = run_campaign_report(
-        args.cases, seed=seed, time_limit=args.time_limit,
+        args.cases,
+        seed=seed,
+        time_limit=args.time_limit,
         progress=lambda i: print(f"\r{i}/{args.cases}", end="", flush=True),
     )
     wall = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """Payload mutators shared by the decoder fuzz tests and ``make fuzz``.
 
-Every mutation of a valid frame must end in a correct decode or :class:`fedsqueeze.PayloadError`: never another
-exception, a hang, NaN/Inf or an allocation beyond a small multiple of the spec's size.
+Every mutation of a valid frame must end in a correct decode or :class:`fedsqueeze.PayloadError`: never
+another exception, a hang, NaN/Inf or an allocation beyond a small multiple of the spec's size.
 """
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ def mutate(blob: bytes, rng: np.random.Generator) -> bytes:
 
 def check_decode(blob: bytes, spec: UpdateSpec = FUZZ_SPEC) -> str:
     """Decode hostile bytes; return "ok" or "rejected"; raise AssertionError on any other outcome."""
-    limit = 64 * spec.numel * 4 + (1 << 20)  # bytes of numpy allocations allowed: a small multiple of the spec
+    limit = 64 * spec.numel * 4 + (1 << 20)  # numpy allocations allowed: a small multiple of the spec
     tracemalloc.start()
     try:
         out = fedsqueeze.decode(blob, spec)
     except PayloadError:
         return "rejected"
-    except Exception as exc:  # noqa: BLE001 - any other exception is the bug we hunt
+    except Exception as exc:
         raise AssertionError(f"decode raised {type(exc).__name__}: {exc}") from exc
     finally:
         _, peak = tracemalloc.get_traced_memory()
@@ -124,12 +124,12 @@ def run_campaign(cases: int, seed: int = 0, progress: Callable[[int], None] | No
     return counts
 
 
-class CaseTimeout(Exception):
+class CaseTimeoutError(Exception):
     """Raised by the per-case alarm: a decode that runs past the time limit is a hang."""
 
 
 def _on_alarm(signum: int, frame: object) -> None:
-    raise CaseTimeout()
+    raise CaseTimeoutError()
 
 
 @dataclass
@@ -170,7 +170,7 @@ def run_campaign_report(
             signal.setitimer(signal.ITIMER_REAL, time_limit)
             try:
                 outcome = check_decode(blob)
-            except CaseTimeout:
+            except CaseTimeoutError:
                 outcome, err = None, f"hang: decode ran past {time_limit}s"
             except AssertionError as exc:
                 outcome, err = None, str(exc)

@@ -21,6 +21,10 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("bench", "rd"), "fedsqueeze.bench.rd"),
     (("bench", "speed"), "fedsqueeze.bench.speed"),
     (("bench", "intervals"), "fedsqueeze.bench.intervals"),
+    (("flower", "simulate"), "fedsqueeze.flower.cli_simulate"),
+    (("flower", "superlink"), "fedsqueeze.flower.cli_superlink"),
+    (("flower", "supernode"), "fedsqueeze.flower.cli_supernode"),
+    (("flower", "run"), "fedsqueeze.flower.cli_run"),
 )
 
 

@@ -50,7 +50,7 @@ from ..wire.frame import HEADER_SIZE
 from .base import Codec, DecodeContext
 from .registry import register as register_codec
 
-__all__ = ["CGFedLLMQ", "FALLBACK_FINGERPRINT"]
+__all__ = ["FALLBACK_FINGERPRINT", "CGFedLLMQ"]
 
 _VERSION = 1
 FALLBACK_FINGERPRINT = bytes(8)
@@ -75,7 +75,9 @@ class CGFedLLMQ(Codec):
 
     name: ClassVar[str] = "cg_fedllm_q"
     codec_id: ClassVar[int] = 31
-    summary: ClassVar[str] = "CG-FedLLM sound variant: normalised, quantised, rANS-coded latent (rate-tunable)"
+    summary: ClassVar[str] = (
+        "CG-FedLLM sound variant: normalised, quantised, rANS-coded latent (rate-tunable)"
+    )
     rate_option: ClassVar[str | None] = "rate"
 
     rate: float | None = None

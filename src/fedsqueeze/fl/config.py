@@ -94,9 +94,7 @@ class FLConfig:
         if self.norm_bound_factor is not None and not (
             self.norm_bound_factor == 0 or self.norm_bound_factor >= 1
         ):
-            raise ConfigError(
-                f"fl.norm_bound_factor must be 0 (off) or >= 1, got {self.norm_bound_factor}"
-            )
+            raise ConfigError(f"fl.norm_bound_factor must be 0 (off) or >= 1, got {self.norm_bound_factor}")
         if self.aggregation not in ("mean", "median", "trimmed_mean"):
             raise ConfigError(
                 f"fl.aggregation = {self.aggregation!r} is not allowed; "

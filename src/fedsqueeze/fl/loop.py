@@ -26,8 +26,8 @@ from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
 from .ledger import TrafficLedger
 from .report import Progress, package_versions, plot_metric_vs_uplink, summarize
-from .seeding import derive_seed, sample_clients
 from .robust import aggregate, merge_screens, screen_replies
+from .seeding import derive_seed, sample_clients
 from .server import Downlink, apply_update, weighted_mean
 from .workload import Workload
 

@@ -116,8 +116,8 @@ def merge_screens(
     """Combine the screens of several parts of the same ``n`` replies (e.g. LoRA frame and head frame).
 
     A reply is kept only when every part kept it; a dropped reply is reported once, with the reasons of
-    every part that dropped it joined by ``"; "``, in the order of ``clients`` (default: the indices). Returns the kept indices, the decoded vectors of each
-    part restricted to them, and the dropped records.
+    every part that dropped it joined by ``"; "``, in the order of ``clients`` (default: the indices).
+    Returns the kept indices, the decoded vectors of each part restricted to them, and the dropped records.
     """
     kept = set(range(n))
     reasons: dict[Any, list[str]] = {}
@@ -167,5 +167,5 @@ def aggregate(
         return (srt[lo] + srt[hi]) / 2.0
     if not 0 <= trim_fraction < 0.5:
         raise ConfigError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
-    k = int(math.floor(trim_fraction * n))
+    k = math.floor(trim_fraction * n)
     return srt[k : n - k].mean(dim=0)

@@ -7,9 +7,9 @@ client ids onto Flower node ids).
 
 Per-client error-feedback state (residual + codec state) survives across rounds:
 
-* with ``state-dir`` in the SuperNode's ``--node-config``: in ``STATE_DIR/ef-<config digest>-run<run id>-p<id>.pt``
-  (atomic writes), so it also survives a SuperNode restart; every payload sent is also logged to
-  ``STATE_DIR/sent.jsonl``;
+* with ``state-dir`` in the SuperNode's ``--node-config``: in
+  ``STATE_DIR/ef-<config digest>-run<run id>-p<id>.pt`` (atomic writes), so it also survives a SuperNode
+  restart; every payload sent is also logged to ``STATE_DIR/sent.jsonl``;
 * otherwise in ``context.state`` (in memory: lost if the SuperNode restarts; the client then starts again
   from a zero residual, like a new client).
 """
@@ -33,7 +33,7 @@ from ..fl.client import client_step
 from ..fl.seeding import derive_seed
 from ..spec import UpdateSpec
 from .records import array_bytes, blob_to_state, bytes_array, sha256, state_to_blob
-from .settings import FlowerSettings, make_workload
+from .settings import FlowerSettings, make_workload, settings_from_context
 
 __all__ = ["app", "handle_query", "handle_train", "partition_id"]
 
@@ -54,7 +54,7 @@ def partition_id(context: Context) -> int:
 @app.query()
 def handle_query(msg: Message, context: Context) -> Message:
     """Reply with this node's partition id and the digest of the run config it sees."""
-    settings = FlowerSettings.from_run_config(context.run_config)
+    settings = settings_from_context(context.run_config)
     info = ConfigRecord({"partition-id": partition_id(context), "digest": settings.digest})
     return Message(RecordDict({"node": info}), reply_to=msg)
 
@@ -111,7 +111,7 @@ def _log_sent(context: Context, row: dict[str, Any]) -> None:
 def handle_train(msg: Message, context: Context) -> Message:
     """Train this partition from the received global state and reply with the compressed update."""
     t0 = time.perf_counter()
-    settings = FlowerSettings.from_run_config(context.run_config)
+    settings = settings_from_context(context.run_config)
     req = msg.content.config_records["round"]
     if req["digest"] != settings.digest:
         raise ConfigError("the server's run config differs from this node's (config digest mismatch)")

@@ -1,4 +1,4 @@
-"""Environment defaults that keep Flower (and Ray) off the network: no telemetry, update checks or installs."""
+"""Environment defaults that keep Flower and Ray off the network: no telemetry, update checks, installs."""
 
 from __future__ import annotations
 

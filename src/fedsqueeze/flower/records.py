@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord
 from ..errors import PayloadError
 from ..fl.checkpoint import _pack, _unpack
 
-__all__ = ["blob_to_state", "bytes_array", "array_bytes", "sha256", "state_to_blob"]
+__all__ = ["array_bytes", "blob_to_state", "bytes_array", "sha256", "state_to_blob"]
 
 STYPE = "raw-bytes"
 

@@ -12,14 +12,25 @@ import hashlib
 import importlib
 import json
 import math
+import os
 from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..fl.config import RunConfig
 from ..fl.workload import Workload
 
-__all__ = ["DEFAULT_ROUND_TIMEOUT", "FlowerSettings", "make_workload"]
+__all__ = [
+    "DEFAULT_ROUND_TIMEOUT",
+    "FlowerSettings",
+    "default_out_dir",
+    "make_workload",
+    "settings_from_context",
+]
+
+RUN_CONFIG_ENV = "FEDSQUEEZE_FLOWER_RUN_CONFIG"  # run config for run_simulation (which passes an empty one)
 
 DEFAULT_ROUND_TIMEOUT = 600.0
 
@@ -82,7 +93,9 @@ class FlowerSettings:
         """Inverse of :meth:`to_run_config` (raises :class:`~fedsqueeze.ConfigError` on a bad value)."""
         raw = run_config.get("fedsqueeze-config")
         if not isinstance(raw, str) or not raw:
-            raise ConfigError("the Flower run config has no fedsqueeze-config; start runs with fedsqueeze flower")
+            raise ConfigError(
+                "the Flower run config has no fedsqueeze-config; start runs with `fedsqueeze flower`"
+            )
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -93,6 +106,19 @@ class FlowerSettings:
             round_timeout=float(run_config.get("round-timeout", DEFAULT_ROUND_TIMEOUT)),
             out_dir=str(run_config.get("out-dir", "")),
         )
+
+
+def settings_from_context(run_config: Mapping[str, Any]) -> FlowerSettings:
+    """Settings from a Flower ``context.run_config``, else from ``$FEDSQUEEZE_FLOWER_RUN_CONFIG`` (JSON)."""
+    if "fedsqueeze-config" not in run_config and os.environ.get(RUN_CONFIG_ENV):
+        run_config = json.loads(os.environ[RUN_CONFIG_ENV])
+    return FlowerSettings.from_run_config(run_config)
+
+
+def default_out_dir(settings: FlowerSettings) -> Path:
+    """``runs/<timestamp>-<codec>-flower`` under the current directory."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{settings.config.codec.name}-flower"
 
 
 _CACHE: dict[str, Workload] = {}

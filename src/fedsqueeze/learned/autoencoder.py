@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from ..errors import ConfigError
@@ -68,7 +69,9 @@ class AEConfig:
         if not 0 <= self.res_blocks <= 16:
             raise ConfigError(f"autoencoder res_blocks must be in 0..16, got {self.res_blocks}")
         if self.normalize not in MODES:
-            raise ConfigError(f"autoencoder normalize must be one of {', '.join(MODES)}, got {self.normalize!r}")
+            raise ConfigError(
+                f"autoencoder normalize must be one of {', '.join(MODES)}, got {self.normalize!r}"
+            )
 
     @property
     def latent_channels(self) -> int:
@@ -122,7 +125,7 @@ class _Encoder(nn.Module):
         self.stem_bn = nn.BatchNorm2d(1)
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU())
-            for a, b in zip(ch[:-1], ch[1:], strict=True)
+            for a, b in itertools.pairwise(ch)
         )
         self.res = nn.ModuleList(_ResBlock(ch[-1]) for _ in range(cfg.res_blocks))
 
@@ -148,7 +151,7 @@ class _Decoder(nn.Module):
                 nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1, bias=False),
                 nn.BatchNorm2d(b),
             )
-            for a, b in zip(ch[:-1], ch[1:], strict=True)
+            for a, b in itertools.pairwise(ch)
         )
         self.head = nn.Conv2d(1, 1, 7)
 

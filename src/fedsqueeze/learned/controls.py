@@ -70,7 +70,9 @@ def train_mean_predictor(train: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return train.to(torch.float64).mean(dim=0, keepdim=True).expand_as(targets).to(targets.dtype)
 
 
-def shuffle_control(reconstruct: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+def shuffle_control(
+    reconstruct: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor
+) -> torch.Tensor:
     """Client ``j``'s reconstruction as the prediction of client ``i``'s update (``j = i + 1`` cyclically).
 
     A codec that carries information scores much worse here than matched; an input-independent one scores

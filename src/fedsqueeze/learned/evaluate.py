@@ -39,10 +39,10 @@ def split_captures(
     """``train`` / ``later_rounds`` / ``unseen_clients`` (seeded choice of clients; rounds by time)."""
     rounds = sorted(set(caps.rounds))
     clients = sorted(set(caps.clients))
-    n_late = int(round(holdout_rounds * len(rounds))) if len(rounds) > 1 else 0
+    n_late = round(holdout_rounds * len(rounds)) if len(rounds) > 1 else 0
     late = set(rounds[len(rounds) - n_late :]) if n_late else set()
     rng = np.random.default_rng(seed)
-    n_unseen = min(int(round(holdout_clients * len(clients))), len(clients) - 1)
+    n_unseen = min(round(holdout_clients * len(clients)), len(clients) - 1)
     unseen = set(rng.choice(clients, size=n_unseen, replace=False).tolist()) if n_unseen > 0 else set()
     pairs = list(zip(caps.rounds, caps.clients, strict=True))
     return {
@@ -77,7 +77,7 @@ def evaluate(
     q_rates: tuple[float, ...] = (0.05, 0.1, 0.25),
     log: Any = None,
 ) -> dict[str, Any]:
-    """Train both autoencoders on the training split and score every codec and control on the held-out sets."""
+    """Train both autoencoders on the training split; score every codec and control on the held-out sets."""
     tgap = tgap or TGAPConfig()
     split = split_captures(caps, holdout_rounds, holdout_clients, tgap.seed)
     train, spec = split["train"], caps.spec

@@ -12,6 +12,8 @@ A zero scale (an all-zero tensor) divides by one, so a zero block stays zero and
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ..errors import ConfigError
@@ -44,7 +46,7 @@ def compute_scales(flats: torch.Tensor, spec: UpdateSpec, mode: str) -> torch.Te
     offs = spec.offsets
     cols = [
         flats[:, a:b].pow(2).mean(dim=1).sqrt() if b > a else torch.zeros(flats.shape[0], dtype=torch.float64)
-        for a, b in zip(offs[:-1], offs[1:], strict=True)
+        for a, b in itertools.pairwise(offs)
     ]
     return torch.stack(cols, dim=1).to(torch.float32)
 

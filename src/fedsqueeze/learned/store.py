@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError, PayloadError
 from .autoencoder import AEConfig, CGAutoEncoder
 

@@ -41,7 +41,9 @@ class TGAPConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
-            raise ConfigError(f"tgap steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+            raise ConfigError(
+                f"tgap steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}"
+            )
         if not self.lr > 0:
             raise ConfigError(f"tgap lr must be > 0, got {self.lr}")
 
@@ -141,8 +143,8 @@ def tgap_pretrain(
     Returns
     -------
     (model, log)
-        ``log`` has ``steps``, ``loss_first``, ``loss_last`` (masked MSE in normalised units), ``train_rel_error``
-        (‖u − û‖²/‖u‖² over all snapshots, real units) and ``num_snapshots``.
+        ``log`` has ``steps``, ``loss_first``, ``loss_last`` (masked MSE in normalised units),
+        ``train_rel_error`` (‖u − û‖²/‖u‖² over all snapshots, real units) and ``num_snapshots``.
     """
     ae = ae or AEConfig()
     cfg = config or TGAPConfig()

@@ -22,7 +22,7 @@ def layout_for(model: CGAutoEncoder, spec: UpdateSpec) -> FactorLayout:
 def prepare_images(
     flats: torch.Tensor, spec: UpdateSpec, model_or_mode: CGAutoEncoder | str, multiple: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, FactorLayout]:
-    """``(N, d)`` updates → normalised ``(N, 1, H, W)`` float32 images, their ``(N, k)`` scales, the layout."""
+    """``(N, d)`` updates → normalised ``(N, 1, H, W)`` float32 images, ``(N, k)`` scales, the layout."""
     if isinstance(model_or_mode, CGAutoEncoder):
         mode, multiple = model_or_mode.config.normalize, model_or_mode.config.multiple
     else:

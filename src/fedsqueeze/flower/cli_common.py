@@ -1,0 +1,52 @@
+"""Arguments shared by ``fedsqueeze flower simulate`` and ``fedsqueeze flower run`` (no flwr import)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
+
+__all__ = ["add_job_arguments", "settings_from_args"]
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default=None, help="TOML config file or preset name (as `run`)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, as in `fedsqueeze run`; repeatable",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder of the ServerApp (default runs/<time>-<codec>-flower)",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=DEFAULT_ROUND_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for replies each round; late clients are dropped "
+        f"(default {DEFAULT_ROUND_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--workload",
+        default="",
+        metavar="MODULE:CALLABLE",
+        help="custom workload factory, callable(RunConfig) -> Workload, importable on every node",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
+    from ..fl.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    settings = FlowerSettings(config, workload=args.workload, round_timeout=args.round_timeout)
+    out = Path(args.out) if args.out else default_out_dir(settings)
+    # Absolute: the ServerApp may run in another working directory (the SuperLink's).
+    return FlowerSettings(config, args.workload, args.round_timeout, str(out.resolve()))

@@ -1,0 +1,68 @@
+"""Start a Flower SuperNode serving one client (data partition) of a fedsqueeze run.
+
+Runs flower-supernode with --node-config "partition-id=I state-dir=DIR"; the client's error-feedback state
+is kept in DIR, so it survives a restart of this SuperNode. TLS and node authentication:
+  fedsqueeze flower supernode --superlink link.example.org:9091 --partition-id 3 \
+      --root-certificates ca.pem --auth-supernode-private-key node3_key --state-dir /var/lib/fsq
+Local test: fedsqueeze flower supernode --insecure --superlink 127.0.0.1:9091 --partition-id 0 --port 9094
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+__all__ = ["add_arguments", "build_command", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--superlink", required=True, metavar="HOST:PORT", help="address of the SuperLink")
+    parser.add_argument("--partition-id", type=int, required=True, help="client id of this node, 0..N-1")
+    parser.add_argument(
+        "--state-dir", default=None, metavar="DIR", help="where per-client state lives (survives restarts)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=9094, help="local Runtime API port (one per node per host)"
+    )
+    parser.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    parser.add_argument(
+        "--root-certificates", metavar="PEM", help="CA certificate that signed the SuperLink's"
+    )
+    parser.add_argument(
+        "--auth-supernode-private-key", metavar="KEY", help="this node's private key (node auth)"
+    )
+
+
+def build_command(args: argparse.Namespace) -> list[str]:
+    from .deploy import flower_exe
+
+    node_config = f"partition-id={int(args.partition_id)}"
+    if args.state_dir:
+        node_config += f" state-dir={json.dumps(str(Path(args.state_dir).resolve()))}"
+    cmd = [
+        flower_exe("flower-supernode"),
+        "--superlink", args.superlink,
+        "--port", str(args.port),
+        "--node-config", node_config,
+    ]  # fmt: skip
+    if args.insecure:
+        cmd.append("--insecure")
+    if args.root_certificates:
+        cmd += ["--root-certificates", args.root_certificates]
+    if args.auth_supernode_private_key:
+        cmd += ["--auth-supernode-private-key", args.auth_supernode_private_key]
+    return cmd
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from .deploy import child_env
+
+    if not args.insecure and not args.root_certificates:
+        raise ConfigError("give --root-certificates CA.pem (TLS), or --insecure for a local test")
+    if args.state_dir:
+        Path(args.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    cmd = build_command(args)
+    os.execve(cmd[0], cmd, child_env())

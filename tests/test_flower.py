@@ -1,0 +1,330 @@
+"""Flower adapter: the same job as `fedsqueeze run`, in-process (fake Grid) and on a real loopback deployment."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, RecordDict  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from fedsqueeze.fl import RunConfig, run  # noqa: E402
+from fedsqueeze.fl.checkpoint import load_checkpoint  # noqa: E402
+from fedsqueeze.fl.config import CodecConfig, FLConfig  # noqa: E402
+from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig  # noqa: E402
+from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings  # noqa: E402
+from fedsqueeze.flower.deploy import child_env, flower_exe, write_app, write_connection  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+TESTS = Path(__file__).parent
+
+
+def make_config(n=4, k=2, rounds=3, **fl) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(name="toy"),
+        data=DataConfig(num_clients=n),
+        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
+        fl=FLConfig(rounds=rounds, clients_per_round=k, seed=1, **fl),
+        codec=CodecConfig("topk", {"density": 0.1}),
+    )
+
+
+def local_params(cfg: RunConfig, out: Path):
+    run(cfg, out)
+    ck = load_checkpoint(out)
+    return ck["lora"], ck["head"]
+
+
+def assert_same_params(final_file: Path, lora, head) -> None:
+    got = load_file(str(final_file))
+    for k, v in lora.items():
+        assert torch.equal(got[f"lora/{k}"], v), k
+    for k, v in head.items():
+        assert torch.equal(got[f"head/{k}"], v), k
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- in-process: the real ClientApp / ServerApp objects over a fake Grid (no servers) ---------------------
+@pytest.fixture
+def task_identity():
+    # flwr 1.41 reads this private identity when a Message is built outside a running app.
+    from flwr.supercore.task_identity import TaskIdentity
+
+    names = ("_run_id", "_node_id", "_task_id")
+    saved = [getattr(TaskIdentity, n, None) for n in names]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    for n, v in zip(names, saved, strict=True):
+        setattr(TaskIdentity, n, v)
+
+
+class FakeGrid:
+    """Dispatches every message to the ClientApp with a per-node Context; ``down`` nodes never reply."""
+
+    def __init__(self, settings: FlowerSettings, n: int, state_dir: Path | None = None) -> None:
+        from fedsqueeze.flower.client_app import app
+
+        self.app, self.settings, self.state_dir = app, settings, state_dir
+        self.ctx = {100 + p: self.context(p) for p in range(n)}
+        self.ids = itertools.count(1)
+        self.down: set[int] = set()
+        self.sent = 0
+
+    def context(self, p: int) -> Context:
+        node_config = {"partition-id": p}
+        if self.state_dir is not None:
+            node_config["state-dir"] = str(self.state_dir / f"n{p}")
+        return Context(7, 100 + p, node_config, RecordDict(), self.settings.to_run_config())
+
+    def get_node_ids(self):
+        return list(self.ctx)
+
+    def send_and_receive(self, msgs, *, timeout=None):
+        out = []
+        for m in msgs:
+            m.metadata.__dict__["_message_id"] = str(next(self.ids))
+            if m.metadata.dst_node_id - 100 in self.down and m.metadata.message_type == "train":
+                continue
+            out.append(self.app(m, self.ctx[m.metadata.dst_node_id]))
+        return out
+
+
+def test_fake_grid_equals_in_process_engine(tmp_path, task_identity):
+    from fedsqueeze.flower.server_app import run_rounds
+
+    cfg = make_config()
+    settings = FlowerSettings(cfg, round_timeout=5)
+    summary = run_rounds(FakeGrid(settings, 4), settings, tmp_path / "flower")
+    lora, head = local_params(cfg, tmp_path / "local")
+    assert_same_params(tmp_path / "flower" / "final_params.safetensors", lora, head)
+    local = rows(tmp_path / "local")
+    for a, b in zip(rows(tmp_path / "flower"), local, strict=True):
+        for key in ("clients", "uplink_bytes", "downlink_bytes", "eval_metric", "train_loss"):
+            assert a[key] == b[key], key
+        assert sorted(a["lora_sha256"].values()) == sorted(b["lora_sha256"])
+    assert summary["engine"] == "flower" and summary["total_uplink_bytes"] > 0
+
+
+def test_min_replies_and_dropouts(tmp_path, task_identity):
+    from fedsqueeze.flower.server_app import run_rounds
+
+    # Two of two clients must reply; one is down: every round leaves the model unchanged.
+    cfg = make_config(n=2, k=2, rounds=2, min_replies=2)
+    settings = FlowerSettings(cfg, round_timeout=5)
+    grid = FakeGrid(settings, 2)
+    grid.down = {1}
+    run_rounds(grid, settings, tmp_path / "a")
+    from fedsqueeze.flower.settings import make_workload
+
+    lora0, head0 = make_workload(settings).initial_params()
+    assert_same_params(tmp_path / "a" / "final_params.safetensors", lora0, head0)
+    got = rows(tmp_path / "a")
+    assert [r["aggregated"] for r in got] == [False, False]
+    assert all(r["dropped"][0]["client"] == 1 and "no reply" in r["dropped"][0]["reason"] for r in got)
+    assert all(r["uplink_bytes"] > 0 for r in got)  # client 0's bytes were received and are counted
+
+    # min_replies = 1: the rounds go on with client 0 alone.
+    settings1 = FlowerSettings(make_config(n=2, k=2, rounds=2, min_replies=1), round_timeout=5)
+    grid = FakeGrid(settings1, 2)
+    grid.down = {1}
+    run_rounds(grid, settings1, tmp_path / "b")
+    got = rows(tmp_path / "b")
+    assert [r["kept"] for r in got] == [[0], [0]] and all(r["aggregated"] for r in got)
+    fin = load_file(str(tmp_path / "b" / "final_params.safetensors"))
+    assert not torch.equal(fin["lora/layer.lora_A"], lora0["layer.lora_A"])
+
+
+def test_error_feedback_state_survives_rounds_and_restart(tmp_path, task_identity):
+    from fedsqueeze.flower.server_app import run_rounds
+
+    cfg = make_config(n=2, k=2, rounds=3)
+    for state_dir, expect in ((None, "context"), (tmp_path / "state", "file")):
+        settings = FlowerSettings(cfg, round_timeout=5)
+        grid = FakeGrid(settings, 2, state_dir)
+        real = grid.send_and_receive
+        froms: list[str] = []
+
+        def spy(msgs, *, timeout=None, real=real, grid=grid, froms=froms):
+            out = list(real(msgs, timeout=timeout))
+            froms.extend(
+                m.content.config_records["meta"]["state-from"]
+                for m in out
+                if "meta" in m.content.config_records
+            )
+            if state_dir is not None and len(froms) == 2:  # "restart" both SuperNodes: fresh Contexts
+                grid.ctx = {100 + p: grid.context(p) for p in range(2)}
+            return out
+
+        grid.send_and_receive = spy
+        out = tmp_path / f"run-{expect}"
+        run_rounds(grid, settings, out)
+        # Residuals carried across rounds (also across the restart with a state dir): same model as local.
+        assert froms[:2] == ["fresh", "fresh"]
+        assert froms[2:] == [expect] * 4
+        lora, head = local_params(cfg, tmp_path / f"local-{expect}")
+        assert_same_params(out / "final_params.safetensors", lora, head)
+
+
+def test_offline_env_and_app_files(tmp_path):
+    env = child_env()
+    for key, value in OFFLINE_ENV.items():
+        assert env[key] == value or key in os.environ
+    settings = FlowerSettings(make_config(), workload="", round_timeout=7.5, out_dir="/x y/\"q\"")
+    app = write_app(tmp_path / "app", settings)
+    import tomllib
+
+    data = tomllib.loads((app / "pyproject.toml").read_text())
+    assert FlowerSettings.from_run_config(data["tool"]["flwr"]["app"]["config"]) == settings
+    write_connection(tmp_path / "home", "c", "127.0.0.1:1", insecure=True)
+    assert "insecure = true" in (tmp_path / "home" / "config.toml").read_text()
+
+
+# -- a real deployment on 127.0.0.1: one SuperLink, two SuperNodes, `flwr run` ----------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pgid_alive(pgid: int) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(d.name))
+    return pids
+
+
+class Stack:
+    """SuperLink + SuperNodes, each in its own process group, killed (group-wide) in ``close``."""
+
+    def __init__(self, root: Path, n: int, hang: dict[int, Path] | None = None) -> None:
+        self.root, self.procs, self.port = root, {}, free_port()
+        self.env = child_env({"PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                              "FLWR_HOME": str(root / "flwr-home"),
+                              "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})  # fmt: skip
+        self.start("link", [flower_exe("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                            "--port", str(self.port), "--disable-runtime-dependency-installation"])  # fmt: skip
+        for p in range(n):
+            extra = {"FSQ_TEST_HANG_MARKER": str(hang[p])} if hang and p in hang else {}
+            self.start(f"node{p}", [flower_exe("flower-supernode"), "--insecure",
+                                    "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+                                    "--node-config", f'partition-id={p} state-dir="{root / f"state{p}"}"'],
+                       extra)  # fmt: skip
+
+    def start(self, name: str, cmd: list[str], extra: dict[str, str] | None = None) -> None:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            cmd, env={**self.env, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + 3
+            while pgid_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not pgid_alive(proc.pid):
+                break
+        proc.wait(timeout=5)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+        left = {name: pgid_alive(p.pid) for name, p in self.procs.items()}
+        assert not any(left.values()), f"processes left behind: {left}"
+
+    def flwr_run(self, settings: FlowerSettings, timeout: float) -> subprocess.CompletedProcess:
+        app = write_app(self.root / "app", settings)
+        write_connection(self.root / "flwr-home", "t", f"127.0.0.1:{self.port}", insecure=True)
+        return subprocess.run(
+            [flower_exe("flwr"), "run", str(app), "t", "--stream"],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+
+def sent_log(root: Path, p: int) -> list[dict]:
+    path = root / f"state{p}" / "sent.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_deployment_two_supernodes_matches_in_process_engine(tmp_path):
+    cfg = make_config(n=2, k=2, rounds=2)
+    settings = FlowerSettings(cfg, round_timeout=60, out_dir=str(tmp_path / "out"))
+    stack = Stack(tmp_path, 2)
+    try:
+        res = stack.flwr_run(settings, timeout=150)
+        assert (tmp_path / "out" / "summary.json").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
+    finally:
+        stack.close()
+    got = rows(tmp_path / "out")
+    assert [r["kept"] for r in got] == [[0, 1], [0, 1]]
+    # The bytes the server decoded are the bytes each client sent (SHA-256 logged on both sides).
+    for p in (0, 1):
+        sent = {(s["server-round"]): s for s in sent_log(tmp_path, p)}
+        assert sorted(sent) == [1, 2]
+        for r in got:
+            assert r["lora_sha256"][str(p)] == sent[r["round"]]["lora-sha256"]
+            assert r["head_sha256"][str(p)] == sent[r["round"]]["head-sha256"]
+        assert [sent[1]["state-from"], sent[2]["state-from"]] == ["fresh", "file"]
+    # Same seed, same clients: the final adapter equals the in-process engine's bit for bit.
+    lora, head = local_params(cfg, tmp_path / "local")
+    assert_same_params(tmp_path / "out" / "final_params.safetensors", lora, head)
+    local = rows(tmp_path / "local")
+    assert [r["uplink_bytes"] for r in got] == [r["uplink_bytes"] for r in local]
+
+
+@pytest.mark.slow
+def test_deployment_supernode_killed_mid_round(tmp_path):
+    marker = tmp_path / "hanging"
+    cfg = make_config(n=2, k=2, rounds=1, min_replies=1)
+    settings = FlowerSettings(
+        cfg, workload="test_flower_support:hanging_toy", round_timeout=30, out_dir=str(tmp_path / "out")
+    )
+    stack = Stack(tmp_path, 2, hang={1: marker})
+    try:
+        import threading
+
+        result: dict = {}
+        th = threading.Thread(target=lambda: result.setdefault("res", stack.flwr_run(settings, timeout=170)))
+        th.start()
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "client 1 never started training"
+        t_kill = time.monotonic()
+        stack.kill("node1")  # the SuperNode dies during the round
+        th.join(timeout=170)
+        elapsed = time.monotonic() - t_kill
+    finally:
+        stack.close()
+    res = result["res"]
+    assert (tmp_path / "out" / "summary.json").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
+    (row,) = rows(tmp_path / "out")
+    assert row["kept"] == [0] and row["aggregated"]
+    assert row["dropped"] == [{"client": 1, "reason": "no reply within 30 s"}]
+    assert elapsed < 60
+    assert row["lora_sha256"]["0"] == sent_log(tmp_path, 0)[0]["lora-sha256"]
