@@ -172,9 +172,7 @@ def _structured(n_rounds: int, n_clients: int, spec: UpdateSpec, seed: int) -> C
     """Low-rank "updates": a few smooth spatial patterns of the factor stack with random coefficients."""
     g = torch.Generator().manual_seed(seed)
     lay = FactorLayout.from_spec(spec, 8)
-    yy, xx = torch.meshgrid(
-        torch.linspace(0, 1, lay.height), torch.linspace(0, 1, lay.width), indexing="ij"
-    )
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, lay.height), torch.linspace(0, 1, lay.width), indexing="ij")
     pats = torch.stack([torch.sin(3 * yy + 2 * xx), torch.cos(5 * yy), yy - 0.5])
     basis = lay.from_images(pats[:, None])  # (3, d)
     rs, cs, fl = [], [], []
@@ -198,7 +196,9 @@ def test_tgap_beats_the_train_mean_control_on_structured_updates() -> None:
     recon = torch.stack([decode_flat(codec.encode_with_spec(u, spec), spec) for u in held])
     ae_err = score(held, recon)["rel_error"]
     mean_err = score(held, train_mean_predictor(train.flats, held))["rel_error"]
-    shuffled = score(held, shuffle_control(lambda u: decode_flat(codec.encode_with_spec(u, spec), spec), held))
+    shuffled = score(
+        held, shuffle_control(lambda u: decode_flat(codec.encode_with_spec(u, spec), spec), held)
+    )
     # Measured relation on this structured source: the AE carries per-update information (beats the
     # input-independent mean and its own shuffled control).
     assert ae_err < mean_err

@@ -1,4 +1,4 @@
-"""Flower adapter: the same job as `fedsqueeze run`, in-process (fake Grid) and on a real loopback deployment."""
+"""Flower adapter: the job of `fedsqueeze run`, in-process (fake Grid) and on a real loopback deployment."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import torch
 
 pytest.importorskip("flwr")
 
-from flwr.app import Context, RecordDict  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from flwr.app import Context, RecordDict
+from safetensors.torch import load_file
 
-from fedsqueeze.fl import RunConfig, run  # noqa: E402
-from fedsqueeze.fl.checkpoint import load_checkpoint  # noqa: E402
-from fedsqueeze.fl.config import CodecConfig, FLConfig  # noqa: E402
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig  # noqa: E402
-from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings  # noqa: E402
-from fedsqueeze.flower.deploy import child_env, flower_exe, write_app, write_connection  # noqa: E402
+from fedsqueeze.fl import RunConfig, run
+from fedsqueeze.fl.checkpoint import load_checkpoint
+from fedsqueeze.fl.config import CodecConfig, FLConfig
+from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings
+from fedsqueeze.flower.deploy import child_env, flower_exe, write_app, write_connection
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TESTS = Path(__file__).parent
@@ -158,7 +158,7 @@ def test_error_feedback_state_survives_rounds_and_restart(tmp_path, task_identit
         real = grid.send_and_receive
         froms: list[str] = []
 
-        def spy(msgs, *, timeout=None, real=real, grid=grid, froms=froms):
+        def spy(msgs, *, timeout=None, real=real, grid=grid, froms=froms, state_dir=state_dir):
             out = list(real(msgs, timeout=timeout))
             froms.extend(
                 m.content.config_records["meta"]["state-from"]
@@ -183,7 +183,7 @@ def test_offline_env_and_app_files(tmp_path):
     env = child_env()
     for key, value in OFFLINE_ENV.items():
         assert env[key] == value or key in os.environ
-    settings = FlowerSettings(make_config(), workload="", round_timeout=7.5, out_dir="/x y/\"q\"")
+    settings = FlowerSettings(make_config(), workload="", round_timeout=7.5, out_dir='/x y/"q"')
     app = write_app(tmp_path / "app", settings)
     import tomllib
 
@@ -222,8 +222,14 @@ class Stack:
         self.env = child_env({"PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                               "FLWR_HOME": str(root / "flwr-home"),
                               "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})  # fmt: skip
-        self.start("link", [flower_exe("flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                            "--port", str(self.port), "--disable-runtime-dependency-installation"])  # fmt: skip
+        link = [flower_exe("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.start("link", [*link, "--disable-runtime-dependency-installation"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the SuperLink accepts connections (~2 s on 2 cores)
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.2)
         for p in range(n):
             extra = {"FSQ_TEST_HANG_MARKER": str(hang[p])} if hang and p in hang else {}
             self.start(f"node{p}", [flower_exe("flower-supernode"), "--insecure",
@@ -234,7 +240,11 @@ class Stack:
     def start(self, name: str, cmd: list[str], extra: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
-            cmd, env={**self.env, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env={**self.env, **(extra or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self, name: str) -> None:

@@ -172,3 +172,34 @@ def test_repeated_kills_of_the_same_run(tmp_path, cfg_file, reference) -> None:
     res = subprocess.run(_cmd(cfg_file, out, "--resume"), env=_env(), capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr.decode()[-2000:]
     _check_same_as_reference(out, reference)
+
+
+def test_crash_between_metrics_row_and_checkpoint_truncates_on_resume(tmp_path, monkeypatch) -> None:
+    """In-process: die right after round 3's metrics row is appended, before its checkpoint is written."""
+    import fedsqueeze.fl.loop as loop
+    from fedsqueeze.fl.config import load_config
+    from fedsqueeze.fl.toy import ToyWorkload
+
+    cfg_path = tmp_path / "toy.toml"
+    cfg_path.write_text(CONFIG.replace(f"rounds = {ROUNDS}", "rounds = 5"))
+    cfg = load_config(cfg_path)
+    wl = lambda: ToyWorkload(8, rank=4, seed=3)  # noqa: E731 - what _build_workload makes for this config
+    loop.run(cfg, tmp_path / "ref", workload=wl())
+
+    real = loop.save_checkpoint
+
+    def dying(out, state):
+        if state["round"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(out, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", dying)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg, tmp_path / "run", workload=wl())
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3  # one row ahead
+    assert load_checkpoint(tmp_path / "run")["round"] == 2
+    monkeypatch.undo()
+    loop.run(cfg, tmp_path / "run", resume=True, workload=wl())
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "ref")
+    a, b = load_checkpoint(tmp_path / "run"), load_checkpoint(tmp_path / "ref")
+    assert all(a["lora"][k].equal(b["lora"][k]) for k in a["lora"])
