@@ -25,6 +25,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("flower", "superlink"), "fedsqueeze.flower.cli_superlink"),
     (("flower", "supernode"), "fedsqueeze.flower.cli_supernode"),
     (("flower", "run"), "fedsqueeze.flower.cli_run"),
+    (("tgap",), "fedsqueeze.learned.cli_tgap"),
 )
 
 
