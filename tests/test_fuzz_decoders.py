@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fuzz_support import FUZZ_SPEC, check_decode, fuzz_codecs, mutate, run_campaign, valid_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fuzz_support import FUZZ_SPEC, check_decode, fuzz_codecs, mutate, run_campaign, valid_frame
 
 
 @pytest.mark.parametrize("codec", fuzz_codecs())
