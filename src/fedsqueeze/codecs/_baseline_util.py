@@ -136,11 +136,13 @@ def value_code(
 
 def read_values(codes: np.ndarray, bits: int, scale: float) -> np.ndarray:
     """Inverse of :func:`value_code`; float64 values."""
-    with np.errstate(invalid="ignore"):  # hostile signalling NaNs: the caller's finiteness check rejects them
-        if bits == 32:
-            return codes.astype(np.uint32).view(np.float32).astype(np.float64)
-        if bits == 16:
-            return codes.astype(np.uint16).view(np.float16).astype(np.float64) * scale
+    with np.errstate(invalid="ignore"):  # hostile signalling NaNs are rejected just below
+        if bits in (32, 16):
+            raw = codes.astype(np.uint32).view(np.float32) if bits == 32 else codes.astype(np.uint16).view(np.float16)
+            if not np.isfinite(raw).all():
+                # An encoder never writes NaN/Inf; saturating them would hide a forged payload.
+                raise PayloadError(f"non-finite fp{bits} value in the payload")
+            return raw.astype(np.float64) * (1.0 if bits == 32 else scale)
     levels = (1 << (bits - 1)) - 1
     mag = (codes & np.uint64(levels)).astype(np.float64) * (scale / levels)
     neg = (codes >> np.uint64(bits - 1)).astype(bool)

@@ -247,6 +247,17 @@ def encode_body(stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np
     return np.packbits(np.concatenate(pieces)).tobytes()
 
 
+PACKET_LIMIT_BITS = 8 * 1500  # every packet, its header included, fits one 1500-byte datagram
+
+
+def _skip_padding(bits: np.ndarray, pos: int) -> int:
+    """Advance to the next byte boundary; padding bits must be zero (one canonical encoding per payload)."""
+    end = min(bits.size, pos + (-pos) % 8)
+    if bits[pos:end].any():
+        raise PayloadError("non-zero padding bits")
+    return end
+
+
 def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int = 1,
                 info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate a body; returns ``(indices, float32 values)``. Raises :class:`PayloadError`.
@@ -281,7 +292,7 @@ def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int
         lens[-1] = d - (m - 1) * L
         if (k_int > lens).any():
             raise PayloadError("an interval count exceeds the interval length")
-    pos += (-pos) % 8
+    pos = _skip_padding(bits, pos)
     w_m = ceil_log2(m)
     hbits = w_m + 4 + N_BITS + 64
     if npk * hbits > total - pos:
@@ -308,7 +319,9 @@ def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int
             raise PayloadError("truncated packet or too many entries")
         words = _bits_to_words(bits[pos : pos + n * w], w)
         pos += n * w
-        pos += (-pos) % 8
+        pos = _skip_padding(bits, pos)
+        if n == 0 or pos - start > PACKET_LIMIT_BITS:
+            raise PayloadError(f"packet of {n} entries and {(pos - start) // 8} bytes is empty or over 1500 bytes")
         kept += n
         packets.append(((pos - start) // 8, b, n, lo, hi))
         level = (words & np.uint64((1 << b) - 1)).astype(np.float64)
@@ -325,6 +338,7 @@ def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int
             val_parts[-1] = (val_parts[-1], j)  # type: ignore[assignment]
     if total - pos >= 8:
         raise PayloadError(f"payload has {(total - pos) // 8} trailing bytes")
+    _skip_padding(bits, pos)
     if info is not None:
         info.update(s=s, mode=mode, header_bytes=(40 + (m * L.bit_length() if mode else 0) + 7) // 8)
         for key, col in zip(("bytes", "b", "n", "lo", "hi"), zip(*packets, strict=True) if packets else

@@ -186,17 +186,20 @@ class PowerSGD(Codec):
         read = r.read_f32 if fb == 32 else r.read_f16
         for shape, a, b, rk in zip(spec.shapes, spec.offsets[:-1], spec.offsets[1:], ranks, strict=True):
             if rk == 0:
-                with np.errstate(invalid="ignore"):
-                    out[a:b] = r.read_f32(b - a, "dense values")
+                dense = r.read_f32(b - a, "dense values")
+                if not np.isfinite(dense).all():
+                    raise PayloadError("powersgd: non-finite dense value")
+                out[a:b] = dense
                 continue
             n, m = _matrix_shape(shape)  # type: ignore[misc]
             c = float(r.read_f32(1, "scale")[0])
             if not (np.isfinite(c) and c >= 0):
                 raise PayloadError(f"powersgd: invalid scale {c}")
-            # Hostile NaN/Inf factors flow into ``out`` and are rejected by fedsqueeze.decode.
-            with np.errstate(over="ignore", invalid="ignore"):
-                P = read(n * rk, "P").astype(np.float64).reshape(n, rk)
-                Q = read(m * rk, "Q").astype(np.float64).reshape(m, rk)
+            P = read(n * rk, "P").astype(np.float64).reshape(n, rk)
+            Q = read(m * rk, "Q").astype(np.float64).reshape(m, rk)
+            if not (np.isfinite(P).all() and np.isfinite(Q).all()):
+                raise PayloadError("powersgd: non-finite factor")
+            with np.errstate(over="ignore", invalid="ignore"):  # finite but huge products saturate in to_f32
                 out[a:b] = (c * (P @ Q.T)).reshape(-1)
         r.expect_end()
         return to_f32(out)
