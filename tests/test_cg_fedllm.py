@@ -185,6 +185,7 @@ def _structured(n_rounds: int, n_clients: int, spec: UpdateSpec, seed: int) -> C
     return Captures(spec, tuple(rs), tuple(cs), torch.stack(fl))
 
 
+@pytest.mark.slow  # ~1-4 minutes of autoencoder training on 2 CPU cores; `make test-slow`
 def test_tgap_beats_the_train_mean_control_on_structured_updates() -> None:
     spec = lora_spec(2, 32, 4)  # image 32×16
     train = _structured(6, 4, spec, seed=0)

@@ -134,8 +134,16 @@ def test_interval_cache_and_reoptimize_every() -> None:
 
 @pytest.mark.parametrize(
     "opts",
-    [{"mode": "x"}, {"b_min": 0}, {"b_max": 16}, {"b_min": 6, "b_max": 5}, {"interval_size": 100},
-     {"reoptimize_every": 0}, {"density": 0.0}, {"rate": -1.0}],
+    [
+        {"mode": "x"},
+        {"b_min": 0},
+        {"b_max": 16},
+        {"b_min": 6, "b_max": 5},
+        {"interval_size": 100},
+        {"reoptimize_every": 0},
+        {"density": 0.0},
+        {"rate": -1.0},
+    ],
 )
 def test_bad_options(opts: dict) -> None:
     with pytest.raises(ConfigError):

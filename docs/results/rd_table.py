@@ -21,10 +21,9 @@ def main(path: str) -> None:
         print("|---|---|---|---|---|---|")
         for r in sorted(rs, key=lambda r: (r["codec"], r["bits_per_param"])):
             target = "-" if r.get("target_rate") is None else f"{r['target_rate']:g}"
-            print(
-                f"| {r['codec']} | {target} | {r['bits_per_param']:.3f} | {r['rel_error']:.4f} | "
-                f"{r['cosine']:.4f} | {r['db_vs_waterfilling']:+.2f} |"
-            )
+            cos = "-" if r.get("cosine") is None else f"{r['cosine']:.4f}"
+            db = "-" if r.get("db_vs_waterfilling") is None else f"{r['db_vs_waterfilling']:+.2f}"
+            print(f"| {r['codec']} | {target} | {r['bits_per_param']:.3f} | {r['rel_error']:.4g} | {cos} | {db} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The ``fedsqueeze`` command line.
 
-Subcommands live in their own modules, each with ``add_arguments(parser)`` and ``main(args) -> int``; this file
-only wires them up. A module that is not importable (an optional part) is left out of ``--help``.
+Subcommands live in their own modules, each with ``add_arguments(parser)`` and ``main(args) -> int``;
+this file only wires them up. A module that is not importable (an optional part) is left out of ``--help``.
 """
 
 from __future__ import annotations

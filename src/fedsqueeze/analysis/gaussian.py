@@ -57,8 +57,11 @@ def general_mean_dropped(rho: float, mu: float, sigma: float) -> float:
     t = optimize.brentq(tail, 0.0, hi, xtol=1e-14 * hi)
     a, b = (-t - mu) / sigma, (t - mu) / sigma
     phi, Phi = stats.norm.pdf, stats.norm.cdf
-    return float((mu**2 + sigma**2) * (Phi(b) - Phi(a)) + 2 * mu * sigma * (phi(a) - phi(b))
-                 + sigma**2 * (a * phi(a) - b * phi(b)))
+    return float(
+        (mu**2 + sigma**2) * (Phi(b) - Phi(a))
+        + 2 * mu * sigma * (phi(a) - phi(b))
+        + sigma**2 * (a * phi(a) - b * phi(b))
+    )
 
 
 def finite_interval_kept(k: int, L: int, nodes: int = 400) -> float:
@@ -95,7 +98,11 @@ class Allocation:
 
 
 def optimal_allocation(
-    sigmas: Sequence[float], L: int, budget_bits: float, bits_per_entry: float, header_bits: float = 0.0,
+    sigmas: Sequence[float],
+    L: int,
+    budget_bits: float,
+    bits_per_entry: float,
+    header_bits: float = 0.0,
     q: Sequence[float] | None = None,
 ) -> Allocation:
     """The KKT allocation of §3.6: ``ρ_j = 2 Q(√(λ c_b + q_j) / σ_j)`` with ``Σ L ρ_j c_b + m h = B``.

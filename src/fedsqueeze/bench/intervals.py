@@ -37,9 +37,14 @@ def _measure(name: str, opts: dict[str, Any], u: torch.Tensor, spec: Any, seed: 
     err = float(((u.double() - v.double()) ** 2).sum() / (u.double() ** 2).sum())
     last = codec.state.get("last", {}) if codec.stateful else {}
     return {
-        "codec": name, **{k: v for k, v in opts.items() if v is not None}, "rel_error": err,
-        "bits_per_param": 8 * len(blob) / spec.numel, "bytes": len(blob), "encode_s": t1 - t0,
-        "decode_s": t2 - t1, **({"s": int(last["s"])} if "s" in last else {}),
+        "codec": name,
+        **{k: v for k, v in opts.items() if v is not None},
+        "rel_error": err,
+        "bits_per_param": 8 * len(blob) / spec.numel,
+        "bytes": len(blob),
+        "encode_s": t1 - t0,
+        "decode_s": t2 - t1,
+        **({"s": int(last["s"])} if "s" in last else {}),
         **({"kept": int(last["kept"]), "packets": int(last["packets"])} if "kept" in last else {}),
     }
 
@@ -59,8 +64,15 @@ def _source(name: str, d: int | None, seed: int) -> tuple[torch.Tensor, Any]:
     return spec.flatten(tensors), spec
 
 
-def sweep(source: str = "blocks", d: int | None = None, seed: int = 0, density: float = 0.02,
-          rate: float | None = None, s_min: int = 4, s_max: int | None = None) -> list[dict[str, Any]]:
+def sweep(
+    source: str = "blocks",
+    d: int | None = None,
+    seed: int = 0,
+    density: float = 0.02,
+    rate: float | None = None,
+    s_min: int = 4,
+    s_max: int | None = None,
+) -> list[dict[str, Any]]:
     """Rows of the benchmark (see the module docstring)."""
     from ..codecs import available
     from ..codecs.budget import PACKET_BYTES, budget_bits
@@ -100,8 +112,11 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for mode, style in (("threshold", "o-"), ("even", "s--")):
-        pts = sorted((r["s"], r["rel_error"]) for r in rows
-                     if r["codec"] == "flm_topk" and r.get("mode") == mode and "interval_size" in r)
+        pts = sorted(
+            (r["s"], r["rel_error"])
+            for r in rows
+            if r["codec"] == "flm_topk" and r.get("mode") == mode and "interval_size" in r
+        )
         if pts:
             ax.plot(*zip(*pts, strict=True), style, label=f"flm_topk {mode}")
         for r in rows:
@@ -146,7 +161,9 @@ def main(args: argparse.Namespace) -> int:
     plot(rows, ppath, f"{args.source}: error vs interval length at {budget}")
     for r in rows:
         tag = r.get("mode", "") + (" searched" if r.get("searched") else "")
-        print(f"{r['codec']:9s} {tag:19s} s={r.get('s', '-')!s:>3} rel_error={r['rel_error']:.4f} "
-              f"bits/param={r['bits_per_param']:.4f}")
+        print(
+            f"{r['codec']:9s} {tag:19s} s={r.get('s', '-')!s:>3} rel_error={r['rel_error']:.4f} "
+            f"bits/param={r['bits_per_param']:.4f}"
+        )
     print(f"wrote {jpath} and {ppath}")
     return 0

@@ -138,7 +138,11 @@ def read_values(codes: np.ndarray, bits: int, scale: float) -> np.ndarray:
     """Inverse of :func:`value_code`; float64 values."""
     with np.errstate(invalid="ignore"):  # hostile signalling NaNs are rejected just below
         if bits in (32, 16):
-            raw = codes.astype(np.uint32).view(np.float32) if bits == 32 else codes.astype(np.uint16).view(np.float16)
+            raw = (
+                codes.astype(np.uint32).view(np.float32)
+                if bits == 32
+                else codes.astype(np.uint16).view(np.float16)
+            )
             if not np.isfinite(raw).all():
                 # An encoder never writes NaN/Inf; saturating them would hide a forged payload.
                 raise PayloadError(f"non-finite fp{bits} value in the payload")

@@ -91,8 +91,9 @@ def _packet_quant(mag: np.ndarray, n: int, b: int) -> float:
     return float(quant_cost(cnt, hi, lo, b).sum())
 
 
-def threshold_stream(u: torch.Tensor, budget: int, b_min: int, b_max: int,
-                     s_fixed: int | None) -> tuple[Stream, int, np.ndarray, dict]:
+def threshold_stream(
+    u: torch.Tensor, budget: int, b_min: int, b_max: int, s_fixed: int | None
+) -> tuple[Stream, int, np.ndarray, dict]:
     """Plan the ``threshold`` allocation; returns the stream, ``s``, the counts ``k_j`` and search info."""
     d = u.numel()
     s_hi = max(1, ceil_log2(d))
@@ -191,8 +192,9 @@ def _even_estimate(vals: np.ndarray, energy: np.ndarray, r: np.ndarray, n_of_b: 
     return best
 
 
-def even_stream(u: torch.Tensor, budget: int, b_min: int, b_max: int,
-                s_fixed: int | None) -> tuple[Stream, int, dict]:
+def even_stream(
+    u: torch.Tensor, budget: int, b_min: int, b_max: int, s_fixed: int | None
+) -> tuple[Stream, int, dict]:
     """Plan the ``even`` allocation (the paper's); ``s_fixed = ceil(log2 d)`` gives Fed-CVLC."""
     d = u.numel()
     count, cap = layout(budget, message_header_bytes(MODE_EVEN, 1, 1))
@@ -245,8 +247,16 @@ def even_stream(u: torch.Tensor, budget: int, b_min: int, b_max: int,
     keep_pk = counts > 0
     stream = Stream(gidx, u.numpy()[gidx], counts[keep_pk], pk_b[keep_pk], pk_interval[keep_pk])
     total = float(energy.sum())
-    return stream, s, {"s": s, "kept": int(gidx.size), "est_error": err / total if total else 0.0,
-                       "packets": int(keep_pk.sum())}
+    return (
+        stream,
+        s,
+        {
+            "s": s,
+            "kept": int(gidx.size),
+            "est_error": err / total if total else 0.0,
+            "packets": int(keep_pk.sum()),
+        },
+    )
 
 
 def log2_exact(L: int) -> int:

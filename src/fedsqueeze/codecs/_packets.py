@@ -82,9 +82,7 @@ def quant_cost(n: np.ndarray, hi: np.ndarray, lo: np.ndarray, b: int | np.ndarra
     return n * step * step / 6.0
 
 
-def plan_packets(
-    a: np.ndarray, r: int, n_of_b: dict[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plan_packets(a: np.ndarray, r: int, n_of_b: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact packet plan for a group of intervals that each own ``r`` packets.
 
     Parameters
@@ -171,8 +169,9 @@ def empty_body(budget_bits: int, d: int) -> bytes:
 class Stream:
     """Entries in wire order with their packet split: what :func:`encode_body` serializes."""
 
-    def __init__(self, idx: np.ndarray, vals: np.ndarray, counts: np.ndarray, widths: np.ndarray,
-                 intervals: np.ndarray) -> None:
+    def __init__(
+        self, idx: np.ndarray, vals: np.ndarray, counts: np.ndarray, widths: np.ndarray, intervals: np.ndarray
+    ) -> None:
         self.idx = idx  # global indices (int64), wire order
         self.vals = vals  # float32 values, wire order
         self.counts = counts  # entries per packet
@@ -201,8 +200,9 @@ def _pad(nbits: int) -> np.ndarray:
     return np.zeros((-nbits) % 8, dtype=np.uint8)
 
 
-def encode_body(stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np.ndarray | None,
-                seed: int) -> bytes:
+def encode_body(
+    stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np.ndarray | None, seed: int
+) -> bytes:
     """Quantize the stream's values per packet (stochastic rounding seeded by ``seed``) and serialize."""
     m = -(-d // (1 << s))
     counts = stream.counts.astype(np.int64)
@@ -217,7 +217,7 @@ def encode_body(stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np
     owner = np.repeat(np.arange(counts.size), counts)
     b_e = stream.widths[owner].astype(np.int64)
     levels_max = np.exp2(b_e) - 1.0
-    span = (hi[owner].astype(np.float64) - lo[owner])
+    span = hi[owner].astype(np.float64) - lo[owner]
     x = np.where(span > 0, (mag - lo[owner]) / np.where(span > 0, span, 1.0) * levels_max, 0.0)
     fl = np.floor(x)
     rng = np.random.default_rng(seed)
@@ -238,10 +238,16 @@ def encode_body(stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np
     w_m = ceil_log2(m)
     for p in range(counts.size):
         b, n = int(stream.widths[p]), int(counts[p])
-        hdr = np.concatenate([
-            _uint_bits(int(stream.intervals[p]), w_m), _uint_bits(b, 4), _uint_bits(n, N_BITS),
-            _words_to_bits(np.array([lo[p], hi[p]], dtype=np.float32).view(np.uint32).astype(np.uint64), 32),
-        ])
+        hdr = np.concatenate(
+            [
+                _uint_bits(int(stream.intervals[p]), w_m),
+                _uint_bits(b, 4),
+                _uint_bits(n, N_BITS),
+                _words_to_bits(
+                    np.array([lo[p], hi[p]], dtype=np.float32).view(np.uint32).astype(np.uint64), 32
+                ),
+            ]
+        )
         pay = _words_to_bits(words[starts[p] : starts[p] + n], s + 1 + b)
         pieces += [hdr, pay, _pad(hdr.size + pay.size)]
     return np.packbits(np.concatenate(pieces)).tobytes()
@@ -258,8 +264,9 @@ def _skip_padding(bits: np.ndarray, pos: int) -> int:
     return end
 
 
-def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int = 1,
-                info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_body(
+    body: bytes, d: int, *, want_mode: int | None = None, min_s: int = 1, info: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate a body; returns ``(indices, float32 values)``. Raises :class:`PayloadError`.
 
     ``info``, when given, receives the parsed layout: ``s``, ``mode``, and per packet ``bytes``, ``b``,
@@ -321,7 +328,9 @@ def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int
         pos += n * w
         pos = _skip_padding(bits, pos)
         if n == 0 or pos - start > PACKET_LIMIT_BITS:
-            raise PayloadError(f"packet of {n} entries and {(pos - start) // 8} bytes is empty or over 1500 bytes")
+            raise PayloadError(
+                f"packet of {n} entries and {(pos - start) // 8} bytes is empty or over 1500 bytes"
+            )
         kept += n
         packets.append(((pos - start) // 8, b, n, lo, hi))
         level = (words & np.uint64((1 << b) - 1)).astype(np.float64)
@@ -341,9 +350,12 @@ def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int
     _skip_padding(bits, pos)
     if info is not None:
         info.update(s=s, mode=mode, header_bytes=(40 + (m * L.bit_length() if mode else 0) + 7) // 8)
-        for key, col in zip(("bytes", "b", "n", "lo", "hi"), zip(*packets, strict=True) if packets else
-                            [(), (), (), (), ()], strict=True):
-            info[key] = np.array(col, dtype=np.float64 if key in ('lo', 'hi') else np.int64)
+        for key, col in zip(
+            ("bytes", "b", "n", "lo", "hi"),
+            zip(*packets, strict=True) if packets else [(), (), (), (), ()],
+            strict=True,
+        ):
+            info[key] = np.array(col, dtype=np.float64 if key in ("lo", "hi") else np.int64)
     if mode == MODE_THRESHOLD:
         return _finish_threshold(idx_parts, val_parts, k_int, L, d, kept)  # type: ignore[arg-type]
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
@@ -357,8 +369,9 @@ def decode_body(body: bytes, d: int, *, want_mode: int | None = None, min_s: int
     return idx, vals.astype(np.float32)
 
 
-def _finish_threshold(offs: list, parts: list, k_int: np.ndarray, L: int, d: int,
-                      kept: int) -> tuple[np.ndarray, np.ndarray]:
+def _finish_threshold(
+    offs: list, parts: list, k_int: np.ndarray, L: int, d: int, kept: int
+) -> tuple[np.ndarray, np.ndarray]:
     if int(k_int.sum()) != kept:
         raise PayloadError("interval counts disagree with the packets")
     off = np.concatenate(offs) if offs else np.zeros(0, np.int64)

@@ -38,7 +38,7 @@ def fixed_width(d: int) -> int:
 def _ef_low_bits(d: int, k: int) -> int:
     if k <= 0 or d <= k:
         return 0
-    return max(0, int(math.floor(math.log2(d / k))))
+    return max(0, math.floor(math.log2(d / k)))
 
 
 def elias_fano_bits(d: int, k: int) -> int:
