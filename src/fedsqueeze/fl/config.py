@@ -46,6 +46,9 @@ class FLConfig:
         ``K`` clients sampled uniformly without replacement each round (seeded).
     server_lr
         Server learning rate: ``θ ← θ − server_lr · ū`` with ``ū`` the weighted mean update.
+    server_momentum
+        FedAvgM (Hsu et al. 2019): ``m ← β m + ū``, ``θ ← θ − server_lr · m``; 0 is plain FedAvg. Damps the
+        client drift of label-skewed (Dirichlet) partitions.
     seed
         Run seed: sampling, local training and encoding seeds derive from it.
     error_feedback
@@ -69,6 +72,7 @@ class FLConfig:
     rounds: int = 20
     clients_per_round: int = 5
     server_lr: float = 1.0
+    server_momentum: float = 0.0
     seed: int = 0
     error_feedback: bool = True
     eval_every: int = 1
@@ -84,6 +88,8 @@ class FLConfig:
                 raise ConfigError(f"fl.{key} must be >= 1, got {getattr(self, key)}")
         if not self.server_lr > 0:
             raise ConfigError(f"fl.server_lr must be > 0, got {self.server_lr}")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"fl.server_momentum must be in [0, 1), got {self.server_momentum}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"fl.seed must be in [0, 2**63), got {self.seed}")
         if self.min_replies is not None and not 1 <= self.min_replies <= self.clients_per_round:

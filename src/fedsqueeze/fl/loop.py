@@ -28,7 +28,7 @@ from .ledger import TrafficLedger
 from .report import Progress, package_versions, plot_metric_vs_uplink, summarize
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
-from .server import Downlink, apply_update, weighted_mean
+from .server import Downlink, ServerMomentum, apply_update, weighted_mean
 from .workload import Workload
 
 __all__ = ["default_out_dir", "parse_capture_rounds", "run"]
@@ -84,6 +84,7 @@ class _Federation:
                 f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients"
             )
         self.lora, self.head = workload.initial_params()
+        self.momentum = ServerMomentum(config.fl.server_momentum)
         codec = config.codec.build()
         self.efs = [ErrorFeedback(codec, enabled=config.fl.error_feedback) for _ in range(self.n)]
         self.downlink = Downlink(
@@ -192,8 +193,9 @@ class _Federation:
         kw = [weights[i] for i in kept]
         mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
         mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
-        self.lora = apply_update(self.lora, mean_lora, wl.lora_spec, fl.server_lr)
-        self.head = apply_update(self.head, mean_head, wl.head_spec, fl.server_lr)
+        step_lora, step_head = self.momentum.step("lora", mean_lora), self.momentum.step("head", mean_head)
+        self.lora = apply_update(self.lora, step_lora, wl.lora_spec, fl.server_lr)
+        self.head = apply_update(self.head, step_head, wl.head_spec, fl.server_lr)
         dense = weighted_mean([replies[i].raw_update for i in kept], kw)
         return kept, mean_lora, dense, dropped
 
@@ -209,6 +211,7 @@ class _Federation:
             "head": self.head,
             "clients": [ef.state_dict() for ef in self.efs],
             "downlink": self.downlink.state_dict(),
+            "momentum": self.momentum.state_dict(),
             "ledger": self.ledger.to_dict(),
             "rows": self.rows,
             "torch_rng": torch.get_rng_state(),
@@ -226,6 +229,8 @@ class _Federation:
         for ef, st in zip(self.efs, state["clients"], strict=True):
             ef.load_state_dict(st)
         self.downlink.load_state_dict(state["downlink"])
+        if "momentum" in state:
+            self.momentum.load_state_dict(state["momentum"])
         self.ledger = TrafficLedger.from_dict(state["ledger"])
         self.rows = list(state["rows"])
         torch.set_rng_state(state["torch_rng"])

@@ -156,3 +156,29 @@ class Downlink:
         self.frame_bytes = list(state["frame_bytes"])
         if self.codec is not None and state.get("codec_state") is not None:
             self.codec.load_state_dict(state["codec_state"])
+
+
+class ServerMomentum:
+    """FedAvgM server momentum: ``m ← β·m + ū`` per part (LoRA, head); the server applies ``m``.
+
+    With ``β = 0`` it returns ``ū`` unchanged, so plain FedAvg stays bit-identical.
+    """
+
+    def __init__(self, beta: float) -> None:
+        self.beta = float(beta)
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def step(self, part: str, mean_update: torch.Tensor) -> torch.Tensor:
+        if self.beta == 0.0:
+            return mean_update
+        m = mean_update.to(torch.float64)
+        if part in self.buffers:
+            m = self.beta * self.buffers[part] + m
+        self.buffers[part] = m.clone()
+        return m
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"beta": self.beta, "buffers": {k: v.clone() for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.buffers = {k: torch.as_tensor(v, dtype=torch.float64).clone() for k, v in state["buffers"].items()}

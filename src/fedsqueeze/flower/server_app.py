@@ -29,7 +29,7 @@ from ..fl.ledger import TrafficLedger
 from ..fl.report import package_versions, plot_metric_vs_uplink, summarize
 from ..fl.robust import aggregate, merge_screens, screen_replies
 from ..fl.seeding import derive_seed, sample_clients
-from ..fl.server import Downlink, apply_update
+from ..fl.server import Downlink, ServerMomentum, apply_update
 from .records import array_bytes, bytes_array, sha256
 from .settings import FlowerSettings, default_out_dir, make_workload, settings_from_context
 
@@ -96,6 +96,7 @@ class _FlowerFederation:
         self.wl = wl = make_workload(settings)
         self.n = wl.num_clients()
         self.lora, self.head = wl.initial_params()
+        self.momentum = ServerMomentum(self.config.fl.server_momentum)
         self.downlink = Downlink(cfg.downlink.build(), wl.lora_spec, wl.head_spec, self.lora, self.n)
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []
@@ -160,6 +161,7 @@ class _FlowerFederation:
         if aggregated:
             mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
             mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
+            mean_lora, mean_head = self.momentum.step("lora", mean_lora), self.momentum.step("head", mean_head)
             self.lora = apply_update(self.lora, mean_lora, wl.lora_spec, fl.server_lr)
             self.head = apply_update(self.head, mean_head, wl.head_spec, fl.server_lr)
         for d in dropped:
