@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_fl_loop import CrashError, CrashingToy, make_config, rows_of, strip_times
 
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
@@ -12,6 +11,7 @@ from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.fl.config import FLConfig
 from fedsqueeze.fl.server import ServerMomentum
 from fedsqueeze.fl.toy import ToyWorkload
+from test_fl_loop import CrashError, CrashingToy, make_config, rows_of, strip_times
 
 N = 6
 

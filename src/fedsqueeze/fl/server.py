@@ -181,4 +181,6 @@ class ServerMomentum:
         return {"beta": self.beta, "buffers": {k: v.clone() for k, v in self.buffers.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.buffers = {k: torch.as_tensor(v, dtype=torch.float64).clone() for k, v in state["buffers"].items()}
+        self.buffers = {
+            k: torch.as_tensor(v, dtype=torch.float64).clone() for k, v in state["buffers"].items()
+        }

@@ -161,7 +161,8 @@ class _FlowerFederation:
         if aggregated:
             mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
             mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
-            mean_lora, mean_head = self.momentum.step("lora", mean_lora), self.momentum.step("head", mean_head)
+            mean_lora = self.momentum.step("lora", mean_lora)
+            mean_head = self.momentum.step("head", mean_head)
             self.lora = apply_update(self.lora, mean_lora, wl.lora_spec, fl.server_lr)
             self.head = apply_update(self.head, mean_head, wl.head_spec, fl.server_lr)
         for d in dropped:
