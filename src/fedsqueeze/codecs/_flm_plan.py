@@ -45,26 +45,30 @@ def _ragged_arange(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
 
 
-def _candidates(a: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """At least the ``K`` largest of ``a``: (indices in increasing order, their magnitudes, all sorted desc).
+def _candidates(u: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At least the ``K`` largest of ``|u|``: (indices in increasing order, their magnitudes, all sorted desc).
 
     Large vectors use a strided-sample quantile to pick a threshold a little below the K-th value, so only
     ~1.1 K entries are sorted instead of running a full top-k (falls back to top-k if the guess is short).
+    ``|u| >= tau`` is tested as ``u >= tau or u <= -tau`` so no d-sized copy of ``|u|`` is made (peak memory).
     """
-    d = a.numel()
+    d = u.numel()
     K = min(K, d)
     idx = None
     if d > _EXACT_BELOW and d // 4 > K:
         stride = max(1, d // (1 << 17))
-        sample = a[::stride].numpy()
+        sample = u[::stride].abs().numpy()
         q = max(0, min(sample.size - 1, int(sample.size * (1.0 - 1.1 * K / d - 0.002))))
         tau = float(np.partition(sample, q)[q])
-        cand = (a >= tau).nonzero().squeeze(1)
+        hit = u >= tau
+        hit |= u <= -tau
+        cand = hit.nonzero().squeeze(1)
+        del hit
         if cand.numel() >= K:
             idx = cand
     if idx is None:
-        idx = torch.topk(a, K, sorted=False).indices.sort().values if d > K else torch.arange(d)
-    mag = a[idx].numpy()
+        idx = torch.topk(u.abs(), K, sorted=False).indices.sort().values if d > K else torch.arange(d)
+    mag = u[idx].abs().numpy()
     desc = np.sort(mag)[::-1][: max(K, 1)].astype(np.float64)  # numpy's SIMD sort beats torch.sort on CPU
     return idx.numpy(), mag, desc
 
@@ -109,9 +113,8 @@ def threshold_stream(
                 combos.append((s, b, n, min(d, count * n)))
     if not combos:
         raise BudgetTooSmallError("budget too small for one packet")
-    a = u.abs()
     kmax = max(c[3] for c in combos)
-    idx, mag, desc = _candidates(a, kmax)
+    idx, mag, desc = _candidates(u, kmax)
     energy = float(torch.dot(u, u)) if d else 0.0  # float32 dot: only scales the search scores
     cs = np.concatenate([[0.0], np.cumsum(desc * desc)])
 

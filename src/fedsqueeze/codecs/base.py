@@ -18,9 +18,20 @@ from ..errors import ConfigError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE, pack_frame
 
-__all__ = ["Codec", "DecodeContext"]
+__all__ = ["Codec", "DecodeContext", "all_finite"]
 
 DecodeContext = Mapping[str, Any]
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when every element of a float32 (or narrower) tensor is finite, without a d-sized mask.
+
+    A float64 sum of finite float32 values cannot overflow (d * 3.4e38 << 1.8e308 for any d we accept), and
+    NaN or ±Inf propagate through the sum (Inf + -Inf gives NaN), so the sum is finite exactly when all are.
+    """
+    if t.dtype == torch.float64:
+        return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Codec(ABC):
         if flat.ndim != 1 or flat.numel() != spec.numel:
             raise ConfigError(f"flat update has shape {tuple(flat.shape)}, the spec needs ({spec.numel},)")
         flat = flat.detach().to("cpu", torch.float32).contiguous()
-        if not bool(torch.isfinite(flat).all()):
+        if not all_finite(flat):
             raise ConfigError("update contains NaN or Inf; refusing to encode it")
         body = self.encode_flat(flat, spec, seed=seed)
         return pack_frame(self.codec_id, spec, seed, body)

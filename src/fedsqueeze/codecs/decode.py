@@ -7,7 +7,7 @@ import torch
 from ..errors import PayloadError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER, HEADER_SIZE, parse_frame
-from .base import DecodeContext
+from .base import DecodeContext, all_finite
 from .registry import by_id
 
 __all__ = ["decode", "decode_flat"]
@@ -43,7 +43,7 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None 
         raise PayloadError(
             f"{cls.name} decoded to {flat.dtype} {tuple(flat.shape)}, expected ({spec.numel},)"
         )
-    if not bool(torch.isfinite(flat).all()):
+    if not all_finite(flat):
         raise PayloadError(f"{cls.name} payload decodes to NaN or Inf")
     return flat
 
