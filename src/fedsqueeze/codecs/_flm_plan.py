@@ -46,7 +46,7 @@ def _ragged_arange(counts: np.ndarray) -> np.ndarray:
 
 
 def _candidates(u: torch.Tensor, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """At least the ``K`` largest of ``|u|``: (indices in increasing order, their magnitudes, all sorted desc).
+    """At least the ``K`` largest of ``|u|``: (sorted indices, their magnitudes, all sorted desc).
 
     Large vectors use a strided-sample quantile to pick a threshold a little below the K-th value, so only
     ~1.1 K entries are sorted instead of running a full top-k (falls back to top-k if the guess is short).
