@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, PayloadError
+from ..wire.bitpack import BitReader
 from ..wire.frame import HEADER_SIZE
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "expect_body_bits",
     "frame_bits",
     "largest_fitting",
+    "read_scale",
     "read_values",
     "to_f32",
     "topk_sorted",
@@ -132,6 +134,14 @@ def value_code(
     q = np.clip(q, 0, levels).astype(np.uint64)
     sign = (vals < 0).astype(np.uint64)
     return scale, (sign << np.uint64(bits - 1)) | q
+
+
+def read_scale(r: BitReader, name: str) -> float:
+    """Read one fp32 scale; refuse NaN, ±Inf and negative values (no encoder writes them)."""
+    c = float(r.read_f32(1, "scale")[0])
+    if not (np.isfinite(c) and c >= 0):
+        raise PayloadError(f"{name}: invalid scale {c}")
+    return c
 
 
 def read_values(codes: np.ndarray, bits: int, scale: float) -> np.ndarray:

@@ -42,6 +42,7 @@ from ._baseline_util import (
     expect_body_bits,
     frame_bits,
     largest_fitting,
+    read_scale,
     to_f32,
     topk_sorted,
 )
@@ -129,9 +130,7 @@ class ComPEFT(Codec):
             raise PayloadError(f"compeft: unknown index coder id {coder_id}")
         coder = CODER_NAMES[coder_id]
         expect_body_bits(cls.name, body, _HEAD_BITS + index_bits(coder, d, k) + k)
-        c = float(r.read_f32(1, "scale")[0])
-        if not (np.isfinite(c) and c >= 0):
-            raise PayloadError(f"compeft: invalid scale {c}")
+        c = read_scale(r, cls.name)
         idx = read_indices(r, k, d, coder)
         neg = r.read_bits(k, "signs").astype(bool)
         r.expect_end()

@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import FP32_MAX, check_rate, expect_body_bits, largest_fitting, to_f32
+from ._baseline_util import FP32_MAX, check_rate, expect_body_bits, largest_fitting, read_scale, to_f32
 from .base import Codec, DecodeContext
 from .registry import register
 
@@ -192,9 +192,7 @@ class PowerSGD(Codec):
                 out[a:b] = dense
                 continue
             n, m = _matrix_shape(shape)  # type: ignore[misc]
-            c = float(r.read_f32(1, "scale")[0])
-            if not (np.isfinite(c) and c >= 0):
-                raise PayloadError(f"powersgd: invalid scale {c}")
+            c = read_scale(r, cls.name)
             P = read(n * rk, "P").astype(np.float64).reshape(n, rk)
             Q = read(m * rk, "Q").astype(np.float64).reshape(m, rk)
             if not (np.isfinite(P).all() and np.isfinite(Q).all()):

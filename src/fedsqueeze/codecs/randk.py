@@ -32,6 +32,7 @@ from ._baseline_util import (
     density_k,
     expect_body_bits,
     largest_fitting,
+    read_scale,
     read_values,
     to_f32,
     value_code,
@@ -133,9 +134,7 @@ class RandK(Codec):
         expect_body_bits(cls.name, body, _HEAD_BITS + (32 if vb == 16 else 0) + k * vb)
         scale = 0.0
         if vb == 16:
-            scale = float(r.read_f32(1, "scale")[0])
-            if not (np.isfinite(scale) and scale >= 0):
-                raise PayloadError(f"randk: invalid value scale {scale}")
+            scale = read_scale(r, cls.name)
         vals = read_values(r.read_uints(k, vb, "values"), vb, scale)
         r.expect_end()
         if unbiased and k:

@@ -34,6 +34,7 @@ from ._baseline_util import (
     expect_body_bits,
     frame_bits,
     largest_fitting,
+    read_scale,
     read_values,
     to_f32,
     topk_sorted,
@@ -164,9 +165,7 @@ class TopK(Codec):
         expect_body_bits(cls.name, body, head + index_bits(coder, d, k) + k * vb)
         scale = 0.0
         if vb != 32:
-            scale = float(r.read_f32(1, "scale")[0])
-            if not (np.isfinite(scale) and scale >= 0):
-                raise PayloadError(f"topk: invalid value scale {scale}")
+            scale = read_scale(r, cls.name)
         idx = read_indices(r, k, d, coder)
         vals = read_values(r.read_uints(k, vb, "values"), vb, scale)
         r.expect_end()
