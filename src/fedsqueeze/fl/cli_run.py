@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "add_config_arguments", "main"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``CONFIG`` and ``--set KEY=VALUE`` for :func:`~fedsqueeze.fl.config.load_config` (all job commands)."""
     parser.add_argument("config", nargs="?", default=None, help="TOML config file or preset name")
     parser.add_argument(
         "--set",
@@ -24,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key (value is a TOML literal, else a string); repeatable",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default runs/<time>-<codec>)"
     )

@@ -5,21 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..fl.cli_run import add_config_arguments
 from .settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
 
 __all__ = ["add_job_arguments", "settings_from_args"]
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", default=None, help="TOML config file or preset name (as `run`)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, as in `fedsqueeze run`; repeatable",
-    )
+    add_config_arguments(parser)  # the same CONFIG / --set contract as `fedsqueeze run`
     parser.add_argument(
         "--out",
         default=None,
