@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..fl.cli_run import add_config_arguments
@@ -42,4 +43,4 @@ def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
     settings = FlowerSettings(config, workload=args.workload, round_timeout=args.round_timeout)
     out = Path(args.out) if args.out else default_out_dir(settings)
     # Absolute: the ServerApp may run in another working directory (the SuperLink's).
-    return FlowerSettings(config, args.workload, args.round_timeout, str(out.resolve()))
+    return dataclasses.replace(settings, out_dir=str(out.resolve()))
