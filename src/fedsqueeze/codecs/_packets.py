@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from ..errors import PayloadError
+from ..wire.bitpack import BitReader, BitWriter
 from ..wire.frame import HEADER_SIZE
 
 __all__ = [
@@ -179,27 +180,6 @@ class Stream:
         self.intervals = intervals  # interval of each packet (even) or of its first entry (threshold)
 
 
-def _words_to_bits(words: np.ndarray, width: int) -> np.ndarray:
-    """``n`` words of ``width`` bits (<= 64) -> ``n * width`` bits, MSB first."""
-    be = words.astype(">u8").view(np.uint8).reshape(-1, 8)
-    return np.unpackbits(be, axis=1)[:, 64 - width :].reshape(-1)
-
-
-def _bits_to_words(bits: np.ndarray, width: int) -> np.ndarray:
-    n = bits.size // width
-    full = np.zeros((n, 64), dtype=np.uint8)
-    full[:, 64 - width :] = bits.reshape(n, width)
-    return np.packbits(full, axis=1).view(">u8").reshape(-1).astype(np.uint64)
-
-
-def _uint_bits(value: int, width: int) -> np.ndarray:
-    return _words_to_bits(np.array([value], dtype=np.uint64), width) if width else np.zeros(0, np.uint8)
-
-
-def _pad(nbits: int) -> np.ndarray:
-    return np.zeros((-nbits) % 8, dtype=np.uint8)
-
-
 def encode_body(
     stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np.ndarray | None, seed: int
 ) -> bytes:
@@ -228,40 +208,26 @@ def encode_body(
     sign = (stream.vals < 0).astype(np.uint64)
     words = (off << (b_e + 1).astype(np.uint64)) | (sign << b_e.astype(np.uint64)) | level
 
-    head = [_uint_bits((s << 3) | (mode << 2), 8), _uint_bits(int(counts.size), 32)]
+    wr = BitWriter()
+    wr.write_uint((s << 3) | (mode << 2), 8)
+    wr.write_uint(int(counts.size), 32)
     if mode == MODE_THRESHOLD:
         assert k_per_interval is not None
-        head.append(_words_to_bits(k_per_interval.astype(np.uint64), L.bit_length()).astype(np.uint8))
-    nb = sum(h.size for h in head)
-    head.append(_pad(nb))
-    pieces = head
+        wr.write_uints(k_per_interval.astype(np.uint64), L.bit_length())
+    wr.align()
     w_m = ceil_log2(m)
     for p in range(counts.size):
         b, n = int(stream.widths[p]), int(counts[p])
-        hdr = np.concatenate(
-            [
-                _uint_bits(int(stream.intervals[p]), w_m),
-                _uint_bits(b, 4),
-                _uint_bits(n, N_BITS),
-                _words_to_bits(
-                    np.array([lo[p], hi[p]], dtype=np.float32).view(np.uint32).astype(np.uint64), 32
-                ),
-            ]
-        )
-        pay = _words_to_bits(words[starts[p] : starts[p] + n], s + 1 + b)
-        pieces += [hdr, pay, _pad(hdr.size + pay.size)]
-    return np.packbits(np.concatenate(pieces)).tobytes()
+        wr.write_uint(int(stream.intervals[p]), w_m)
+        wr.write_uint(b, 4)
+        wr.write_uint(n, N_BITS)
+        wr.write_f32(np.array([lo[p], hi[p]], dtype=np.float32))
+        wr.write_uints(words[starts[p] : starts[p] + n], s + 1 + b)
+        wr.align()  # every packet starts on a byte boundary
+    return wr.getvalue()
 
 
 PACKET_LIMIT_BITS = 8 * 1500  # every packet, its header included, fits one 1500-byte datagram
-
-
-def _skip_padding(bits: np.ndarray, pos: int) -> int:
-    """Advance to the next byte boundary; padding bits must be zero (one canonical encoding per payload)."""
-    end = min(bits.size, pos + (-pos) % 8)
-    if bits[pos:end].any():
-        raise PayloadError("non-zero padding bits")
-    return end
 
 
 def decode_body(
@@ -274,9 +240,8 @@ def decode_body(
     """
     if len(body) < 5:
         raise PayloadError("packet body shorter than its 5-byte message header")
-    bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
-    total = bits.size
-    first = int(body[0])
+    r = BitReader(body)
+    first = r.read_uint(8, "message header")
     s, mode, rsv = first >> 3, (first >> 2) & 1, first & 3
     if rsv:
         raise PayloadError("reserved bits of the message header are set")
@@ -286,53 +251,45 @@ def decode_body(
         raise PayloadError(f"interval exponent s={s} out of range [{min_s}, 31]")
     L = 1 << s
     m = -(-d // L)
-    npk = int.from_bytes(body[1:5], "big")
-    pos = 40
+    npk = r.read_uint(32, "packet count")
     k_int = None
     if mode == MODE_THRESHOLD:
-        wk = L.bit_length()
-        if m * wk > total - pos:
-            raise PayloadError("truncated payload: interval counts")
-        k_int = _bits_to_words(bits[pos : pos + m * wk], wk).astype(np.int64)
-        pos += m * wk
+        k_int = r.read_uints(m, L.bit_length(), "interval counts").astype(np.int64)
         lens = np.full(m, L, dtype=np.int64)
         lens[-1] = d - (m - 1) * L
         if (k_int > lens).any():
             raise PayloadError("an interval count exceeds the interval length")
-    pos = _skip_padding(bits, pos)
+    r.align()
     w_m = ceil_log2(m)
     hbits = w_m + 4 + N_BITS + 64
-    if npk * hbits > total - pos:
+    if npk * hbits > r.remaining:
         raise PayloadError(f"packet count {npk} does not fit in the payload")
     idx_parts, val_parts = [], []
     kept = 0
     packets: list[tuple[int, int, int, float, float]] = []
     for _ in range(npk):
-        start = pos
-        if hbits > total - pos:
+        start = r.pos
+        if hbits > r.remaining:
             raise PayloadError("truncated packet header")
-        h = bits[pos : pos + hbits]
-        pos += hbits
-        small = int(_bits_to_words(h[: w_m + 4 + N_BITS], w_m + 4 + N_BITS)[0])
-        j, b, n = small >> (4 + N_BITS), (small >> N_BITS) & 15, small & ((1 << N_BITS) - 1)
-        lohi = _bits_to_words(h[w_m + 4 + N_BITS :], 32).astype(np.uint32).view(np.float32)
-        lo, hi = float(lohi[0]), float(lohi[1])
+        j = r.read_uint(w_m, "packet interval")
+        b = r.read_uint(4, "packet width")
+        n = r.read_uint(N_BITS, "packet count of entries")
+        lo, hi = (float(v) for v in r.read_f32(2, "packet range"))
         if not (1 <= b <= MAX_B) or j >= m:
             raise PayloadError(f"bad packet header (interval {j}, width {b})")
         if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
             raise PayloadError("bad packet range")
         w = s + 1 + b
-        if n * w > total - pos or kept + n > d:
+        if n * w > r.remaining or kept + n > d:
             raise PayloadError("truncated packet or too many entries")
-        words = _bits_to_words(bits[pos : pos + n * w], w)
-        pos += n * w
-        pos = _skip_padding(bits, pos)
-        if n == 0 or pos - start > PACKET_LIMIT_BITS:
+        words = r.read_uints(n, w, "packet entries")
+        r.align()
+        if n == 0 or r.pos - start > PACKET_LIMIT_BITS:
             raise PayloadError(
-                f"packet of {n} entries and {(pos - start) // 8} bytes is empty or over 1500 bytes"
+                f"packet of {n} entries and {(r.pos - start) // 8} bytes is empty or over 1500 bytes"
             )
         kept += n
-        packets.append(((pos - start) // 8, b, n, lo, hi))
+        packets.append(((r.pos - start) // 8, b, n, lo, hi))
         level = (words & np.uint64((1 << b) - 1)).astype(np.float64)
         sign = ((words >> np.uint64(b)) & np.uint64(1)).astype(bool)
         off = (words >> np.uint64(b + 1)).astype(np.int64)
@@ -345,9 +302,7 @@ def decode_body(
         val_parts.append(np.where(sign, -mag, mag))
         if mode == MODE_THRESHOLD:
             val_parts[-1] = (val_parts[-1], j)  # type: ignore[assignment]
-    if total - pos >= 8:
-        raise PayloadError(f"payload has {(total - pos) // 8} trailing bytes")
-    _skip_padding(bits, pos)
+    r.expect_end()  # no trailing bytes, zero final padding
     if info is not None:
         info.update(s=s, mode=mode, header_bytes=(40 + (m * L.bit_length() if mode else 0) + 7) // 8)
         for key, col in zip(

@@ -180,7 +180,10 @@ class BitReader:
         return self.read_uints(count, 16, what).astype(np.uint16).view(np.float16)
 
     def align(self) -> None:
-        self._pos = min(self._total, (self._pos + 7) // 8 * 8)
+        """Skip to the next byte boundary; padding bits must be zero (one canonical encoding per payload)."""
+        pad = (-self._pos) % 8  # <= remaining: the buffer is whole bytes
+        if pad and self._take(pad, "padding").any():
+            raise PayloadError("non-zero padding bits")
 
     def expect_end(self) -> None:
         """Raise unless at most 7 zero padding bits are left."""
