@@ -12,7 +12,7 @@ its memory use) on the same i.i.d. Gaussian vector (``--d`` values, float32). In
 2. **Times** (``time.perf_counter``), the median of ``--repeat`` runs each: ``encode`` (``codec.encode`` of
    the named tensors into the framed payload), ``decode`` (``fedsqueeze.decode`` of those bytes) and one
    ``torch.topk(u.abs(), k)`` on the same vector, with ``k`` the codec's kept count when it reports one
-   (``choose_k(d)`` or ``kept_entries(spec)``) and ``floor(0.02 d)`` otherwise.
+   (``choose_k(d)``), else the count of non-zeros it decoded to, else ``floor(0.02 d)``.
 
 ``ratio = (encode + decode) / topk``: how many torch.topk calls the codec's round trip costs.
 """
@@ -84,16 +84,13 @@ def _maxrss_bytes() -> int:
 
 
 def _kept(codec, spec) -> tuple[int, str]:
+    """k from the codec's own ``choose_k(d)`` (the TopK family), else the 2 % default."""
     d = spec.numel
-    for attr, arg in (("choose_k", d), ("kept_entries", spec)):
-        fn = getattr(codec, attr, None)
-        if callable(fn):
-            try:
-                k = fn(arg)
-            except Exception:
-                continue
-            if isinstance(k, int) and 0 < k <= d:
-                return k, "codec"
+    choose_k = getattr(codec, "choose_k", None)
+    if callable(choose_k):
+        k = choose_k(d)
+        if 0 < k <= d:
+            return int(k), "codec"
     return max(1, math.floor(0.02 * d)), "default 2%"
 
 
