@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-
 __all__ = ["add_arguments", "main", "sweep"]
 
 DEFAULT_OUT = "results/bench"
@@ -51,15 +49,9 @@ def _measure(name: str, opts: dict[str, Any], u: torch.Tensor, spec: Any, seed: 
 
 def _source(name: str, d: int | None, seed: int) -> tuple[torch.Tensor, Any]:
     from ..spec import UpdateSpec
+    from .sources import make_source
 
-    try:
-        from .sources import make_source
-    except ImportError:  # pragma: no cover - the shared generator ships with the package
-        make_source = None
-    if make_source is not None:
-        tensors = make_source(name, d, seed)
-    else:
-        raise ConfigError("fedsqueeze.bench.sources is missing")
+    tensors = make_source(name, d, seed)
     spec = UpdateSpec.from_tensors(tensors)
     return spec.flatten(tensors), spec
 
