@@ -20,6 +20,8 @@ __all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload"]
 MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "toy")  # toy: fl.toy.ToyWorkload (tests)
 DATASETS = ("rotten_tomatoes", "bbc_news", "gsm8k")
 PARTITIONS = ("iid", "dirichlet")
+POOLINGS = ("auto", "cls", "mean")
+DEVICES = ("cpu", "cuda", "auto")  # classification heads: see fedsqueeze.models.pooling
 
 
 def _choice(section: str, key: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -40,7 +42,11 @@ class ModelConfig:
 
     ``tiny-bert`` and ``tiny-llama`` are randomly initialised miniature models (tests only). ``num_layers``
     keeps only the first layers (smoke runs of big models). ``target_modules`` of ``None`` means the model's
-    default (query/value or q_proj/v_proj).
+    default (query/value or q_proj/v_proj). ``pooling`` picks what a classification head reads: ``cls``
+    (the BERT pooler over ``[CLS]``), ``mean`` (masked token mean, how sentence-transformers models such as
+    MiniLM were trained) or ``auto`` (``mean`` for ``minilm``, ``cls`` otherwise). ``device`` runs local
+    training and evaluation on ``cpu`` (default), ``cuda`` or ``auto`` (``cuda`` when available); updates,
+    codecs and aggregation always stay on the CPU.
     """
 
     name: str = "minilm"
@@ -50,9 +56,13 @@ class ModelConfig:
     target_modules: tuple[str, ...] | None = None
     max_length: int = 64
     num_layers: int | None = None
+    pooling: str = "auto"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         _choice("model", "name", self.name, MODELS)
+        _choice("model", "pooling", self.pooling, POOLINGS)
+        _choice("model", "device", self.device, DEVICES)
         _positive("model", "lora_r", self.lora_r)
         _positive("model", "lora_alpha", self.lora_alpha)
         if not 0 <= self.lora_dropout < 1:
@@ -92,7 +102,8 @@ class DataConfig:
 class LocalTrainConfig:
     """Local training of one client in one round (paper defaults: Adam+amsgrad, lr 1e-3, wd 0.02).
 
-    ``max_steps`` caps optimizer steps per round (``None``: run all ``epochs``).
+    ``max_steps`` caps optimizer steps per round (``None``: run all ``epochs``). ``head_lr`` is the learning
+    rate of the non-LoRA trainables (the freshly initialised classifier head; ``None``: ``lr``).
     """
 
     epochs: int = 1
@@ -101,9 +112,11 @@ class LocalTrainConfig:
     weight_decay: float = 0.02
     amsgrad: bool = True
     max_steps: int | None = None
+    head_lr: float | None = None
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
+        _positive("train", "head_lr", self.head_lr, allow_none=True)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "lr", self.lr)
         if self.weight_decay < 0:

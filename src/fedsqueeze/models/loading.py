@@ -190,21 +190,38 @@ def _tiny_config(name: str, tokenizer: Any, num_layers: int | None) -> Any:
 
 
 def load_base_model(
-    name: str, tokenizer: Any, *, num_labels: int | None, num_layers: int | None = None
+    name: str,
+    tokenizer: Any,
+    *,
+    num_labels: int | None,
+    num_layers: int | None = None,
+    pooling: str = "auto",
 ) -> torch.nn.Module:
     """The base (pre-LoRA) model, fp32 on the CPU, in eval mode.
 
     ``num_labels`` set: a sequence classifier (``AutoModelForSequenceClassification``, new head);
     ``None``: a causal LM. Randomly initialised parts (head, tiny models) draw from the global torch RNG,
-    so seed it (the workload builder does, inside ``torch.random.fork_rng``).
+    so seed it (the workload builder does, inside ``torch.random.fork_rng``). ``pooling`` (see
+    :mod:`fedsqueeze.models.pooling`) applies to the encoder classifiers only.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .pooling import MeanPoolBertForSequenceClassification, resolve_pooling
+
+    pooling = resolve_pooling(name, pooling)
+    if pooling == "mean" and (name not in ENCODER_MODELS or num_labels is None):
+        raise ConfigError(
+            f"model.pooling = 'mean' needs an encoder classifier (minilm, tiny-bert), not {name}"
+        )
+    classifier: Any = (
+        MeanPoolBertForSequenceClassification if pooling == "mean" else AutoModelForSequenceClassification
+    )
 
     if name in ("tiny-bert", "tiny-llama"):
         config = _tiny_config(name, tokenizer, num_layers)
         if num_labels is not None:
             config.num_labels = num_labels
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = classifier.from_config(config) if pooling == "cls" else classifier(config)
         elif name == "tiny-llama":
             model = AutoModelForCausalLM.from_config(config)
         else:
@@ -222,9 +239,7 @@ def load_base_model(
         kwargs: dict[str, Any] = _layers_kwargs(num_layers, total, name)
         with quiet_transformers():
             if num_labels is not None:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=num_labels, dtype=torch.float32, **kwargs
-                )
+                model = classifier.from_pretrained(path, num_labels=num_labels, dtype=torch.float32, **kwargs)
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:

@@ -89,8 +89,8 @@ def split_trainable(
 
 
 def read_tensors(params: Mapping[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """Detached float32 copies of ``params``, in order."""
-    return {k: p.detach().to(torch.float32).clone() for k, p in params.items()}
+    """Detached float32 CPU copies of ``params``, in order (the model may live on a GPU)."""
+    return {k: p.detach().to("cpu", torch.float32).clone() for k, p in params.items()}
 
 
 def write_tensors(params: Mapping[str, torch.nn.Parameter], tensors: Mapping[str, torch.Tensor]) -> None:

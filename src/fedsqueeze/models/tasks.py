@@ -21,7 +21,12 @@ from ..data.text import (
     collate_prompts,
 )
 
-__all__ = ["ClassificationTask", "GenerationTask"]
+__all__ = ["ClassificationTask", "GenerationTask", "to_device"]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """``batch`` with every tensor on ``device`` (a no-op on the CPU)."""
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -53,6 +58,7 @@ class ClassificationTask:
         self.num_classes = num_classes
         self.pad_id = pad_id
         self.eval_batch_size = eval_batch_size
+        self.device: torch.device | str = "cpu"  # where evaluation batches go (set by the workload)
 
     @property
     def num_train(self) -> int:
@@ -79,11 +85,12 @@ class ClassificationTask:
             batch = collate_classification(
                 [self.test_ids[i] for i in idx], self.test_labels[idx].tolist(), self.pad_id
             )
+            batch = to_device(batch, self.device)
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits.float()
             loss_sum += float(cross_entropy(logits, batch["labels"], reduction="sum"))
-            preds[idx] = logits.argmax(-1).numpy()
+            preds[idx] = logits.argmax(-1).cpu().numpy()
         return {
             "accuracy": metrics.accuracy(preds, self.test_labels),
             "macro_f1": metrics.macro_f1(preds, self.test_labels, self.num_classes),
@@ -123,6 +130,7 @@ class GenerationTask:
         self.max_new_tokens = max_new_tokens
         self.eval_batch_size = eval_batch_size
         self.last_generations: list[str] = []  # kept for inspection / debugging
+        self.device: torch.device | str = "cpu"  # where evaluation batches go (set by the workload)
 
     @property
     def num_train(self) -> int:
@@ -155,6 +163,7 @@ class GenerationTask:
             batch = collate_causal(
                 [self.test_ids[i] for i in idx], [self.test_labels[i] for i in idx], self.pad_id
             )
+            batch = to_device(batch, self.device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:].reshape(-1)
             loss_sum += float(
@@ -168,7 +177,7 @@ class GenerationTask:
             tokens += int((labels != IGNORE_INDEX).sum())
         gens = [""] * self.num_test
         for idx in _by_length([len(x) for x in self.test_prompts], self.eval_batch_size):
-            batch = collate_prompts([self.test_prompts[i] for i in idx], self.pad_id)
+            batch = to_device(collate_prompts([self.test_prompts[i] for i in idx], self.pad_id), self.device)
             with quiet_transformers():
                 out = model.generate(
                     **batch,
@@ -178,7 +187,8 @@ class GenerationTask:
                     eos_token_id=self.eos_id,
                 )
             new = out[:, batch["input_ids"].shape[1] :]
-            for j, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+            texts = self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
+            for j, text in zip(idx, texts, strict=True):
                 gens[j] = text
         self.last_generations = gens
         return {

@@ -23,7 +23,7 @@ from ..fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from ..spec import UpdateSpec
 from .loading import CAUSAL_MODELS, load_base_model, load_tokenizer
 from .lora import apply_lora, read_tensors, split_trainable, write_tensors
-from .tasks import ClassificationTask, GenerationTask
+from .tasks import ClassificationTask, GenerationTask, to_device
 
 __all__ = ["PeftWorkload", "build_workload", "configure_threads"]
 
@@ -66,9 +66,19 @@ class PeftWorkload:
         Plain facts for logs: model, dataset, sizes.
     """
 
-    def __init__(self, model: Any, task: Any, parts: list[np.ndarray], info: dict[str, Any]) -> None:
-        self.model = model
+    def __init__(
+        self,
+        model: Any,
+        task: Any,
+        parts: list[np.ndarray],
+        info: dict[str, Any],
+        *,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.task = task
+        task.device = self.device
         self.parts = parts
         self._lora_params, self._head_params = split_trainable(model)
         self.lora_spec = UpdateSpec.from_tensors(self._lora_params)
@@ -122,10 +132,14 @@ class PeftWorkload:
         shuffle_seed, dropout_seed = _derive_seeds(seed, client)
         gen = torch.Generator().manual_seed(shuffle_seed)
         self.load(lora, head)
-        params = [*self._lora_params.values(), *self._head_params.values()]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+        groups = [{"params": list(self._lora_params.values())}]
+        if self._head_params:
+            groups.append({"params": list(self._head_params.values()), "lr": cfg.head_lr or cfg.lr})
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
         losses: list[float] = []
-        with torch.random.fork_rng(devices=[]):
+        # Dropout draws from the model's device RNG: fork (and seed) that one too when it is a GPU.
+        gpus = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(dropout_seed)
             self.model.train()
             try:
@@ -134,7 +148,9 @@ class PeftWorkload:
                     for start in range(0, len(order), cfg.batch_size):
                         if cfg.max_steps is not None and len(losses) >= cfg.max_steps:
                             break
-                        batch = self.task.train_batch(order[start : start + cfg.batch_size])
+                        batch = to_device(
+                            self.task.train_batch(order[start : start + cfg.batch_size]), self.device
+                        )
                         opt.zero_grad(set_to_none=True)
                         loss = self.task.loss(self.model, batch)
                         loss.backward()
@@ -236,6 +252,7 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             tok,
             num_labels=None if generation else len(raw.label_names),
             num_layers=model.num_layers,
+            pooling=model.pooling,
         )
         peft_model = apply_lora(
             base,
@@ -247,5 +264,19 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             classification=not generation,
         )
     peft_model.eval()
-    info = {"model": model.name, "dataset": data.dataset, "num_clients": data.num_clients}
-    return PeftWorkload(peft_model, task, parts, info)
+    device = _resolve_device(model.device)
+    info = {
+        "model": model.name,
+        "dataset": data.dataset,
+        "num_clients": data.num_clients,
+        "device": str(device),
+    }
+    return PeftWorkload(peft_model, task, parts, info, device=device)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device = 'cuda' but torch sees no GPU; use model.device = 'cpu' or 'auto'")
+    return torch.device(name)
