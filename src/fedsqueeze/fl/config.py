@@ -2,7 +2,8 @@
 
 A config file has the sections ``[model]`` (:class:`ModelConfig`), ``[data]`` (:class:`DataConfig`),
 ``[train]`` (:class:`LocalTrainConfig`), ``[fl]`` (:class:`FLConfig`), ``[codec]`` and ``[downlink]``
-(:class:`CodecConfig`: ``name`` plus an ``options`` table checked by :func:`fedsqueeze.codecs.get`). Missing
+(:class:`CodecConfig`: ``name`` plus an ``options`` table checked by :func:`fedsqueeze.codecs.get`) and
+``[tgap]`` (:class:`TGAPConfig`: CG-FedLLM pre-training before the main rounds, off by default). Missing
 keys take the dataclass defaults; unknown keys and bad values raise :class:`~fedsqueeze.ConfigError` naming
 the key and what is allowed. Presets ship inside the package (``fedsqueeze/configs/*.toml``).
 """
@@ -25,13 +26,15 @@ __all__ = [
     "CodecConfig",
     "FLConfig",
     "RunConfig",
+    "TGAPConfig",
     "apply_overrides",
     "load_config",
     "preset_names",
     "preset_text",
 ]
 
-SECTIONS = ("model", "data", "train", "fl", "codec", "downlink")
+SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap")
+TGAP_CODECS = ("cg_fedllm", "cg_fedllm_q")  # the codecs that use a TGAP-trained autoencoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +114,76 @@ class FLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TGAPConfig:
+    """CG-FedLLM's TGAP phase, run by ``fedsqueeze run`` before the main (FAF) rounds when ``enabled``.
+
+    Each client's data is split once (seeded) into a pre-training share ``fraction`` and the rest. TGAP
+    collects update snapshots on the pre-training share, trains the autoencoder
+    (:func:`fedsqueeze.learned.tgap.tgap_pretrain`), saves it in ``OUT/tgap/`` and the main rounds run on the
+    rest with ``codec.name`` (``cg_fedllm`` or ``cg_fedllm_q``) using that model, frozen. All TGAP traffic
+    is counted (``summary.json`` → ``tgap_traffic``).
+
+    Parameters
+    ----------
+    enabled
+        Run the TGAP phase first (needs ``codec.name`` in ``cg_fedllm``, ``cg_fedllm_q`` and no
+        ``codec.options.model_path``).
+    fraction
+        Share of each client's examples used for pre-training (paper: 0.3); FAF uses the rest.
+    collection
+        ``"federated"``: ``rounds`` FedAvg rounds with the identity uplink and no error feedback on the
+        pre-training share, every client update is a snapshot (uplink and model downloads counted).
+        ``"local"``: every client trains alone from the initial model for ``rounds`` local rounds and uploads
+        each round's update once (counted).
+    rounds
+        Snapshot-collection rounds (time steps of the temporal ensemble).
+    steps, batch_size, lr
+        Adam steps, snapshots per mini-batch and learning rate of the pre-training (paper: lr 2e-4).
+    variant
+        ``"paper"`` (the paper's autoencoder: no normalisation, ReLU ends, Tanh), ``"sound"`` (per-tensor RMS
+        normalisation, linear head) or ``"auto"``: paper for ``cg_fedllm``, sound for ``cg_fedllm_q``.
+    depth
+        Stride-2 stages of the autoencoder (latent = 1/2**depth of the padded factor stack; paper 6).
+    device
+        Where the pre-training runs: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``. The codecs run on the CPU.
+    """
+
+    enabled: bool = False
+    fraction: float = 0.3
+    collection: str = "federated"
+    rounds: int = 5
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 2e-4
+    variant: str = "auto"
+    depth: int = 6
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ConfigError(f"tgap.fraction must be in (0, 1), got {self.fraction}")
+        if self.collection not in ("federated", "local"):
+            raise ConfigError(
+                f"tgap.collection = {self.collection!r} is not allowed; choose one of federated, local"
+            )
+        for key in ("rounds", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"tgap.{key} must be >= 1, got {getattr(self, key)}")
+        if self.steps < 0:
+            raise ConfigError(f"tgap.steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"tgap.lr must be > 0, got {self.lr}")
+        if self.variant not in ("auto", "paper", "sound"):
+            raise ConfigError(
+                f"tgap.variant = {self.variant!r} is not allowed; choose one of auto, paper, sound"
+            )
+        if not 1 <= self.depth <= 8:
+            raise ConfigError(f"tgap.depth must be in 1..8, got {self.depth}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"tgap.device must be cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class CodecConfig:
     """A codec by registry name and its options (validated by :func:`fedsqueeze.codecs.get`)."""
 
@@ -138,6 +211,7 @@ class RunConfig:
     fl: FLConfig = dataclasses.field(default_factory=FLConfig)
     codec: CodecConfig = dataclasses.field(default_factory=CodecConfig)
     downlink: CodecConfig = dataclasses.field(default_factory=lambda: CodecConfig("identity"))
+    tgap: TGAPConfig = dataclasses.field(default_factory=TGAPConfig)
 
     def __post_init__(self) -> None:
         if self.fl.clients_per_round > self.data.num_clients:
@@ -145,6 +219,25 @@ class RunConfig:
                 f"fl.clients_per_round ({self.fl.clients_per_round}) exceeds data.num_clients "
                 f"({self.data.num_clients})"
             )
+        if self.tgap.enabled:
+            if self.codec.name not in TGAP_CODECS:
+                raise ConfigError(
+                    f"tgap.enabled trains an autoencoder for {' or '.join(TGAP_CODECS)}; set codec.name to "
+                    f"one of them (got {self.codec.name!r}) or tgap.enabled = false"
+                )
+            given = [k for k in ("model_path", "model_fingerprint") if self.codec.options.get(k) is not None]
+            if given:
+                raise ConfigError(
+                    f"tgap.enabled trains the model itself; remove codec.options.{given[0]} (or set "
+                    "tgap.enabled = false to use that model)"
+                )
+
+    @property
+    def tgap_variant(self) -> str:
+        """``tgap.variant`` with ``auto`` resolved: ``paper`` for ``cg_fedllm``, else ``sound``."""
+        if self.tgap.variant != "auto":
+            return self.tgap.variant
+        return "paper" if self.codec.name == "cg_fedllm" else "sound"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML/JSON friendly; tuples become lists, ``None`` is kept)."""
@@ -162,7 +255,13 @@ class RunConfig:
         unknown = [k for k in data if k not in SECTIONS]
         if unknown:
             raise ConfigError(f"unknown section {unknown[0]}; allowed: {', '.join(SECTIONS)}")
-        kinds = {"model": ModelConfig, "data": DataConfig, "train": LocalTrainConfig, "fl": FLConfig}
+        kinds = {
+            "model": ModelConfig,
+            "data": DataConfig,
+            "train": LocalTrainConfig,
+            "fl": FLConfig,
+            "tgap": TGAPConfig,
+        }
         built: dict[str, Any] = {}
         for name, kind in kinds.items():
             built[name] = _build_section(name, kind, data.get(name, {}))

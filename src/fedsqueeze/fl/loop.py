@@ -25,7 +25,7 @@ from .checkpoint import append_jsonl, atomic_write, load_checkpoint, save_checkp
 from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
 from .ledger import TrafficLedger
-from .report import Progress, package_versions, plot_metric_vs_uplink, summarize
+from .report import Progress, include_tgap, package_versions, plot_metric_vs_uplink, summarize
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, weighted_mean
@@ -76,7 +76,9 @@ def _build_workload(config: RunConfig) -> Workload:
 class _Federation:
     """The server's whole state; ``state_dict`` is the checkpoint."""
 
-    def __init__(self, config: RunConfig, workload: Workload) -> None:
+    def __init__(self, config: RunConfig, workload: Workload, codec: Any = None) -> None:
+        # ``codec``: the uplink codec when it is not ``config.codec.build()`` (the TGAP-trained model's path
+        # is set by the run, not by the user's config, which stays what the checkpoint compares).
         self.config, self.workload = config, workload
         self.n = workload.num_clients()
         if config.fl.clients_per_round > self.n:
@@ -85,7 +87,8 @@ class _Federation:
             )
         self.lora, self.head = workload.initial_params()
         self.momentum = ServerMomentum(config.fl.server_momentum)
-        codec = config.codec.build()
+        codec = codec if codec is not None else config.codec.build()
+        self.codec_options = codec.options()
         self.efs = [ErrorFeedback(codec, enabled=config.fl.error_feedback) for _ in range(self.n)]
         self.downlink = Downlink(
             config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n
@@ -238,6 +241,8 @@ class _Federation:
 
 def _check_same_config(saved: dict[str, Any], now: dict[str, Any]) -> None:
     # fl.rounds may grow (continue a finished run further); anything else would change the trajectory.
+    # Checkpoints from before the [tgap] section existed had it implicitly off (the defaults).
+    saved = {"tgap": RunConfig().to_dict()["tgap"], **saved}
     diffs = [
         f"{sec}.{key}"
         for sec in sorted(set(saved) | set(now))
@@ -293,6 +298,11 @@ def run(
     progress
         Show a progress bar on stderr.
 
+    With ``config.tgap.enabled`` the TGAP phase (:mod:`fedsqueeze.learned.tgap_phase`) runs first on each
+    client's ``tgap.fraction`` share, writes ``out_dir/tgap/`` and the rounds then run on the rest with the
+    trained autoencoder; the summary's ``tgap_traffic`` and totals count its bytes (see
+    :func:`~.report.include_tgap`). On ``resume`` a finished TGAP phase of the same run is reused.
+
     Returns
     -------
     dict
@@ -304,7 +314,13 @@ def run(
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     wl = workload if workload is not None else _build_workload(config)
-    fed = _Federation(config, wl)
+    tgap = None
+    if config.tgap.enabled:  # CG-FedLLM: pre-train the autoencoder on the TGAP share, run FAF on the rest
+        from ..learned.tgap_phase import faf_codec, run_tgap_phase
+
+        tgap = run_tgap_phase(config, wl, out, resume=resume, progress=progress)
+        wl = tgap.faf_workload
+    fed = _Federation(config, wl, None if tgap is None else faf_codec(config, tgap.model_path))
     if ckpt is not None:
         fed.load_state_dict(ckpt)
         if fed.done > config.fl.rounds:
@@ -330,7 +346,7 @@ def run(
     summary.update(
         {
             "codec": config.codec.name,
-            "codec_options": config.codec.build().options(),  # with the codec's defaults filled in
+            "codec_options": fed.codec_options,  # with the codec's defaults (and a TGAP model) filled in
             "downlink_options": config.downlink.build().options(),
             "downlink_protocol": fed.downlink.protocol,
             "seed": config.fl.seed,
@@ -343,7 +359,9 @@ def run(
             "out_dir": str(out),
         }
     )
+    include_tgap(summary, None if tgap is None else tgap.traffic)
     write_json(out / "summary.json", summary)
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
-    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title)
+    offset = 0 if tgap is None else int(tgap.traffic["uplink_bytes"])
+    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title, offset_bytes=offset)
     return summary

@@ -9,7 +9,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Progress", "package_versions", "plot_metric_vs_uplink", "summarize"]
+__all__ = [
+    "TGAP_INCLUDED",
+    "Progress",
+    "include_tgap",
+    "package_versions",
+    "plot_metric_vs_uplink",
+    "summarize",
+]
+
+# The summary totals that count the TGAP phase's bytes and time when it ran (``totals_include_tgap``).
+TGAP_INCLUDED = (
+    "total_uplink_bytes",
+    "total_downlink_bytes",
+    "uplink_bytes_to_target",
+    "downlink_bytes_to_target",
+    "wall_s",
+)
 
 _PACKAGES = (
     "fedsqueeze",
@@ -56,8 +72,38 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float
     }
 
 
-def plot_metric_vs_uplink(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> None:
-    """Evaluation metric against cumulative uplink MB (matplotlib's Agg canvas; no global backend change)."""
+def include_tgap(summary: dict[str, Any], tgap: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Add the TGAP phase to a run summary (in place; also returned).
+
+    ``summary["tgap_traffic"]`` becomes ``tgap`` (``None`` when TGAP did not run). When it ran, the totals
+    named in :data:`TGAP_INCLUDED` (listed again in ``summary["totals_include_tgap"]``) become TGAP + main
+    rounds, and the main rounds' own values stay available as ``faf_uplink_bytes``, ``faf_downlink_bytes``
+    and ``faf_wall_s``. ``metrics.jsonl``'s per-round ``cum_*_bytes`` count the main rounds only.
+    """
+    summary["tgap_traffic"] = None if tgap is None else dict(tgap)
+    summary["totals_include_tgap"] = [] if tgap is None else list(TGAP_INCLUDED)
+    if tgap is None:
+        return summary
+    up, down = int(tgap["uplink_bytes"]), int(tgap["downlink_bytes"])
+    summary["faf_uplink_bytes"] = summary["total_uplink_bytes"]
+    summary["faf_downlink_bytes"] = summary["total_downlink_bytes"]
+    summary["faf_wall_s"] = summary["wall_s"]
+    summary["total_uplink_bytes"] += up
+    summary["total_downlink_bytes"] += down
+    for key, extra in (("uplink_bytes_to_target", up), ("downlink_bytes_to_target", down)):
+        if summary.get(key) is not None:
+            summary[key] += extra
+    summary["wall_s"] += float(tgap.get("wall_s", 0.0))
+    return summary
+
+
+def plot_metric_vs_uplink(
+    rows: Sequence[Mapping[str, Any]], path: Path, *, title: str, offset_bytes: int = 0
+) -> None:
+    """Evaluation metric against cumulative uplink MB (matplotlib's Agg canvas; no global backend change).
+
+    ``offset_bytes`` is uplink spent before the first round (the TGAP phase): the curve starts there.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -66,8 +112,12 @@ def plot_metric_vs_uplink(rows: Sequence[Mapping[str, Any]], path: Path, *, titl
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     name = evals[0]["eval_metric_name"] if evals else "metric"
-    ax.plot([r["cum_uplink_bytes"] / 1e6 for r in evals], [r["eval_metric"] for r in evals], marker="o", ms=3)
-    ax.set_xlabel("cumulative uplink (MB, payload bytes)")
+    xs = [(offset_bytes + r["cum_uplink_bytes"]) / 1e6 for r in evals]
+    ax.plot(xs, [r["eval_metric"] for r in evals], marker="o", ms=3)
+    if offset_bytes:
+        ax.axvline(offset_bytes / 1e6, color="0.5", ls="--", lw=1, label="TGAP uplink")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("cumulative uplink (MB, payload bytes)" + (", TGAP included" if offset_bytes else ""))
     ax.set_ylabel(f"held-out {name}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

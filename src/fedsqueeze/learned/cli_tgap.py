@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=TGAPConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TGAPConfig.lr, help="Adam learning rate (paper 2e-4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -53,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = TGAPConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     bar, hook = _progress(cfg.steps, enabled=not args.no_progress)
     try:
-        model, log = tgap_pretrain(caps, ae=ae, config=cfg, progress=hook)
+        model, log = tgap_pretrain(caps, ae=ae, config=cfg, progress=hook, device=args.device)
     finally:
         if bar is not None:
             bar.stop()

@@ -76,8 +76,12 @@ def evaluate(
     holdout_clients: float = 0.2,
     q_rates: tuple[float, ...] = (0.05, 0.1, 0.25),
     log: Any = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train both autoencoders on the training split; score every codec and control on the held-out sets."""
+    """Train both autoencoders on the training split; score every codec and control on the held-out sets.
+
+    ``device`` is where TGAP trains (``cpu`` or ``cuda[:N]``); encoding, decoding and scoring run on the CPU.
+    """
     tgap = tgap or TGAPConfig()
     split = split_captures(caps, holdout_rounds, holdout_clients, tgap.seed)
     train, spec = split["train"], caps.spec
@@ -85,8 +89,8 @@ def evaluate(
         raise ValueError("the training split is empty; capture more rounds or clients")
     say = log or (lambda msg: None)
     say(f"TGAP on {len(train)} snapshots (d = {spec.numel}), {tgap.steps} steps per model")
-    paper, paper_log = tgap_pretrain(train, ae=PAPER_AE, config=tgap)
-    sound, sound_log = tgap_pretrain(train, ae=SOUND_AE, config=tgap)
+    paper, paper_log = tgap_pretrain(train, ae=PAPER_AE, config=tgap, device=device)
+    sound, sound_log = tgap_pretrain(train, ae=SOUND_AE, config=tgap, device=device)
     C, Q = codec_class("cg_fedllm"), codec_class("cg_fedllm_q")
     codecs: dict[str, Any] = {
         "cg_fedllm fp32 (paper AE)": C.from_model(paper),
@@ -139,6 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--holdout-rounds", type=float, default=0.3, help="fraction of later rounds held out")
     parser.add_argument("--holdout-clients", type=float, default=0.2, help="fraction of clients held out")
+    parser.add_argument("--device", default="cpu", help="where TGAP trains: cpu (default), cuda or cuda:N")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -146,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = TGAPConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     res = evaluate(
         caps, tgap=cfg, holdout_rounds=args.holdout_rounds, holdout_clients=args.holdout_clients,
-        log=lambda m: print(m, file=sys.stderr),
+        log=lambda m: print(m, file=sys.stderr), device=args.device,
     )  # fmt: skip
     res["captures"] = str(args.captures)
     for split, rows in res["results"].items():

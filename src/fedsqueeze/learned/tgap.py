@@ -21,9 +21,12 @@ from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
 from .layout import natural_key
+from .normalize import normalize
 from .transform import prepare_images
 
 __all__ = ["Captures", "TGAPConfig", "load_captures", "stack_snapshots", "tgap_pretrain", "tgap_traffic"]
+
+_EVAL_BATCH = 16  # snapshots per forward pass when measuring the final training reconstruction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +129,7 @@ def tgap_pretrain(
     ae: AEConfig | None = None,
     config: TGAPConfig | None = None,
     progress: Callable[[int, float], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[CGAutoEncoder, dict[str, Any]]:
     """Train a fresh autoencoder on ``snapshots``; return it (eval mode) and a training log.
 
@@ -139,6 +143,10 @@ def tgap_pretrain(
         Optimiser settings (default ``TGAPConfig()``).
     progress
         Called as ``progress(step, loss)`` after every step (e.g. to drive a progress bar).
+    device
+        Where the training runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...): the model and the snapshot images
+        are moved there. Mini-batch indices are drawn on the CPU from the seeded generator, so the batches
+        are the same on every device. The returned model is on the CPU (the codecs run there).
 
     Returns
     -------
@@ -149,13 +157,14 @@ def tgap_pretrain(
     ae = ae or AEConfig()
     cfg = config or TGAPConfig()
     flats, spec = stack_snapshots(snapshots, spec)
-    images, _scales, lay = prepare_images(flats, spec, ae.normalize, ae.multiple)
-    mask = lay.mask()
+    images, scales, lay = prepare_images(flats, spec, ae.normalize, ae.multiple)
+    dev = _device(device)
+    images, mask = images.to(dev), lay.mask().to(dev)
     # Scale-free loss: divide by the mean energy of the (normalised) data so lr 2e-4 means the same thing
     # for raw updates of RMS 1e-4 and normalised ones; Adam is scale-invariant in the gradient anyway.
     energy = float((images.pow(2) * mask).sum() / (mask.sum() * images.shape[0])) or 1.0
     torch.manual_seed(cfg.seed)
-    model = CGAutoEncoder(ae)
+    model = CGAutoEncoder(ae).to(dev)  # initialised on the CPU (seeded), then moved: same start everywhere
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
@@ -163,7 +172,7 @@ def tgap_pretrain(
     bs = min(cfg.batch_size, images.shape[0])
     for step in range(cfg.steps):
         idx = torch.randint(images.shape[0], (bs,), generator=gen)
-        x = images[idx]
+        x = images[idx.to(dev)]
         loss = ((model(x) - x).pow(2) * mask).sum() / (mask.sum() * bs * energy)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -174,15 +183,18 @@ def tgap_pretrain(
         if progress is not None:
             progress(step + 1, last)
     model.eval()
-    from .transform import analyse, synthesise
-
+    # The codec's reconstruction (normalise, encode, decode, de-normalise) of every snapshot, in batches on
+    # the training device (eval-mode BatchNorm makes it independent of the batching).
+    num = den = 0.0
     with torch.no_grad():
-        num = den = 0.0
-        for f in flats:
-            z, s = analyse(model, f, spec)
-            rec = synthesise(model, z, s, spec)
-            num += float((f.double() - rec.double()).pow(2).sum())
-            den += float(f.double().pow(2).sum())
+        for a in range(0, images.shape[0], _EVAL_BATCH):
+            part = slice(a, a + _EVAL_BATCH)
+            img = model(images[part]).to("cpu")
+            rec = normalize(lay.from_images(img), scales[part], spec, ae.normalize, inverse=True)
+            f = flats[part].double()
+            num += float((f - rec.double()).pow(2).sum())
+            den += float(f.pow(2).sum())
+    model = model.to("cpu")
     log = {
         "steps": cfg.steps,
         "batch_size": bs,
@@ -193,9 +205,19 @@ def tgap_pretrain(
         "train_rel_error": num / den if den > 0 else None,
         "num_snapshots": int(flats.shape[0]),
         "image": [lay.height, lay.width],
+        "device": str(dev),
         "spec": spec.to_json(),
     }
     return model, log
+
+
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"tgap device {device!r}: CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"tgap device must be cpu or cuda[:N], got {device!r}")
+    return dev
 
 
 def tgap_traffic(
