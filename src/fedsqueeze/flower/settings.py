@@ -68,6 +68,11 @@ class FlowerSettings:
             raise ConfigError(f"round-timeout must be a number of seconds > 0, got {self.round_timeout!r}")
         if self.workload and ":" not in self.workload:
             raise ConfigError(f'workload must be "" or "module:callable", got {self.workload!r}')
+        if self.config.tgap.enabled:  # the TGAP phase runs in `fedsqueeze run` only
+            raise ConfigError(
+                "tgap.enabled = true is not supported on Flower yet: pre-train with `fedsqueeze tgap` "
+                "(or a `fedsqueeze run` with [tgap]) and pass codec.options.model_path instead"
+            )
 
     @property
     def digest(self) -> str:
