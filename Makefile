@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow lint bench clean fuzz
+.PHONY: setup run test test-slow lint bench clean fuzz reproduce
 
 $(STAMP): pyproject.toml constraints.txt requirements.txt requirements-dev.txt requirements-assets.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,8 @@ clean:
 
 fuzz: setup  ## long decoder fuzz campaign: every codec, 100,000 hostile payloads
 	cd tests && ../$(PY) fuzz_main.py 100000
+
+STUDY ?= configs/study/default.toml
+STUDY_ARGS ?=
+reproduce: setup  ## the reproduction study grid (CPU-sized default; STUDY=configs/study/full.toml for all)
+	$(VENV)/bin/fedsqueeze study $(STUDY) $(STUDY_ARGS)

@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("flower", "supernode"), "fedsqueeze.flower.cli_supernode"),
     (("flower", "run"), "fedsqueeze.flower.cli_run"),
     (("tgap",), "fedsqueeze.learned.cli_tgap"),
+    (("study",), "fedsqueeze.study.cli_study"),
 )
 
 

@@ -1,0 +1,116 @@
+"""Run a reproduction study: a grid of runs (task × partition × codec × seed), then tables and plots.
+
+CONFIG is a study TOML file or the name of one in configs/study/ (default: "default", the CPU-sized grid;
+--full: "full", every task and codec, 3 seeds). Each cell goes to OUT/<task>/<partition>/<codec>/seed<k>/;
+cells whose summary.json holds the cell's config are skipped (rerunning resumes; a changed cell reruns), a
+failing cell leaves error.txt. Then OUT/results.{json,csv,md} and OUT/plots/<task>__<partition>.png.
+  fedsqueeze study --dry-run                       # list the default grid's cells and a time estimate
+  fedsqueeze study configs/study/default.toml --only 'minilm-rt/iid/*'
+  fedsqueeze study --full --jobs 2 --out runs/study/full
+  fedsqueeze study --aggregate-only                # rebuild the tables and plots from the cell folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_arguments", "main", "resolve_study"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default=None, help="study TOML file or name in configs/study/")
+    parser.add_argument("--full", action="store_true", help='the full grid (CONFIG "full")')
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/study/NAME)")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="GLOB", help="only cells whose id matches; repeatable"
+    )
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="cells in parallel processes")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and a time estimate")
+    parser.add_argument("--aggregate-only", action="store_true", help="only rebuild results from the folders")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep finished cells' checkpoints")
+    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress lines")
+
+
+def _study_dirs() -> list[Path]:
+    # configs/study/ of the current directory, then of the source checkout this package lives in.
+    return [Path("configs") / "study", Path(__file__).resolve().parents[3] / "configs" / "study"]
+
+
+def resolve_study(name: str) -> Path:
+    """A study file path from a path or a name in ``configs/study/``."""
+    from ..errors import ConfigError
+
+    if Path(name).is_file():
+        return Path(name)
+    for folder in _study_dirs():
+        if (folder / f"{name}.toml").is_file():
+            return folder / f"{name}.toml"
+    known = sorted({p.stem for d in _study_dirs() if d.is_dir() for p in d.glob("*.toml")})
+    raise ConfigError(f"study {name!r} not found (a file, or one of: {', '.join(known) or 'none'})")
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from .aggregate import write_results
+    from .grid import load_study
+    from .runner import done_summary, group_cells, run_cells
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.full and args.config is not None:
+        raise ConfigError("give either CONFIG or --full, not both")
+    path = resolve_study("full" if args.full else args.config or "default")
+    grid = load_study(path)
+    root = Path(args.out) if args.out else grid.default_out()
+    cells = grid.cells()
+    if args.only:
+        cells = [c for c in cells if any(fnmatch.fnmatchcase(c.id, pat) for pat in args.only)]
+        if not cells:
+            raise ConfigError(f"--only {' '.join(args.only)} matches no cell of {path}")
+    command = " ".join(
+        ["fedsqueeze", "study", shlex.quote(str(path)), "--out", shlex.quote(str(root))]
+        + [f"--only {shlex.quote(p)}" for p in args.only]
+        + ([f"--jobs {args.jobs}"] if args.jobs > 1 else [])
+    )
+    if args.dry_run:
+        per_task: dict[str, float] = {}
+        for group in group_cells(cells):  # the runner's order; a group loads its model once
+            loaded = False
+            for c in group:
+                done = done_summary(c, root) is not None
+                est = 0.0 if done else c.estimate_s(setup=not loaded)
+                loaded = loaded or not done
+                per_task[c.task] = per_task.get(c.task, 0.0) + est
+                print(f"{c.id:60s} {'done' if done else f'~{est:6.0f} s'}")
+        total = sum(per_task.values())
+        print("per task: " + ", ".join(f"{t} {_fmt_s(s)}" for t, s in per_task.items()))
+        print(
+            f"{len(cells)} cells ({len(grid.tasks)} tasks × {len(grid.partitions)} partitions × "
+            f"{len(grid.codecs)} codecs × {len(grid.seeds)} seeds{', filtered' if args.only else ''}); "
+            f"estimated {_fmt_s(total)} left at the tasks' timing (idle machine, one job) -> {root}"
+        )
+        return 0
+    if not args.aggregate_only:
+        results = run_cells(
+            cells, root, jobs=args.jobs, progress=not args.no_progress, keep_checkpoint=args.keep_checkpoints
+        )
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            print(f"{len(failed)} cell(s) failed; see their error.txt:", file=sys.stderr)
+            for r in failed:
+                print(f"  {r.id}: {r.error}", file=sys.stderr)
+    res = write_results(grid, root, command=command)
+    st = res["status"]
+    print(
+        f"study {grid.name}: {st['done']} done, {st['failed']} failed, {st['missing']} missing -> "
+        f"{root / 'results.md'}"
+    )
+    return 0

@@ -1,0 +1,338 @@
+"""The study grid: tasks × partitions × codecs × seeds, read from a study TOML.
+
+A study file::
+
+    [study]
+    name = "default"                 # labels the output folder (default runs/study/<name>)
+    seeds = [0, 1]
+    baseline = "identity"            # codec label that traffic reduction is measured against
+    seed_keys = ["fl.seed"]          # config keys that receive the cell's seed
+    set = ["fl.eval_every=1"]        # --set overrides for every cell
+
+    [[tasks]]
+    name = "minilm-rt"
+    base = "default"                 # a run preset name or a run TOML path (relative to this file), optional
+    set = ["fl.rounds=6"]            # overrides on top of base (and of the inline [tasks.config] tables)
+    timing = { step_s = 0.25 }       # for --dry-run estimates (see TIMING_DEFAULTS)
+    target = 0.7                     # optional fixed target (default: the weakest codec's best)
+    codec_set = { cg_fedllm = ["codec.options.model_path=ae/minilm-rt.safetensors"] }  # per task × codec
+
+    [[codecs]]
+    label = "flm_topk-even"
+    name = "flm_topk"
+    options = { mode = "even" }      # replaces the base config's codec options
+    set = ["fl.error_feedback=false"]
+
+    [[partitions]]
+    label = "dir0.1"
+    partition = "dirichlet"
+    alpha = 0.1
+
+A cell's config is: base, then inline ``config`` tables, then ``study.set``, ``task.set``, the partition, the
+codec (name + options), ``codec.set`` and the task's ``codec_set`` for that codec, then the seed. Every cell
+config is validated on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..fl.config import RunConfig, apply_overrides, preset_names, preset_text
+
+__all__ = ["TIMING_DEFAULTS", "Cell", "CodecEntry", "PartitionEntry", "StudyGrid", "TaskEntry", "load_study"]
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: --dry-run cost model of one cell: setup (model load), one local optimizer step, one evaluation, and the
+#: local steps per client per round when train.max_steps is unset.
+TIMING_DEFAULTS = {"setup_s": 15.0, "step_s": 0.25, "eval_s": 6.0, "steps_per_client": 50.0}
+
+
+def _label(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise ConfigError(f"{where} = {value!r}: use letters, digits and _ . + - (it names a folder)")
+    return value
+
+
+def _keys(where: str, raw: Any, allowed: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a table, got {raw!r}")
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {where}.{key}; allowed: {', '.join(allowed)}")
+    return raw
+
+
+def _strings(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of 'key=value' strings, got {value!r}")
+    return tuple(value)
+
+
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into ``into`` (tables merge, everything else replaces)."""
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """A model × dataset with its base run config (a nested dict, before the grid's overrides)."""
+
+    name: str
+    base: Mapping[str, Any]
+    overrides: tuple[str, ...] = ()
+    target: float | None = None
+    timing: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    codec_overrides: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecEntry:
+    """A codec column of the table: a label, the registry name, its options and extra overrides."""
+
+    label: str
+    name: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionEntry:
+    """A client partition: ``iid`` or ``dirichlet`` with its α."""
+
+    label: str
+    partition: str
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.partition not in ("iid", "dirichlet"):
+            raise ConfigError(f"partitions.{self.label}.partition must be iid or dirichlet")
+        if self.partition == "dirichlet" and not (self.alpha is not None and self.alpha > 0):
+            raise ConfigError(f"partitions.{self.label}: a dirichlet partition needs alpha > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the grid; ``id`` is also its folder below the study's output folder."""
+
+    task: str
+    partition: str
+    codec: str
+    seed: int
+    config: RunConfig
+    timing: Mapping[str, float]
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/{self.partition}/{self.codec}/seed{self.seed}"
+
+    def out_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.task / self.partition / self.codec / f"seed{self.seed}"
+
+    def estimate_s(self, *, setup: bool = True) -> float:
+        """Rough wall time from the task's timing: steps + evaluations (+ the model load if ``setup``)."""
+        t = {**TIMING_DEFAULTS, **self.timing}
+        fl, train = self.config.fl, self.config.train
+        steps = train.max_steps if train.max_steps is not None else t["steps_per_client"] * train.epochs
+        evals = fl.rounds // fl.eval_every + (fl.rounds % fl.eval_every != 0)
+        run_s = fl.rounds * fl.clients_per_round * steps * t["step_s"] + evals * t["eval_s"]
+        return run_s + (t["setup_s"] if setup else 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyGrid:
+    """A parsed study file; :meth:`cells` expands and validates the grid."""
+
+    name: str
+    tasks: tuple[TaskEntry, ...]
+    codecs: tuple[CodecEntry, ...]
+    partitions: tuple[PartitionEntry, ...]
+    seeds: tuple[int, ...] = (0, 1)
+    baseline: str = "identity"
+    seed_keys: tuple[str, ...] = ("fl.seed",)
+    overrides: tuple[str, ...] = ()
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for what, items, attr in (
+            ("tasks", self.tasks, "name"),
+            ("codecs", self.codecs, "label"),
+            ("partitions", self.partitions, "label"),
+        ):
+            labels = [getattr(i, attr) for i in items]
+            if not labels:
+                raise ConfigError(f"the study needs at least one entry in [[{what}]]")
+            dup = {x for x in labels if labels.count(x) > 1}
+            if dup:
+                raise ConfigError(f"duplicate {what} label(s): {', '.join(sorted(dup))}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"study.seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        labels = [c.label for c in self.codecs]
+        if self.baseline not in labels:
+            raise ConfigError(f"study.baseline = {self.baseline!r} is not a codec label of [[codecs]]")
+        for task in self.tasks:
+            for label in task.codec_overrides:
+                if label not in labels:
+                    raise ConfigError(f"tasks.{task.name}.codec_set.{label}: no codec has this label")
+
+    def default_out(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / "study" / self.name
+
+    def cells(self) -> list[Cell]:
+        """Every cell in task, partition, codec, seed order (each config built and validated)."""
+        out = []
+        for task in self.tasks:
+            for part in self.partitions:
+                for codec in self.codecs:
+                    for seed in self.seeds:
+                        out.append(self._cell(task, part, codec, seed))
+        return out
+
+    def _cell(self, task: TaskEntry, part: PartitionEntry, codec: CodecEntry, seed: int) -> Cell:
+        cell_id = f"{task.name}/{part.label}/{codec.label}/seed{seed}"
+        data = copy.deepcopy(dict(task.base))
+        try:
+            apply_overrides(data, [*self.overrides, *task.overrides])
+            data.setdefault("data", {})["partition"] = part.partition
+            if part.alpha is not None:
+                data["data"]["alpha"] = part.alpha
+            data["codec"] = {"name": codec.name, "options": copy.deepcopy(dict(codec.options))}
+            apply_overrides(
+                data,
+                [
+                    *codec.overrides,
+                    *task.codec_overrides.get(codec.label, ()),
+                    *(f"{key}={seed}" for key in self.seed_keys),
+                ],
+            )
+            config = RunConfig.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"cell {cell_id}: {exc}") from None
+        return Cell(task.name, part.label, codec.label, seed, config, dict(task.timing))
+
+
+# -- reading a study file -----------------------------------------------------------------------------------
+def _read_base(where: str, base: Any, here: Path) -> dict[str, Any]:
+    if base is None:
+        return {}
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}.base must be a preset name or a run TOML path, got {base!r}")
+    for candidate in (here / base, Path(base)):
+        if candidate.is_file():
+            text = candidate.read_text(encoding="utf-8")
+            break
+    else:
+        if base not in preset_names():
+            raise ConfigError(
+                f"{where}.base = {base!r}: no such file (relative to {here}) and no such preset "
+                f"({', '.join(preset_names())})"
+            )
+        text = preset_text(base)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}.base = {base!r}: invalid TOML: {exc}") from None
+
+
+def _task(i: int, raw: Any, here: Path) -> TaskEntry:
+    where = f"tasks[{i}]"
+    raw = _keys(where, raw, ("name", "base", "config", "set", "target", "timing", "codec_set"))
+    name = _label(f"{where}.name", raw.get("name"))
+    where = f"tasks.{name}"
+    base = _read_base(where, raw.get("base"), here)
+    _merge(base, _keys(f"{where}.config", raw.get("config", {}), ("model", "data", "train", "fl", "codec")))
+    timing = _keys(f"{where}.timing", raw.get("timing", {}), tuple(TIMING_DEFAULTS))
+    for key, value in timing.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{where}.timing.{key} must be a number >= 0, got {value!r}")
+    target = raw.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)):
+        raise ConfigError(f"{where}.target must be a number, got {target!r}")
+    codec_set = raw.get("codec_set", {})
+    if not isinstance(codec_set, Mapping):
+        raise ConfigError(
+            f"{where}.codec_set must be a table of codec label = [overrides], got {codec_set!r}"
+        )
+    return TaskEntry(
+        name,
+        base,
+        _strings(f"{where}.set", raw.get("set", [])),
+        None if target is None else float(target),
+        {k: float(v) for k, v in timing.items()},
+        {k: _strings(f"{where}.codec_set.{k}", v) for k, v in codec_set.items()},
+    )
+
+
+def _codec(i: int, raw: Any) -> CodecEntry:
+    raw = _keys(f"codecs[{i}]", raw, ("label", "name", "options", "set"))
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"codecs[{i}].name must be a codec name, got {name!r}")
+    label = _label(f"codecs[{i}].label", raw.get("label", name))
+    options = raw.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"codecs.{label}.options must be a table, got {options!r}")
+    return CodecEntry(label, name, dict(options), _strings(f"codecs.{label}.set", raw.get("set", [])))
+
+
+def _partition(i: int, raw: Any) -> PartitionEntry:
+    raw = _keys(f"partitions[{i}]", raw, ("label", "partition", "alpha"))
+    alpha = raw.get("alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, int | float)):
+        raise ConfigError(f"partitions[{i}].alpha must be a number, got {alpha!r}")
+    partition = raw.get("partition", "dirichlet" if alpha is not None else "iid")
+    label = _label(f"partitions[{i}].label", raw.get("label", partition))
+    return PartitionEntry(label, partition, None if alpha is None else float(alpha))
+
+
+def study_from_dict(data: Mapping[str, Any], *, here: str | Path = ".", name: str = "study") -> StudyGrid:
+    """Build a :class:`StudyGrid` from a parsed study TOML; ``here`` resolves relative ``base`` paths."""
+    _keys("study file", data, ("study", "tasks", "codecs", "partitions"))
+    head = _keys("study", data.get("study", {}), ("name", "out", "seeds", "baseline", "seed_keys", "set"))
+    seeds = head.get("seeds", [0, 1])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"study.seeds must be a list of integers, got {seeds!r}")
+    out = head.get("out")
+    if out is not None and not isinstance(out, str):
+        raise ConfigError(f"study.out must be a folder path, got {out!r}")
+    for section in ("tasks", "codecs", "partitions"):
+        if not isinstance(data.get(section, []), list):
+            raise ConfigError(f"{section} must be an array of tables ([[{section}]])")
+    grid = StudyGrid(
+        name=_label("study.name", head.get("name", name)),
+        tasks=tuple(_task(i, t, Path(here)) for i, t in enumerate(data.get("tasks", []))),
+        codecs=tuple(_codec(i, c) for i, c in enumerate(data.get("codecs", []))),
+        partitions=tuple(_partition(i, p) for i, p in enumerate(data.get("partitions", []))),
+        seeds=tuple(seeds),
+        baseline=head.get("baseline", "identity"),
+        seed_keys=_strings("study.seed_keys", head.get("seed_keys", ["fl.seed"])),
+        overrides=_strings("study.set", head.get("set", [])),
+        out=out,
+    )
+    grid.cells()  # validate every cell config now, not hours into the study
+    return grid
+
+
+def load_study(path: str | Path) -> StudyGrid:
+    """Read and validate a study TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"study file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return study_from_dict(data, here=path.parent, name=path.stem)
