@@ -19,8 +19,13 @@ FIELDS = (
     "topk_k",
     "ratio",
     "peak_extra_bytes",
-    "peak_extra_vs_update",
+    "peak_extra_x",
+    "encode_peak_x",
+    "decode_peak_x",
+    "peak_exact",
     "memory_method",
+    "rss_peak_x",
+    "rss_method",
     "payload_bytes",
 )
 
@@ -38,6 +43,8 @@ def test_speed_cli_runs_each_codec_in_a_subprocess(tmp_path):
             assert f in r, f
         assert r["encode_s"] > 0 and r["decode_s"] > 0 and r["topk_s"] > 0 and r["ratio"] > 0
         assert r["peak_extra_bytes"] >= 0
+        assert r["peak_extra_x"] == max(r["encode_peak_x"], r["decode_peak_x"])
+        assert r["decode_peak_x"] >= 1.0  # the decoded float32 vector alone is one update
     by = {r["codec"]: r for r in rows}
     assert by["fp16"]["topk_k"] == int(0.02 * 65536) and by["fp16"]["topk_k_from"] == "default 2%"
     assert by["fp16"]["payload_bytes"] == 32 + 2 * 65536
@@ -63,7 +70,8 @@ def test_memory_measurement_sees_a_large_allocation(monkeypatch):
         return orig(self, flat, spec, seed=seed)
 
     monkeypatch.setattr(cls, "encode_flat", hungry)
-    row = speed.measure_codec("fp16", d, repeat=1)
-    if row["memory_method"].startswith("VmHWM"):
-        assert row["peak_extra_bytes"] >= 60 * 2**20
-    assert row["peak_extra_vs_update"] == pytest.approx(row["peak_extra_bytes"] / (4 * d))
+    row = speed.measure_codec("fp16", d, repeat=1, memory="alloc")  # "rss" would mallopt this process
+    assert row["encode_peak_x"] >= 16.0
+    assert row["peak_extra_bytes"] >= 64 * 2**20
+    assert row["peak_extra_x"] == pytest.approx(row["peak_extra_bytes"] / (4 * d))
+    assert "rss_peak_x" not in row

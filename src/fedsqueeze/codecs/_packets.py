@@ -180,51 +180,82 @@ class Stream:
         self.intervals = intervals  # interval of each packet (even) or of its first entry (threshold)
 
 
+_BATCH_ENTRIES = 1 << 13  # entries quantized per vectorized step (bounds the temporaries, not the result)
+_HEADER_CHUNK = 1 << 16  # k_j fields packed per step (a multiple of 8: every chunk ends on a byte)
+
+
 def encode_body(
     stream: Stream, *, mode: int, s: int, d: int, k_per_interval: np.ndarray | None, seed: int
 ) -> bytes:
-    """Quantize the stream's values per packet (stochastic rounding seeded by ``seed``) and serialize."""
+    """Quantize the stream's values per packet (stochastic rounding seeded by ``seed``) and serialize.
+
+    Every packet starts on a byte boundary, so the body is built batch by batch of packets (about
+    ``_BATCH_ENTRIES`` entries each) and each batch is packed to bytes at once: the temporaries are
+    O(batch), never O(kept) or a body-wide bit array. The random draws are taken in wire order, so the bytes
+    are those of quantizing all entries in one go.
+    """
     m = -(-d // (1 << s))
     counts = stream.counts.astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    mag = np.abs(stream.vals).astype(np.float32)
-    nonempty = counts > 0
-    lo = np.zeros(counts.size, dtype=np.float32)
-    hi = np.zeros(counts.size, dtype=np.float32)
-    if mag.size:
-        lo[nonempty] = np.minimum.reduceat(mag, starts[nonempty])
-        hi[nonempty] = np.maximum.reduceat(mag, starts[nonempty])
-    owner = np.repeat(np.arange(counts.size), counts)
-    b_e = stream.widths[owner].astype(np.int64)
-    levels_max = np.exp2(b_e) - 1.0
-    span = hi[owner].astype(np.float64) - lo[owner]
-    x = np.where(span > 0, (mag - lo[owner]) / np.where(span > 0, span, 1.0) * levels_max, 0.0)
-    fl = np.floor(x)
+    ends = np.cumsum(counts)
+    starts = ends - counts
     rng = np.random.default_rng(seed)
-    level = fl + (rng.random(x.size) < (x - fl))
-    level = np.minimum(level, levels_max).astype(np.uint64)
     L = 1 << s
-    off = (stream.idx & (L - 1)).astype(np.uint64)
-    sign = (stream.vals < 0).astype(np.uint64)
-    words = (off << (b_e + 1).astype(np.uint64)) | (sign << b_e.astype(np.uint64)) | level
+    w_m = ceil_log2(m)
 
-    wr = BitWriter()
-    wr.write_uint((s << 3) | (mode << 2), 8)
-    wr.write_uint(int(counts.size), 32)
+    head = BitWriter()
+    head.write_uint((s << 3) | (mode << 2), 8)
+    head.write_uint(int(counts.size), 32)
+    parts = [head.getvalue()]
     if mode == MODE_THRESHOLD:
         assert k_per_interval is not None
-        wr.write_uints(k_per_interval.astype(np.uint64), L.bit_length())
-    wr.align()
-    w_m = ceil_log2(m)
-    for p in range(counts.size):
-        b, n = int(stream.widths[p]), int(counts[p])
-        wr.write_uint(int(stream.intervals[p]), w_m)
-        wr.write_uint(b, 4)
-        wr.write_uint(n, N_BITS)
-        wr.write_f32(np.array([lo[p], hi[p]], dtype=np.float32))
-        wr.write_uints(words[starts[p] : starts[p] + n], s + 1 + b)
-        wr.align()  # every packet starts on a byte boundary
-    return wr.getvalue()
+        kw = L.bit_length()
+        for c0 in range(0, k_per_interval.size, _HEADER_CHUNK):
+            w = BitWriter()
+            w.write_uints(k_per_interval[c0 : c0 + _HEADER_CHUNK].astype(np.uint64), kw)
+            w.align()  # only the last chunk can need padding (chunks hold a multiple of 8 fields)
+            parts.append(w.getvalue())
+
+    p0 = 0
+    while p0 < counts.size:
+        # packets [p0, p1): at least one, about _BATCH_ENTRIES entries
+        p1 = int(np.searchsorted(ends, starts[p0] + _BATCH_ENTRIES, side="right"))
+        p1 = max(p1, p0 + 1)
+        e0, e1 = int(starts[p0]), int(ends[p1 - 1])
+        bc = counts[p0:p1]
+        mag = np.abs(stream.vals[e0:e1]).astype(np.float32)
+        nonempty = bc > 0
+        lo = np.zeros(bc.size, dtype=np.float32)
+        hi = np.zeros(bc.size, dtype=np.float32)
+        if mag.size:
+            bst = (starts[p0:p1] - e0)[nonempty]
+            lo[nonempty] = np.minimum.reduceat(mag, bst)
+            hi[nonempty] = np.maximum.reduceat(mag, bst)
+        owner = np.repeat(np.arange(bc.size), bc)
+        b_e = stream.widths[p0:p1][owner].astype(np.int64)
+        levels_max = np.exp2(b_e) - 1.0
+        span = hi[owner].astype(np.float64) - lo[owner]
+        x = np.where(span > 0, (mag - lo[owner]) / np.where(span > 0, span, 1.0) * levels_max, 0.0)
+        fl = np.floor(x)
+        level = fl + (rng.random(x.size) < (x - fl))
+        level = np.minimum(level, levels_max).astype(np.uint64)
+        off = (stream.idx[e0:e1] & (L - 1)).astype(np.uint64)
+        sign = (stream.vals[e0:e1] < 0).astype(np.uint64)
+        words = (off << (b_e + 1).astype(np.uint64)) | (sign << b_e.astype(np.uint64)) | level
+
+        wr = BitWriter()
+        for q in range(bc.size):
+            p = p0 + q
+            b, n = int(stream.widths[p]), int(bc[q])
+            a = int(starts[p]) - e0
+            wr.write_uint(int(stream.intervals[p]), w_m)
+            wr.write_uint(b, 4)
+            wr.write_uint(n, N_BITS)
+            wr.write_f32(np.array([lo[q], hi[q]], dtype=np.float32))
+            wr.write_uints(words[a : a + n], s + 1 + b)
+            wr.align()  # every packet starts on a byte boundary
+        parts.append(wr.getvalue())
+        p0 = p1
+    return b"".join(parts)
 
 
 PACKET_LIMIT_BITS = 8 * 1500  # every packet, its header included, fits one 1500-byte datagram

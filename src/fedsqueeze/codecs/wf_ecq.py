@@ -46,7 +46,7 @@ import torch
 from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import HEADER_BITS, check_density, check_rate, to_f32
+from ._baseline_util import FP32_MAX, HEADER_BITS, check_density, check_rate
 from ._wf_model import BETAS, Q_MAX, T_MAX, class_probabilities
 from ._wf_plan import (
     CLASS_BITS,
@@ -68,6 +68,7 @@ RHO_CODES = (128, 112, 96, 80)  # ρ = 0.5 (round to nearest), 0.4375, 0.375, 0.
 _MAX_CODE = len(BETAS) * (T_MAX + 1)
 _MIN_BLOCK = 16
 _C_SCALE = 255 / 1.5
+_CHUNK = 1 << 16  # at most this many symbols quantized / coded / decoded per vectorized step
 
 
 def _ans():
@@ -78,22 +79,48 @@ def _ans():
 
 @dataclasses.dataclass
 class _Coded:
-    """Symbols of one plan, grouped by class."""
+    """Symbols of one plan, grouped by class: the coded intervals in wire order, expanded lazily.
 
-    perm: np.ndarray  # flat index of each coded symbol
+    The wire order of the symbols is: classes by ascending code, within a class the intervals in order, within
+    an interval its values in order. :meth:`perm` gives the flat indices of any run of that order, so no
+    d-sized index array is ever built (peak memory).
+    """
+
+    starts: np.ndarray  # start of each coded interval, wire order
+    lens: np.ndarray  # its length
+    cum: np.ndarray  # symbols before each coded interval (len + 1)
     keys: np.ndarray  # distinct class codes, ascending
     counts: np.ndarray  # symbols per class
+    chunk: int = _CHUNK  # symbols per step: about 1/16 of the coded ones, in [4096, _CHUNK]
+
+    def perm(self, a: int, b: int) -> np.ndarray:
+        """Flat indices of the symbols ``a..b-1`` (wire order)."""
+        if b <= a:
+            return np.zeros(0, dtype=np.int64)
+        j0 = int(np.searchsorted(self.cum, a, side="right")) - 1
+        j1 = int(np.searchsorted(self.cum, b, side="left"))
+        lo = np.maximum(self.cum[j0:j1], a)
+        hi = np.minimum(self.cum[j0 + 1 : j1 + 1], b)
+        ln = hi - lo
+        st = self.starts[j0:j1] + (lo - self.cum[j0:j1])
+        return np.repeat(st - (np.cumsum(ln) - ln), ln) + np.arange(b - a, dtype=np.int64)
+
+    def runs(self, i: int) -> list[tuple[int, int]]:
+        """Symbol ranges ``[a, b)`` of class ``i`` in chunks of at most ``self.chunk``."""
+        lo = int(self.counts[:i].sum())
+        hi = lo + int(self.counts[i])
+        return [(a, min(hi, a + self.chunk)) for a in range(lo, hi, self.chunk)]
 
 
 def _grouping(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Coded:
     idx = np.flatnonzero(codes)
     order = idx[np.argsort(codes[idx], kind="stable")]
-    ln, st = lens[order], starts[order]
-    before = np.cumsum(ln) - ln
-    perm = np.repeat(st - before, ln) + np.arange(int(ln.sum()), dtype=np.int64)
+    ln, st = lens[order].astype(np.int64), starts[order].astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(ln)]).astype(np.int64)
     keys, _, inv = np.unique(codes[order], return_index=True, return_inverse=True)
     counts = np.bincount(inv, weights=ln, minlength=keys.size).astype(np.int64)
-    return _Coded(perm, keys, counts)
+    chunk = int(min(_CHUNK, max(1 << 12, int(cum[-1]) >> 4)))
+    return _Coded(st, ln, cum, keys, counts, chunk)
 
 
 def _dither(seed: int, d: int) -> np.ndarray:
@@ -203,28 +230,39 @@ class WfEcq(Codec):
         log2_step = min(max(plan.log2_step, -140.0), 126.0)
         step = float(np.float32(2.0**log2_step))
         grp = _grouping(plan.codes, starts, lens)
-        xs = x[grp.perm].astype(np.float64) / step
-        if u is not None:
-            xs += u[grp.perm]
-        mag = np.minimum(np.floor(np.abs(xs) + rho / 256.0), Q_MAX)
-        bounds = np.concatenate([[0], np.cumsum(grp.counts)]).astype(np.int64)
+        rq = rho / 256.0
+        # Pass 1, chunk by chunk: the integers (int16: |q| <= Q_MAX), each class's alphabet bound and the
+        # centroid offsets. The offsets are summed over one array of the selected entries, as a single
+        # vectorized pass would, so the 8-bit codes (and the bytes) do not depend on the chunking.
+        q = np.empty(int(grp.counts.sum()), dtype=np.int16)
         ms, c1, c2 = [], [], []
         for i in range(grp.keys.size):
-            lo, hi = bounds[i], bounds[i + 1]
-            mg, ax = mag[lo:hi], np.abs(xs[lo:hi])
-            ms.append(int(mg.max()) if hi > lo else 0)
-            c1.append(_centroid(ax, mg, mg == 1, u is not None))
-            c2.append(_centroid(ax, mg, mg >= 2, u is not None))
+            top, sel1, sel2 = 0, [], []
+            for a, b in grp.runs(i):
+                perm = grp.perm(a, b)
+                xs = x[perm].astype(np.float64) / step
+                if u is not None:
+                    xs += u[perm]
+                ax = np.abs(xs)
+                mg = np.minimum(np.floor(ax + rq), Q_MAX)
+                top = max(top, int(mg.max()))
+                one, two = mg == 1, mg >= 2
+                sel1.append(ax[one] - mg[one])
+                sel2.append(ax[two] - mg[two])
+                q[a:b] = np.sign(xs) * mg
+            ms.append(top)
+            c1.append(_centroid(sel1, u is not None))
+            c2.append(_centroid(sel2, u is not None))
+        # Pass 2: one ANS stack; the last class and, inside a class, the last chunk are pushed first, so the
+        # decoder pops the symbols in wire order.
         enc = cs.stream.stack.AnsCoder()
-        q = (np.sign(xs) * mag).astype(np.int64)
-        for i in range(grp.keys.size - 1, -1, -1):  # a stack: encode the last class first
+        for i in range(grp.keys.size - 1, -1, -1):
             if ms[i] == 0:
                 continue
             beta_idx, t = _split(int(grp.keys[i]))
-            model = cs.stream.model.Categorical(
-                class_probabilities(beta_idx, t, ms[i], rho / 256.0), perfect=False
-            )
-            enc.encode_reverse((q[bounds[i] : bounds[i + 1]] + ms[i]).astype(np.int32), model)
+            model = cs.stream.model.Categorical(class_probabilities(beta_idx, t, ms[i], rq), perfect=False)
+            for a, b in reversed(grp.runs(i)):
+                enc.encode_reverse(q[a:b].astype(np.int32) + ms[i], model)
         words = np.asarray(enc.get_compressed(), dtype="<u4")
         w = BitWriter()
         w.write_uint(1 if u is not None else 0, 8)
@@ -280,17 +318,18 @@ class WfEcq(Codec):
         if r.remaining != 32 * n_words:
             raise PayloadError(f"wf_ecq: {r.remaining // 8} bytes of ANS data, header says {4 * n_words}")
         words = np.frombuffer(body[len(body) - 4 * n_words :], dtype="<u4").astype(np.uint32)
-        q = _decode_symbols(words, grp, ms, rho)
-        mag = np.abs(q).astype(np.float64)
-        if flags & 1:
-            vals = (q.astype(np.float64) - _dither(seed, d)[grp.perm]) * step
-        else:
-            cls_of = np.repeat(np.arange(k), grp.counts)
-            off = np.where(mag >= 2, cc[cls_of, 1], cc[cls_of, 0]) if k else np.zeros(0)
-            vals = np.where(mag > 0, np.sign(q) * (mag + off) * step, 0.0)
-        out = np.zeros(d, dtype=np.float64)
-        out[grp.perm] = vals
-        return to_f32(out)
+        dith = _dither(seed, d) if flags & 1 else None
+        out = np.zeros(d, dtype=np.float32)
+        for i, a, b, q in _decode_symbols(words, grp, ms, rho):
+            perm = grp.perm(a, b)
+            if dith is not None:
+                vals = (q.astype(np.float64) - dith[perm]) * step
+            else:
+                mag = np.abs(q).astype(np.float64)
+                off = np.where(mag >= 2, cc[i, 1], cc[i, 0])
+                vals = np.where(mag > 0, np.sign(q) * (mag + off) * step, 0.0)
+            out[perm] = np.clip(vals, -FP32_MAX, FP32_MAX)
+        return torch.from_numpy(out)
 
     @classmethod
     def max_body_bytes(cls, spec: UpdateSpec) -> int:
@@ -300,33 +339,43 @@ class WfEcq(Codec):
         return (side_bits(n_int, n_int) + 24 * d + 7) // 8 + 64
 
 
-def _centroid(ax: np.ndarray, mag: np.ndarray, sel: np.ndarray, dither: bool) -> int:
-    """8-bit code of the mean offset ``|x|/Δ − |q|`` over ``sel`` (midpoint when empty or dithered)."""
-    n = int(sel.sum())
-    c = 0.0 if dither or n == 0 else float(np.sum(ax[sel] - mag[sel]) / n)
+def _centroid(parts: list[np.ndarray], dither: bool) -> int:
+    """8-bit code of the mean offset ``|x|/Δ − |q|`` over the selected entries (midpoint: none, dithered)."""
+    sel = np.concatenate(parts) if parts else np.zeros(0)
+    n = int(sel.size)
+    c = 0.0 if dither or n == 0 else float(np.sum(sel) / n)
     return int(np.clip(np.rint((c + 0.5) * _C_SCALE), 0, 255))
 
 
-def _decode_symbols(words: np.ndarray, grp: _Coded, ms: np.ndarray, rho: int) -> np.ndarray:
-    """Decode every class's symbols; malformed or left-over ANS data raises PayloadError."""
+def _decode_symbols(words: np.ndarray, grp: _Coded, ms: np.ndarray, rho: int):
+    """Yield ``(class, a, b, q)`` chunk by chunk in wire order; bad or left-over ANS data raises PayloadError.
+
+    Classes with ``M = 0`` carry no symbols: their chunks come back as zeros. Reading a chunk at a time from
+    one decoder pops the same symbols as one call per class.
+    """
     cs = _ans()
-    out = np.zeros(int(grp.counts.sum()), dtype=np.int64)
     try:
         dec = cs.stream.stack.AnsCoder(words)
-        pos = 0
-        for i in range(grp.keys.size):
-            n, m = int(grp.counts[i]), int(ms[i])
-            if m > 0 and n > 0:
-                beta_idx, t = _split(int(grp.keys[i]))
-                model = cs.stream.model.Categorical(
-                    class_probabilities(beta_idx, t, m, rho / 256.0), perfect=False
-                )
-                out[pos : pos + n] = dec.decode(model, n).astype(np.int64) - m
-            pos += n
-        if not dec.is_empty():
-            raise PayloadError("wf_ecq: ANS data left over after the last symbol")
-    except PayloadError:
-        raise
     except Exception as exc:  # constriction's own errors on hostile words
         raise PayloadError(f"wf_ecq: malformed ANS stream ({type(exc).__name__}: {exc})") from None
-    return out
+    for i in range(grp.keys.size):
+        m = int(ms[i])
+        model = None
+        for a, b in grp.runs(i):
+            if m == 0:
+                yield i, a, b, np.zeros(b - a, dtype=np.int64)
+                continue
+            try:
+                if model is None:
+                    beta_idx, t = _split(int(grp.keys[i]))
+                    model = cs.stream.model.Categorical(
+                        class_probabilities(beta_idx, t, m, rho / 256.0), perfect=False
+                    )
+                q = dec.decode(model, b - a).astype(np.int64) - m
+            except PayloadError:
+                raise
+            except Exception as exc:
+                raise PayloadError(f"wf_ecq: malformed ANS stream ({type(exc).__name__}: {exc})") from None
+            yield i, a, b, q
+    if not dec.is_empty():
+        raise PayloadError("wf_ecq: ANS data left over after the last symbol")
