@@ -8,6 +8,7 @@ body alone: every parameter the decoder needs travels in the body, so the server
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -31,7 +32,13 @@ def all_finite(t: torch.Tensor) -> bool:
     """
     if t.dtype == torch.float64:
         return bool(torch.isfinite(t).all())
-    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+    # Summed in chunks: torch's float64 reduction of a float32 tensor converts it whole first (2x its size).
+    flat = t.reshape(-1)
+    chunk = 1 << 16
+    total = 0.0
+    for start in range(0, flat.numel(), chunk):
+        total += float(flat[start : start + chunk].sum(dtype=torch.float64))
+    return math.isfinite(total)
 
 
 @dataclasses.dataclass(frozen=True)
