@@ -120,8 +120,14 @@ class ToyWorkload:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
         x, y = self.clients[client]
         params = {k: v.detach().clone().requires_grad_(True) for k, v in {**lora, **head}.items()}
-        opt = torch.optim.Adam(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+        head_lr = cfg.head_lr or cfg.lr
+        groups = [{"params": [params[k] for k in lora]}, {"params": [params[k] for k in head], "lr": head_lr}]
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
         gen = torch.Generator().manual_seed(seed & ((1 << 63) - 1))
+        bias = torch.zeros(self.num_classes)
+        if cfg.logit_adjust > 0:  # FedLC: τ·log of this client's add-one smoothed label frequencies
+            counts = torch.bincount(y, minlength=self.num_classes).float()
+            bias = cfg.logit_adjust * torch.log((counts + 1) / (counts.sum() + self.num_classes))
         losses: list[float] = []
         for _ in range(cfg.epochs):
             order = torch.randperm(len(y), generator=gen)
@@ -130,7 +136,7 @@ class ToyWorkload:
                     break
                 idx = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
-                loss = cross_entropy(self._logits(x[idx], params), y[idx])
+                loss = cross_entropy(self._logits(x[idx], params) + bias, y[idx])
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))

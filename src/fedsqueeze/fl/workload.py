@@ -104,6 +104,10 @@ class LocalTrainConfig:
 
     ``max_steps`` caps optimizer steps per round (``None``: run all ``epochs``). ``head_lr`` is the learning
     rate of the non-LoRA trainables (the freshly initialised classifier head; ``None``: ``lr``).
+    ``logit_adjust`` is τ of the label-skew correction of FedLC (Zhang et al., ICML 2022) / logit adjustment
+    (Menon et al., ICLR 2021): classification clients train on ``logits + τ·log π_client`` with ``π_client``
+    their own (add-one smoothed) label frequencies, so a client holding mostly one label pushes the shared
+    head far less towards it; evaluation uses the plain logits. ``0`` (default) turns it off.
     """
 
     epochs: int = 1
@@ -113,6 +117,7 @@ class LocalTrainConfig:
     amsgrad: bool = True
     max_steps: int | None = None
     head_lr: float | None = None
+    logit_adjust: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -122,6 +127,8 @@ class LocalTrainConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _positive("train", "max_steps", self.max_steps, allow_none=True)
+        if not self.logit_adjust >= 0:
+            raise ConfigError(f"train.logit_adjust must be >= 0 (0 turns it off), got {self.logit_adjust}")
 
 
 @runtime_checkable

@@ -73,9 +73,21 @@ class ClassificationTask:
             [self.train_ids[i] for i in idx], self.train_labels[list(idx)].tolist(), self.pad_id
         )
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def log_prior(self, idx: Sequence[int]) -> torch.Tensor:
+        """``log π`` of the labels of training examples ``idx``, add-one smoothed (never ``-inf``)."""
+        counts = np.bincount(self.train_labels[np.asarray(idx, dtype=np.int64)], minlength=self.num_classes)
+        freq = (counts + 1.0) / (counts.sum() + self.num_classes)
+        return torch.log(torch.as_tensor(freq, dtype=torch.float32))
+
+    def loss(
+        self, model: Any, batch: dict[str, torch.Tensor], logit_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cross-entropy of the batch; ``logit_bias`` (``[num_classes]``) is added to the logits first."""
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return cross_entropy(out.logits.float(), batch["labels"])
+        logits = out.logits.float()
+        if logit_bias is not None:
+            logits = logits + logit_bias.to(logits.device)
+        return cross_entropy(logits, batch["labels"])
 
     @torch.no_grad()
     def evaluate(self, model: Any) -> dict[str, float]:
