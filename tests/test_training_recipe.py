@@ -17,7 +17,8 @@ DATA = DataConfig(dataset="rotten_tomatoes", num_clients=4, max_train_examples=2
 
 
 def _bert(pooling: str):
-    return build_workload(ModelConfig(name="tiny-bert", lora_r=4, max_length=24, pooling=pooling), DATA, seed=3)
+    model = ModelConfig(name="tiny-bert", lora_r=4, max_length=24, pooling=pooling)
+    return build_workload(model, DATA, seed=3)
 
 
 def test_masked_mean_ignores_padding():
@@ -45,12 +46,11 @@ def test_mean_pooling_model_keeps_names_and_ignores_padding():
     mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0]])
     two = mean.model(input_ids=padded, attention_mask=mask).logits
     torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-6)
-    # and it trains: the loss of the same client goes down over a few steps
+    # and it trains: LoRA moves and the loss is finite
     cfg = LocalTrainConfig(batch_size=8, lr=5e-2, max_steps=6)
-    _, _, first = mean.train_client(0, lora, head, LocalTrainConfig(batch_size=8, lr=5e-2, max_steps=1), seed=0)
-    new_lora, new_head, _ = mean.train_client(0, lora, head, cfg, seed=0)
+    new_lora, _, loss = mean.train_client(0, lora, head, cfg, seed=0)
     assert any(not torch.equal(new_lora[k], lora[k]) for k in lora)
-    assert np.isfinite(first)
+    assert np.isfinite(loss)
 
 
 def test_mean_pooling_is_refused_for_causal_models():
@@ -66,12 +66,12 @@ def test_head_lr_only_changes_how_far_the_head_moves():
     w = _bert("cls")
     lora, head = w.initial_params()
     base = LocalTrainConfig(batch_size=8, lr=1e-3, max_steps=3)
-    same_l, same_h, _ = w.train_client(1, lora, head, base, seed=5)
-    explicit_l, explicit_h, _ = w.train_client(
+    _, same_h, _ = w.train_client(1, lora, head, base, seed=5)
+    _, explicit_h, _ = w.train_client(
         1, lora, head, LocalTrainConfig(batch_size=8, lr=1e-3, max_steps=3, head_lr=1e-3), seed=5
     )
     assert all(torch.equal(same_h[k], explicit_h[k]) for k in head)  # head_lr = lr is the old behaviour
-    fast_l, fast_h, _ = w.train_client(
+    _, fast_h, _ = w.train_client(
         1, lora, head, LocalTrainConfig(batch_size=8, lr=1e-3, max_steps=3, head_lr=1e-1), seed=5
     )
 
