@@ -26,6 +26,25 @@ class RoundTraffic:
     def downlink_bytes(self) -> int:
         return sum(self.downlink.values())
 
+    def row_columns(self, prev: Mapping[str, Any] | None, lora_numel: int, replies: int) -> dict[str, Any]:
+        """The traffic columns of this round's ``metrics.jsonl`` row.
+
+        ``prev`` is the previous row (``None`` in round 1), for the cumulative totals; ``replies`` the
+        number of LoRA payloads received, for ``lora_bits_per_param`` (``None`` when there were none).
+        """
+        lora = sum(self.uplink_lora.values())
+        prev_up = prev["cum_uplink_bytes"] if prev else 0
+        prev_down = prev["cum_downlink_bytes"] if prev else 0
+        return {
+            "uplink_bytes": self.uplink_bytes,
+            "cum_uplink_bytes": prev_up + self.uplink_bytes,
+            "uplink_lora_bytes": lora,
+            "uplink_head_bytes": sum(self.uplink_head.values()),
+            "downlink_bytes": self.downlink_bytes,
+            "cum_downlink_bytes": prev_down + self.downlink_bytes,
+            "lora_bits_per_param": 8 * lora / (max(lora_numel, 1) * replies) if replies else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "round": self.server_round,

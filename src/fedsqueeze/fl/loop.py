@@ -25,7 +25,7 @@ from .checkpoint import append_jsonl, atomic_write, load_checkpoint, save_checkp
 from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
 from .ledger import TrafficLedger
-from .report import Progress, include_tgap, package_versions, plot_metric_vs_uplink, summarize
+from .report import Progress, eval_columns, include_tgap, package_versions, plot_metric_vs_uplink, summarize
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, weighted_mean
@@ -133,29 +133,19 @@ class _Federation:
         train_s = time.perf_counter() - t0
         evaluate = r % cfg.fl.eval_every == 0 or r == cfg.fl.rounds
         ev = wl.evaluate(dict(self.lora), dict(self.head)) if evaluate else None
-        prev = self.rows[-1] if self.rows else {"cum_uplink_bytes": 0, "cum_downlink_bytes": 0}
         kept_replies = [replies[i] for i in kept]
         kept_w = [weights[i] for i in kept]
         rels = [rep.rel_error for rep in kept_replies if rep.rel_error is not None]
-        d = max(wl.lora_spec.numel, 1)
         row = {
             "round": r,
             "clients": clients,
             "num_examples": weights,
-            "uplink_bytes": traffic.uplink_bytes,
-            "cum_uplink_bytes": prev["cum_uplink_bytes"] + traffic.uplink_bytes,
-            "uplink_lora_bytes": sum(traffic.uplink_lora.values()),
-            "uplink_head_bytes": sum(traffic.uplink_head.values()),
-            "downlink_bytes": traffic.downlink_bytes,
-            "cum_downlink_bytes": prev["cum_downlink_bytes"] + traffic.downlink_bytes,
-            "lora_bits_per_param": 8 * sum(traffic.uplink_lora.values()) / (d * len(replies)),
+            **traffic.row_columns(self.rows[-1] if self.rows else None, wl.lora_spec.numel, len(replies)),
             "train_loss": sum(w * rep.train_loss for w, rep in zip(kept_w, kept_replies, strict=True))
             / sum(kept_w)
             if kept
             else None,
-            "eval_metric": None if ev is None else float(ev[wl.metric_name]),
-            "eval_metric_name": wl.metric_name,
-            "eval": None if ev is None else {k: float(v) for k, v in ev.items()},
+            **eval_columns(ev, wl.metric_name),
             "rel_error": None if dense is None else relative_error(dense, mean_lora),
             "client_rel_error": sum(rels) / len(rels) if rels else None,
             "residual_norms": [rep.residual_norm for rep in replies],

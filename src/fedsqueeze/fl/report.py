@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "TGAP_INCLUDED",
     "Progress",
+    "eval_columns",
     "include_tgap",
     "package_versions",
     "plot_metric_vs_uplink",
@@ -48,6 +49,15 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def eval_columns(ev: Mapping[str, float] | None, metric_name: str) -> dict[str, Any]:
+    """The evaluation columns of a ``metrics.jsonl`` row (``ev`` is ``None`` in rounds not evaluated)."""
+    return {
+        "eval_metric": None if ev is None else float(ev[metric_name]),
+        "eval_metric_name": metric_name,
+        "eval": None if ev is None else {k: float(v) for k, v in ev.items()},
+    }
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float | None) -> dict[str, Any]:

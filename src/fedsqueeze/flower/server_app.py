@@ -26,7 +26,7 @@ from ..errors import FedsqueezeError
 from ..fl.checkpoint import append_jsonl, write_json, write_jsonl
 from ..fl.client import encode_dense
 from ..fl.ledger import TrafficLedger
-from ..fl.report import package_versions, plot_metric_vs_uplink, summarize
+from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize
 from ..fl.robust import aggregate, merge_screens, screen_replies
 from ..fl.seeding import derive_seed, sample_clients
 from ..fl.server import Downlink, ServerMomentum, apply_update
@@ -176,26 +176,16 @@ class _FlowerFederation:
         train_s = time.perf_counter() - t0
         evaluate = r % fl.eval_every == 0 or r == fl.rounds
         ev = wl.evaluate(dict(self.lora), dict(self.head)) if evaluate else None
-        prev = self.rows[-1] if self.rows else {"cum_uplink_bytes": 0, "cum_downlink_bytes": 0}
         rels = [got[c]["rel_error"] for c in kept if got[c]["rel_error"] is not None]
-        d = max(wl.lora_spec.numel, 1)
         row = {
             "round": r,
             "clients": clients,
             "num_examples": [got[c]["num_examples"] if got.get(c) else None for c in clients],
-            "uplink_bytes": traffic.uplink_bytes,
-            "cum_uplink_bytes": prev["cum_uplink_bytes"] + traffic.uplink_bytes,
-            "uplink_lora_bytes": sum(traffic.uplink_lora.values()),
-            "uplink_head_bytes": sum(traffic.uplink_head.values()),
-            "downlink_bytes": traffic.downlink_bytes,
-            "cum_downlink_bytes": prev["cum_downlink_bytes"] + traffic.downlink_bytes,
-            "lora_bits_per_param": 8 * sum(traffic.uplink_lora.values()) / (d * len(ok)) if ok else None,
+            **traffic.row_columns(self.rows[-1] if self.rows else None, wl.lora_spec.numel, len(ok)),
             "train_loss": sum(w * got[c]["train_loss"] for w, c in zip(kw, kept, strict=True)) / sum(kw)
             if kept
             else None,
-            "eval_metric": None if ev is None else float(ev[wl.metric_name]),
-            "eval_metric_name": wl.metric_name,
-            "eval": None if ev is None else {k: float(v) for k, v in ev.items()},
+            **eval_columns(ev, wl.metric_name),
             "rel_error": None,  # needs the raw updates, which never leave the clients under Flower
             "client_rel_error": sum(rels) / len(rels) if rels else None,
             "residual_norms": [got[c]["residual_norm"] for c in ok],
