@@ -15,7 +15,7 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from ..spec import UpdateSpec
-from .workload import LocalTrainConfig
+from .workload import LocalTrainConfig, log_label_prior
 
 __all__ = ["ToyWorkload"]
 
@@ -126,8 +126,7 @@ class ToyWorkload:
         gen = torch.Generator().manual_seed(seed & ((1 << 63) - 1))
         bias = torch.zeros(self.num_classes)
         if cfg.logit_adjust > 0:  # FedLC: τ·log of this client's add-one smoothed label frequencies
-            counts = torch.bincount(y, minlength=self.num_classes).float()
-            bias = cfg.logit_adjust * torch.log((counts + 1) / (counts.sum() + self.num_classes))
+            bias = cfg.logit_adjust * log_label_prior(y, self.num_classes)
         losses: list[float] = []
         for _ in range(cfg.epochs):
             order = torch.randperm(len(y), generator=gen)

@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..spec import UpdateSpec
 
-__all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload"]
+__all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload", "log_label_prior"]
 
 MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "toy")  # toy: fl.toy.ToyWorkload (tests)
 DATASETS = ("rotten_tomatoes", "bbc_news", "gsm8k")
@@ -129,6 +129,12 @@ class LocalTrainConfig:
         _positive("train", "max_steps", self.max_steps, allow_none=True)
         if not self.logit_adjust >= 0:
             raise ConfigError(f"train.logit_adjust must be >= 0 (0 turns it off), got {self.logit_adjust}")
+
+
+def log_label_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``log π`` of a client's labels, add-one smoothed (never ``-inf``): the FedLC logit offset per class."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes).to(torch.float64)
+    return torch.log((counts + 1.0) / (counts.sum() + num_classes)).to(torch.float32)
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ from ..data.text import (
     collate_classification,
     collate_prompts,
 )
+from ..fl.workload import log_label_prior
 
 __all__ = ["ClassificationTask", "GenerationTask", "to_device"]
 
@@ -75,9 +76,8 @@ class ClassificationTask:
 
     def log_prior(self, idx: Sequence[int]) -> torch.Tensor:
         """``log π`` of the labels of training examples ``idx``, add-one smoothed (never ``-inf``)."""
-        counts = np.bincount(self.train_labels[np.asarray(idx, dtype=np.int64)], minlength=self.num_classes)
-        freq = (counts + 1.0) / (counts.sum() + self.num_classes)
-        return torch.log(torch.as_tensor(freq, dtype=torch.float32))
+        labels = torch.as_tensor(self.train_labels[np.asarray(idx, dtype=np.int64)])
+        return log_label_prior(labels, self.num_classes)
 
     def loss(
         self, model: Any, batch: dict[str, torch.Tensor], logit_bias: torch.Tensor | None = None

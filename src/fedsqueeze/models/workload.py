@@ -136,11 +136,11 @@ class PeftWorkload:
         if self._head_params:
             groups.append({"params": list(self._head_params.values()), "lr": cfg.head_lr or cfg.lr})
         opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
-        bias = None
+        loss_kwargs: dict[str, torch.Tensor] = {}
         if cfg.logit_adjust > 0:
             if not hasattr(self.task, "log_prior"):
                 raise ConfigError("train.logit_adjust applies to classification datasets only; set it to 0")
-            bias = cfg.logit_adjust * self.task.log_prior(self.parts[client])
+            loss_kwargs["logit_bias"] = cfg.logit_adjust * self.task.log_prior(self.parts[client])
         losses: list[float] = []
         # Dropout draws from the model's device RNG: fork (and seed) that one too when it is a GPU.
         gpus = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -157,11 +157,7 @@ class PeftWorkload:
                             self.task.train_batch(order[start : start + cfg.batch_size]), self.device
                         )
                         opt.zero_grad(set_to_none=True)
-                        loss = (
-                            self.task.loss(self.model, batch)
-                            if bias is None
-                            else self.task.loss(self.model, batch, logit_bias=bias)
-                        )
+                        loss = self.task.loss(self.model, batch, **loss_kwargs)
                         loss.backward()
                         opt.step()
                         losses.append(float(loss.detach()))
