@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError, PayloadError
 from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix, scales_count
+from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix_byte, scales_count
 from ..learned.store import register, resolve
 from ..learned.transform import analyse, layout_for, synthesise
 from ..spec import UpdateSpec
@@ -96,10 +96,7 @@ class CGFedLLM(Codec):
     def decode_flat(
         cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
     ) -> torch.Tensor:
-        fp = read_prefix(body, _VERSION, cls.name)
-        if len(body) < PREFIX.size + 1:
-            raise PayloadError("cg_fedllm body truncated before the latent dtype")
-        code = body[PREFIX.size]
+        fp, code = read_prefix_byte(body, _VERSION, cls.name, "the latent dtype")
         if code not in _BY_CODE:
             raise PayloadError(f"cg_fedllm latent dtype code {code} is unknown")
         np_t = _BY_CODE[code][1]

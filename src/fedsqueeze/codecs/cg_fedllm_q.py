@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError, PayloadError
 from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix, scales_count
+from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix_byte, scales_count
 from ..learned.store import register, resolve
 from ..learned.transform import (
     analyse,
@@ -144,10 +144,7 @@ class CGFedLLMQ(Codec):
     def decode_flat(
         cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
     ) -> torch.Tensor:
-        fp = read_prefix(body, _VERSION, cls.name)
-        if len(body) < PREFIX.size + 1:
-            raise PayloadError("cg_fedllm_q body truncated before its kind byte")
-        kind = body[PREFIX.size]
+        fp, kind = read_prefix_byte(body, _VERSION, cls.name, "its kind byte")
         off = PREFIX.size + 1
         if kind == 0:
             if len(body) != off:

@@ -13,7 +13,7 @@ from .layout import FactorLayout
 from .normalize import num_scales
 from .store import load, lookup
 
-__all__ = ["PREFIX", "codec_model", "max_body", "read_floats", "read_prefix"]
+__all__ = ["PREFIX", "codec_model", "max_body", "read_floats", "read_prefix", "read_prefix_byte"]
 
 # version (B) + fingerprint (8s)
 PREFIX = struct.Struct("<B8s")
@@ -53,6 +53,14 @@ def read_prefix(body: bytes, version: int, name: str) -> str:
     if ver != version:
         raise PayloadError(f"{name} body version {ver} is unknown (this build reads {version})")
     return fp.hex()
+
+
+def read_prefix_byte(body: bytes, version: int, name: str, what: str) -> tuple[str, int]:
+    """:func:`read_prefix` and the one byte after it (``what`` names that byte in the error)."""
+    fp = read_prefix(body, version, name)
+    if len(body) < PREFIX.size + 1:
+        raise PayloadError(f"{name} body truncated before {what}")
+    return fp, body[PREFIX.size]
 
 
 def read_floats(body: bytes, offset: int, count: int, dtype: str, name: str) -> np.ndarray:
