@@ -19,6 +19,7 @@ __all__ = [
     "atomic_write",
     "jsonable",
     "load_checkpoint",
+    "save_captures",
     "save_checkpoint",
     "write_json",
     "write_jsonl",
@@ -133,3 +134,13 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return _unpack(torch.load(path, weights_only=True))
+
+
+def save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write raw client updates as safetensors named ``r{round}/c{client}/{tensor}`` (atomically): the
+    format ``--capture-updates``, ``bench rd --source file:`` and TGAP share."""
+    from safetensors.torch import save_file
+
+    atomic_write(
+        path, lambda tmp: save_file(tensors, tmp, metadata={"layout": "r{round}/c{client}/{tensor}"})
+    )

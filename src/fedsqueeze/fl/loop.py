@@ -21,7 +21,14 @@ import torch
 
 from ..codecs import ErrorFeedback
 from ..errors import ConfigError
-from .checkpoint import append_jsonl, atomic_write, load_checkpoint, save_checkpoint, write_json, write_jsonl
+from .checkpoint import (
+    append_jsonl,
+    load_checkpoint,
+    save_captures,
+    save_checkpoint,
+    write_json,
+    write_jsonl,
+)
 from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
 from .ledger import TrafficLedger
@@ -251,14 +258,6 @@ def _load_captures(path: Path, upto: int) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(str(path)).items() if int(k.split("/", 1)[0][1:]) <= upto}
 
 
-def _save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    atomic_write(
-        path, lambda tmp: save_file(tensors, tmp, metadata={"layout": "r{round}/c{client}/{tensor}"})
-    )
-
-
 def run(
     config: RunConfig,
     out_dir: str | Path | None = None,
@@ -325,7 +324,7 @@ def run(
             capture = captures == "all" or (isinstance(captures, frozenset) and r in captures)
             row = fed.run_round(r, capture)
             if capture:
-                _save_captures(out / CAPTURES, fed.captures)
+                save_captures(out / CAPTURES, fed.captures)
             append_jsonl(out / "metrics.jsonl", row)
             save_checkpoint(out, fed.state_dict())
             bar.update(row)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..fl.checkpoint import atomic_write, write_json, write_jsonl
+from ..fl.checkpoint import save_captures, write_json, write_jsonl
 from ..fl.client import encode_dense
 from ..fl.config import CodecConfig, RunConfig, TGAPConfig
 from ..fl.seeding import derive_seed
@@ -150,13 +150,9 @@ def _collect_local(config: RunConfig, pre: Any, folder: Path, progress: bool) ->
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     if not tensors:
         raise ConfigError("TGAP collected no snapshots")
-    atomic_write(
-        path, lambda tmp: save_file(tensors, tmp, metadata={"layout": "r{round}/c{client}/{tensor}"})
-    )
+    save_captures(path, tensors)
 
 
 def _same_run(saved: dict[str, Any], now: dict[str, Any]) -> bool:
