@@ -28,6 +28,7 @@ __all__ = [
     "T_STEPS",
     "T_ZERO",
     "class_probabilities",
+    "ggd_alpha",
     "moment_ratios",
     "tables",
 ]
@@ -41,9 +42,10 @@ _HIGH_RES_T = T_ZERO + 5 * T_STEPS  # a > 32: high-resolution formulas (dead zon
 _TAIL = 1e-13  # mass left outside the modelled alphabet when tabulating
 
 
-def _alpha(beta: float) -> float:
+def ggd_alpha(beta: float) -> float:
     """GGD scale α giving unit RMS: E[x²] = α² Γ(3/β) / Γ(1/β)."""
     return math.exp(0.5 * (special.gammaln(1 / beta) - special.gammaln(3 / beta)))
+
 
 
 def moment_ratios() -> np.ndarray:
@@ -55,7 +57,7 @@ def moment_ratios() -> np.ndarray:
 
 def _cum(beta: float, a: float, u: np.ndarray, p: int) -> np.ndarray:
     """``E[|X|^p ; |X| < u]`` for a GGD of shape β and RMS ``a`` (two-sided), ``u >= 0``."""
-    s = a * _alpha(beta)
+    s = a * ggd_alpha(beta)
     z = np.power(np.maximum(u, 0.0) / s, beta)
     lg = special.gammaln
     coef = s**p * math.exp(lg((p + 1) / beta) - lg(1 / beta))
@@ -76,7 +78,7 @@ def _bins(beta: float, a: float, rho: float, kmax: int, moments: bool):
 
 
 def _kmax(beta: float, a: float, rho: float, tail: float) -> int:
-    s = a * _alpha(beta)
+    s = a * ggd_alpha(beta)
     x = s * float(special.gammaincinv(1 / beta, 1 - tail)) ** (1 / beta)
     return int(min(Q_MAX, max(1, math.ceil(x + rho) + 1)))
 
@@ -127,7 +129,7 @@ def tables(rho_code: int, beta_idx: int) -> tuple[np.ndarray, np.ndarray]:
         dist[t] = max(0.0, float(s[0] + np.sum(s[1:] - 2 * r[1:] * mu[1:] + r[1:] ** 2 * m[1:])))
     if T_MAX > _HIGH_RES_T:
         b = beta
-        h_bits = (1 / b + math.log(2 * _alpha(b) * math.exp(special.gammaln(1 / b)) / b)) / math.log(2)
+        h_bits = (1 / b + math.log(2 * ggd_alpha(b) * math.exp(special.gammaln(1 / b)) / b)) / math.log(2)
         ts = np.arange(_HIGH_RES_T + 1, T_MAX + 1)
         hr = h_bits + (ts - T_ZERO) / T_STEPS
         t0 = _HIGH_RES_T
