@@ -168,3 +168,25 @@ def test_file_source_and_rate_sweep(tmp_path):
     # two tensors 30x apart in scale: water-filling sits well below the Gaussian curve
     assert all(r["d_waterfilling"] < 0.5 * r["d_gaussian"] for r in rows)
     assert (tmp_path / "rd.png").exists()
+
+
+def test_codec_options_on_the_command_line(tmp_path):
+    from fedsqueeze.bench.rd import parse_codec, sweep
+    from fedsqueeze.bench.sources import load_source
+    from fedsqueeze.errors import ConfigError
+
+    assert parse_codec("wf_ecq") == ("wf_ecq", {})
+    assert parse_codec("topk:value_bits=16,positions=elias_fano") == (
+        "topk",
+        {"value_bits": 16, "positions": "elias_fano"},
+    )
+    assert parse_codec("wf_ecq:block=null,dither=true") == ("wf_ecq", {"block": None, "dither": True})
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_codec("wf_ecq:scalar")
+    src = load_source("gaussian", 1 << 14, 0)
+    rows, notes, _ = sweep([src], ["wf_ecq:quantizer=scalar", "wf_ecq:quantizer=tcq"], [2.0])
+    assert not notes
+    by = {r["codec"]: r for r in rows}
+    assert by["wf_ecq:quantizer=scalar"]["options"]["quantizer"] == "scalar"
+    assert by["wf_ecq:quantizer=tcq"]["options"]["quantizer"] == "tcq"
+    assert by["wf_ecq:quantizer=tcq"]["rel_error"] < by["wf_ecq:quantizer=scalar"]["rel_error"]

@@ -134,3 +134,132 @@ def test_hostile_header_fields_are_rejected() -> None:
     # ANS words that leave data over (an extra word) are refused, not silently accepted
     with pytest.raises(PayloadError):
         fedsqueeze.decode(refresh_crc(blob + b"\x01\x00\x00\x00"), spec)
+
+
+# -- trellis-coded quantization (quantizer="tcq" / "auto" at high rate) ------------------------------------
+
+
+def _flags(blob: bytes) -> int:
+    return blob[HEADER_SIZE]
+
+
+def test_quantizer_option_is_validated() -> None:
+    with pytest.raises(ConfigError, match="quantizer must be one of"):
+        get("wf_ecq", quantizer="lattice")
+    with pytest.raises(ConfigError, match="cannot be dithered"):
+        get("wf_ecq", quantizer="tcq", dither=True)
+
+
+def test_auto_uses_tcq_from_the_auto_rate_and_scalar_below() -> None:
+    from fedsqueeze.codecs.wf_ecq import TCQ_AUTO_RATE
+
+    upd = {"u": torch.randn(128, 512, generator=torch.Generator().manual_seed(7))}
+    assert _flags(get("wf_ecq", rate=TCQ_AUTO_RATE - 0.25).encode(upd, seed=0)) == 0
+    assert _flags(get("wf_ecq", rate=2.0).encode(upd, seed=0)) == 2
+    assert _flags(get("wf_ecq", rate=2.0, quantizer="scalar").encode(upd, seed=0)) == 0
+    assert _flags(get("wf_ecq", rate=1.0, quantizer="tcq").encode(upd, seed=0)) == 2
+
+
+@pytest.mark.parametrize("rate", [1.0, 2.0])
+def test_tcq_beats_the_scalar_quantizer_and_the_scalar_limit_on_gaussian(rate: float) -> None:
+    # an entropy-coded scalar quantizer cannot get closer than ~1.53 dB at high rate; the trellis can
+    upd = {"u": torch.randn(256, 512, generator=torch.Generator().manual_seed(5))}
+    scalar = get("wf_ecq", rate=rate, quantizer="scalar").encode(upd, seed=0)
+    tcq = get("wf_ecq", rate=rate, quantizer="tcq").encode(upd, seed=0)
+    assert 8 * len(tcq) <= rate * 256 * 512
+    assert _gap_db(upd, tcq) < _gap_db(upd, scalar) - 0.25
+    assert _gap_db(upd, tcq) < 1.3
+
+
+def test_auto_keeps_the_lower_error_frame() -> None:
+    upd = _update(6)
+    spec = UpdateSpec.from_tensors(upd)
+    errs = {
+        q: rel_error(upd, fedsqueeze.decode(get("wf_ecq", rate=2.0, quantizer=q).encode(upd, seed=0), spec))
+        for q in ("scalar", "tcq", "auto")
+    }
+    assert errs["auto"] == min(errs["scalar"], errs["tcq"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shapes=st.lists(st.integers(1, 3000), min_size=1, max_size=4),
+    log_scales=st.lists(st.floats(-12, 6), min_size=4, max_size=4),
+    rate=st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    block=st.sampled_from([None, 16, 100, 4096]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_tcq_round_trip_is_exact_to_the_encoder_and_fits(shapes, log_scales, rate, block, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    upd = {f"t{i}": torch.randn(n, generator=g) * 10.0 ** log_scales[i] for i, n in enumerate(shapes)}
+    spec = UpdateSpec.from_tensors(upd)
+    c = get("wf_ecq", rate=rate, quantizer="tcq", block=block)
+    try:
+        blob = c.encode(upd, seed=1)
+    except ConfigError:  # the rate cannot hold the header and interval codes for this spec
+        return
+    assert 8 * len(blob) <= c.budget(spec.numel)
+    assert blob == c.fresh().encode(upd, seed=1)
+    out = fedsqueeze.decode(blob, spec)
+    assert all(bool(torch.isfinite(t).all()) for t in out.values())
+    assert rel_error(upd, out) <= 1.0 + 1e-6  # never worse than sending zeros
+
+
+def test_tcq_error_feedback_invariant() -> None:
+    spec = UpdateSpec.from_shapes(SPEC)
+    ef = ErrorFeedback(get("wf_ecq", rate=2.0, quantizer="tcq"))
+    carried = torch.zeros(spec.numel, dtype=torch.float64)
+    for r in range(2):
+        u = _update(20 + r)
+        p = spec.flatten(u, torch.float64) + carried
+        dec = spec.flatten(fedsqueeze.decode(ef.encode(u, seed=r), spec), torch.float64)
+        assert torch.equal(dec + ef.residual, p)
+        carried = ef.residual.clone()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1), n=st.integers(1, 6), mode=st.sampled_from(["flip", "byte", "cut", "ans"])
+)
+def test_mutated_tcq_bodies_decode_finitely_or_are_rejected(seed: int, n: int, mode: str) -> None:
+    upd = _update(3)
+    spec = UpdateSpec.from_tensors(upd)
+    blob = bytearray(get("wf_ecq", rate=2.0, quantizer="tcq").encode(upd, seed=1))
+    assert _flags(bytes(blob)) == 2
+    rng = np.random.default_rng(seed)
+    body_len = len(blob) - HEADER_SIZE
+    if mode == "cut":
+        blob = blob[: HEADER_SIZE + int(rng.integers(0, body_len))]
+    else:
+        lo = HEADER_SIZE + (body_len - 64 if mode == "ans" else 0)
+        hi = HEADER_SIZE + (body_len if mode == "ans" else min(body_len, 60))
+        for _ in range(n):
+            at = int(rng.integers(lo, hi))
+            blob[at] = (blob[at] ^ (1 << int(rng.integers(8)))) if mode != "byte" else int(rng.integers(256))
+    try:
+        out = fedsqueeze.decode(refresh_crc(bytes(blob)), spec)
+    except PayloadError:
+        return
+    assert all(bool(torch.isfinite(t).all()) for t in out.values())
+
+
+def test_tcq_frames_with_oversized_alphabets_are_rejected() -> None:
+    from fedsqueeze.codecs import _wf_tcq
+
+    ms = np.array([_wf_tcq.Q_MAX_TCQ] * 600)
+    assert _wf_tcq.table_entries(ms) > _wf_tcq.TABLE_LIMIT
+    out = np.zeros(10, np.float32)
+    with pytest.raises(PayloadError, match="exceed the limit"):
+        _wf_tcq.decode(
+            np.zeros(1, np.uint32), np.ones(600, np.int64), ms, np.zeros((600, 2), np.int64),
+            np.arange(600) * 16, np.full(600, 16), 1.0, 145, out, lambda m: PayloadError(m),
+        )  # fmt: skip
+
+
+def test_tcq_model_probabilities_are_valid_for_every_parameter_byte() -> None:
+    from fedsqueeze.codecs import _wf_tcq
+
+    for q in (0, 1):
+        for param in range(256):
+            p = _wf_tcq.probabilities(3, 70, q, 6, param)
+            assert p.shape == (13,) and np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0

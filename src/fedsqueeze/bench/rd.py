@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--codec",
         action="append",
         metavar="NAME",
-        help="codec to run (repeatable; default: all registered except cg_fedllm*)",
+        help="codec NAME or NAME:KEY=VALUE,... (repeatable; default: all registered except cg_fedllm*)",
     )
     parser.add_argument(
         "--rates",
@@ -174,13 +174,41 @@ def measure(
     }
 
 
+def parse_codec(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` (values as JSON where they parse, else strings).
+
+    Examples: ``wf_ecq``, ``wf_ecq:quantizer=scalar``, ``topk:value_bits=16,positions=elias_fano``.
+    """
+    name, _, rest = text.partition(":")
+    opts: dict[str, Any] = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"codec option {item!r} in {text!r} must be KEY=VALUE (wf_ecq:quantizer=tcq)")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key.strip()] = value.strip()
+    return name.strip(), opts
+
+
+def _make(text: str, rate: float | None):
+    """The codec of a ``--codec`` string at a target rate (``None``: its defaults)."""
+    from ..codecs import codec_class, get
+
+    name, opts = parse_codec(text)
+    if rate is not None:
+        opts[codec_class(name).rate_option] = rate
+    return get(name, **opts)
+
+
 def _jobs(codecs: Sequence[str], rates: Sequence[float]) -> list[tuple[str, float | None]]:
     from ..codecs import codec_class
 
     jobs: list[tuple[str, float | None]] = []
-    for name in codecs:
-        cls = codec_class(name)
-        jobs.extend((name, r) for r in rates) if cls.rate_option else jobs.append((name, None))
+    for text in codecs:
+        cls = codec_class(parse_codec(text)[0])
+        jobs.extend((text, r) for r in rates) if cls.rate_option else jobs.append((text, None))
     return jobs
 
 
@@ -200,7 +228,7 @@ def sweep(
         One dict per measured point; notes on skipped (infeasible, ``ConfigError``) points and on codec errors
         (which start with ``"ERROR"``); the :class:`RDReference` of each source by name.
     """
-    from ..codecs import codec_class, get
+    from ..codecs import codec_class
 
     rows: list[dict] = []
     skipped: dict[tuple[str, str], tuple[list[str], str]] = {}
@@ -212,8 +240,7 @@ def sweep(
         for name, rate in jobs:
             label = f"{src.name} · {name}" + ("" if rate is None else f" @ {rate:g}")
             try:
-                opts = {} if rate is None else {codec_class(name).rate_option: rate}
-                rows.append(measure(get(name, **opts), src, ref, seed=seed, target_rate=rate))
+                rows.append(_label(measure(_make(name, rate), src, ref, seed=seed, target_rate=rate), name))
             except ConfigError as exc:
                 rs, _ = skipped.setdefault((src.name, name), ([], str(exc)))
                 rs.append("defaults" if rate is None else f"{rate:g}")
@@ -223,14 +250,20 @@ def sweep(
                 on_step(label)
         for name in codecs:  # a codec whose every target rate is infeasible still gets its default point
             rs, msg = skipped.get((src.name, name), ([], ""))
-            if rates and len(rs) == len(rates) and codec_class(name).rate_option:
+            if rates and len(rs) == len(rates) and codec_class(parse_codec(name)[0]).rate_option:
                 try:
-                    rows.append(measure(get(name), src, ref, seed=seed))
+                    rows.append(_label(measure(_make(name, None), src, ref, seed=seed), name))
                     skipped[(src.name, name)] = (rs, msg + " [measured at its defaults instead]")
                 except ConfigError:
                     pass
     notes = [f"skipped {c} on {s} at rate(s) {', '.join(rs)}: {msg}" for (s, c), (rs, msg) in skipped.items()]
     return rows, notes, refs
+
+
+def _label(row: dict, text: str) -> dict:
+    """Rows of a codec given with options are labelled with the whole ``--codec`` string."""
+    row["codec"] = text
+    return row
 
 
 # -- output --------------------------------------------------------------------------------------------
@@ -288,7 +321,6 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..codecs import codec_class
 
     console = Console()
     if not console.is_terminal:
@@ -296,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
     names = args.source or list(DEFAULT_SOURCES)
     codecs = args.codec or default_codecs()
     for c in codecs:
-        codec_class(c)  # unknown names fail now, with the list of codecs
+        _make(c, None)  # unknown names and bad options fail now, with the list of codecs / a message
     out = Path(args.out)
     t_start = time.perf_counter()
     sources = [load_source(n, args.d, args.seed) for n in names]

@@ -47,7 +47,6 @@ def ggd_alpha(beta: float) -> float:
     return math.exp(0.5 * (special.gammaln(1 / beta) - special.gammaln(3 / beta)))
 
 
-
 def moment_ratios() -> np.ndarray:
     """``(E|x|)² / E[x²]`` of each shape in :data:`BETAS` (increasing with β)."""
     b = np.asarray(BETAS)

@@ -57,7 +57,7 @@ LAMBDA = 0.4  # Lagrange multiplier of the search, in δ² per bit (0.35–0.5 m
 Q_MAX_TCQ = 4095  # |k| cap: alphabets stay small enough for per-symbol ANS models
 TABLE_LIMIT = 1 << 22  # most model-table entries a frame may ask for (2 rows per class × (2M + 1))
 DEFAULT_PARAM = 0x88  # shift 0, zero cell unchanged
-_BATCH = 1 << 20  # values per Viterbi batch (W = _BATCH // RUN runs side by side)
+_BATCH = 1 << 20  # values per Viterbi batch (about _BATCH // length runs side by side)
 _ESCAPE_BITS = 40.0  # search cost of an integer outside the search table (never chosen in practice)
 # state -> (predecessor state, parity of k on that branch) for the two branches entering it
 _PRED = np.array([[0, 1], [2, 3], [0, 1], [2, 3]], dtype=np.int64)
@@ -195,6 +195,7 @@ def viterbi(xs: np.ndarray, rlen: np.ndarray, bits: np.ndarray, rows: np.ndarray
     sx = np.sign(x)
     for q in (0, 1):
         k0 = np.rint(x / 2) if q == 0 else np.rint((x + sx) / 2)
+        np.clip(k0, -Q_MAX_TCQ, Q_MAX_TCQ, out=k0)  # keeps the int32 casts finite; the cap is a model edge
         base = ((rows * 2 + q) * width + mt)[None, :]
         par0 = k0.astype(np.int64) & 1
         same_c = np.full(x.shape, np.inf, np.float32)
@@ -202,7 +203,7 @@ def viterbi(xs: np.ndarray, rlen: np.ndarray, bits: np.ndarray, rows: np.ndarray
         same_k = np.zeros(x.shape, np.int32)
         other_k = np.zeros(x.shape, np.int32)
         for o in (-2, -1, 0, 1, 2):
-            k = (k0 + o).astype(np.int32)
+            k = np.clip(k0 + o, -Q_MAX_TCQ, Q_MAX_TCQ).astype(np.int32)
             r = 2.0 * k - (np.sign(k) if q == 1 else 0)
             c = (x - r) ** 2
             inside = np.abs(k) <= mt
@@ -253,11 +254,6 @@ def viterbi(xs: np.ndarray, rlen: np.ndarray, bits: np.ndarray, rows: np.ndarray
     return k_out, q_out
 
 
-def batch_runs(n_runs: int) -> int:
-    """Runs per Viterbi batch."""
-    return max(1, min(n_runs, _BATCH // RUN))
-
-
 _SLICE = 1 << 20  # most per-symbol model entries handed to the ANS coder in one call
 
 
@@ -292,9 +288,8 @@ def _classes(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray):
 
 def _table(keys, n_t, ms, params) -> np.ndarray:
     """Per-symbol model rows ``(2 · n_classes, 2 max(M) + 1)``: row ``2c + q``, column ``k + max(M)``."""
-    width = 2 * int(ms.max()) + 1
-    mm = int(ms.max())
-    out = np.zeros((2 * keys.size, width))
+    mm = _half_width(ms)
+    out = np.zeros((2 * keys.size, 2 * mm + 1))
     b, t = _split(keys, n_t)
     for c in range(keys.size):
         m = int(ms[c])
@@ -303,16 +298,44 @@ def _table(keys, n_t, ms, params) -> np.ndarray:
     return out
 
 
+def _half_width(ms: np.ndarray) -> int:
+    """Half width of the model rows: the largest alphabet bound, at least 1 (the coder needs two symbols)."""
+    return max(1, int(ms.max())) if ms.size else 1
+
+
 def table_entries(ms: np.ndarray) -> int:
     """Model-table entries a frame with these class alphabets needs (checked against :data:`TABLE_LIMIT`)."""
-    return 2 * int(ms.size) * (2 * int(ms.max()) + 1) if ms.size else 0
+    return 2 * int(ms.size) * (2 * _half_width(ms) + 1)
 
 
-def _gather(x: np.ndarray, rs: np.ndarray, rl: np.ndarray) -> np.ndarray:
-    """``(RUN, W)`` values of the given runs, zero past each run's end."""
-    pos = rs[None, :] + np.arange(RUN)[:, None]
-    live = np.arange(RUN)[:, None] < rl[None, :]
-    return np.where(live, x[np.where(live, pos, 0)], 0.0)
+class _Layout:
+    """Lock-step symbol order of the runs: position ``j`` of runs ``0..n_j − 1`` at ``cum[j]`` onwards."""
+
+    def __init__(self, rs: np.ndarray, rl: np.ndarray) -> None:
+        self.rs, self.rl = rs, rl
+        self.n_live = np.searchsorted(-rl, -np.arange(RUN), side="left")  # runs longer than j: a prefix
+        self.cum = np.concatenate([[0], np.cumsum(self.n_live)]).astype(np.int64)
+
+    def batches(self):
+        """Runs ``a..b-1`` with their longest length ``L``: at most about ``_BATCH`` values per batch."""
+        a, n = 0, self.rs.size
+        while a < n:
+            length = int(self.rl[a])
+            b = min(n, a + max(1, _BATCH // length))
+            yield a, b, length
+            a = b
+
+    def flat(self, a: int, b: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Flat lock-step index of the ``(length, b − a)`` batch matrix, and its live mask."""
+        j = np.arange(length)[:, None]
+        live = j < self.rl[a:b][None, :]
+        return self.cum[:length, None] + np.arange(a, b)[None, :], live
+
+    def gather(self, x: np.ndarray, a: int, b: int, length: int) -> np.ndarray:
+        """``(length, b − a)`` values of runs ``a..b-1``, zero past each run's end."""
+        pos = self.rs[a:b][None, :] + np.arange(length)[:, None]
+        live = np.arange(length)[:, None] < self.rl[a:b][None, :]
+        return np.where(live, x[np.where(live, pos, 0)], 0.0)
 
 
 def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarray, delta: float, n_t: int):
@@ -322,15 +345,13 @@ def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarra
     zero rate). Returns a :class:`Frame`, or ``None`` when the alphabets would exceed :data:`TABLE_LIMIT`.
     """
     keys, rs, rl, rcls = _classes(codes, starts, lens)
-    n_runs = rs.size
+    lay = _Layout(rs, rl)
     b, t = _split(keys, n_t)
     mt = max((model_bound(int(bb), int(tt)) for bb, tt in zip(b, t, strict=True)), default=2)
     width = 2 * mt + 1
     params = np.full((keys.size, 2), DEFAULT_PARAM, dtype=np.int64)
-    k_all = np.zeros((RUN, n_runs), dtype=np.int32)
-    q_all = np.zeros((RUN, n_runs), dtype=bool)
-    live = np.arange(RUN)[:, None] < rl[None, :]
-    w = batch_runs(n_runs)
+    k_flat = np.zeros(int(lay.cum[-1]), dtype=np.int32)
+    q_flat = np.zeros(int(lay.cum[-1]), dtype=bool)
     for _ in range(PASSES):  # search with the default models, refit them, search again, refit
         bits = np.empty((keys.size, 2, width))
         for c in range(keys.size):
@@ -338,28 +359,34 @@ def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarra
                 p = probabilities(int(b[c]), int(t[c]), q, mt, int(params[c, q]))
                 p = np.maximum(p / p.sum(), 2.0**-24)
                 bits[c, q] = -np.log2(p)
-        for a in range(0, n_runs, w):
-            sl = slice(a, min(n_runs, a + w))
-            xs = _gather(x, rs[sl], rl[sl]) / delta
-            k_all[:, sl], q_all[:, sl] = viterbi(xs, rl[sl], bits, rcls[sl], mt)
-        row = (rcls[None, :] * 2 + q_all) * width + np.clip(k_all, -mt, mt) + mt
-        counts = np.bincount(row[live], minlength=keys.size * 2 * width).reshape(keys.size, 2, width)
+        counts = np.zeros(keys.size * 2 * width, dtype=np.int64)
+        for a, e, length in lay.batches():
+            k, q1 = viterbi(lay.gather(x, a, e, length) / delta, rl[a:e], bits, rcls[a:e], mt)
+            idx, live = lay.flat(a, e, length)
+            k_flat[idx[live]], q_flat[idx[live]] = k[live], q1[live]
+            row = (rcls[a:e][None, :] * 2 + q1) * width + np.clip(k, -mt, mt) + mt
+            counts += np.bincount(row[live], minlength=counts.size)
+        counts = counts.reshape(keys.size, 2, width)
         for c in range(keys.size):
             params[c] = fit_params(int(b[c]), int(t[c]), counts[c])
-    ms = np.zeros(keys.size, dtype=np.int64)
-    if n_runs:
-        np.maximum.at(ms, np.broadcast_to(rcls, k_all.shape)[live], np.abs(k_all[live]).astype(np.int64))
+    # alphabet bound per class: from the histogram, and from the (rare) integers beyond the search table
+    used = counts.sum(axis=1) > 0
+    ms = (np.abs(np.arange(width) - mt)[None, :] * used).max(axis=1, initial=0).astype(np.int64)
+    big = np.flatnonzero(np.abs(k_flat) >= mt)
+    if big.size:
+        j_of = np.searchsorted(lay.cum, big, side="right") - 1
+        np.maximum.at(ms, rcls[big - lay.cum[j_of]], np.abs(k_flat[big]).astype(np.int64))
     if table_entries(ms) > TABLE_LIMIT or (ms.size and int(ms.max()) > Q_MAX_TCQ):
         return None
-    words = _push(k_all, q_all, rl, rcls, _table(keys, n_t, ms, params), int(ms.max()) if ms.size else 0)
+    words = _push(k_flat, q_flat, lay, rcls, _table(keys, n_t, ms, params), _half_width(ms))
     # the error the decoder will see (float32 reconstruction), plus the zero-rate intervals' energy
     sq = float(np.sum(x.astype(np.float64) ** 2))
-    for a in range(0, n_runs, w):
-        sl = slice(a, min(n_runs, a + w))
-        xs = _gather(x, rs[sl], rl[sl]).astype(np.float64)
-        rec = (reconstruct(k_all[:, sl], q_all[:, sl]) * delta).astype(np.float32).astype(np.float64)
-        lv = live[:, sl]
-        sq += float(np.sum((xs[lv] - rec[lv]) ** 2) - np.sum(xs[lv] ** 2))
+    for a, e, length in lay.batches():
+        xs = lay.gather(x, a, e, length).astype(np.float64)
+        idx, live = lay.flat(a, e, length)
+        ii = idx[live]
+        rec = (reconstruct(k_flat[ii], q_flat[ii]) * delta).astype(np.float32).astype(np.float64)
+        sq += float(np.sum((xs[live] - rec) ** 2) - np.sum(xs[live] ** 2))
     return Frame(codes, ms, params, words, max(sq, 0.0))
 
 
@@ -368,17 +395,16 @@ def _slices(n: int, width: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + step)) for a in range(0, n, step)]
 
 
-def _push(k_all, q_all, rl, rcls, table, mm) -> np.ndarray:
+def _push(k_flat, q_flat, lay: _Layout, rcls, table, mm) -> np.ndarray:
     """One ANS stack, pushed so that the decoder pops position 0 of every run first."""
     cs = _ans()
     enc = cs.stream.stack.AnsCoder()
     model = cs.stream.model.Categorical(perfect=False)
-    n_live = np.searchsorted(-rl, -np.arange(RUN), side="left")  # runs longer than j: a prefix
     for j in range(RUN - 1, -1, -1):
-        n = int(n_live[j])
-        for a, b in reversed(_slices(n, table.shape[1])):
-            rows = rcls[a:b] * 2 + q_all[j, a:b]
-            enc.encode_reverse(k_all[j, a:b] + mm, model, table[rows])
+        c0 = int(lay.cum[j])
+        for a, b in reversed(_slices(int(lay.n_live[j]), table.shape[1])):
+            rows = rcls[a:b] * 2 + q_flat[c0 + a : c0 + b]
+            enc.encode_reverse(k_flat[c0 + a : c0 + b] + mm, model, table[rows])
     return np.asarray(enc.get_compressed(), dtype="<u4")
 
 
@@ -393,34 +419,28 @@ def decode(words, codes, ms, params, starts, lens, delta: float, n_t: int, out: 
             raise error("ANS data left over after the last symbol")
         return
     cs = _ans()
-    mm = int(ms.max())
+    mm = _half_width(ms)
     table = _table(keys, n_t, ms, params)
     model = cs.stream.model.Categorical(perfect=False)
     try:
         dec = cs.stream.stack.AnsCoder(words)
     except Exception as exc:  # constriction's own errors on hostile words
         raise error(f"malformed ANS stream ({type(exc).__name__}: {exc})") from None
-    n_runs = rs.size
-    state = np.zeros(n_runs, dtype=np.int8)
-    k_all = np.zeros((RUN, n_runs), dtype=np.int32)
-    q_all = np.zeros((RUN, n_runs), dtype=bool)
-    n_live = np.searchsorted(-rl, -np.arange(RUN), side="left")
+    lay = _Layout(rs, rl)
+    state = np.zeros(rs.size, dtype=np.int8)
     for j in range(RUN):
-        n = int(n_live[j])
+        n = int(lay.n_live[j])
         if n == 0:
             break
         q1 = state[:n] >= 2
+        k = np.empty(n, dtype=np.int32)
         for a, b in _slices(n, table.shape[1]):
             try:
-                k = dec.decode(model, table[rcls[a:b] * 2 + q1[a:b]]).astype(np.int32) - mm
+                k[a:b] = dec.decode(model, table[rcls[a:b] * 2 + q1[a:b]]).astype(np.int32) - mm
             except Exception as exc:
                 raise error(f"malformed ANS stream ({type(exc).__name__}: {exc})") from None
-            k_all[j, a:b] = k
-        q_all[j, :n] = q1
-        state[:n] = NEXT[state[:n], k_all[j, :n] & 1]
+        state[:n] = NEXT[state[:n], k & 1]
+        vals = reconstruct(k, q1) * delta
+        out[rs[:n] + j] = np.clip(vals, -FP32_MAX, FP32_MAX).astype(np.float32)
     if not dec.is_empty():
         raise error("ANS data left over after the last symbol")
-    live = np.arange(RUN)[:, None] < rl[None, :]
-    pos = rs[None, :] + np.arange(RUN)[:, None]
-    vals = reconstruct(k_all[live], q_all[live]) * delta
-    out[pos[live]] = np.clip(vals, -FP32_MAX, FP32_MAX).astype(np.float32)

@@ -276,17 +276,22 @@ class WfEcq(Codec):
         if n_coded == 0:
             return None
         log2_delta = plan.log2_step - 1.0
+        finest = float(np.log2(rms[coded].max())) - (T_MAX - T_ZERO) / T_STEPS  # the class grid's end
         best: tuple[bytes, float] | None = None
         fit_at, fail_at = math.inf, -math.inf
+        tried: set[float] = set()
         for _ in range(self.max_encodes):
-            log2_delta = min(max(log2_delta, -140.0), 126.0)
+            log2_delta = min(max(log2_delta, finest, -140.0), 126.0)
+            if log2_delta in tried:  # pinned at the grid's end: another encode would give the same frame
+                break
+            tried.add(log2_delta)
             delta = float(np.float32(2.0**log2_delta))
             t = np.clip(np.rint(T_STEPS * (np.log2(np.maximum(rms, 1e-300)) - log2_delta) + T_ZERO), 0, T_MAX)
             codes = np.where(coded, 1 + bidx * (T_MAX + 1) + t.astype(np.int64), 0)
             frame = _wf_tcq.encode(x, codes, starts, lens, delta, T_MAX + 1)
             if frame is None:  # alphabets too large for per-symbol models: keep the scalar frame
                 return None
-            body = self._tcq_bytes(frame, delta)
+            body = self._frame_bytes(2, 128, delta, frame.codes, frame.ms, frame.params, frame.words)
             size = 8 * len(body)
             if size <= avail:
                 fit_at = min(fit_at, log2_delta)
@@ -303,20 +308,6 @@ class WfEcq(Codec):
             else:  # ~1 bit per coded value per octave of δ; aim just under the budget
                 log2_delta += (size - 0.997 * avail) / n_coded
         return best
-
-    def _tcq_bytes(self, frame: _wf_tcq.Frame, delta: float) -> bytes:
-        w = BitWriter()
-        w.write_uint(2, 8)
-        w.write_uint(128, 8)
-        w.write_uint(0 if self.block is None else self.block, 32)
-        w.write_f32(delta)
-        w.write_uints(frame.codes.astype(np.uint64), CODE_BITS)
-        if frame.ms.size:
-            w.write_uints(frame.ms.astype(np.uint64), 16)
-            w.write_uints(frame.params.reshape(-1).astype(np.uint64), 8)
-        w.align()
-        w.write_uint(int(frame.words.size), 32)
-        return w.getvalue() + frame.words.tobytes()
 
     def _body(self, x, plan: Plan, rho: int, starts, lens, u) -> tuple[bytes, int]:
         """Quantize and code ``x`` by ``plan``; returns the body and its ANS bits."""
@@ -358,19 +349,25 @@ class WfEcq(Codec):
             for a, b in reversed(grp.runs(i)):
                 enc.encode_reverse(q[a:b].astype(np.int32) + ms[i], model)
         words = np.asarray(enc.get_compressed(), dtype="<u4")
+        cc = np.stack([np.asarray(c1, np.int64), np.asarray(c2, np.int64)], axis=1)
+        flags = 1 if u is not None else 0
+        body = self._frame_bytes(flags, rho, step, plan.codes, np.asarray(ms, np.int64), cc, words)
+        return body, 32 * int(words.size)
+
+    def _frame_bytes(self, flags: int, rho: int, step: float, codes, ms, class_bytes, words) -> bytes:
+        """The body: header fields, interval codes, class records (M and two bytes each), ANS words."""
         w = BitWriter()
-        w.write_uint(1 if u is not None else 0, 8)
+        w.write_uint(flags, 8)
         w.write_uint(rho, 8)
         w.write_uint(0 if self.block is None else self.block, 32)
         w.write_f32(step)
-        w.write_uints(plan.codes.astype(np.uint64), CODE_BITS)
-        if grp.keys.size:
-            w.write_uints(np.asarray(ms, np.uint64), 16)
-            cc = np.stack([np.asarray(c1), np.asarray(c2)], axis=1).reshape(-1)
-            w.write_uints(cc.astype(np.uint64), 8)
+        w.write_uints(codes.astype(np.uint64), CODE_BITS)
+        if ms.size:
+            w.write_uints(ms.astype(np.uint64), 16)
+            w.write_uints(class_bytes.reshape(-1).astype(np.uint64), 8)
         w.align()
         w.write_uint(int(words.size), 32)
-        return w.getvalue() + words.tobytes(), 32 * int(words.size)
+        return w.getvalue() + words.tobytes()
 
     # -- decoding ----------------------------------------------------------------------------------------
     @classmethod
