@@ -85,6 +85,7 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
     "flm_topk-threshold-3packets": ("flm_topk", {"rate": 12.0, "b_min": 2}, 23),
     "wf_ecq": ("wf_ecq", {}, 24),
     "wf_ecq-rate-dither-block256": ("wf_ecq", {"rate": 3.0, "dither": True, "block": 256}, 25),
+    "wf_ecq-tcq-block256": ("wf_ecq", {"rate": 2.0, "quantizer": "tcq", "block": 256}, 26),
 }
 
 
