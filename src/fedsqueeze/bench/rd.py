@@ -192,8 +192,8 @@ def parse_codec(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), opts
 
 
-def _make(text: str, rate: float | None):
-    """The codec of a ``--codec`` string at a target rate (``None``: its defaults)."""
+def make_codec(text: str, rate: float | None = None):
+    """The codec of a ``--codec`` string, at a target rate (``None``: the string's own options)."""
     from ..codecs import codec_class, get
 
     name, opts = parse_codec(text)
@@ -240,7 +240,8 @@ def sweep(
         for name, rate in jobs:
             label = f"{src.name} · {name}" + ("" if rate is None else f" @ {rate:g}")
             try:
-                rows.append(_label(measure(_make(name, rate), src, ref, seed=seed, target_rate=rate), name))
+                row = measure(make_codec(name, rate), src, ref, seed=seed, target_rate=rate)
+                rows.append(_label(row, name))
             except ConfigError as exc:
                 rs, _ = skipped.setdefault((src.name, name), ([], str(exc)))
                 rs.append("defaults" if rate is None else f"{rate:g}")
@@ -252,7 +253,7 @@ def sweep(
             rs, msg = skipped.get((src.name, name), ([], ""))
             if rates and len(rs) == len(rates) and codec_class(parse_codec(name)[0]).rate_option:
                 try:
-                    rows.append(_label(measure(_make(name, None), src, ref, seed=seed), name))
+                    rows.append(_label(measure(make_codec(name, None), src, ref, seed=seed), name))
                     skipped[(src.name, name)] = (rs, msg + " [measured at its defaults instead]")
                 except ConfigError:
                     pass
@@ -321,14 +322,13 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 150))  # piped output: keep the table on one line per row
     names = args.source or list(DEFAULT_SOURCES)
     codecs = args.codec or default_codecs()
     for c in codecs:
-        _make(c, None)  # unknown names and bad options fail now, with the list of codecs / a message
+        make_codec(c, None)  # unknown names and bad options fail now, with the list of codecs / a message
     out = Path(args.out)
     t_start = time.perf_counter()
     sources = [load_source(n, args.d, args.seed) for n in names]

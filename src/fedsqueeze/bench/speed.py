@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--codec",
         action="append",
         metavar="NAME",
-        help="codec to time (repeatable; default: all registered except cg_fedllm*)",
+        help="codec NAME or NAME:KEY=VALUE,... to time (repeatable; default: all except cg_fedllm*)",
     )
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per timing; the median is kept (default 3)"
@@ -168,13 +168,14 @@ def measure_codec(
 
     import torch
 
-    from ..codecs import decode_flat, get
+    from ..codecs import decode_flat
     from ..spec import UpdateSpec
+    from .rd import make_codec
     from .sources import make_source
 
     if memory == "rss":
         _mmap_big_blocks()
-    codec = get(name)
+    codec = make_codec(name)
     small = make_source("gaussian", 4096, seed + 1)  # warm-up: lazy imports and first-call costs
     sspec = UpdateSpec.from_tensors(small)
     decode_flat(codec.fresh().encode_with_spec(sspec.flatten(small), sspec, seed=seed), sspec)
@@ -274,15 +275,14 @@ def main(args: argparse.Namespace) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from ..codecs import codec_class
     from ..errors import ConfigError
-    from .rd import default_codecs
+    from .rd import default_codecs, make_codec
 
     if args.d < 1 or args.repeat < 1:
         raise ConfigError("--d and --repeat must be positive")
     codecs = args.codec or default_codecs()
     for c in codecs:
-        codec_class(c)
+        make_codec(c)  # unknown names and bad options fail before any subprocess starts
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 130))
