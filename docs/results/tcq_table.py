@@ -1,4 +1,4 @@
-"""The scalar / TCQ / auto comparison table of docs/benchmarks.md from a `bench rd` JSON of the three variants.
+"""The scalar / TCQ / auto table of docs/benchmarks.md, from a `bench rd` JSON of the three wf_ecq variants.
 
 Usage: python docs/results/tcq_table.py docs/results/rd-tcq/rd.json
 """
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 VARIANTS = ("wf_ecq:quantizer=scalar", "wf_ecq:quantizer=tcq", "wf_ecq")
 
 
 def main(path: str) -> None:
-    db = {(r["source"], r["codec"], r["target_rate"]): r["db_vs_waterfilling"] for r in json.load(open(path))}
+    rows = json.loads(Path(path).read_text())
+    db = {(r["source"], r["codec"], r["target_rate"]): r["db_vs_waterfilling"] for r in rows}
     print("| source | rate | scalar | tcq | `auto` (default) |")
     print("|---|---|---|---|---|")
     for source, rate in sorted({(s, r) for s, _, r in db}, key=lambda k: (k[0] != "gaussian", k[0], k[1])):
