@@ -246,14 +246,23 @@ def test_mutated_tcq_bodies_decode_finitely_or_are_rejected(seed: int, n: int, m
 def test_tcq_frames_with_oversized_alphabets_are_rejected() -> None:
     from fedsqueeze.codecs import _wf_tcq
 
-    ms = np.array([_wf_tcq.Q_MAX_TCQ] * 600)
-    assert _wf_tcq.table_entries(ms) > _wf_tcq.TABLE_LIMIT
-    out = np.zeros(10, np.float32)
+    def bad(msg: str) -> PayloadError:
+        return PayloadError(msg)
+
+    out = np.zeros(600 * 16, np.float32)
+    starts, lens, codes = np.arange(600) * 16, np.full(600, 16), np.arange(1, 601)
+    params = np.full((600, 2), 0x88)
+    # wide alphabets on few symbols: too much decoding work per symbol
+    with pytest.raises(PayloadError, match="too wide for the symbol count"):
+        ms = np.full(600, 1000)
+        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, 145, out, bad)
+    # 600 classes at the largest alphabet: too many table entries
     with pytest.raises(PayloadError, match="exceed the limit"):
-        _wf_tcq.decode(
-            np.zeros(1, np.uint32), np.ones(600, np.int64), ms, np.zeros((600, 2), np.int64),
-            np.arange(600) * 16, np.full(600, 16), 1.0, 145, out, lambda m: PayloadError(m),
-        )  # fmt: skip
+        ms = np.full(600, _wf_tcq.Q_MAX_TCQ)
+        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, 145, out, bad)
+    with pytest.raises(PayloadError, match="exceeds"):
+        ms = np.full(600, _wf_tcq.Q_MAX_TCQ + 1)
+        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, 145, out, bad)
 
 
 def test_tcq_model_probabilities_are_valid_for_every_parameter_byte() -> None:

@@ -42,7 +42,9 @@ __all__ = [
     "Q_MAX_TCQ",
     "RUN",
     "TABLE_LIMIT",
+    "WORK_PER_SYMBOL",
     "fit_params",
+    "limits",
     "model_bound",
     "probabilities",
     "reconstruct",
@@ -55,7 +57,8 @@ RUN = 1024  # values per trellis run (each run starts in state 0)
 NEXT = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)  # state' = NEXT[state, k & 1]
 LAMBDA = 0.4  # Lagrange multiplier of the search, in δ² per bit (0.35–0.5 measured best at 1–2 bits/value)
 Q_MAX_TCQ = 4095  # |k| cap: alphabets stay small enough for per-symbol ANS models
-TABLE_LIMIT = 1 << 22  # most model-table entries a frame may ask for (2 rows per class × (2M + 1))
+TABLE_LIMIT = 1 << 22  # most model-table entries a frame may ask for (2 rows per class × (2H + 1))
+WORK_PER_SYMBOL = 128  # average model-row width per symbol a frame may ask the decoder to build
 DEFAULT_PARAM = 0x88  # shift 0, zero cell unchanged
 _BATCH = 1 << 20  # values per Viterbi batch (about _BATCH // length runs side by side)
 _ESCAPE_BITS = 40.0  # search cost of an integer outside the search table (never chosen in practice)
@@ -286,26 +289,64 @@ def _classes(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray):
     return keys, rs, rl, inv[owner].astype(np.int64) if owner.size else owner
 
 
-def _table(keys, n_t, ms, params) -> np.ndarray:
-    """Per-symbol model rows ``(2 · n_classes, 2 max(M) + 1)``: row ``2c + q``, column ``k + max(M)``."""
-    mm = _half_width(ms)
-    out = np.zeros((2 * keys.size, 2 * mm + 1))
-    b, t = _split(keys, n_t)
-    for c in range(keys.size):
-        m = int(ms[c])
-        for q in (0, 1):
-            out[2 * c + q, mm - m : mm + m + 1] = probabilities(int(b[c]), int(t[c]), q, m, int(params[c, q]))
-    return out
+class _Models:
+    """Per-symbol model rows of a frame, in buckets of equal width.
+
+    A class with alphabet bound ``M`` goes to the bucket of half width ``H = 2^⌈log2(M + 1)⌉ − 1`` (at least
+    1: the coder needs two symbols), so a symbol costs the coder O(2H + 1) <= O(4M + 3) work, not the width
+    of the frame's widest class. Within a lock-step position the symbols go bucket by bucket (ascending
+    ``H``), each bucket's runs in run order.
+    """
+
+    def __init__(self, keys: np.ndarray, n_t: int, ms: np.ndarray, params: np.ndarray, rcls: np.ndarray):
+        half = np.left_shift(1, np.ceil(np.log2(ms + 1.0)).astype(np.int64)) - 1
+        half = np.maximum(half, 1)
+        self.halves = np.unique(half)
+        cls_bucket = np.searchsorted(self.halves, half)
+        local = np.zeros(keys.size, dtype=np.int64)
+        b, t = _split(keys, n_t)
+        self.tables = []
+        for bi, h in enumerate(self.halves):
+            members = np.flatnonzero(cls_bucket == bi)
+            local[members] = np.arange(members.size)
+            tab = np.zeros((2 * members.size, 2 * int(h) + 1))
+            for r, c in enumerate(members):
+                m = int(ms[c])
+                for q in (0, 1):
+                    p = probabilities(int(b[c]), int(t[c]), q, m, int(params[c, q]))
+                    tab[2 * r + q, int(h) - m : int(h) + m + 1] = p
+            self.tables.append(tab)
+        self.run_row = local[rcls] if rcls.size else rcls
+        run_bucket = cls_bucket[rcls] if rcls.size else rcls
+        self.members = [np.flatnonzero(run_bucket == bi) for bi in range(self.halves.size)]
+
+    def steps(self, n_live: int):
+        """``(table, half, runs)`` of each bucket at a position where runs ``0..n_live-1`` are still going."""
+        for tab, h, mem in zip(self.tables, self.halves, self.members, strict=True):
+            runs = mem[: int(np.searchsorted(mem, n_live))]
+            if runs.size:
+                yield tab, int(h), runs
 
 
-def _half_width(ms: np.ndarray) -> int:
-    """Half width of the model rows: the largest alphabet bound, at least 1 (the coder needs two symbols)."""
-    return max(1, int(ms.max())) if ms.size else 1
+def limits(ms: np.ndarray, rcls: np.ndarray, rl: np.ndarray) -> str | None:
+    """Why a frame with these class alphabets would be too costly to decode, or ``None`` if it is fine.
 
-
-def table_entries(ms: np.ndarray) -> int:
-    """Model-table entries a frame with these class alphabets needs (checked against :data:`TABLE_LIMIT`)."""
-    return 2 * int(ms.size) * (2 * _half_width(ms) + 1)
+    Bounds the model tables (:data:`TABLE_LIMIT` entries) and the coder's work, ``Σ symbols × row width``
+    (:data:`WORK_PER_SYMBOL` per symbol plus :data:`TABLE_LIMIT`); the encoder checks the same before sending.
+    """
+    if ms.size == 0:
+        return None
+    if int(ms.max()) > Q_MAX_TCQ:
+        return f"alphabet bound {int(ms.max())} exceeds {Q_MAX_TCQ}"
+    width = 2 * np.maximum(np.left_shift(1, np.ceil(np.log2(ms + 1.0)).astype(np.int64)) - 1, 1) + 1
+    entries = int(2 * width.sum())
+    if entries > TABLE_LIMIT:
+        return f"alphabets of {entries} model entries exceed the limit of {TABLE_LIMIT}"
+    per_cls = np.bincount(rcls, weights=rl, minlength=ms.size)
+    work = float(per_cls @ width)
+    if work > WORK_PER_SYMBOL * float(rl.sum()) + TABLE_LIMIT:
+        return f"alphabets too wide for the symbol count ({work:.3g} model entries to decode)"
+    return None
 
 
 class _Layout:
@@ -376,9 +417,9 @@ def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarra
     if big.size:
         j_of = np.searchsorted(lay.cum, big, side="right") - 1
         np.maximum.at(ms, rcls[big - lay.cum[j_of]], np.abs(k_flat[big]).astype(np.int64))
-    if table_entries(ms) > TABLE_LIMIT or (ms.size and int(ms.max()) > Q_MAX_TCQ):
+    if limits(ms, rcls, rl) is not None:
         return None
-    words = _push(k_flat, q_flat, lay, rcls, _table(keys, n_t, ms, params), _half_width(ms))
+    words = _push(k_flat, q_flat, lay, _Models(keys, n_t, ms, params, rcls))
     # the error the decoder will see (float32 reconstruction), plus the zero-rate intervals' energy
     sq = float(np.sum(x.astype(np.float64) ** 2))
     for a, e, length in lay.batches():
@@ -395,32 +436,34 @@ def _slices(n: int, width: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + step)) for a in range(0, n, step)]
 
 
-def _push(k_flat, q_flat, lay: _Layout, rcls, table, mm) -> np.ndarray:
+def _push(k_flat, q_flat, lay: _Layout, models: _Models) -> np.ndarray:
     """One ANS stack, pushed so that the decoder pops position 0 of every run first."""
     cs = _ans()
     enc = cs.stream.stack.AnsCoder()
     model = cs.stream.model.Categorical(perfect=False)
     for j in range(RUN - 1, -1, -1):
         c0 = int(lay.cum[j])
-        for a, b in reversed(_slices(int(lay.n_live[j]), table.shape[1])):
-            rows = rcls[a:b] * 2 + q_flat[c0 + a : c0 + b]
-            enc.encode_reverse(k_flat[c0 + a : c0 + b] + mm, model, table[rows])
+        for tab, h, runs in reversed(list(models.steps(int(lay.n_live[j])))):
+            for a, b in reversed(_slices(runs.size, tab.shape[1])):
+                r = runs[a:b]
+                rows = models.run_row[r] * 2 + q_flat[c0 + r]
+                enc.encode_reverse(k_flat[c0 + r] + h, model, tab[rows])
     return np.asarray(enc.get_compressed(), dtype="<u4")
 
 
 def decode(words, codes, ms, params, starts, lens, delta: float, n_t: int, out: np.ndarray, error) -> None:
     """Decode the TCQ symbols into ``out`` (float32, the coded intervals only). ``error`` builds the exception
     raised for bad data (the caller's ``PayloadError``)."""
-    if table_entries(ms) > TABLE_LIMIT or (ms.size and int(ms.max()) > Q_MAX_TCQ):
-        raise error(f"alphabets of {table_entries(ms)} model entries exceed the limit of {TABLE_LIMIT}")
     keys, rs, rl, rcls = _classes(codes, starts, lens)
+    why = limits(ms, rcls, rl)
+    if why is not None:
+        raise error(why)
     if keys.size == 0:
         if words.size:
             raise error("ANS data left over after the last symbol")
         return
     cs = _ans()
-    mm = _half_width(ms)
-    table = _table(keys, n_t, ms, params)
+    models = _Models(keys, n_t, ms, params, rcls)
     model = cs.stream.model.Categorical(perfect=False)
     try:
         dec = cs.stream.stack.AnsCoder(words)
@@ -434,11 +477,13 @@ def decode(words, codes, ms, params, starts, lens, delta: float, n_t: int, out: 
             break
         q1 = state[:n] >= 2
         k = np.empty(n, dtype=np.int32)
-        for a, b in _slices(n, table.shape[1]):
-            try:
-                k[a:b] = dec.decode(model, table[rcls[a:b] * 2 + q1[a:b]]).astype(np.int32) - mm
-            except Exception as exc:
-                raise error(f"malformed ANS stream ({type(exc).__name__}: {exc})") from None
+        for tab, h, runs in models.steps(n):
+            for a, b in _slices(runs.size, tab.shape[1]):
+                r = runs[a:b]
+                try:
+                    k[r] = dec.decode(model, tab[models.run_row[r] * 2 + q1[r]]).astype(np.int32) - h
+                except Exception as exc:
+                    raise error(f"malformed ANS stream ({type(exc).__name__}: {exc})") from None
         state[:n] = NEXT[state[:n], k & 1]
         vals = reconstruct(k, q1) * delta
         out[rs[:n] + j] = np.clip(vals, -FP32_MAX, FP32_MAX).astype(np.float32)
