@@ -279,7 +279,9 @@ class WfEcq(Codec):
         finest = float(np.log2(rms[coded].max())) - (T_MAX - T_ZERO) / T_STEPS  # the class grid's end
         best: tuple[bytes, float] | None = None
         fit_at, fail_at = math.inf, -math.inf
+        fit_size = fail_size = 0.0
         tried: set[float] = set()
+        last: tuple[float, float] | None = None  # (log2 δ, size) of the previous encode
         for _ in range(self.max_encodes):
             log2_delta = min(max(log2_delta, finest, -140.0), 126.0)
             if log2_delta in tried:  # pinned at the grid's end: another encode would give the same frame
@@ -294,19 +296,27 @@ class WfEcq(Codec):
             body = self._frame_bytes(2, 128, delta, frame.codes, frame.ms, frame.params, frame.words)
             size = 8 * len(body)
             if size <= avail:
-                fit_at = min(fit_at, log2_delta)
+                if log2_delta < fit_at:
+                    fit_at, fit_size = log2_delta, size
                 if best is None or frame.sqerr < best[1]:
                     best = (body, frame.sqerr)
                 if size >= 0.995 * avail:
                     break
-            else:
-                fail_at = max(fail_at, log2_delta)
-            if math.isfinite(fit_at) and math.isfinite(fail_at):
+            elif log2_delta > fail_at:
+                fail_at, fail_size = log2_delta, size
+            target = 0.997 * avail
+            if math.isfinite(fit_at) and math.isfinite(fail_at):  # bracketed: interpolate, keep inside
                 if fit_at - fail_at < 1e-3:
                     break
-                log2_delta = 0.5 * (fit_at + fail_at)
-            else:  # ~1 bit per coded value per octave of δ; aim just under the budget
-                log2_delta += (size - 0.997 * avail) / n_coded
+                f = (fail_size - target) / max(fail_size - fit_size, 1.0)
+                log2_delta = fail_at + float(np.clip(f, 0.15, 0.85)) * (fit_at - fail_at)
+            else:  # secant on the last two sizes; at first ~1 bit per coded value per octave of δ
+                slope = -float(n_coded)
+                if last is not None and last[0] != log2_delta:
+                    measured = (size - last[1]) / (log2_delta - last[0])
+                    slope = measured if measured < 0 else slope
+                last = (log2_delta, size)
+                log2_delta -= (size - target) / slope
         return best
 
     def _body(self, x, plan: Plan, rho: int, starts, lens, u) -> tuple[bytes, int]:
