@@ -111,6 +111,9 @@ def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
             ("block 2^32-1", _f32(_u((0, 8), (128, 8), (U32, 32)), 1.0).getvalue()),
             ("step NaN", _f32(_u((0, 8), (128, 8), (16, 32)), nan).getvalue()),
             ("step 0", _f32(_u((0, 8), (128, 8), (16, 32)), 0.0).getvalue()),
+            ("tcq with dither flags 3", _f32(_u((3, 8), (128, 8), (16, 32)), 1.0).getvalue()),
+            ("tcq rho 112", _f32(_u((2, 8), (112, 8), (16, 32)), 1.0).getvalue()),
+            ("tcq step Inf", _f32(_u((2, 8), (128, 8), (16, 32)), inf).getvalue()),
         ],
     }
     packets = []
