@@ -17,12 +17,15 @@ Layout on the wire: each coded interval is cut into *runs* of :data:`RUN` values
 0. The runs are ordered by length (longest first, ties in interval order) and the symbols are sent in
 lock-step: position 0 of every run, then position 1 of every run still going, … so a decoder with one
 vectorized step per position (≤ :data:`RUN` steps) knows every run's state before it pops its symbol.
+Within a position the runs go by model bucket (classes grouped by alphabet width, narrowest first; see
+:class:`_Models`), then in run order.
 
 Entropy model of ``k`` in quantizer ``Q`` of class (β, t): the GGD of the interval class (RMS/δ on the
 ``_wf_model`` grid) integrated over the nearest-level cells of ``Q``, with two per-(class, Q) parameters
 in one byte, fitted by the encoder to the chosen integers (the search does not always pick the nearest
-level): a signed RMS shift (high nibble − 8, in 1/8 octaves) and a zero-cell scale (low nibble ``z``: the
-zero cell's edge is scaled by ``2^((z − 8)/8)``, ×0.5 to ×1.83).
+level): a signed RMS shift (high nibble − 8, in 1/4 octaves: −2 to +1.75 octaves) and a zero-cell scale
+(low nibble ``z``: the zero cell's edge is scaled by ``2^((z − 8)/4)``, ×0.25 to ×3.4, and kept inside the
+next cell).
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ added before rounding and removed after (ρ = ½, midpoint reconstruction; error
 Trellis-coded quantization (``quantizer``): a scalar quantizer stays ~1.53 dB from the bound at high rate
 whatever its entropy coder. With ``quantizer="tcq"`` the coded intervals go through the 4-state dependent
 quantizer of ``_wf_tcq`` instead (a rate–distortion Viterbi search over two interleaved scalar quantizers on
-a fine step δ), which gains ~0.5–0.8 dB at 1–2 bits/param for a slower encode. ``"auto"`` (the default)
-tries it when the frame budget is at least :data:`TCQ_AUTO_RATE` bits/param and sends whichever frame has
-the lower squared error; below that rate the scalar path is within ~1.45 dB already and much faster.
+a fine step δ), which gains ~0.4–0.7 dB at 1–2 bits/param (measured, ``docs/benchmarks.md``) for a 20–100×
+slower encode. ``"auto"`` (the default) tries it when the frame budget is at least :data:`TCQ_AUTO_RATE`
+bits/param and sends whichever frame has the lower squared error; below that rate the scalar path is within
+~1.5 dB of the bound already and meets the speed target.
 The zero-rate decisions and shapes come from the scalar plan; δ is then searched on real encodes.
 
 Body layout (MSB-first bit fields, then little-endian ANS words)::
@@ -268,8 +269,8 @@ class WfEcq(Codec):
         """Trellis-coded frame within ``avail`` body bits and its squared error, or ``None`` if none fits.
 
         The coded set and shapes come from the scalar ``plan``; the fine step δ starts at half the scalar
-        step and follows Newton steps on the real size (about one bit per coded value per octave of δ),
-        bisecting once the budget is bracketed.
+        step and follows secant steps on the real sizes (the first one assumes one bit per coded value per
+        octave of δ), then interpolates inside the bracket once one step fits and another does not.
         """
         coded = plan.codes > 0
         n_coded = int(lens[coded].sum())
