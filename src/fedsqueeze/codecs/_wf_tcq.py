@@ -393,6 +393,8 @@ def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarra
     b, t = _split(keys, n_t)
     mt = max((model_bound(int(bb), int(tt)) for bb, tt in zip(b, t, strict=True)), default=2)
     width = 2 * mt + 1
+    if 2 * keys.size * width > 4 * TABLE_LIMIT:  # search tables this wide: the scalar frame will do
+        return None
     params = np.full((keys.size, 2), DEFAULT_PARAM, dtype=np.int64)
     k_flat = np.zeros(int(lay.cum[-1]), dtype=np.int32)
     q_flat = np.zeros(int(lay.cum[-1]), dtype=bool)
