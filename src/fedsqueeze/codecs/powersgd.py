@@ -193,8 +193,9 @@ class PowerSGD(Codec):
                 continue
             n, m = _matrix_shape(shape)  # type: ignore[misc]
             c = read_scale(r, cls.name)
-            P = read(n * rk, "P").astype(np.float64).reshape(n, rk)
-            Q = read(m * rk, "Q").astype(np.float64).reshape(m, rk)
+            with np.errstate(invalid="ignore"):  # a hostile NaN pattern is refused just below
+                P = read(n * rk, "P").astype(np.float64).reshape(n, rk)
+                Q = read(m * rk, "Q").astype(np.float64).reshape(m, rk)
             if not (np.isfinite(P).all() and np.isfinite(Q).all()):
                 raise PayloadError("powersgd: non-finite factor")
             with np.errstate(over="ignore", invalid="ignore"):  # finite but huge products saturate in to_f32
