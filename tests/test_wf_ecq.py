@@ -231,14 +231,14 @@ def test_tcq_frames_with_oversized_alphabets_are_rejected() -> None:
     # wide alphabets on few symbols: too much decoding work per symbol
     with pytest.raises(PayloadError, match="too wide for the symbol count"):
         ms = np.full(600, 1000)
-        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, 145, out, bad)
+        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, out, bad)
     # 600 classes at the largest alphabet: too many table entries
     with pytest.raises(PayloadError, match="exceed the limit"):
         ms = np.full(600, _wf_tcq.Q_MAX_TCQ)
-        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, 145, out, bad)
+        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, out, bad)
     with pytest.raises(PayloadError, match="exceeds"):
         ms = np.full(600, _wf_tcq.Q_MAX_TCQ + 1)
-        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, 145, out, bad)
+        _wf_tcq.decode(np.zeros(1, np.uint32), codes, ms, params, starts, lens, 1.0, out, bad)
 
 
 def test_tcq_model_probabilities_are_valid_for_every_parameter_byte() -> None:

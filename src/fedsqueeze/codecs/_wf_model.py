@@ -27,9 +27,12 @@ __all__ = [
     "T_MAX",
     "T_STEPS",
     "T_ZERO",
+    "ans",
+    "class_code",
     "class_probabilities",
     "ggd_alpha",
     "moment_ratios",
+    "split_code",
     "tables",
 ]
 
@@ -40,6 +43,23 @@ T_MAX = 144  # a <= 2^10: about 12 bits/element at most, keeps alphabets small
 Q_MAX = 32767  # |q| cap (16-bit alphabet field)
 _HIGH_RES_T = T_ZERO + 5 * T_STEPS  # a > 32: high-resolution formulas (dead zone and tails negligible)
 _TAIL = 1e-13  # mass left outside the modelled alphabet when tabulating
+
+
+def class_code(beta_idx, t):
+    """Wire code of interval class (β index, t): ``1 + β_idx · (T_MAX + 1) + t``; 0 is zero rate."""
+    return 1 + beta_idx * (T_MAX + 1) + t
+
+
+def split_code(code):
+    """``(β_idx, t)`` of a non-zero class code (ints or integer arrays): the inverse of :func:`class_code`."""
+    return (code - 1) // (T_MAX + 1), (code - 1) % (T_MAX + 1)
+
+
+def ans():
+    """The ``constriction`` module, imported on first use (keeps ``import fedsqueeze`` light)."""
+    import constriction
+
+    return constriction
 
 
 def ggd_alpha(beta: float) -> float:

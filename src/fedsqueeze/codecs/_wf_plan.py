@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._wf_model import BETAS, T_MAX, T_STEPS, T_ZERO, moment_ratios, tables
+from ._wf_model import BETAS, T_MAX, T_STEPS, T_ZERO, class_code, moment_ratios, tables
 
 __all__ = [
     "CLASS_BITS",
@@ -31,7 +31,6 @@ CODE_BITS = 11  # per interval: 0 = zero rate, else 1 + β_idx * (T_MAX + 1) + t
 CLASS_BITS = 16 + 8 + 8  # per distinct class: alphabet bound M, centroid offsets for |q| = 1 and |q| >= 2
 FIXED_BITS = 8 + 8 + 32 + 32  # flags, ρ code, block, Δ (f32)
 WORDS_BITS = 32  # ANS word count
-_N_T = T_MAX + 1
 
 
 def interval_layout(sizes: tuple[int, ...], block: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +133,7 @@ def evaluate(log2_step: float, rms, beta_idx, lens, ent, dist) -> Plan:
     w = alive & (dh > 0)
     lam = float(np.sum(dd[w]) / np.sum(dh[w])) if np.any(w) and np.sum(dh[w]) > 0 else 0.0
     coded = alive & (var - dq > lam * h) & (h > 0)
-    codes = np.where(coded, 1 + beta_idx * _N_T + ti, 0)
+    codes = np.where(coded, class_code(beta_idx, ti), 0)
     n_classes = int(np.unique(codes[coded]).size)
     return Plan(
         log2_step, codes, float(np.sum(h[coded])), float(np.sum(dq[coded]) + np.sum(var[~coded])), n_classes

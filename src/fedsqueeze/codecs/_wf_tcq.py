@@ -31,12 +31,13 @@ next cell).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
 from ._baseline_util import FP32_MAX
-from ._wf_model import BETAS, T_STEPS, T_ZERO, ggd_alpha
+from ._wf_model import BETAS, T_STEPS, T_ZERO, ans, ggd_alpha, split_code
 
 __all__ = [
     "DEFAULT_PARAM",
@@ -108,6 +109,18 @@ def _scale(t: int) -> float:
     return 2.0 ** ((t - T_ZERO) / T_STEPS)
 
 
+def _symmetric(mass: np.ndarray) -> np.ndarray:
+    """Probabilities of ``k = −m..m`` (last axis) from the masses of ``|k| = 0..m`` (a non-zero |k| splits
+    evenly between its two signs)."""
+    half = mass[..., 1:] / 2
+    return np.concatenate([half[..., ::-1], mass[..., :1], half], axis=-1)
+
+
+def _code_lengths(p: np.ndarray) -> np.ndarray:
+    """Bits of each symbol under the (last-axis) distribution ``p``, floored at the coder's 2^-24."""
+    return -np.log2(np.maximum(p / p.sum(axis=-1, keepdims=True), 2.0**-24))
+
+
 def probabilities(beta_idx: int, t: int, q: int, m: int, param: int) -> np.ndarray:
     """Model probabilities of ``k = −m..m`` (index ``k + m``) in quantizer ``q`` of class (β, t).
 
@@ -115,15 +128,13 @@ def probabilities(beta_idx: int, t: int, q: int, m: int, param: int) -> np.ndarr
     valid (finite, non-negative) table.
     """
     shift, z = _unpack(param)
-    mass = _masses(BETAS[beta_idx], np.float64(_scale(t) * shift), _cell_uppers(q, m, float(z)))
-    half = mass[1:] / 2
-    return np.concatenate([half[::-1], mass[:1], half])
+    return _symmetric(_masses(BETAS[beta_idx], np.float64(_scale(t) * shift), _cell_uppers(q, m, float(z))))
 
 
 def model_bound(beta_idx: int, t: int) -> int:
     """Search-table half width for class (β, t): covers the GGD up to a 1e-12 tail (in 2δ steps)."""
     beta = BETAS[beta_idx]
-    s = _scale(t) * 2.0 * ggd_alpha(beta)  # the largest RMS shift (+7/8 octave) with margin
+    s = _scale(t) * 2.0 * ggd_alpha(beta)  # twice the class RMS: room for the fitted shifts up to +1 octave
     x = s * float(special.gammaincinv(1 / beta, 1 - 1e-12)) ** (1 / beta)
     return int(min(Q_MAX_TCQ, max(2, math.ceil(x / 2.0) + 2)))
 
@@ -144,11 +155,7 @@ def fit_params(beta_idx: int, t: int, counts: np.ndarray) -> np.ndarray:
             out[q] = DEFAULT_PARAM
             continue
         up = np.stack([_cell_uppers(q, m, float(zz)) for zz in z])  # (256, m + 1)
-        mass = _masses(BETAS[beta_idx], a, up)
-        half = mass[:, 1:] / 2
-        p = np.concatenate([half[:, ::-1], mass[:, :1], half], axis=1)
-        p = np.maximum(p / p.sum(axis=1, keepdims=True), 2.0**-24)  # the coder's smallest probability
-        cost = -(np.log2(p) @ c.astype(np.float64))
+        cost = _code_lengths(_symmetric(_masses(BETAS[beta_idx], a, up))) @ c.astype(np.float64)
         out[q] = int(np.argmin(cost))
     return out
 
@@ -263,25 +270,15 @@ def viterbi(xs: np.ndarray, rlen: np.ndarray, bits: np.ndarray, rows: np.ndarray
 _SLICE = 1 << 20  # most per-symbol model entries handed to the ANS coder in one call
 
 
-def _ans():
-    import constriction  # imported lazily: keeps `import fedsqueeze` light
-
-    return constriction
-
-
+@dataclass
 class Frame:
     """The TCQ part of one ``wf_ecq`` frame: interval codes, class records, ANS words and the error."""
 
-    def __init__(self, codes, ms, params, words, sqerr) -> None:
-        self.codes = codes  # class code per interval (0 = zero rate)
-        self.ms = ms  # per class (ascending code): max |k|
-        self.params = params  # per class: (Q0, Q1) model bytes
-        self.words = words  # ANS words
-        self.sqerr = sqerr  # ‖x − x̂‖² of the whole update
-
-
-def _split(code: np.ndarray, n_t: int) -> tuple[np.ndarray, np.ndarray]:
-    return (code - 1) // n_t, (code - 1) % n_t
+    codes: np.ndarray  # class code per interval (0 = zero rate)
+    ms: np.ndarray  # per class (ascending code): max |k|
+    params: np.ndarray  # per class: (Q0, Q1) model bytes
+    words: np.ndarray  # ANS words
+    sqerr: float  # ‖x − x̂‖² of the whole update
 
 
 def _classes(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray):
@@ -301,13 +298,13 @@ class _Models:
     ``H``), each bucket's runs in run order.
     """
 
-    def __init__(self, keys: np.ndarray, n_t: int, ms: np.ndarray, params: np.ndarray, rcls: np.ndarray):
+    def __init__(self, keys: np.ndarray, ms: np.ndarray, params: np.ndarray, rcls: np.ndarray) -> None:
         half = np.left_shift(1, np.ceil(np.log2(ms + 1.0)).astype(np.int64)) - 1
         half = np.maximum(half, 1)
         self.halves = np.unique(half)
         cls_bucket = np.searchsorted(self.halves, half)
         local = np.zeros(keys.size, dtype=np.int64)
-        b, t = _split(keys, n_t)
+        b, t = split_code(keys)
         self.tables = []
         for bi, h in enumerate(self.halves):
             members = np.flatnonzero(cls_bucket == bi)
@@ -382,15 +379,15 @@ class _Layout:
         return np.where(live, x[np.where(live, pos, 0)], 0.0)
 
 
-def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarray, delta: float, n_t: int):
+def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarray, delta: float):
     """Quantize the coded intervals of ``x`` on step ``delta`` by trellis search and ANS-code them.
 
-    ``codes`` gives each interval's class (``1 + β_idx · n_t + t`` with ``t`` the grid point of RMS/δ, 0 =
-    zero rate). Returns a :class:`Frame`, or ``None`` when the alphabets would exceed :data:`TABLE_LIMIT`.
+    ``codes`` gives each interval's class (``_wf_model.class_code(β_idx, t)`` with ``t`` the grid point of
+    RMS/δ, 0 = zero rate). Returns a :class:`Frame`, or ``None`` when the alphabets exceed :func:`limits`.
     """
     keys, rs, rl, rcls = _classes(codes, starts, lens)
     lay = _Layout(rs, rl)
-    b, t = _split(keys, n_t)
+    b, t = split_code(keys)
     mt = max((model_bound(int(bb), int(tt)) for bb, tt in zip(b, t, strict=True)), default=2)
     width = 2 * mt + 1
     if 2 * keys.size * width > 4 * TABLE_LIMIT:  # search tables this wide: the scalar frame will do
@@ -402,9 +399,7 @@ def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarra
         bits = np.empty((keys.size, 2, width))
         for c in range(keys.size):
             for q in (0, 1):
-                p = probabilities(int(b[c]), int(t[c]), q, mt, int(params[c, q]))
-                p = np.maximum(p / p.sum(), 2.0**-24)
-                bits[c, q] = -np.log2(p)
+                bits[c, q] = _code_lengths(probabilities(int(b[c]), int(t[c]), q, mt, int(params[c, q])))
         counts = np.zeros(keys.size * 2 * width, dtype=np.int64)
         for a, e, length in lay.batches():
             k, q1 = viterbi(lay.gather(x, a, e, length) / delta, rl[a:e], bits, rcls[a:e], mt)
@@ -424,7 +419,7 @@ def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarra
         np.maximum.at(ms, rcls[big - lay.cum[j_of]], np.abs(k_flat[big]).astype(np.int64))
     if limits(ms, rcls, rl) is not None:
         return None
-    words = _push(k_flat, q_flat, lay, _Models(keys, n_t, ms, params, rcls))
+    words = _push(k_flat, q_flat, lay, _Models(keys, ms, params, rcls))
     # the error the decoder will see (float32 reconstruction), plus the zero-rate intervals' energy
     sq = float(np.sum(x.astype(np.float64) ** 2))
     for a, e, length in lay.batches():
@@ -443,7 +438,7 @@ def _slices(n: int, width: int) -> list[tuple[int, int]]:
 
 def _push(k_flat, q_flat, lay: _Layout, models: _Models) -> np.ndarray:
     """One ANS stack, pushed so that the decoder pops position 0 of every run first."""
-    cs = _ans()
+    cs = ans()
     enc = cs.stream.stack.AnsCoder()
     model = cs.stream.model.Categorical(perfect=False)
     for j in range(RUN - 1, -1, -1):
@@ -456,7 +451,7 @@ def _push(k_flat, q_flat, lay: _Layout, models: _Models) -> np.ndarray:
     return np.asarray(enc.get_compressed(), dtype="<u4")
 
 
-def decode(words, codes, ms, params, starts, lens, delta: float, n_t: int, out: np.ndarray, error) -> None:
+def decode(words, codes, ms, params, starts, lens, delta: float, out: np.ndarray, error) -> None:
     """Decode the TCQ symbols into ``out`` (float32, the coded intervals only). ``error`` builds the exception
     raised for bad data (the caller's ``PayloadError``)."""
     keys, rs, rl, rcls = _classes(codes, starts, lens)
@@ -467,8 +462,8 @@ def decode(words, codes, ms, params, starts, lens, delta: float, n_t: int, out: 
         if words.size:
             raise error("ANS data left over after the last symbol")
         return
-    cs = _ans()
-    models = _Models(keys, n_t, ms, params, rcls)
+    cs = ans()
+    models = _Models(keys, ms, params, rcls)
     model = cs.stream.model.Categorical(perfect=False)
     try:
         dec = cs.stream.stack.AnsCoder(words)

@@ -61,7 +61,7 @@ from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
 from . import _wf_tcq
 from ._baseline_util import FP32_MAX, HEADER_BITS, check_density, check_rate
-from ._wf_model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, class_probabilities
+from ._wf_model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, ans, class_code, class_probabilities, split_code
 from ._wf_plan import (
     CLASS_BITS,
     CODE_BITS,
@@ -85,12 +85,6 @@ _MAX_CODE = len(BETAS) * (T_MAX + 1)
 _MIN_BLOCK = 16
 _C_SCALE = 255 / 1.5
 _CHUNK = 1 << 16  # at most this many symbols quantized / coded / decoded per vectorized step
-
-
-def _ans():
-    import constriction  # imported lazily: keeps `import fedsqueeze` light
-
-    return constriction
 
 
 @dataclasses.dataclass
@@ -141,10 +135,6 @@ def _grouping(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> _Coded
 
 def _dither(seed: int, d: int) -> np.ndarray:
     return np.random.default_rng(seed).random(d) - 0.5
-
-
-def _split(code: int) -> tuple[int, int]:
-    return (code - 1) // (T_MAX + 1), (code - 1) % (T_MAX + 1)
 
 
 @register
@@ -290,8 +280,8 @@ class WfEcq(Codec):
             tried.add(log2_delta)
             delta = float(np.float32(2.0**log2_delta))
             t = np.clip(np.rint(T_STEPS * (np.log2(np.maximum(rms, 1e-300)) - log2_delta) + T_ZERO), 0, T_MAX)
-            codes = np.where(coded, 1 + bidx * (T_MAX + 1) + t.astype(np.int64), 0)
-            frame = _wf_tcq.encode(x, codes, starts, lens, delta, T_MAX + 1)
+            codes = np.where(coded, class_code(bidx, t.astype(np.int64)), 0)
+            frame = _wf_tcq.encode(x, codes, starts, lens, delta)
             if frame is None:  # alphabets too large for per-symbol models: keep the scalar frame
                 return None
             body = self._frame_bytes(2, 128, delta, frame.codes, frame.ms, frame.params, frame.words)
@@ -322,7 +312,7 @@ class WfEcq(Codec):
 
     def _body(self, x, plan: Plan, rho: int, starts, lens, u) -> tuple[bytes, int]:
         """Quantize and code ``x`` by ``plan``; returns the body and its ANS bits."""
-        cs = _ans()
+        cs = ans()
         log2_step = min(max(plan.log2_step, -140.0), 126.0)
         step = float(np.float32(2.0**log2_step))
         grp = _grouping(plan.codes, starts, lens)
@@ -355,7 +345,7 @@ class WfEcq(Codec):
         for i in range(grp.keys.size - 1, -1, -1):
             if ms[i] == 0:
                 continue
-            beta_idx, t = _split(int(grp.keys[i]))
+            beta_idx, t = split_code(int(grp.keys[i]))
             model = cs.stream.model.Categorical(class_probabilities(beta_idx, t, ms[i], rq), perfect=False)
             for a, b in reversed(grp.runs(i)):
                 enc.encode_reverse(q[a:b].astype(np.int32) + ms[i], model)
@@ -427,7 +417,7 @@ class WfEcq(Codec):
             def bad(msg: str) -> PayloadError:
                 return PayloadError(f"wf_ecq: {msg}")
 
-            _wf_tcq.decode(words, codes, ms, cc_codes, starts, lens, step, T_MAX + 1, out, bad)
+            _wf_tcq.decode(words, codes, ms, cc_codes, starts, lens, step, out, bad)
             return torch.from_numpy(out)
         dith = _dither(seed, d) if flags & 1 else None
         out = np.zeros(d, dtype=np.float32)
@@ -469,7 +459,7 @@ def _decode_symbols(words: np.ndarray, grp: _Coded, ms: np.ndarray, rho: int):
     Classes with ``M = 0`` carry no symbols: their chunks come back as zeros. Reading a chunk at a time from
     one decoder pops the same symbols as one call per class.
     """
-    cs = _ans()
+    cs = ans()
     try:
         dec = cs.stream.stack.AnsCoder(words)
     except Exception as exc:  # constriction's own errors on hostile words
@@ -483,7 +473,7 @@ def _decode_symbols(words: np.ndarray, grp: _Coded, ms: np.ndarray, rho: int):
                 continue
             try:
                 if model is None:
-                    beta_idx, t = _split(int(grp.keys[i]))
+                    beta_idx, t = split_code(int(grp.keys[i]))
                     model = cs.stream.model.Categorical(
                         class_probabilities(beta_idx, t, m, rho / 256.0), perfect=False
                     )
