@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..strict_json import finite_or_none
 from .sources import Source, load_source
 
 __all__ = ["DEFAULT_RATES", "RDReference", "add_arguments", "default_codecs", "main", "measure", "sweep"]
@@ -108,16 +109,6 @@ def _db(num: float, den: float) -> float | None:
     if num > 0 and den > 0 and math.isfinite(num) and math.isfinite(den):
         return 10.0 * math.log10(num / den)
     return None
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 # -- one measurement -----------------------------------------------------------------------------------
@@ -353,7 +344,7 @@ def main(args: argparse.Namespace) -> int:
     print_table(rows, notes, console)
     json_path = Path(args.json) if args.json else out / "rd.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_jsonable(rows), indent=1, default=str) + "\n")
+    json_path.write_text(json.dumps(finite_or_none(rows), indent=1, default=str) + "\n")
     console.print(f"wrote {len(rows)} rows to {json_path}")
     if not args.no_plot:
         from .rd_plot import plot_rd

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import platform
 import statistics
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..strict_json import finite_or_none
 from .grid import Cell, StudyGrid
 from .runner import ERROR_FILE, cpu_count, done_summary
 
@@ -256,22 +256,11 @@ def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
     return "\n".join(out) + "\n"
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/Inf → None so results.json is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def write_results(grid: StudyGrid, root: str | Path, *, command: str = "", plots: bool = True) -> dict:
     """Aggregate and write ``results.json``, ``results.csv``, ``results.md`` and ``plots/`` under ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    results = _clean(aggregate(grid, root, command=command))
+    results = finite_or_none(aggregate(grid, root, command=command))
     (root / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     with open(root / "results.csv", "w", newline="", encoding="utf-8") as fh:
         rows = _csv_rows(results)
