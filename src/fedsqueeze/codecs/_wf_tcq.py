@@ -289,6 +289,11 @@ def _classes(codes: np.ndarray, starts: np.ndarray, lens: np.ndarray):
     return keys, rs, rl, inv[owner].astype(np.int64) if owner.size else owner
 
 
+def _bucket_half(ms: np.ndarray) -> np.ndarray:
+    """Half width of each class's model bucket: ``2^⌈log2(M + 1)⌉ − 1``, at least 1 (two symbols)."""
+    return np.maximum(np.left_shift(1, np.ceil(np.log2(ms + 1.0)).astype(np.int64)) - 1, 1)
+
+
 class _Models:
     """Per-symbol model rows of a frame, in buckets of equal width.
 
@@ -299,8 +304,7 @@ class _Models:
     """
 
     def __init__(self, keys: np.ndarray, ms: np.ndarray, params: np.ndarray, rcls: np.ndarray) -> None:
-        half = np.left_shift(1, np.ceil(np.log2(ms + 1.0)).astype(np.int64)) - 1
-        half = np.maximum(half, 1)
+        half = _bucket_half(ms)
         self.halves = np.unique(half)
         cls_bucket = np.searchsorted(self.halves, half)
         local = np.zeros(keys.size, dtype=np.int64)
@@ -338,7 +342,7 @@ def limits(ms: np.ndarray, rcls: np.ndarray, rl: np.ndarray) -> str | None:
         return None
     if int(ms.max()) > Q_MAX_TCQ:
         return f"alphabet bound {int(ms.max())} exceeds {Q_MAX_TCQ}"
-    width = 2 * np.maximum(np.left_shift(1, np.ceil(np.log2(ms + 1.0)).astype(np.int64)) - 1, 1) + 1
+    width = 2 * _bucket_half(ms) + 1
     entries = int(2 * width.sum())
     if entries > TABLE_LIMIT:
         return f"alphabets of {entries} model entries exceed the limit of {TABLE_LIMIT}"
