@@ -29,6 +29,17 @@ FIELDS = (
     "options",
     "d",
 )
+# scored at the target rate (None for points without one)
+TARGET_FIELDS = (
+    "d_gaussian_at_target",
+    "d_waterfilling_at_target",
+    "d_slb_at_target",
+    "db_vs_gaussian_at_target",
+    "db_vs_waterfilling_at_target",
+    "db_vs_slb_at_target",
+    "rate_fraction",
+    "underfilled",
+)
 
 
 def _need(*codecs):
@@ -69,6 +80,25 @@ def test_rows_have_the_contract_fields(small_run):
     # every default codec shows up on every source (at its rates or its defaults)
     for src in ("gaussian", "blocks"):
         assert {r["codec"] for r in rows if r["source"] == src} == set(bench_rd.default_codecs())
+
+
+def test_rows_are_scored_at_their_target_rate(small_run):
+    _, rows = small_run
+    targeted = [r for r in rows if r["target_rate"] is not None]
+    assert targeted and len(targeted) < len(rows)  # identity, fp16, ... have no rate knob
+    for r in rows:
+        if r["target_rate"] is None:
+            assert all(r[f] is None for f in TARGET_FIELDS), r["codec"]
+            continue
+        assert r["rate_fraction"] == pytest.approx(r["bits_per_param"] / r["target_rate"], rel=1e-12)
+        assert r["underfilled"] is (r["bits_per_param"] < 0.5 * r["target_rate"])
+        assert r["d_gaussian_at_target"] == pytest.approx(2 ** (-2 * r["target_rate"]), rel=1e-9)
+        if r["rel_error"] > 0:
+            assert r["db_vs_waterfilling_at_target"] == pytest.approx(
+                10 * math.log10(r["rel_error"] / r["d_waterfilling_at_target"]), abs=1e-9
+            )
+            # at or below the target rate the limit is lower, so the at-target figure is no better
+            assert r["db_vs_waterfilling_at_target"] >= r["db_vs_waterfilling"] - 1e-9
 
 
 def test_bits_per_param_comes_from_the_payload_bytes(small_run):
@@ -190,3 +220,112 @@ def test_codec_options_on_the_command_line(tmp_path):
     assert by["wf_ecq:quantizer=scalar"]["options"]["quantizer"] == "scalar"
     assert by["wf_ecq:quantizer=tcq"]["options"]["quantizer"] == "tcq"
     assert by["wf_ecq:quantizer=tcq"]["rel_error"] < by["wf_ecq:quantizer=scalar"]["rel_error"]
+
+
+class _Underfilling:
+    """A stand-in codec that ignores its target rate: one kept value, a frame of 44 bytes (decodes to ~0)."""
+
+    name = "underfill"
+
+    def __init__(self, rate: float | None = None) -> None:
+        self._inner = get("topk", density=1e-9)  # k = 1
+
+    def encode(self, tensors, *, seed: int = 0) -> bytes:
+        return self._inner.encode(tensors, seed=seed)
+
+    def options(self) -> dict:
+        return {}
+
+
+def _underfilled_and_normal_rows() -> list[dict]:
+    src = load_source("gaussian", 1 << 16, 0)
+    ref = bench_rd.RDReference(src)
+    return [
+        bench_rd.measure(_Underfilling(), src, ref, target_rate=1.0),
+        bench_rd.measure(bench_rd.make_codec("topk", 1.0), src, ref, target_rate=1.0),
+        bench_rd.measure(get("fp16"), src, ref),
+    ]
+
+
+@pytest.fixture(scope="module")
+def underfill_rows():
+    return _underfilled_and_normal_rows()
+
+
+def test_underfilled_frame_is_scored_at_its_target(underfill_rows):
+    row = underfill_rows[0]
+    assert row["payload_bytes"] == 44 and row["bits_per_param"] == pytest.approx(44 * 8 / (1 << 16))
+    assert row["underfilled"] is True
+    assert row["rate_fraction"] == pytest.approx(0.00537, abs=1e-5)
+    assert row["rel_error"] == pytest.approx(1.0, abs=1e-3)  # one value of 65,536 kept
+    # at its own 0.005 bits/param the all-but-zero frame sits on the curve; at 1 bit/param it is 6 dB off
+    assert abs(row["db_vs_waterfilling"]) < 0.05
+    assert row["db_vs_waterfilling_at_target"] == pytest.approx(10 * math.log10(4), abs=0.01)
+    assert row["db_vs_gaussian_at_target"] == pytest.approx(10 * math.log10(4), abs=0.01)
+    assert row["db_vs_slb_at_target"] == pytest.approx(10 * math.log10(4), abs=0.01)
+    assert row["db_vs_waterfilling_at_target"] - row["db_vs_waterfilling"] > 5.9
+    assert row["d_waterfilling_at_target"] == pytest.approx(0.25, rel=1e-9)
+
+
+@_need("topk")
+def test_topk_at_rate_one_fills_its_target(underfill_rows):
+    row = underfill_rows[1]
+    assert row["underfilled"] is False
+    assert 0.9 < row["rate_fraction"] <= 1.0
+    assert row["db_vs_waterfilling_at_target"] == pytest.approx(row["db_vs_waterfilling"], abs=0.05)
+    fp16 = underfill_rows[2]
+    assert fp16["target_rate"] is None and all(fp16[f] is None for f in TARGET_FIELDS)
+
+
+def test_table_flags_underfilled_rows(underfill_rows):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    bench_rd.print_table(underfill_rows, [], console)
+    text = console.export_text()
+    lines = text.splitlines()
+    (under,) = [ln for ln in lines if ln.startswith("│ underfill ")]
+    (topk,) = [ln for ln in lines if ln.startswith("│ topk ")]
+    assert "⚠ 0.54% 0.005" in under and "+6.02" in under and "+0.03" in under
+    assert "⚠" not in topk
+    assert "dB vs WF @target" in text
+    notes = [ln for ln in lines if ln.startswith("⚠ underfilled:")]
+    assert notes == [
+        "⚠ underfilled: underfill on gaussian at target 1 bits/param used 0.00537, 0.54% of target: "
+        "judge it by dB vs WF @target"
+    ]
+    assert "D_WF(R target)" in text and "D_X(R measured)" in text
+
+
+def test_cli_writes_and_prints_the_underfill(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_rd, "make_codec", lambda text, rate=None: _Underfilling(rate))
+    rc = cli_main(
+        [
+            "bench",
+            "rd",
+            "--source",
+            "gaussian",
+            "--codec",
+            "topk",
+            "--rates",
+            "0.5,1",
+            "--d",
+            str(1 << 16),
+            "--no-plot",
+            "--out",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "u.json"),
+        ]
+    )
+    assert rc == 0
+
+    def _no_constants(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    rows = json.loads((tmp_path / "u.json").read_text(), parse_constant=_no_constants)
+    assert [(r["target_rate"], r["underfilled"]) for r in rows] == [(0.5, True), (1.0, True)]
+    assert [round(r["rate_fraction"], 5) for r in rows] == [0.01074, 0.00537]
+    assert [round(r["db_vs_waterfilling_at_target"], 2) for r in rows] == [3.01, 6.02]
+    out = capsys.readouterr().out
+    assert out.count("⚠ underfilled: topk on gaussian at target") == 2

@@ -6,6 +6,9 @@ measured from the payload (``8 * len(payload) / d``, 32-byte header included), t
 ``fedsqueeze.decode`` exactly as a server would, and the distortion is ``‖u − û‖² / ‖u‖²``. Reference curves:
 the Gaussian D(R) = 2^(−2R) (an achievable target for any source of that variance, not a lower bound),
 reverse water-filling over the per-tensor variances, and the memoryless Shannon lower bound.
+Each point is scored against the curves at its measured rate and, when it has one, at its target rate too:
+a frame that spends far fewer bits than asked (``underfilled``) sits near the curves at its own tiny rate,
+but far above them at the rate it was asked for.
 Sources: see ``fedsqueeze.bench.sources``.
 """
 
@@ -30,6 +33,7 @@ __all__ = ["DEFAULT_RATES", "RDReference", "add_arguments", "default_codecs", "m
 DEFAULT_RATES = (0.1, 0.25, 0.5, 1.0, 2.0)
 DEFAULT_SOURCES = ("gaussian", "blocks")
 DEFAULT_OUT = "runs/bench"
+UNDERFILL_FRACTION = 0.5  # a point whose measured rate is below this fraction of its target is underfilled
 
 
 def default_codecs() -> list[str]:
@@ -117,7 +121,27 @@ def _db(num: float, den: float) -> float | None:
 def measure(
     codec, source: Source, ref: RDReference, *, seed: int = 0, target_rate: float | None = None
 ) -> dict:
-    """Encode, decode (through ``fedsqueeze.decode``) and score one codec on one source."""
+    """Encode, decode (through ``fedsqueeze.decode``) and score one codec on one source.
+
+    Parameters
+    ----------
+    codec
+        Anything with ``name``, ``encode(tensors, seed=...)`` giving a frame, and ``options()``.
+    source, ref
+        The update and its reference curves.
+    seed
+        Seed of the codec.
+    target_rate
+        The bits/param the codec was asked for (``None``: a codec at its defaults).
+
+    Returns
+    -------
+    dict
+        One row. ``d_X`` and ``db_vs_X`` (X in gaussian, waterfilling, slb) compare the distortion with the
+        curves at the measured rate; ``d_X_at_target`` and ``db_vs_X_at_target`` at ``target_rate``;
+        ``rate_fraction`` is measured / target and ``underfilled`` is true when the measured rate is below
+        ``UNDERFILL_FRACTION`` of the target. The target-rate fields are ``None`` without a target rate.
+    """
     from .. import decode
     from ..spec import UpdateSpec
 
@@ -138,6 +162,25 @@ def measure(
     d_g = float(ref.gaussian(rate))
     d_wf = float(ref.waterfilling(rate))
     d_slb = float(ref.slb(rate))
+    at: dict[str, float | bool | None] = dict.fromkeys(
+        (
+            "d_gaussian_at_target",
+            "d_waterfilling_at_target",
+            "d_slb_at_target",
+            "db_vs_gaussian_at_target",
+            "db_vs_waterfilling_at_target",
+            "db_vs_slb_at_target",
+            "rate_fraction",
+            "underfilled",
+        )
+    )
+    if target_rate is not None and target_rate > 0:
+        for key in ("gaussian", "waterfilling", "slb"):
+            d_ref = float(getattr(ref, key)(target_rate))
+            at[f"d_{key}_at_target"] = d_ref
+            at[f"db_vs_{key}_at_target"] = _db(err, d_ref)
+        at["rate_fraction"] = rate / target_rate
+        at["underfilled"] = rate < UNDERFILL_FRACTION * target_rate
     return {
         "codec": codec.name,
         "source": source.name,
@@ -156,6 +199,7 @@ def measure(
         "db_vs_gaussian": _db(err, d_g),
         "db_vs_waterfilling": _db(err, d_wf),
         "db_vs_slb": _db(err, d_slb),
+        **at,
         # bits spent beyond what the Gaussian R-D function needs for this distortion
         "bit_overhead": rate - 0.5 * math.log2(1.0 / err) if err > 0 else None,
         "encode_s": t1 - t0,
@@ -265,8 +309,28 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.2g}%"
+
+
+def _underfill_note(row: dict) -> str:
+    """One line naming an underfilled point: codec, source, target and measured rates."""
+    return (
+        f"⚠ underfilled: {row['codec']} on {row['source']} at target {row['target_rate']:g} bits/param used "
+        f"{row['bits_per_param']:.3g}, {_percent(row['rate_fraction'])} of target: "
+        "judge it by dB vs WF @target"
+    )
+
+
 def print_table(rows: list[dict], notes: list[str], console) -> None:
+    """Print one table per source, then the footnote on the dB columns and the sweep's notes.
+
+    Points that used under ``UNDERFILL_FRACTION`` of their target rate are marked in their row (``⚠ 2%``
+    before the measured bits/param) and listed under their source's table (``⚠ underfilled: ... used 2% of
+    target``).
+    """
     from rich.table import Table
+    from rich.text import Text
 
     for src in dict.fromkeys(r["source"] for r in rows):
         t = Table(title=f"rate–distortion · source {src}", title_justify="left")
@@ -278,32 +342,44 @@ def print_table(rows: list[dict], notes: list[str], console) -> None:
             "1−cos²",
             "cos",
             "dB vs WF",
+            "dB vs WF @target",
             "dB vs Gauss",
             "dB vs SLB",
             "encode s",
             "decode s",
         ):
             t.add_column(col, justify="left" if col == "codec" else "right")
-        for r in sorted(
+        src_rows = sorted(
             (r for r in rows if r["source"] == src), key=lambda r: (r["codec"], r["bits_per_param"])
-        ):
+        )
+        for r in src_rows:
+            bpp = f"{r['bits_per_param']:.3f}"
+            if r.get("underfilled"):
+                bpp = f"[bold red]⚠ {_percent(r['rate_fraction'])}[/] {bpp}"
             t.add_row(
                 r["codec"],
                 _fmt(r["target_rate"], "g"),
-                f"{r['bits_per_param']:.3f}",
+                bpp,
                 f"{r['rel_error']:.4g}",
                 f"{r['gain_opt_error']:.4g}",
                 f"{r['cosine']:.4f}",
                 _fmt(r["db_vs_waterfilling"], "+.2f"),
+                _fmt(r.get("db_vs_waterfilling_at_target"), "+.2f"),
                 _fmt(r["db_vs_gaussian"], "+.2f"),
                 _fmt(r["db_vs_slb"], "+.2f"),
                 f"{r['encode_s']:.3f}",
                 f"{r['decode_s']:.3f}",
             )
         console.print(t)
+        for r in src_rows:
+            if r.get("underfilled"):
+                console.print(Text(_underfill_note(r), style="bold red"))
     console.print(
-        "dB vs X = 10·log10(D / D_X(R measured)); negative beats X. WF = reverse water-filling over "
-        "the per-tensor variances, SLB = memoryless Shannon lower bound."
+        "dB vs X = 10·log10(D / D_X(R measured)); negative beats X. dB vs WF @target = "
+        "10·log10(D / D_WF(R target)): against water-filling at the rate asked for (- without a target "
+        "rate), so a frame that spends far fewer bits than asked cannot look close to the limit. "
+        f"⚠ N% = the frame used N% (< {UNDERFILL_FRACTION:.0%}) of its target rate. WF = reverse "
+        "water-filling over the per-tensor variances, SLB = memoryless Shannon lower bound."
     )
     for n in notes:
         console.print(f"[red]{n}[/]" if n.startswith("ERROR") else f"[yellow]note[/]: {n}")
