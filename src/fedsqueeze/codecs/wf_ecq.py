@@ -59,7 +59,7 @@ import torch
 from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
-from . import _wf_tcq
+from . import _wf_fill, _wf_tcq
 from ._baseline_util import FP32_MAX, HEADER_BITS, check_density, check_rate
 from ._wf_model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, ans, class_code, class_probabilities, split_code
 from ._wf_plan import (
@@ -80,6 +80,8 @@ __all__ = ["WfEcq"]
 
 QUANTIZERS = ("auto", "scalar", "tcq")
 TCQ_AUTO_RATE = 1.5  # bits/param from which "auto" also tries trellis-coded quantization
+FILL_BELOW = 0.97  # a model-driven frame under this share of the budget gets the measured fill (_wf_fill)
+_ANS_SLACK = 96  # bits the ANS stack may add over the symbols' information content (head words, rounding)
 RHO_CODES = (128, 112, 96, 80)  # ρ = 0.5 (round to nearest), 0.4375, 0.375, 0.3125
 _MAX_CODE = len(BETAS) * (T_MAX + 1)
 _MIN_BLOCK = 16
@@ -224,7 +226,8 @@ class WfEcq(Codec):
             body, ans_bits = self._body(x, plan, rho, starts, lens, u)
             if 8 * len(body) <= avail:
                 fit_at = min(fit_at, plan.log2_step)
-                if best is None or len(body) > len(best):
+                # a frame with no symbol (every value in the dead zone) sends nothing: never keep it
+                if ans_bits and (best is None or len(body) > len(best)):
                     best, best_plan = body, plan
             else:
                 fail_at = max(fail_at, plan.log2_step)
@@ -239,8 +242,21 @@ class WfEcq(Codec):
                 ratio = ans_bits / max(plan.est_bits * kappa, 1.0) if plan.est_bits else 1.0
                 kappa *= float(np.clip(ratio, 0.25, 4.0))
                 plan = search_step(rms, bidx, lens, rho, avail * (1.0 - 0.002 * (attempt + 1)), kappa)
-        if best is None:  # the model kept missing: fall back to sending every interval at zero rate
-            best = self._body(x, Plan(0.0, np.zeros(lens.size, np.int64), 0, 0, 0), rho, starts, lens, u)[0]
+        if best is None or 8 * len(best) < FILL_BELOW * avail:
+            # the model missed the budget (data far from every GGD): fill it from measured costs instead
+            step0 = (plans[rho] if best_plan is None else best_plan).log2_step
+            filled = self._fill(x, spec, seed, rho, avail, step0, u)
+            if filled is not None and (
+                best is None or filled[1] < _sqerr(x, self.decode_flat(best, spec, seed=seed))
+            ):
+                best, best_plan = filled[0], filled[2]
+                if filled[3] != self.block:  # other intervals: the TCQ search below needs the codec's own
+                    return best
+        if best is None or best_plan is None or not np.any(best_plan.codes):
+            raise ConfigError(
+                f"wf_ecq: a budget of {self.budget(d)} bits for d={d} leaves no room to code any value "
+                f"({lens.size} intervals); raise the rate or density, or use a larger block"
+            )
         if self._tries_tcq(d):
             coded = plans[rho] if best_plan is None else best_plan
             tcq = self._encode_tcq(x, coded, rms, bidx, starts, lens, avail)
@@ -249,6 +265,45 @@ class WfEcq(Codec):
             ):
                 return tcq[0]
         return best
+
+    def _fill(self, x, spec, seed, rho: int, avail: int, log2_step: float, u):
+        """A frame filled from measured per-interval costs: ``(body, squared error, plan, block)`` or ``None``.
+
+        Tries the codec's block and shorter ones (finer granularity for data whose intervals cost a bit per
+        value once coded, such as constant magnitudes), keeping the lowest predicted error. The selection
+        targets the body bits left after a small ANS slack; if the real coder still overflows, the target
+        shrinks by the measured ratio and the selection is redone at the same step.
+        """
+        best = None
+        for blk in _fill_blocks(self.block, max(spec.sizes)):
+            starts, lens = interval_layout(spec.sizes, blk)
+            if side_bits(lens.size, 1) + _ANS_SLACK >= avail:
+                continue
+            rms = interval_stats(x, starts, lens)[0]
+            steps = _wf_fill.trial_steps(log2_step, float(np.log2(rms.max())))
+            fp = _wf_fill.fill_plan(x, starts, lens, rms, rho, float(avail - _ANS_SLACK), steps, u)
+            if fp is not None and (best is None or fp.est_sqerr < best[0].est_sqerr):
+                best = (fp, blk, starts, lens, rms)
+        if best is None:
+            return None
+        fp, blk, starts, lens, rms = best
+        target, kept = float(avail - _ANS_SLACK), None
+        for _ in range(4):  # steer the target by the real size: shrink on overflow, grow on underuse
+            plan = Plan(fp.log2_step, fp.codes, fp.est_bits, fp.est_sqerr, _wf_fill.used_codes(fp.codes))
+            body, ans_bits = self._body(x, plan, rho, starts, lens, u, blk)
+            size = 8 * len(body)
+            if size <= avail and ans_bits and (kept is None or size > 8 * len(kept[0])):
+                kept = (body, plan)
+                if size >= FILL_BELOW * avail:
+                    break
+            target *= 0.995 * avail / max(size, 1)
+            nxt = _wf_fill.fill_plan(x, starts, lens, rms, rho, target, [fp.log2_step], u)
+            if nxt is None or np.array_equal(nxt.codes, fp.codes):
+                break
+            fp = nxt
+        if kept is None:
+            return None
+        return kept[0], _sqerr(x, self.decode_flat(kept[0], spec, seed=seed)), kept[1], blk
 
     def _tries_tcq(self, d: int) -> bool:
         if self.quantizer == "scalar" or self.dither:
@@ -310,8 +365,8 @@ class WfEcq(Codec):
                 log2_delta -= (size - target) / slope
         return best
 
-    def _body(self, x, plan: Plan, rho: int, starts, lens, u) -> tuple[bytes, int]:
-        """Quantize and code ``x`` by ``plan``; returns the body and its ANS bits."""
+    def _body(self, x, plan: Plan, rho: int, starts, lens, u, block: int | None | str = "own") -> tuple[bytes, int]:
+        """Quantize and code ``x`` by ``plan`` (intervals of ``block``, default the codec's); body and ANS bits."""
         cs = ans()
         log2_step = min(max(plan.log2_step, -140.0), 126.0)
         step = float(np.float32(2.0**log2_step))
@@ -352,15 +407,17 @@ class WfEcq(Codec):
         words = np.asarray(enc.get_compressed(), dtype="<u4")
         cc = np.stack([np.asarray(c1, np.int64), np.asarray(c2, np.int64)], axis=1)
         flags = 1 if u is not None else 0
-        body = self._frame_bytes(flags, rho, step, plan.codes, np.asarray(ms, np.int64), cc, words)
+        blk = self.block if block == "own" else block
+        body = self._frame_bytes(flags, rho, step, plan.codes, np.asarray(ms, np.int64), cc, words, blk)
         return body, 32 * int(words.size)
 
-    def _frame_bytes(self, flags: int, rho: int, step: float, codes, ms, class_bytes, words) -> bytes:
+    def _frame_bytes(self, flags: int, rho: int, step: float, codes, ms, class_bytes, words, block="own") -> bytes:
         """The body: header fields, interval codes, class records (M and two bytes each), ANS words."""
         w = BitWriter()
         w.write_uint(flags, 8)
         w.write_uint(rho, 8)
-        w.write_uint(0 if self.block is None else self.block, 32)
+        blk = self.block if block == "own" else block
+        w.write_uint(0 if blk is None else blk, 32)
         w.write_f32(step)
         w.write_uints(codes.astype(np.uint64), CODE_BITS)
         if ms.size:
@@ -438,6 +495,17 @@ class WfEcq(Codec):
         n_int = d // _MIN_BLOCK + len(spec.sizes)
         # ANS spends at most 24 bits (the model precision) per symbol, plus its head words
         return (side_bits(n_int, n_int) + 24 * d + 7) // 8 + 64
+
+
+def _fill_blocks(block: int | None, longest: int) -> list[int | None]:
+    """Interval lengths the fill tries: the codec's own, then 1/4, 1/16 and 1/64 of it (at least 64)."""
+    base = block if block is not None else max(longest, _MIN_BLOCK)
+    out: list[int | None] = [block]
+    for f in (4, 16, 64):
+        b = base // f
+        if b >= 64 and b < longest:
+            out.append(b)
+    return out
 
 
 def _sqerr(x: np.ndarray, rec: torch.Tensor) -> float:
