@@ -191,4 +191,3 @@ def trial_steps(log2_step: float, top: float) -> list[float]:
 def used_codes(codes: np.ndarray) -> int:
     """Distinct non-zero class codes."""
     return int(np.unique(codes[codes > 0]).size)
-

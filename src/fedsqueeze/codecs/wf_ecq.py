@@ -215,7 +215,9 @@ class WfEcq(Codec):
         rms, bidx = interval_stats(x, starts, lens)
         u = _dither(seed, d) if self.dither else None
         if rms.size == 0 or not rms.max() > 0:
-            return self._body(x, Plan(0.0, np.zeros(lens.size, np.int64), 0, 0, 0), 128, starts, lens, u)[0]
+            return self._body(
+                x, Plan(0.0, np.zeros(lens.size, np.int64), 0, 0, 0), 128, starts, lens, u, self.block
+            )[0]
         rho_codes = (128,) if self.dither else RHO_CODES
         # modelled best (ρ, step); the model's size is then checked against the real coder
         plans = {r: search_step(rms, bidx, lens, r, avail) for r in rho_codes}
@@ -223,7 +225,7 @@ class WfEcq(Codec):
         plan, kappa, best, best_plan = plans[rho], 1.0, None, None
         fit_at, fail_at = math.inf, -math.inf  # log2 steps known to fit / to overflow with the real coder
         for attempt in range(self.max_encodes):
-            body, ans_bits = self._body(x, plan, rho, starts, lens, u)
+            body, ans_bits = self._body(x, plan, rho, starts, lens, u, self.block)
             if 8 * len(body) <= avail:
                 fit_at = min(fit_at, plan.log2_step)
                 # a frame with no symbol (every value in the dead zone) sends nothing: never keep it
@@ -267,7 +269,7 @@ class WfEcq(Codec):
         return best
 
     def _fill(self, x, spec, seed, rho: int, avail: int, log2_step: float, u):
-        """A frame filled from measured per-interval costs: ``(body, squared error, plan, block)`` or ``None``.
+        """A frame filled from measured costs: ``(body, squared error, plan, block)``, or ``None``.
 
         Tries the codec's block and shorter ones (finer granularity for data whose intervals cost a bit per
         value once coded, such as constant magnitudes), keeping the lowest predicted error. The selection
@@ -339,7 +341,9 @@ class WfEcq(Codec):
             frame = _wf_tcq.encode(x, codes, starts, lens, delta)
             if frame is None:  # alphabets too large for per-symbol models: keep the scalar frame
                 return None
-            body = self._frame_bytes(2, 128, delta, frame.codes, frame.ms, frame.params, frame.words)
+            body = self._frame_bytes(
+                2, 128, delta, frame.codes, frame.ms, frame.params, frame.words, self.block
+            )
             size = 8 * len(body)
             if size <= avail:
                 if log2_delta < fit_at:
@@ -365,8 +369,8 @@ class WfEcq(Codec):
                 log2_delta -= (size - target) / slope
         return best
 
-    def _body(self, x, plan: Plan, rho: int, starts, lens, u, block: int | None | str = "own") -> tuple[bytes, int]:
-        """Quantize and code ``x`` by ``plan`` (intervals of ``block``, default the codec's); body and ANS bits."""
+    def _body(self, x, plan: Plan, rho: int, starts, lens, u, block: int | None) -> tuple[bytes, int]:
+        """Quantize and code ``x`` by ``plan`` over intervals of ``block``; the body and its ANS bits."""
         cs = ans()
         log2_step = min(max(plan.log2_step, -140.0), 126.0)
         step = float(np.float32(2.0**log2_step))
@@ -407,17 +411,18 @@ class WfEcq(Codec):
         words = np.asarray(enc.get_compressed(), dtype="<u4")
         cc = np.stack([np.asarray(c1, np.int64), np.asarray(c2, np.int64)], axis=1)
         flags = 1 if u is not None else 0
-        blk = self.block if block == "own" else block
-        body = self._frame_bytes(flags, rho, step, plan.codes, np.asarray(ms, np.int64), cc, words, blk)
+        body = self._frame_bytes(flags, rho, step, plan.codes, np.asarray(ms, np.int64), cc, words, block)
         return body, 32 * int(words.size)
 
-    def _frame_bytes(self, flags: int, rho: int, step: float, codes, ms, class_bytes, words, block="own") -> bytes:
+    @staticmethod
+    def _frame_bytes(
+        flags: int, rho: int, step: float, codes, ms, class_bytes, words, block: int | None
+    ) -> bytes:
         """The body: header fields, interval codes, class records (M and two bytes each), ANS words."""
         w = BitWriter()
         w.write_uint(flags, 8)
         w.write_uint(rho, 8)
-        blk = self.block if block == "own" else block
-        w.write_uint(0 if blk is None else blk, 32)
+        w.write_uint(0 if block is None else block, 32)
         w.write_f32(step)
         w.write_uints(codes.astype(np.uint64), CODE_BITS)
         if ms.size:
