@@ -119,6 +119,33 @@ def test_fake_grid_equals_in_process_engine(tmp_path, task_identity):
     assert summary["engine"] == "flower" and summary["total_uplink_bytes"] > 0
 
 
+def test_flower_rows_and_summary_carry_the_same_warnings(tmp_path, task_identity, monkeypatch):
+    from fedsqueeze.codecs.topk import TopK
+    from fedsqueeze.flower.server_app import run_rounds
+
+    cfg = make_config()
+    settings = FlowerSettings(cfg, round_timeout=5)
+    summary = run_rounds(FakeGrid(settings, 4), settings, tmp_path / "ok")
+    assert [r["warnings"] for r in rows(tmp_path / "ok")] == [[]] * 3 and summary["warnings"] == []
+
+    # topk frames decode to zeros on the clients (error feedback) and the server: an empty reconstruction.
+    def zeros(cls, body, spec, *, seed, context=None):
+        return torch.zeros(spec.numel, dtype=torch.float32)
+
+    monkeypatch.setattr(TopK, "decode_flat", classmethod(zeros))
+    summary = run_rounds(FakeGrid(settings, 4), settings, tmp_path / "zero")
+    run(cfg, tmp_path / "local")
+    msg = "mean client reconstruction error 1 >= 1: the decoded updates are no better than sending nothing"
+    got = rows(tmp_path / "zero")
+    assert [r["rel_error"] for r in got] == [None] * 3  # the aggregate's error is unknown under Flower
+    assert [r["warnings"] for r in got] == [[{"code": "client_rel_error_high", "message": msg}]] * 3
+    assert [r["warnings"] for r in got] == [r["warnings"] for r in rows(tmp_path / "local")]
+    expect = [{"code": "client_rel_error_high", "message": msg, "rounds": [1, 2, 3]}]
+    assert summary["warnings"] == expect
+    assert json.loads((tmp_path / "zero" / "summary.json").read_text())["warnings"] == expect
+    assert json.loads((tmp_path / "local" / "summary.json").read_text())["warnings"] == expect
+
+
 def test_min_replies_and_dropouts(tmp_path, task_identity):
     from fedsqueeze.flower.server_app import run_rounds
 

@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .health import describe
     from .loop import default_out_dir, run
 
     config = load_config(args.config, args.overrides)
@@ -66,9 +67,11 @@ def main(args: argparse.Namespace) -> int:
     )
     metric = summary["final_metric"]
     shown = "n/a" if metric is None else f"{metric:.4f}"
+    warned = describe(summary["warnings"])
     print(
         f"{summary['rounds']} rounds, final {summary['metric_name']} {shown}, best "
         f"{summary['best_metric']}, uplink {summary['total_uplink_bytes'] / 1e6:.3f} MB, downlink "
         f"{summary['total_downlink_bytes'] / 1e6:.3f} MB, {summary['wall_s']:.1f} s -> {summary['out_dir']}"
+        + (f"; finished with {warned} (see summary.json)" if warned else "")
     )
     return 0

@@ -31,6 +31,7 @@ from .checkpoint import (
 )
 from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
+from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
 from .report import Progress, eval_columns, include_tgap, package_versions, plot_metric_vs_uplink, summarize
 from .robust import aggregate, merge_screens, screen_replies
@@ -102,6 +103,7 @@ class _Federation:
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []
+        self.health = RunHealth(error_feedback=config.fl.error_feedback)
         self.captures: dict[str, torch.Tensor] = {}
 
     @property
@@ -165,6 +167,8 @@ class _Federation:
             "train_s": train_s,
             "wall_s": time.perf_counter() - t0,
         }
+        row["warnings"] = self.health.observe(row)
+        log_warnings(log, r, row["warnings"], self.health)
         self.rows.append(row)
         return row
 
@@ -233,6 +237,10 @@ class _Federation:
             self.momentum.load_state_dict(state["momentum"])
         self.ledger = TrafficLedger.from_dict(state["ledger"])
         self.rows = list(state["rows"])
+        # The health checks are a pure function of the rows: replay them (older checkpoints' rows get theirs).
+        self.health = RunHealth(error_feedback=self.config.fl.error_feedback)
+        for row in self.rows:
+            row.setdefault("warnings", self.health.observe(row))
         torch.set_rng_state(state["torch_rng"])
 
 
@@ -292,6 +300,10 @@ def run(
     trained autoencoder; the summary's ``tgap_traffic`` and totals count its bytes (see
     :func:`~.report.include_tgap`). On ``resume`` a finished TGAP phase of the same run is reused.
 
+    Every round is checked by :class:`~.health.RunHealth` (reconstruction error at 1 or more, error-feedback
+    residuals growing geometrically): a row's ``warnings`` lists that round's, logged at WARNING when a code
+    starts firing, and the summary's ``warnings`` lists each code once with the rounds it held in.
+
     Returns
     -------
     dict
@@ -346,6 +358,7 @@ def run(
             "config": config.to_dict(),
             "versions": package_versions(),
             "out_dir": str(out),
+            "warnings": fed.health.summary(),
         }
     )
     include_tgap(summary, None if tgap is None else tgap.traffic)

@@ -6,7 +6,8 @@ node with a ``query`` message), send each the global LoRA/head as identity frame
 to ``round-timeout`` seconds, check each reply's SHA-256, screen and decode the payloads
 (:func:`fedsqueeze.fl.robust.screen_replies`, which calls ``fedsqueeze.decode``), aggregate
 (:func:`fedsqueeze.fl.robust.aggregate`) and apply (:func:`~fedsqueeze.fl.server.apply_update`), evaluate,
-and write the same ``metrics.jsonl`` / ``summary.json`` as ``fedsqueeze run``. With fewer valid replies than
+and write the same ``metrics.jsonl`` / ``summary.json`` as ``fedsqueeze run`` (with the same ``warnings`` of
+:class:`~fedsqueeze.fl.health.RunHealth`). With fewer valid replies than
 ``fl.min_replies`` the model is left unchanged for that round.
 """
 
@@ -25,6 +26,7 @@ from flwr.serverapp import ServerApp
 from ..errors import FedsqueezeError
 from ..fl.checkpoint import append_jsonl, write_json, write_jsonl
 from ..fl.client import encode_dense
+from ..fl.health import RunHealth, log_warnings
 from ..fl.ledger import TrafficLedger
 from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize
 from ..fl.robust import aggregate, merge_screens, screen_replies
@@ -100,6 +102,7 @@ class _FlowerFederation:
         self.downlink = Downlink(cfg.downlink.build(), wl.lora_spec, wl.head_spec, self.lora, self.n)
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []
+        self.health = RunHealth(error_feedback=cfg.fl.error_feedback)
         self.nodes = _NodeMap(settings.digest)
 
     def run_round(self, grid: GridLike, r: int) -> dict[str, Any]:
@@ -201,6 +204,8 @@ class _FlowerFederation:
             "train_s": train_s,
             "wall_s": time.perf_counter() - t0,
         }
+        row["warnings"] = self.health.observe(row)  # the checks of the local engine, on the same columns
+        log_warnings(log, r, row["warnings"], self.health)
         self.rows.append(row)
         return row
 
@@ -269,6 +274,7 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
             "flower": {"round_timeout": settings.round_timeout, "workload": settings.workload},
             "versions": {**package_versions(), "flwr": _flwr_version()},
             "out_dir": str(out),
+            "warnings": fed.health.summary(),
         }
     )
     write_json(out / "summary.json", summary)
