@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -98,3 +99,61 @@ def refresh_crc(blob: bytes) -> bytes:
     body = blob[HEADER_SIZE:]
     magic, version, cid, flags, digest, seed, _, _ = HEADER.unpack_from(blob)
     return HEADER.pack(magic, version, cid, flags, digest, seed, len(body), zlib.crc32(body)) + body
+
+
+# -- sources for the budget tests (tests/test_budget_codecs.py, tests/test_wf_ecq.py) ---------------------
+def _t(a: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(shape))
+
+
+def generated(kind: str, seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """One update of ``kind`` (12,288 values, LoRA-like matrices) for the budget tests."""
+    rng = np.random.default_rng(seed)
+    n, shape = 12288, (96, 128)
+    if kind == "constant":  # ±c everywhere: what Adam's first steps give
+        v = {"w": _t(np.sign(rng.standard_normal(n)), shape)}
+    elif kind == "sparse":
+        v = {"w": _t(np.where(rng.random(n) < 0.02, rng.standard_normal(n), 0.0), shape)}
+    elif kind == "heavy":
+        v = {"w": _t(rng.standard_t(2, n), shape)}
+    elif kind == "peaky":  # 1 % large, the rest four decades smaller
+        v = {"w": _t(np.where(rng.random(n) < 0.01, 1.0, 1e-4) * rng.standard_normal(n), shape)}
+    elif kind == "mixed":  # six tensors, one decade apart
+        v = {f"t{i}": _t(rng.standard_normal(2048) * 10.0**-i, (32, 64)) for i in range(6)}
+    elif kind == "lora_ab":  # A of unit scale, B two decades smaller and half constant-magnitude
+        b = np.where(rng.random(6144) < 0.5, np.sign(rng.standard_normal(6144)), rng.standard_normal(6144))
+        v = {"a": _t(rng.standard_normal(6144), (48, 128)), "b": _t(0.01 * b, (128, 48))}
+    else:
+        v = {"w": _t(rng.standard_normal(n), shape)}
+    return {k: t * scale for k, t in v.items()}
+
+
+KINDS_BUDGET = ("gauss", "constant", "sparse", "heavy", "peaky", "mixed", "lora_ab")
+
+
+@functools.cache
+def lora_delta(steps: int) -> dict[str, torch.Tensor]:
+    """``θ_before − θ_after`` of tiny-bert's LoRA (r 64, d = 16,384) after ``steps`` AdamW steps."""
+    from fedsqueeze.models.loading import load_base_model, load_tokenizer
+    from fedsqueeze.models.lora import apply_lora, read_tensors, split_trainable
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tok = load_tokenizer("tiny-bert")
+        model = load_base_model("tiny-bert", tok, num_labels=2)
+        peft = apply_lora(
+            model, "tiny-bert", r=64, alpha=64.0, dropout=0.0, target_modules=None, classification=True
+        )
+        lora, head = split_trainable(peft)
+        before = read_tensors(lora)
+        opt = torch.optim.AdamW([*lora.values(), *head.values()], lr=1e-3)
+        g = torch.Generator().manual_seed(1)
+        peft.train()
+        for _ in range(steps):
+            ids = torch.randint(5, 500, (8, 16), generator=g)
+            loss = peft(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids[:, 0] % 2).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after = read_tensors(lora)
+    return {k: before[k] - after[k] for k in before}

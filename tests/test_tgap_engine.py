@@ -30,7 +30,7 @@ def make_config(codec: str = "cg_fedllm", rounds: int = 2, **tgap) -> RunConfig:
         data=DataConfig(num_clients=N),
         train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
         fl=FLConfig(rounds=rounds, clients_per_round=3, seed=1, error_feedback=False),
-        codec=CodecConfig(codec, {"rate": 2.0} if codec == "cg_fedllm_q" else {}),
+        codec=CodecConfig(codec, {"rate": 8.0} if codec == "cg_fedllm_q" else {}),
         tgap=TGAPConfig(**tgap),
     )
 

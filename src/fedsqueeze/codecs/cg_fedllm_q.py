@@ -129,8 +129,12 @@ class CGFedLLMQ(Codec):
             return body_for(fine)
         lo, hi = np.log(fine), np.log(4.0 * peak)  # at 4·peak every symbol is 0: the smallest latent body
         best = body_for(float(np.exp(hi)))
-        if len(best) > budget:
-            return zero_body if len(zero_body) <= len(best) else best
+        if len(best) > budget:  # not even an all-zero latent fits: say so rather than overrun or send nothing
+            raise ConfigError(
+                f"cg_fedllm_q: a budget of {int(self.rate * spec.numel)} bits for d={spec.numel} cannot hold "
+                f"the latent's side information ({8 * (len(best) + HEADER_SIZE)} bits at the coarsest step); "
+                "raise the rate"
+            )
         for _ in range(30):
             mid = 0.5 * (lo + hi)
             cand = body_for(float(np.exp(mid)))

@@ -65,7 +65,8 @@ class ComPEFT(Codec):
     density
         Kept fraction: ``k = floor(density * d)`` (at least 1). Ignored when ``rate`` is set.
     rate
-        Target bits per parameter of the whole frame; picks the largest ``k`` that fits.
+        Target bits per parameter of the whole frame; picks the ``k`` of least error among those that fit
+        (the largest, unless a single magnitude fits fewer entries better).
     positions
         ``"elias_fano"`` (default) or ``"fixed"``.
     alpha
@@ -102,9 +103,24 @@ class ComPEFT(Codec):
             k -= 1
         return k
 
+    def best_k(self, flat: torch.Tensor, k_max: int) -> int:
+        """The ``k <= k_max`` of least squared error (one shared magnitude over more entries can lose).
+
+        With ``c = alpha * S_k / k`` (``S_k`` the sum of the ``k`` largest magnitudes) the error is
+        ``||x||^2 - (2 alpha - alpha^2) S_k^2 / k``, so a larger budget never gives a larger error.
+        """
+        if k_max <= 1:
+            return k_max
+        top = torch.topk(flat.abs().to(torch.float64), k_max, sorted=True).values
+        s = torch.cumsum(top, 0)
+        gain = (2 * self.alpha - self.alpha**2) * s * s / torch.arange(1, k_max + 1, dtype=torch.float64)
+        return int(torch.argmax(gain)) + 1
+
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         d = spec.numel
         k = self.choose_k(d)
+        if self.rate is not None:
+            k = self.best_k(flat, k)
         idx = topk_sorted(flat, k)
         vals = flat.numpy()[idx].astype(np.float64)
         c = min(FP32_MAX, self.alpha * float(np.abs(vals).mean())) if k else 0.0

@@ -225,11 +225,11 @@ class WfEcq(Codec):
         plan, kappa, best, best_plan = plans[rho], 1.0, None, None
         fit_at, fail_at = math.inf, -math.inf  # log2 steps known to fit / to overflow with the real coder
         for attempt in range(self.max_encodes):
-            body, ans_bits = self._body(x, plan, rho, starts, lens, u, self.block)
+            body, ans_bits, sent = self._body(x, plan, rho, starts, lens, u, self.block)
             if 8 * len(body) <= avail:
                 fit_at = min(fit_at, plan.log2_step)
                 # a frame with no symbol (every value in the dead zone) sends nothing: never keep it
-                if ans_bits and (best is None or len(body) > len(best)):
+                if sent and (best is None or len(body) > len(best)):
                     best, best_plan = body, plan
             else:
                 fail_at = max(fail_at, plan.log2_step)
@@ -292,9 +292,9 @@ class WfEcq(Codec):
         target, kept = float(avail - _ANS_SLACK), None
         for _ in range(4):  # steer the target by the real size: shrink on overflow, grow on underuse
             plan = Plan(fp.log2_step, fp.codes, fp.est_bits, fp.est_sqerr, _wf_fill.used_codes(fp.codes))
-            body, ans_bits = self._body(x, plan, rho, starts, lens, u, blk)
+            body, _, sent = self._body(x, plan, rho, starts, lens, u, blk)
             size = 8 * len(body)
-            if size <= avail and ans_bits and (kept is None or size > 8 * len(kept[0])):
+            if size <= avail and sent and (kept is None or size > 8 * len(kept[0])):
                 kept = (body, plan)
                 if size >= FILL_BELOW * avail:
                     break
@@ -369,8 +369,11 @@ class WfEcq(Codec):
                 log2_delta -= (size - target) / slope
         return best
 
-    def _body(self, x, plan: Plan, rho: int, starts, lens, u, block: int | None) -> tuple[bytes, int]:
-        """Quantize and code ``x`` by ``plan`` over intervals of ``block``; the body and its ANS bits."""
+    def _body(self, x, plan: Plan, rho: int, starts, lens, u, block: int | None) -> tuple[bytes, int, bool]:
+        """Quantize and code ``x`` by ``plan`` over intervals of ``block``.
+
+        Returns the body, its ANS bits and whether any symbol is nonzero (a frame without one sends nothing).
+        """
         cs = ans()
         log2_step = min(max(plan.log2_step, -140.0), 126.0)
         step = float(np.float32(2.0**log2_step))
@@ -412,7 +415,7 @@ class WfEcq(Codec):
         cc = np.stack([np.asarray(c1, np.int64), np.asarray(c2, np.int64)], axis=1)
         flags = 1 if u is not None else 0
         body = self._frame_bytes(flags, rho, step, plan.codes, np.asarray(ms, np.int64), cc, words, block)
-        return body, 32 * int(words.size)
+        return body, 32 * int(words.size), bool(ms) and max(ms) > 0
 
     @staticmethod
     def _frame_bytes(
