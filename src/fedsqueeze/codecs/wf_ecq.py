@@ -16,7 +16,16 @@ Budget: the whole frame fits ``budget_bits(d, rate, density)``. The step is foun
 modelled entropy (O(#intervals) per step); the real ANS coder then verifies, and if the real size misses
 the model by more than a little, the model is rescaled by the measured ratio and the search repeated (at
 most ``max_encodes`` real encodes; the best fitting one is sent). ρ is picked per frame from four dead-zone
-widths by the modelled distortion. With ``dither=True`` a seeded subtractive dither ``u ~ U(−Δ/2, Δ/2)`` is
+widths by the modelled distortion.
+
+Data far from every GGD (constant magnitudes, as in the first Adam steps of a fresh LoRA adapter) can make
+the real size a step function of Δ: every value in the dead zone at one step, a bit or more per value at the
+next. A frame that carries no nonzero symbol is never kept, and a model-driven frame under
+:data:`FILL_BELOW` of the budget is compared with a measured fill (``_wf_fill``): per-interval ``|q|``
+histograms at trial steps, each interval priced under its cheapest class table, intervals taken by
+distortion gain per bit, with intervals of 1/4, 1/16 or 1/64 of ``block`` when the codec's own are too coarse
+to fill the budget (the frame's ``block`` field says which). The lower-error frame is sent. A budget that
+cannot code a single value raises :class:`ConfigError`; it never yields an empty frame. With ``dither=True`` a seeded subtractive dither ``u ~ U(−Δ/2, Δ/2)`` is
 added before rounding and removed after (ρ = ½, midpoint reconstruction; error independent of the data).
 
 Trellis-coded quantization (``quantizer``): a scalar quantizer stays ~1.53 dB from the bound at high rate
@@ -152,7 +161,7 @@ class WfEcq(Codec):
         Target bits per parameter of the whole frame (header included).
     block
         Interval length (tensors are cut into chunks of ``block`` values; >= 16), or ``None`` for one
-        interval per tensor.
+        interval per tensor. The budget fill may use 1/4, 1/16 or 1/64 of it (at least 64) in a frame.
     dither
         Seeded subtractive dither (unbiased, data-independent error; costs ~0.1–0.5 dB).
     max_encodes
