@@ -108,7 +108,7 @@ def test_single_interval_reproduces_fed_cvlc() -> None:
 
 def test_threshold_matches_even_on_equal_variances() -> None:
     # i.i.d. Gaussian, 16 intervals of 4096 with one packet each: the KKT rule gives every interval the same
-    # expected count (§3.6 corollary b). The modes then differ only by the sampling spread of k_j
+    # expected count (docs/flm-topk.md §5). The modes then differ only by the sampling spread of k_j
     # (±sqrt(k_j) ≈ ±3 %, a second-order change since D is smooth), the 16 k_j fields (0.1 % of the
     # budget) and per-packet vs per-message widths; measured gap 0.1 % over 4 seeds, tolerance 1 %.
     d = 1 << 16

@@ -29,7 +29,7 @@ def test_closed_form_matches_monte_carlo(rho: float) -> None:
 
 def test_closed_form_endpoints_and_table() -> None:
     assert D(0.0) == 1.0 and D(1.0) == 0.0
-    assert D(0.02) == pytest.approx(0.8560, abs=1e-4)  # the table of flm-topk.md §3.2
+    assert D(0.02) == pytest.approx(0.8560, abs=1e-4)  # the table of docs/flm-topk.md §4
     r = np.linspace(0.01, 0.5, 50)
     assert (np.diff(D(r)) < 0).all() and (np.diff(D(r), 2) > 0).all()
 

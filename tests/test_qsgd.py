@@ -47,8 +47,8 @@ def test_unbiased() -> None:
     assert float((mean - upd["a"]).abs().max()) < 0.12
 
 
-def test_l2_large_bucket_matches_research_notes() -> None:
-    """§3.3 [V]: s = 8, bucket 512, L2 norm: relative error ≈ 1.27 on Gaussian data; max-norm is far lower."""
+def test_l2_large_bucket_has_high_variance() -> None:
+    """s = 8, bucket 512, L2 norm: relative error ≈ 1.27 on Gaussian data; max-norm is far lower."""
     upd = gaussian_update({"a": (1 << 17,)}, 2)
     l2 = _dec(get("qsgd", bucket=512, levels=8, norm="l2", coding="elias").encode(upd, seed=0), upd)
     mx = _dec(get("qsgd", bucket=512, levels=8).encode(upd, seed=0), upd)

@@ -44,7 +44,7 @@ def test_get_errors_name_the_problem() -> None:
 
 
 def test_paper_budget_formula() -> None:
-    # flm-topk.md §4.3: RoBERTa-large 140, LLaMA-3.2-1B 152, LLaMA-2-7B 782 packets
+    # docs/flm-topk.md §2: RoBERTa-large 140, LLaMA-3.2-1B 152, LLaMA-2-7B 782 packets
     assert codecs.paper_packets(1_572_864) == 140
     assert codecs.paper_packets(1_703_936) == 152
     assert codecs.paper_packets(8_388_608) == 782

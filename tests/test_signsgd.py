@@ -14,7 +14,7 @@ from fedsqueeze.wire.frame import HEADER_SIZE
 
 
 def test_known_value_gaussian() -> None:
-    """Research notes §3.4: EF-sign on i.i.d. Gaussian has D = 1 - 2/π ≈ 0.363 at 1 bpp."""
+    """EF-sign on i.i.d. Gaussian has D = 1 - 2/π ≈ 0.363 at 1 bpp (E|u| = sqrt(2/π) σ)."""
     upd = gaussian_update({"u": (2**20,)}, 0)
     blob = get("signsgd").encode(upd)
     out = fedsqueeze.decode(blob, UpdateSpec.from_tensors(upd))

@@ -124,8 +124,8 @@ def test_bad_study_keys_raise_config_error_naming_the_key(mutate, needle: str) -
 def test_shipped_study_grids_load_and_cover_the_codecs() -> None:
     default = load_study(ROOT / "configs" / "study" / "default.toml")
     names = {c.name for c in default.codecs}
-    issue = {"identity", "fp16", "topk", "fed_cvlc", "flm_topk", "qsgd", "signsgd", "compeft", "randk"}
-    assert issue | {"powersgd", "cg_fedllm_q"} <= names
+    required = {"identity", "fp16", "topk", "fed_cvlc", "flm_topk", "qsgd", "signsgd", "compeft", "randk"}
+    assert required | {"powersgd", "cg_fedllm_q"} <= names
     assert {p.label for p in default.partitions} == {"iid", "dir1.0", "dir0.1"} and len(default.seeds) >= 2
     assert len(default.cells()) == len(default.tasks) * 3 * len(default.codecs) * len(default.seeds)
     full = load_study(ROOT / "configs" / "study" / "full.toml")

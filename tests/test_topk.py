@@ -21,7 +21,7 @@ def _round_trip(upd: dict, seed: int = 0, **opts) -> tuple[bytes, dict]:
 
 
 def test_known_value_gaussian_2_percent_fp32() -> None:
-    """Research notes §3.11: i.i.d. Gaussian, d = 2^20, 2 % fp32, 20-bit indices: D = 0.856 at 1.04 bpp."""
+    """i.i.d. Gaussian, d = 2^20, 2 % fp32, 20-bit indices: D = D(0.02) = 0.856 at 1.04 bpp."""
     upd = gaussian_update({"u": (2**20,)}, 0)
     blob, out = _round_trip(upd)
     assert rel_error(upd, out) == pytest.approx(0.856, abs=0.01)

@@ -32,7 +32,7 @@ def _grid_table(results: dict) -> str:
     codecs = [c["codec"] for c in groups[0]["codecs"]]
     by = {(g["partition"], c["codec"]): c for g in groups for c in g["codecs"]}
     head = "| codec | bits/param | " + " | ".join(
-        f"{p}: final | {p}: MB to target (reduction)" for p in parts
+        f"{p}: final | {p}: MB to target (uplink reduction)" for p in parts
     )
     lines = [head + " |", "|---|---|" + "---|---|" * len(parts)]
     for codec in codecs:
@@ -59,7 +59,7 @@ def main() -> None:
             f"### CPU grid: MiniLM × rotten_tomatoes, seeds {r['seeds']} "
             f"({r['status']['done']} cells done, {r['status']['failed']} failed)\n\n"
             "Final accuracy (mean ± std over seeds); uplink MB to reach the target, mean over the seeds "
-            "that reach it, with the traffic reduction against dense fp32 and [seeds reached / done].\n\n"
+            "that reach it, with the uplink reduction against dense fp32 and [seeds reached / done].\n\n"
             + _grid_table(r)
         )
     e2e = HERE / "study-e2e-default" / "results.json"
@@ -67,7 +67,7 @@ def main() -> None:
         r = json.loads(e2e.read_text())
         g = r["groups"][0]
         lines = [
-            "| codec | final | best | uplink MB | MB to target | reduction |",
+            "| codec | final | best | uplink MB | MB to target | uplink reduction |",
             "|---|---|---|---|---|---|",
         ]
         for c in g["codecs"]:

@@ -1,4 +1,4 @@
-"""Gaussian model of TopK error per interval (``docs/flm-topk.md`` §3.2–3.6): predict before you run.
+"""Gaussian model of TopK error per interval (``docs/flm-topk.md`` §4–5): predict before you run.
 
 Entries of interval ``j`` are modelled as i.i.d. ``N(μ_j, σ_j²)``. Keeping the ``k = ρ L`` largest
 magnitudes drops, per entry, ``σ² D(ρ)`` of energy with the closed form
@@ -8,7 +8,8 @@ magnitudes drops, per entry, ``σ² D(ρ)`` of energy with the closed form
 (``D′(ρ) = −z²``, ``D″ > 0``: convex, so the allocation over intervals is a convex problem whose KKT point
 is one common magnitude threshold when quantization noise is negligible). :func:`finite_interval_penalty`
 adds the order-statistics correction for short intervals, :func:`general_mean_dropped` handles ``μ ≠ 0``
-and :func:`optimal_allocation` solves the per-interval rates of §3.6 by bisection on the multiplier.
+and :func:`optimal_allocation` solves the per-interval rates (``docs/flm-topk.md`` §5) by bisection on the
+multiplier.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def D(rho: float | np.ndarray) -> float | np.ndarray:  # noqa: N802 - the paper'
 
 
 def general_mean_dropped(rho: float, mu: float, sigma: float) -> float:
-    """``E[u² 1{|u| ≤ t}]`` for ``u ~ N(μ, σ²)`` with ``t`` such that ``P(|u| > t) = ρ`` (§3.2)."""
+    """``E[u² 1{|u| ≤ t}]`` for ``u ~ N(μ, σ²)`` with ``t`` such that ``P(|u| > t) = ρ``."""
     if not 0 <= rho <= 1 or sigma <= 0:
         raise ConfigError("need 0 <= rho <= 1 and sigma > 0")
     if rho >= 1:
@@ -65,7 +66,7 @@ def general_mean_dropped(rho: float, mu: float, sigma: float) -> float:
 
 
 def finite_interval_kept(k: int, L: int, nodes: int = 400) -> float:
-    """Expected kept energy (units of σ²) of the top ``k`` of ``L`` i.i.d. N(0, 1) entries (exact, §3.3).
+    """Expected kept energy (units of σ²) of the top ``k`` of ``L`` i.i.d. N(0, 1) entries (exact).
 
     ``Σ_{i≤k} E[Y_(i)]`` with ``E[Y_(i)] = ∫ (Φ⁻¹((1+v)/2))² Beta(v; L−i+1, i) dv``, integrated by the
     midpoint rule in the Beta quantile (``nodes`` points per order statistic).
@@ -105,7 +106,9 @@ def optimal_allocation(
     header_bits: float = 0.0,
     q: Sequence[float] | None = None,
 ) -> Allocation:
-    """The KKT allocation of §3.6: ``ρ_j = 2 Q(√(λ c_b + q_j) / σ_j)`` with ``Σ L ρ_j c_b + m h = B``.
+    """The KKT allocation: ``ρ_j = 2 Q(√(λ c_b + q_j) / σ_j)`` with ``Σ L ρ_j c_b + m h = B``.
+
+    Derived in ``docs/flm-topk.md`` §5.
 
     Parameters
     ----------

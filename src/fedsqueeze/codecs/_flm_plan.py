@@ -1,6 +1,6 @@
 """Interval-size search and per-interval allocation for ``flm_topk`` (and ``fed_cvlc``, one interval).
 
-Two allocations over contiguous intervals of length ``L = 2**s`` (``flm-topk.md`` §2.2, §3.6, §3.7(c)):
+Two allocations over contiguous intervals of length ``L = 2**s`` (``docs/flm-topk.md`` §5–7):
 
 - ``even`` (the paper): the packets are split evenly over the intervals (so ``m <= P``); inside an
   interval the kept count and the per-packet widths come from the exact packet-plan DP on its sorted

@@ -13,7 +13,7 @@ Body layout (all fields MSB first, see ``wire/SPEC.md``)::
                                    | n words of (offset s | sign 1 | level b)
 
 The packet plan (how many entries, which width per packet) comes from :func:`plan_packets`, the exact DP of
-``flm-topk.md`` §3.7(c) over runs of the magnitude-sorted candidates.
+``docs/flm-topk.md`` §7 over runs of the magnitude-sorted candidates.
 """
 
 from __future__ import annotations

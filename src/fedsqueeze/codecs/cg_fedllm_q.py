@@ -1,11 +1,11 @@
 """``cg_fedllm_q`` (id 31): CG-FedLLM made sound — normalised deltas, quantised and entropy-coded latent.
 
-The §2.11 "sound variant": the client encodes its per-round delta (with the engine's error feedback, which
-wraps every codec), each tensor is normalised by its RMS (the scales travel as fp32 side information, when
-the model was trained with ``normalize = "tensor_rms"``), the autoencoder's latent is quantised with a uniform
-step and entropy-coded with rANS (constriction) under a per-channel Laplace model whose scales travel as
-8-bit log codes. ``rate`` (bits per parameter of the whole frame) picks the step by bisection so the frame
-fits; without ``rate`` the latent is quantised to ``bits`` bits over its range.
+The "sound variant" of ``docs/cg-fedllm.md``: the client encodes its per-round delta (with the engine's error
+feedback, which wraps every codec), each tensor is normalised by its RMS (the scales travel as fp32 side
+information, when the model was trained with ``normalize = "tensor_rms"``), the autoencoder's latent is
+quantised with a uniform step and entropy-coded with rANS (constriction) under a per-channel Laplace model
+whose scales travel as 8-bit log codes. ``rate`` (bits per parameter of the whole frame) picks the step by
+bisection so the frame fits; without ``rate`` the latent is quantised to ``bits`` bits over its range.
 
 With no model (``model_path`` and ``from_model`` unset) the transform is a fixed, untrained one: per-tensor
 RMS normalisation and orthonormal 8×8 block means of the factor stack (1/64 of the inputs, the paper's ratio).

@@ -1,7 +1,7 @@
 """Fed-CVLC: global TopK candidates in 1500-byte packets, each with its own value bit width.
 
 Su et al., "Fed-CVLC: Compressing federated learning communications with variable-length codes", INFOCOM
-2024 (``docs/cg-fedllm-and-baselines.md`` §3.6, ``docs/flm-topk.md`` §2.2 steps 7–10). It is FLM-TopK's
+2024, arXiv:2402.03770 (``docs/flm-topk.md`` §7–8). It is FLM-TopK's
 ``even`` allocation with one interval of length ``d``: ``ceil(log2 d)``-bit position ids, packets over runs
 of the magnitude-sorted candidates, widths and kept count from the exact packet-plan DP, stochastic rounding
 between each packet's extreme magnitudes. The body is the ``flm_topk`` packet format (``_packets.py``).

@@ -1,15 +1,17 @@
 """FLM-TopK: TopK over contiguous intervals with short local position ids and packetized quantization.
 
 Qiu et al., "FLM-TopK: expediting federated large language model tuning by sparsifying intervalized
-gradients", INFOCOM 2025; reconstruction and wire format in ``docs/flm-topk.md`` (§2, §3.6–3.7, §4.2).
+gradients", INFOCOM 2025; reconstruction, budget and derivation in ``docs/flm-topk.md``, wire format in
+``wire/SPEC.md``.
 
 The flat update is cut into ``m = ceil(d / L)`` intervals of ``L = 2**s`` entries; a kept entry costs an
 ``s``-bit local offset, a sign bit and a ``b``-bit level, in packets of at most 1500 bytes that each carry
 their own width ``b`` and range. Two allocations:
 
-- ``threshold`` (default, ours): one global magnitude threshold, i.e. the KKT optimum of §3.6 when the
-  intervals' scales differ; ``k_j`` travels in the header. Cuts the error of ``even`` sharply on updates whose
-  scale varies across tensors (LoRA A vs B, layers) and equals it when all intervals look alike.
+- ``threshold`` (default, ours): one global magnitude threshold, i.e. the KKT optimum (``docs/flm-topk.md``
+  §5) when the intervals' scales differ; ``k_j`` travels in the header. Cuts the error of ``even`` sharply
+  on updates whose scale varies across tensors (LoRA A vs B, layers) and equals it when all intervals look
+  alike.
 - ``even`` (the paper): packets split evenly over intervals, per-interval kept count and widths by the exact
   packet-plan DP.
 

@@ -3,8 +3,8 @@
 Per bucket of ``bucket`` consecutive values a float32 norm ``n`` (``"max"``: max |v|, the default, or
 ``"l2"``: the paper's ‖v‖₂), then each value becomes ``n · sign · level / s`` with ``level ∈ {0..s}`` drawn by
 seeded stochastic rounding of ``s · |v| / n`` (unbiased). Max-normalisation is the default because L2 over a
-bucket drives most levels to 0 and inflates the variance (research notes §3.3: relative error 1.27 at s = 8,
-B = 512).
+bucket drives most levels to 0 and inflates the variance (``tests/test_qsgd.py``: relative error 1.27 at
+s = 8, B = 512).
 
 Body layout (MSB-first bit fields, zero-padded to a byte)::
 

@@ -7,7 +7,7 @@ from collections.abc import MutableMapping
 
 __all__ = ["OFFLINE_ENV", "apply_offline_env"]
 
-# Why each one (shared/docs/flower-integration.md §0.5): flwr 1.41 sends telemetry, POSTs a daily update
+# Why each one: flwr 1.41 sends telemetry, POSTs a daily update
 # check, and the SuperLink `uv sync`s an app's dependencies into a fresh venv per run (GBs of CUDA torch).
 OFFLINE_ENV: dict[str, str] = {
     "FLWR_TELEMETRY_ENABLED": "0",

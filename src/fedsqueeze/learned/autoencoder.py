@@ -1,4 +1,4 @@
-"""The "ResNet-3" convolutional autoencoder of CG-FedLLM (cg-fedllm-and-baselines.md §2.2).
+"""The "ResNet-3" convolutional autoencoder of CG-FedLLM (``docs/cg-fedllm.md``, "The autoencoder").
 
 Encoder: reflection pad, 3×3 conv 1→1, BN, ReLU; ``depth`` stride-2 3×3 conv stages (channels 1→2→4→…→
 ``2**depth``), each with BN and ReLU; ``res_blocks`` residual blocks. Decoder: residual blocks; ``depth``
@@ -6,8 +6,8 @@ stride-2 3×3 transposed convs back to 1 channel, each with BN and ReLU; reflect
 With the paper's ``depth = 6`` the latent ``[64, H/64, W/64]`` is 1/64 of the input and each half has about
 247 k parameters. Conv biases are off before BN (CycleGAN style).
 
-Two switches exist for the "sound" variant (§2.11): ``relu_ends=False`` drops the ReLU after the 1-channel
-stem and after the last upsampling stage (they discard the negative half of a signed signal), and
+Two switches exist for the "sound" variant (``cg_fedllm_q``): ``relu_ends=False`` drops the ReLU after the
+1-channel stem and after the last upsampling stage (they discard the negative half of a signed signal), and
 ``tanh_head=False`` replaces the Tanh (which bounds outputs to ±1) by the identity. The paper setting is
 ``relu_ends=True, tanh_head=True``.
 

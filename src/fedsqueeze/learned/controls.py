@@ -1,6 +1,6 @@
-"""The mandatory controls of a learned codec (cg-fedllm-and-baselines.md §2.11) and the metrics they use.
+"""The mandatory controls of a learned codec (``docs/cg-fedllm.md``) and the metrics they use.
 
-An input-independent decoder (the reproduction's finding, §2.9) is exposed by comparing the codec with
+An input-independent decoder (the independent reproduction's finding) is exposed by comparing the codec with
 predictors that never look at the client's update: predicting zero, predicting the TGAP training mean, and
 the input-shuffle ("shift") control that scores client j's reconstruction against client i's update. The
 identity codec must be bitwise lossless.

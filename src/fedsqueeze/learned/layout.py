@@ -1,11 +1,11 @@
 """The factor-stack layout: every LoRA factor of an update as a column block of one 2-D "image".
 
-CG-FedLLM (cg-fedllm-and-baselines.md §2.2) stacks the factors of all layers into a single ``[1, H, W]``
-image: each module contributes ``Aᵀ`` (``d_in × r``) and ``B`` (``d_out × r``) as ``r``-column blocks along
-the width. Here every tensor is viewed as 2-D (``shape[0] × rest``), turned so that its long side runs along
-the height, and placed at the top of its own column block; ``H`` and ``W`` are rounded up to a multiple of
-``2**depth`` and the rest is zero padding, so any hidden size works (MiniLM 384, SmolLM2 576 with 192-row
-``v_proj`` B blocks). Blocks are ordered by a natural sort of the tensor names (``layer.2`` before
+CG-FedLLM (``docs/cg-fedllm.md``, "The factor-stack layout") stacks the factors of all layers into a single
+``[1, H, W]`` image: each module contributes ``Aᵀ`` (``d_in × r``) and ``B`` (``d_out × r``) as ``r``-column
+blocks along the width. Here every tensor is viewed as 2-D (``shape[0] × rest``), turned so that its long side
+runs along the height, and placed at the top of its own column block; ``H`` and ``W`` are rounded up to a
+multiple of ``2**depth`` and the rest is zero padding, so any hidden size works (MiniLM 384, SmolLM2 576 with
+192-row ``v_proj`` B blocks). Blocks are ordered by a natural sort of the tensor names (``layer.2`` before
 ``layer.10``), so the layout does not depend on the order of a spec's entries.
 """
 

@@ -5,7 +5,7 @@
 ``global_rms``
     One fp32 scale per update: its RMS.
 ``tensor_rms``
-    One fp32 scale per tensor (the "sound" variant's per-tensor normalisation, §2.11).
+    One fp32 scale per tensor (the "sound" variant's per-tensor normalisation).
 
 A zero scale (an all-zero tensor) divides by one, so a zero block stays zero and decodes to zero.
 """

@@ -1,6 +1,6 @@
 """The TGAP / FAF data split: each client's examples are split once into a pre-training share and the rest.
 
-CG-FedLLM splits every client's data D1 : D2 = 3 : 7 (cg-fedllm-and-baselines.md §2.3): TGAP collects its
+CG-FedLLM splits every client's data D1 : D2 = 3 : 7 (``docs/cg-fedllm.md``, "TGAP"): TGAP collects its
 snapshots on D1, the federated fine-tuning (FAF) runs on D2. The split is per client, seeded, and disjoint.
 
 The workload itself is not changed: :func:`restrict_workload` returns a shallow copy whose clients see only

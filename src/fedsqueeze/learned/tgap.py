@@ -1,4 +1,4 @@
-"""TGAP: pre-train the CG-FedLLM autoencoder on a temporal ensemble of client update snapshots (§2.3).
+"""TGAP: pre-train the CG-FedLLM autoencoder on a temporal ensemble of client update snapshots.
 
 Snapshots ``G = [G_i^t]`` over clients ``i`` and time steps ``t`` are pooled; the autoencoder is trained to
 reconstruct them with an MSE loss (on real parameters only, not on the layout's zero padding) and Adam at
@@ -227,7 +227,7 @@ def tgap_traffic(
     num_clients: int,
     downlink_bytes: int = 0,
 ) -> dict[str, int]:
-    """Communication spent on TGAP, to add to a run's totals (§2.11 "cost accounting").
+    """Communication spent on TGAP, to add to a run's totals.
 
     Parameters
     ----------
