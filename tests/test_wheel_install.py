@@ -109,7 +109,7 @@ def core_venv(tmp_path_factory):
     dists = _core_closure(core_reqs)
     _link_site(dists, work / "core-site")
     env_dir = work / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(env_dir)
     py = env_dir / "bin" / "python"
     purelib = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -188,6 +188,14 @@ print(json.dumps({
 """
 
 
+def _check_codec_run(out: dict) -> None:
+    assert out["modules"] == []  # no transformers, peft, flwr, matplotlib, rich, ... imported
+    assert out["refused"] == ["cg_fedllm"]
+    assert {"identity", "fp16", "topk", "flm_topk", "wf_ecq", "cg_fedllm_q", "qsgd", "powersgd"} <= set(
+        out["done"]
+    )
+
+
 def test_core_install_encodes_and_decodes_every_plain_codec(core_venv):
     py, _, meta = core_venv
     res = _run(py, CODEC_SCRIPT, ",".join(EXTRA_MODULES))
@@ -195,11 +203,21 @@ def test_core_install_encodes_and_decodes_every_plain_codec(core_venv):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert Path(out["file"]).is_relative_to(py.parents[1])  # the installed wheel, not the source tree
     assert out["version"] == meta["Version"]
-    assert out["modules"] == []  # no transformers, peft, flwr, matplotlib, rich, ... imported
-    assert out["refused"] == ["cg_fedllm"]
-    assert {"identity", "fp16", "topk", "flm_topk", "wf_ecq", "cg_fedllm_q", "qsgd", "powersgd"} <= set(
-        out["done"]
+    _check_codec_run(out)
+
+
+def test_codecs_import_no_extra_even_when_installed():
+    # Here every extra is installed: the codecs still must not import any of them.
+    env = {**_env(), "PYTHONPATH": str(ROOT / "src")}
+    res = subprocess.run(
+        [sys.executable, "-c", CODEC_SCRIPT, ",".join(EXTRA_MODULES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+    assert res.returncode == 0, res.stderr
+    _check_codec_run(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 MISSING_SCRIPT = r"""
