@@ -1,24 +1,28 @@
-"""fedsqueeze: communication-efficient federated LoRA fine-tuning with exact byte accounting."""
+"""fedsqueeze: communication-efficient federated LoRA fine-tuning with exact byte accounting.
 
-from __future__ import annotations
+Importing fedsqueeze changes no environment variable and no global library state; the ``fedsqueeze``
+command and fedsqueeze's Flower apps turn the Hugging Face hub off when they start (see
+:mod:`fedsqueeze.offline`).
+"""
 
-import os
-
-# No hub access at run time, ever: models and data come from installed packages.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from importlib import metadata as _metadata
 
 from .codecs import Codec, ErrorFeedback, decode
-from .errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError
+from .errors import ConfigError, FedsqueezeError, MissingExtraError, PayloadError, SpecMismatchError
 from .spec import UpdateSpec
 
-__version__ = "0.1.0"
+try:
+    __version__: str = _metadata.version("fedsqueeze")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+del _metadata
 
 __all__ = [
     "Codec",
     "ConfigError",
     "ErrorFeedback",
     "FedsqueezeError",
+    "MissingExtraError",
     "PayloadError",
     "SpecMismatchError",
     "UpdateSpec",

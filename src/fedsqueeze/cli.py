@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
+from ._extras import check, require
 from .errors import FedsqueezeError
+from .offline import apply_offline_mode
 
 # (command path, module). The module's docstring's first line is the help text.
 COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -29,11 +30,31 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("study",), "fedsqueeze.study.cli_study"),
 )
 
+# Extras a command always needs, checked before it starts (the `cli` extra, rich, is checked for every
+# command). Needs that depend on the config (fedsqueeze[llm] for a real model) are checked where they arise.
+COMMAND_EXTRAS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {
+    ("run",): (("matplotlib", "plots"),),
+    ("study",): (("matplotlib", "plots"),),
+    ("bench", "rd"): (("matplotlib", "plots"),),  # unless --no-plot
+    ("bench", "intervals"): (("matplotlib", "plots"),),
+    ("flower", "simulate"): (("flwr", "flower"), ("ray", "flower"), ("matplotlib", "plots")),
+    ("flower", "superlink"): (("flwr", "flower"), ("matplotlib", "plots")),  # it runs the ServerApp
+    ("flower", "supernode"): (("flwr", "flower"),),
+    ("flower", "run"): (("flwr", "flower"),),
+}
+
+EPILOG = """\
+offline mode: the fedsqueeze command reads models and data from installed packages and sets
+HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 (unless already set) before it starts; set
+FEDSQUEEZE_OFFLINE=0 to keep the Hugging Face hub on."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsqueeze",
         description="Communication-efficient federated LoRA fine-tuning with exact byte accounting.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -59,18 +80,34 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(sub)
-        sub.set_defaults(_main=mod.main)
+        sub.set_defaults(_main=mod.main, _command=path)
     return parser
 
 
+def check_extras(args: argparse.Namespace) -> None:
+    """Raise :class:`~fedsqueeze.errors.MissingExtraError` for an extra the parsed command needs."""
+    path = tuple(getattr(args, "_command", ()))
+    name = " ".join(("fedsqueeze", *path))
+    for module, extra in COMMAND_EXTRAS.get(path, ()):
+        if module == "matplotlib" and getattr(args, "no_plot", False):
+            continue
+        check(module, extra, f"`{name}`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_offline_mode()  # before any subcommand can import transformers; FEDSQUEEZE_OFFLINE=0 opts out
+    try:
+        require("rich", "cli", "the fedsqueeze command")
+    except FedsqueezeError as exc:
+        print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "_main"):
         parser.print_help()
         return 2
     try:
+        check_extras(args)
         return int(args._main(args) or 0)
     except FedsqueezeError as exc:
         print(f"fedsqueeze: error: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ generic handlers keep working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FedsqueezeError", "PayloadError", "SpecMismatchError"]
+__all__ = ["ConfigError", "FedsqueezeError", "MissingExtraError", "PayloadError", "SpecMismatchError"]
 
 
 class FedsqueezeError(Exception):
@@ -24,3 +24,7 @@ class SpecMismatchError(PayloadError):
 
 class ConfigError(FedsqueezeError, ValueError):
     """A configuration value or codec option is invalid; the message says what to fix."""
+
+
+class MissingExtraError(FedsqueezeError, ImportError):
+    """An optional dependency is not installed; the message names the ``fedsqueeze[...]`` extra to install."""

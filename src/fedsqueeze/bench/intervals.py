@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .._extras import require
+
 __all__ = ["add_arguments", "main", "sweep"]
 
 DEFAULT_OUT = "results/bench"
@@ -97,7 +99,7 @@ def sweep(
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "the intervals plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

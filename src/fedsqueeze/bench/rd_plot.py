@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import require
+
 __all__ = ["plot_rd"]
 
 _REF_STYLE = {
@@ -32,7 +34,7 @@ def plot_rd(
     Points beyond ``1.15 * max_rate`` (dense fp16/fp32 codecs) are listed in the panel instead of drawn, so
     the interesting low-rate region keeps its scale.
     """
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "the rate-distortion plot (or pass --no-plot)")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .._extras import check
 from ..codecs import ErrorFeedback
 from ..errors import ConfigError
 from .checkpoint import (
@@ -311,6 +312,9 @@ def run(
     """
     out = Path(out_dir) if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
+    check("matplotlib", "plots", "the accuracy plot of a run")  # now, not after the last round
+    if progress:
+        check("rich", "cli", "the progress bar")
     ckpt = load_checkpoint(out) if resume else None
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")

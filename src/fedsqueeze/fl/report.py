@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .._extras import require
+
 __all__ = [
     "TGAP_INCLUDED",
     "Progress",
@@ -114,6 +116,7 @@ def plot_metric_vs_uplink(
 
     ``offset_bytes`` is uplink spent before the first round (the TGAP phase): the curve starts there.
     """
+    require("matplotlib", "plots", "the accuracy plot of a run")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -145,6 +148,7 @@ class Progress:
         self._bar: Any = None
         if not enabled:
             return
+        require("rich", "cli", "the progress bar")
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress

@@ -7,7 +7,7 @@ The numerics are those of :mod:`fedsqueeze.fl`: :func:`~fedsqueeze.fl.client.cli
 the same seeded sampling and the same ``metrics.jsonl`` / ``summary.json``. See ``docs/flower.md``.
 """
 
-from .env import OFFLINE_ENV, apply_offline_env
+from .env import FLOWER_ENV, OFFLINE_ENV, apply_offline_env
 from .settings import FlowerSettings
 
-__all__ = ["OFFLINE_ENV", "FlowerSettings", "apply_offline_env"]
+__all__ = ["FLOWER_ENV", "OFFLINE_ENV", "FlowerSettings", "apply_offline_env"]

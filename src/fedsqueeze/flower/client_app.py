@@ -32,6 +32,7 @@ from ..fl.checkpoint import atomic_write
 from ..fl.client import client_step
 from ..fl.seeding import derive_seed
 from ..spec import UpdateSpec
+from .env import apply_offline_env
 from .records import array_bytes, blob_to_state, bytes_array, sha256, state_to_blob
 from .settings import FlowerSettings, make_workload, settings_from_context
 
@@ -54,6 +55,7 @@ def partition_id(context: Context) -> int:
 @app.query()
 def handle_query(msg: Message, context: Context) -> Message:
     """Reply with this node's partition id and the digest of the run config it sees."""
+    apply_offline_env()
     settings = settings_from_context(context.run_config)
     info = ConfigRecord({"partition-id": partition_id(context), "digest": settings.digest})
     return Message(RecordDict({"node": info}), reply_to=msg)
@@ -109,7 +111,11 @@ def _log_sent(context: Context, row: dict[str, Any]) -> None:
 
 @app.train()
 def handle_train(msg: Message, context: Context) -> Message:
-    """Train this partition from the received global state and reply with the compressed update."""
+    """Train this partition from the received global state and reply with the compressed update.
+
+    Sets offline mode first (:func:`.env.apply_offline_env`), before the workload imports transformers.
+    """
+    apply_offline_env()
     t0 = time.perf_counter()
     settings = settings_from_context(context.run_config)
     req = msg.content.config_records["round"]

@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .._extras import require
 from ..errors import ConfigError
 from .env import apply_offline_env
 from .settings import RUN_CONFIG_ENV, FlowerSettings
@@ -108,7 +109,10 @@ def flower_exe(name: str) -> str:
         return str(here)
     found = shutil.which(name)
     if found is None:
-        raise ConfigError(f"{name} not found; install flwr[simulation]==1.41.0 (see requirements.txt)")
+        require("flwr", "flower", f"`{name}`")  # the usual cause: Flower is not installed at all
+        raise ConfigError(
+            f"{name} not found beside {sys.executable} or on PATH; reinstall fedsqueeze[flower]"
+        )
     return found
 
 

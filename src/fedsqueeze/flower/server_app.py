@@ -32,6 +32,7 @@ from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, s
 from ..fl.robust import aggregate, merge_screens, screen_replies
 from ..fl.seeding import derive_seed, sample_clients
 from ..fl.server import Downlink, ServerMomentum, apply_update
+from .env import apply_offline_env
 from .records import array_bytes, bytes_array, sha256
 from .settings import FlowerSettings, default_out_dir, make_workload, settings_from_context
 
@@ -54,7 +55,9 @@ class GridLike(Protocol):
 
 @app.main()
 def main(grid: Any, context: Context) -> None:
-    """Flower entry point: settings from ``context.run_config``, then :func:`run_rounds`."""
+    """Flower entry point: offline mode (:func:`.env.apply_offline_env`), settings from
+    ``context.run_config``, then :func:`run_rounds`."""
+    apply_offline_env()
     run_rounds(grid, settings_from_context(context.run_config))
 
 

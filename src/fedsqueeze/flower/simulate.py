@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._extras import require
 from .env import apply_offline_env
 from .settings import RUN_CONFIG_ENV, FlowerSettings
 
@@ -22,6 +23,8 @@ def simulate(
 ) -> dict[str, Any]:
     """Run ``settings`` with ``data.num_clients`` virtual SuperNodes; returns the summary."""
     apply_offline_env()
+    require("flwr", "flower", "Flower simulations")
+    require("ray", "flower", "Flower simulations (flwr[simulation])")
     os.environ[RUN_CONFIG_ENV] = json.dumps(settings.to_run_config())
     from flwr.simulation import run_simulation
 

@@ -1,7 +1,8 @@
 """Offline model and tokenizer loading: MiniLM, SmolLM2-135M (GGUF -> fp32 cache) and tiny test models.
 
-Imports transformers lazily; nothing here touches a hub (``HF_HUB_OFFLINE=1``). Asset packages are found
-with :func:`importlib.util.find_spec` and never imported.
+Imports transformers lazily (the ``fedsqueeze[llm]`` extra; without it each loader raises a one-line
+:class:`~fedsqueeze.errors.MissingExtraError`). Nothing here touches a hub: models come from installed asset
+packages, found with :func:`importlib.util.find_spec` and never imported.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._extras import check, require
 from ..data.sources import package_dir
 from ..errors import ConfigError
 
@@ -25,6 +27,7 @@ __all__ = [
     "load_base_model",
     "load_tokenizer",
     "minilm_dir",
+    "require_llm",
     "smollm2_cache_dir",
     "smollm2_fp32_dir",
 ]
@@ -34,9 +37,23 @@ CAUSAL_MODELS = ("smollm2-135m", "tiny-llama")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def require_llm(model_name: str | None = None) -> None:
+    """Raise :class:`~fedsqueeze.errors.MissingExtraError` unless ``fedsqueeze[llm]`` is installed.
+
+    Checks transformers and peft, and gguf too for the models read from a GGUF file (SmolLM2, and the
+    tiny-llama that borrows its tokenizer). Cheap: call it before anything slow.
+    """
+    what = f"the {model_name} model" if model_name else "Hugging Face models"
+    check("transformers", "llm", what)
+    check("peft", "llm", f"LoRA on {what}")
+    if model_name in CAUSAL_MODELS:
+        check("gguf", "llm", f"reading {what} (GGUF)")
+
+
 @contextmanager
 def quiet_transformers():
     """Silence transformers' load reports and progress bars inside the block (restored after)."""
+    require("transformers", "llm", "Hugging Face models")
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -105,6 +122,7 @@ def _smollm2_tokenizer() -> Any:
 
 def load_tokenizer(model_name: str) -> Any:
     """The real tokenizer of ``model_name`` (tiny-bert uses MiniLM's, tiny-llama uses SmolLM2's)."""
+    require_llm(model_name)
     if model_name in ENCODER_MODELS:
         from transformers import AutoTokenizer
 
@@ -123,6 +141,7 @@ def smollm2_fp32_dir() -> Path:
     cache = smollm2_cache_dir()
     if (cache / "model.safetensors").is_file() and (cache / "config.json").is_file():
         return cache
+    require_llm("smollm2-135m")
     from transformers import AutoModelForCausalLM
 
     print(
@@ -204,6 +223,7 @@ def load_base_model(
     so seed it (the workload builder does, inside ``torch.random.fork_rng``). ``pooling`` (see
     :mod:`fedsqueeze.models.pooling`) applies to the encoder classifiers only.
     """
+    require_llm(name)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .pooling import MeanPoolBertForSequenceClassification, resolve_pooling

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._extras import require
 from ..errors import ConfigError
 from ..spec import UpdateSpec
 
@@ -41,6 +42,7 @@ def apply_lora(
 
     LoRA ``A`` is drawn from the global torch RNG (``B`` starts at zero): seed it before calling.
     """
+    require("peft", "llm", "LoRA adapters on Hugging Face models")
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = list(target_modules or DEFAULT_TARGETS[model_name])

@@ -21,7 +21,7 @@ from ..data.text import encode_causal, encode_prompt, encode_texts
 from ..errors import ConfigError
 from ..fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from ..spec import UpdateSpec
-from .loading import CAUSAL_MODELS, load_base_model, load_tokenizer
+from .loading import CAUSAL_MODELS, load_base_model, load_tokenizer, require_llm
 from .lora import apply_lora, read_tensors, split_trainable, write_tensors
 from .tasks import ClassificationTask, GenerationTask, to_device
 
@@ -239,7 +239,10 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
     ------
     ConfigError
         For an impossible combination (an encoder on gsm8k, too few examples for the clients, ...).
+    MissingExtraError
+        ``fedsqueeze[llm]`` is not installed (checked before any data or model loads).
     """
+    require_llm(model.name)
     configure_threads()
     raw = load_dataset(data.dataset)
     generation = not raw.is_classification

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
+
 __all__ = ["mean_curve", "plot_groups"]
 
 
@@ -30,6 +32,7 @@ def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]
 
 def plot_groups(results: dict[str, Any], folder: str | Path) -> list[Path]:
     """Write ``<task>__<partition>.png`` for every group of ``results`` (see :func:`.aggregate.aggregate`)."""
+    require("matplotlib", "plots", "the study plots")
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

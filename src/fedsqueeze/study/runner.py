@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from .._extras import require
 from .grid import Cell
 
 __all__ = ["CellResult", "cpu_count", "done_summary", "group_cells", "run_cell", "run_cells"]
@@ -144,6 +145,7 @@ class _Reporter:
         self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
         self.console: Any = None
         if enabled:
+            require("rich", "cli", "the study's progress lines")
             from rich.console import Console
 
             self.console = Console(file=sys.stderr, highlight=False)
