@@ -232,6 +232,7 @@ class WfEcq(Codec):
         plans = {r: search_step(rms, bidx, lens, r, avail) for r in rho_codes}
         rho = min(plans, key=lambda r: plans[r].est_dist)
         plan, kappa, best, best_plan = plans[rho], 1.0, None, None
+        model_plan = None  # the model-driven plan that was sent or beaten by the fill: TCQ starts from it
         fit_at, fail_at = math.inf, -math.inf  # log2 steps known to fit / to overflow with the real coder
         for attempt in range(self.max_encodes):
             body, ans_bits, sent = self._body(x, plan, rho, starts, lens, u, self.block)
@@ -255,6 +256,7 @@ class WfEcq(Codec):
                 plan = search_step(rms, bidx, lens, rho, avail * (1.0 - 0.002 * (attempt + 1)), kappa)
         if best is None or 8 * len(best) < FILL_BELOW * avail:
             # the model missed the budget (data far from every GGD): fill it from measured costs instead
+            model_plan = best_plan
             step0 = (plans[rho] if best_plan is None else best_plan).log2_step
             filled = self._fill(x, spec, seed, rho, avail, step0, u)
             if filled is not None and (
@@ -269,12 +271,15 @@ class WfEcq(Codec):
                 f"({lens.size} intervals); raise the rate or density, or use a larger block"
             )
         if self._tries_tcq(d):
-            coded = plans[rho] if best_plan is None else best_plan
+            # the TCQ search picks its own δ: it starts from the model's coded set, which suits it better
+            # than the fill's (docs/benchmarks.md, real-capture table)
+            coded = model_plan or best_plan
             tcq = self._encode_tcq(x, coded, rms, bidx, starts, lens, avail)
-            if tcq is not None and (
-                self.quantizer == "tcq" or tcq[1] < _sqerr(x, self.decode_flat(best, spec, seed=seed))
-            ):
-                return tcq[0]
+            if tcq is not None:
+                scalar_err = _sqerr(x, self.decode_flat(best, spec, seed=seed))
+                # forced TCQ still never sends a frame that is no better than sending nothing
+                if tcq[1] < scalar_err or (self.quantizer == "tcq" and tcq[1] < float(np.dot(x, x))):
+                    return tcq[0]
         return best
 
     def _fill(self, x, spec, seed, rho: int, avail: int, log2_step: float, u):
