@@ -25,8 +25,10 @@ next. A frame that carries no nonzero symbol is never kept, and a model-driven f
 histograms at trial steps, each interval priced under its cheapest class table, intervals taken by
 distortion gain per bit, with intervals of 1/4, 1/16 or 1/64 of ``block`` when the codec's own are too coarse
 to fill the budget (the frame's ``block`` field says which). The lower-error frame is sent. A budget that
-cannot code a single value raises :class:`ConfigError`; it never yields an empty frame. With ``dither=True`` a seeded subtractive dither ``u ~ U(−Δ/2, Δ/2)`` is
-added before rounding and removed after (ρ = ½, midpoint reconstruction; error independent of the data).
+cannot code a single value raises :class:`ConfigError`; it never yields an empty frame.
+
+With ``dither=True`` a seeded subtractive dither ``u ~ U(−Δ/2, Δ/2)`` is added before rounding and removed
+after (ρ = ½, midpoint reconstruction; error independent of the data).
 
 Trellis-coded quantization (``quantizer``): a scalar quantizer stays ~1.53 dB from the bound at high rate
 whatever its entropy coder. With ``quantizer="tcq"`` the coded intervals go through the 4-state dependent
