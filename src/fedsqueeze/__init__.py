@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from .codecs import Codec, ErrorFeedback, decode
-from .errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError
+from .errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError, UpdateError
 from .spec import UpdateSpec
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "FedsqueezeError",
     "PayloadError",
     "SpecMismatchError",
+    "UpdateError",
     "UpdateSpec",
     "__version__",
     "decode",

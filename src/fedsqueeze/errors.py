@@ -1,13 +1,14 @@
 """Exception tree of fedsqueeze.
 
 Every error raised on purpose by the library derives from :class:`FedsqueezeError`, so callers can catch one
-type. :class:`PayloadError` marks untrusted bytes that cannot be decoded; it is also a ``ValueError`` so
-generic handlers keep working.
+type. :class:`PayloadError` marks untrusted bytes that cannot be decoded, :class:`UpdateError` an update
+handed to a codec that cannot be encoded (not a mapping of tensors, NaN or Inf values); both are also
+``ValueError`` so generic handlers keep working.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FedsqueezeError", "PayloadError", "SpecMismatchError"]
+__all__ = ["ConfigError", "FedsqueezeError", "PayloadError", "SpecMismatchError", "UpdateError"]
 
 
 class FedsqueezeError(Exception):
@@ -24,3 +25,7 @@ class SpecMismatchError(PayloadError):
 
 class ConfigError(FedsqueezeError, ValueError):
     """A configuration value or codec option is invalid; the message says what to fix."""
+
+
+class UpdateError(FedsqueezeError, ValueError):
+    """An update to encode is not a mapping of names to tensors, or holds NaN or Inf values."""
