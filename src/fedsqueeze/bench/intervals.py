@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..out_paths import check_out_dir, check_out_file
+
 __all__ = ["add_arguments", "main", "sweep"]
 
 DEFAULT_OUT = "results/bench"
@@ -143,12 +145,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    jpath = check_out_file(args.json, "--json") if args.json else check_out_dir(args.out) / "intervals.json"
+    ppath = (
+        check_out_file(args.plot, "--plot", example="intervals.png")
+        if args.plot
+        else check_out_dir(args.out) / "intervals.png"
+    )
     rows = sweep(args.source, args.d, args.seed, args.density, args.rate, args.s_min, args.s_max)
-    out = Path(args.out)
-    jpath = Path(args.json) if args.json else out / "intervals.json"
     jpath.parent.mkdir(parents=True, exist_ok=True)
     jpath.write_text(json.dumps(rows, indent=1))
-    ppath = Path(args.plot) if args.plot else out / "intervals.png"
     budget = f"rate {args.rate}" if args.rate else f"p = {args.density}"
     plot(rows, ppath, f"{args.source}: error vs interval length at {budget}")
     for r in rows:

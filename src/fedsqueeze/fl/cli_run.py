@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..out_paths import check_out_dir
     from .config import load_config
     from .health import describe
     from .loop import default_out_dir, run
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         print("fedsqueeze run: --resume needs --out DIR (the run to continue)", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else default_out_dir(config)
+    out = check_out_dir(args.out) if args.out is not None else default_out_dir(config)
     try:
         from ..models.workload import configure_threads
     except ImportError:  # the ML side is optional for the loop itself

@@ -21,6 +21,7 @@ import torch
 
 from ..codecs import ErrorFeedback
 from ..errors import ConfigError
+from ..out_paths import check_out_dir
 from .checkpoint import (
     append_jsonl,
     load_checkpoint,
@@ -309,7 +310,7 @@ def run(
     dict
         The summary (also written to ``summary.json``).
     """
-    out = Path(out_dir) if out_dir is not None else default_out_dir(config)
+    out = check_out_dir(out_dir, "out_dir") if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
     ckpt = load_checkpoint(out) if resume else None
     if not resume and (out / "checkpoint").exists():

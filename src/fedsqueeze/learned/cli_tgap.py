@@ -33,10 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..out_paths import check_out_file
     from .autoencoder import AEConfig
-    from .store import save
+    from .store import save, sidecar_path
     from .tgap import TGAPConfig, load_captures, tgap_pretrain
 
+    out = check_out_file(args.out, example="ae.safetensors")
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"--out {out}: the autoencoder file must end in .safetensors, e.g. "
+            f"{out.with_suffix('.safetensors')}"
+        )
+    check_out_file(sidecar_path(out), "--out (its .json sidecar)", example="ae.json")
     caps = load_captures(args.captures)
     if args.rounds:
         try:

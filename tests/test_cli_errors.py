@@ -1,0 +1,125 @@
+"""One-line CLI errors for what a new user gets wrong, raised before anything heavy runs.
+
+Every case goes through ``fedsqueeze.cli.main`` in-process and asserts the exit code (2, the CLI's code for a
+``FedsqueezeError``), the exact message and that stderr is one line without a traceback. Where "before
+anything heavy" matters, the heavy step is replaced by one that fails the test if it is reached.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import fedsqueeze.fl.loop as loop
+from fedsqueeze.cli import main as cli_main
+
+TOY = """
+[model]
+name = "toy"
+lora_r = 2
+[data]
+num_clients = 4
+[train]
+lr = 0.05
+max_steps = 1
+batch_size = 4
+[fl]
+rounds = 2
+clients_per_round = 2
+[codec]
+name = "topk"
+options = { density = 0.25 }
+"""
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI, expect exit 2 and one ``fedsqueeze: error:`` line on stderr; return that line."""
+    rc = cli_main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fedsqueeze: error: "), err
+    return lines[0][len("fedsqueeze: error: ") :]
+
+
+@pytest.fixture
+def toy_cfg(tmp_path):
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY)
+    return path
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the workload (the model) would be built."""
+
+    def refuse(config):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(loop, "_build_workload", refuse)
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a folder\n")
+    return path
+
+
+# -- 1. --out that is a file -------------------------------------------------------------------------------
+def test_run_out_is_a_file_before_the_model_loads(capsys, toy_cfg, a_file, no_model) -> None:
+    msg = one_line_error(capsys, ["run", str(toy_cfg), "--out", str(a_file), "--no-progress"])
+    assert msg == f"--out {a_file} is a file, not a folder; choose a folder path (it is created if missing)"
+
+
+def test_run_out_under_a_file(capsys, toy_cfg, a_file, no_model) -> None:
+    msg = one_line_error(capsys, ["run", str(toy_cfg), "--out", str(a_file / "run"), "--no-progress"])
+    assert (
+        msg == f"--out {a_file / 'run'}: {a_file} is a file, so it cannot hold a folder; choose another --out"
+    )
+
+
+def test_library_run_out_is_a_file(toy_cfg, a_file, no_model) -> None:
+    from fedsqueeze import ConfigError
+    from fedsqueeze.fl.config import load_config
+
+    with pytest.raises(ConfigError, match=f"^out_dir {a_file} is a file, not a folder"):
+        loop.run(load_config(toy_cfg), a_file)
+
+
+def test_bench_rd_out_is_a_file_before_the_sweep(capsys, a_file, monkeypatch) -> None:
+    import fedsqueeze.bench.rd as rd
+
+    monkeypatch.setattr(rd, "sweep", lambda *a, **k: pytest.fail("the sweep ran before the error"))
+    argv = ["bench", "rd", "--source", "gaussian", "--d", "64", "--codec", "topk", "--out", str(a_file)]
+    assert one_line_error(capsys, argv).startswith(f"--out {a_file} is a file, not a folder")
+    argv = [*argv[:-2], "--json", str(a_file.parent), "--no-plot"]
+    assert one_line_error(
+        capsys, argv
+    ) == f"--json {a_file.parent} is a folder; give a file path, e.g. " + str(a_file.parent / "out.json")
+
+
+def test_bench_intervals_out_is_a_file_before_the_sweep(capsys, a_file, monkeypatch) -> None:
+    import fedsqueeze.bench.intervals as intervals
+
+    monkeypatch.setattr(intervals, "sweep", lambda *a, **k: pytest.fail("the sweep ran before the error"))
+    msg = one_line_error(capsys, ["bench", "intervals", "--out", str(a_file)])
+    assert msg.startswith(f"--out {a_file} is a file, not a folder")
+
+
+def test_tgap_out_problems_before_training(capsys, tmp_path, a_file) -> None:
+    caps = tmp_path / "missing.safetensors"  # never read: the --out checks come first
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(a_file / "ae.safetensors")])
+    assert msg == (
+        f"--out {a_file / 'ae.safetensors'}: {a_file} is a file, so it cannot hold a file; "
+        "choose another --out"
+    )
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path)])
+    assert msg == f"--out {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'ae.safetensors'}"
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path / "ae.pt")])
+    assert msg.startswith(f"--out {tmp_path / 'ae.pt'}: the autoencoder file must end in .safetensors")
+
+
+def test_flower_simulate_out_is_a_file(capsys, toy_cfg, a_file) -> None:
+    msg = one_line_error(capsys, ["flower", "simulate", str(toy_cfg), "--out", str(a_file)])
+    assert msg.startswith(f"--out {a_file} is a file, not a folder")
