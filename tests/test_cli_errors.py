@@ -123,3 +123,96 @@ def test_tgap_out_problems_before_training(capsys, tmp_path, a_file) -> None:
 def test_flower_simulate_out_is_a_file(capsys, toy_cfg, a_file) -> None:
     msg = one_line_error(capsys, ["flower", "simulate", str(toy_cfg), "--out", str(a_file)])
     assert msg.startswith(f"--out {a_file} is a file, not a folder")
+
+
+# -- 2. --resume with a damaged checkpoint, or with nothing to resume ----------------------------------------
+@pytest.fixture
+def finished_run(tmp_path, toy_cfg):
+    """A 2-round toy run in ``tmp_path/run``, made through the library (the CLI's model load is refused)."""
+    from fedsqueeze.fl.config import load_config
+    from fedsqueeze.fl.toy import ToyWorkload
+
+    out = tmp_path / "run"
+    loop.run(load_config(toy_cfg), out, workload=ToyWorkload(4, rank=2))
+    return out
+
+
+def _resume_error(capsys, toy_cfg, out) -> str:
+    return one_line_error(capsys, ["run", str(toy_cfg), "--out", str(out), "--resume", "--no-progress"])
+
+
+def _how_to_go_on(out) -> str:
+    return (
+        f"start fresh with another --out, or delete {out / 'checkpoint'} to run into {out} again "
+        "without --resume"
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda data: b"", "empty file"),
+        (lambda data: data[: len(data) // 2], "truncated or not a checkpoint: torch.load raised "),
+        (
+            lambda data: b"garbage, not a checkpoint\n" * 10,
+            "truncated or not a checkpoint: torch.load raised ",
+        ),
+        (
+            lambda data: data[:-60],
+            "truncated or not a checkpoint: torch.load raised ",
+        ),  # the checksum and the zip's end record cut off
+    ],
+    ids=["empty", "truncated", "garbage", "end-cut"],
+)
+def test_resume_from_a_damaged_checkpoint(capsys, toy_cfg, finished_run, no_model, damage, why) -> None:
+    path = finished_run / "checkpoint" / "state.pt"
+    path.write_bytes(damage(path.read_bytes()))
+    msg = _resume_error(capsys, toy_cfg, finished_run)
+    assert msg.startswith(f"checkpoint {path} is damaged ({why}") and msg.endswith(
+        _how_to_go_on(finished_run)
+    )
+
+
+def test_a_bit_flip_in_the_tensor_data_is_caught_by_the_checksum(capsys, toy_cfg, finished_run, no_model):
+    from fedsqueeze.fl.checkpoint import CHECKSUM_MAGIC, load_checkpoint
+
+    path = finished_run / "checkpoint" / "state.pt"
+    data = bytearray(path.read_bytes())
+    assert data[-48:-32] == CHECKSUM_MAGIC
+    name, tensor = sorted(load_checkpoint(finished_run)["lora"].items())[0]
+    at = bytes(data).find(tensor.contiguous().numpy().tobytes())
+    assert at > 0  # the tensor's raw bytes, inside the zip
+    data[at + 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    msg = _resume_error(capsys, toy_cfg, finished_run)
+    assert msg == (
+        f"checkpoint {path} is damaged (its SHA-256 does not match: the file was changed or corrupted after "
+        f"writing); {_how_to_go_on(finished_run)}"
+    )
+    # Without the checksum the same file would load, with another adapter: that is what the check is for.
+    path.write_bytes(bytes(data[:-48]))
+    flipped = load_checkpoint(finished_run)["lora"][name]
+    assert not (flipped == tensor).all()
+
+
+def test_a_checkpoint_without_checksum_still_loads(finished_run, caplog) -> None:
+    import logging
+
+    from fedsqueeze.fl.checkpoint import load_checkpoint
+
+    path = finished_run / "checkpoint" / "state.pt"
+    whole = load_checkpoint(finished_run)
+    path.write_bytes(path.read_bytes()[:-48])  # what older fedsqueeze versions wrote
+    with caplog.at_level(logging.INFO, logger="fedsqueeze.fl.checkpoint"):
+        old = load_checkpoint(finished_run)
+    assert old["round"] == whole["round"] == 2 and old["rows"] == whole["rows"]
+    assert "has no checksum (written by an older fedsqueeze); loading it unchecked" in caplog.text
+
+
+def test_resume_into_a_missing_folder(capsys, toy_cfg, tmp_path, no_model) -> None:
+    out = tmp_path / "never-ran"
+    msg = _resume_error(capsys, toy_cfg, out)
+    assert (
+        msg == f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
+    )
+    assert not out.exists()

@@ -286,7 +286,9 @@ def run(
         Output folder (default ``runs/<timestamp>-<codec>``); a checkpoint is written there after every round.
     resume
         Continue from ``out_dir/checkpoint`` (the same config, except that ``fl.rounds`` may grow); the
-        result equals the uninterrupted run bit for bit. Without a checkpoint the run starts fresh.
+        result equals the uninterrupted run bit for bit. A missing ``out_dir`` is an error; one without a
+        checkpoint yet (a run stopped in its first round) starts fresh. A damaged checkpoint (checked
+        against its SHA-256) is an error that says how to go on.
     capture_rounds
         Rounds whose raw client updates (before error feedback and compression) go to
         ``out_dir/captures.safetensors`` under ``r{round}/c{client}/{tensor}``: ``"1,2,5"``, ``"all"``
@@ -312,7 +314,13 @@ def run(
     """
     out = check_out_dir(out_dir, "out_dir") if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
+    if resume and not out.is_dir():
+        raise ConfigError(
+            f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
+        )
     ckpt = load_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     wl = workload if workload is not None else _build_workload(config)
