@@ -216,3 +216,69 @@ def test_resume_into_a_missing_folder(capsys, toy_cfg, tmp_path, no_model) -> No
         msg == f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
     )
     assert not out.exists()
+
+
+# -- 3. files that are not safetensors; Ctrl-C during a run --------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"", "header too small"), (b"not safetensors at all\n" * 4, "header too large")],
+    ids=["empty", "text"],
+)
+def test_bench_rd_file_source_that_is_not_safetensors(capsys, tmp_path, content, why) -> None:
+    bad = tmp_path / "caps.safetensors"
+    bad.write_bytes(content)
+    argv = ["bench", "rd", "--source", f"file:{bad}", "--codec", "topk", "--out", str(tmp_path / "o")]
+    assert one_line_error(capsys, argv) == (
+        f"{bad} is not a safetensors file (Error while deserializing header: {why}); give one written by "
+        "`fedsqueeze run ... --capture-updates` or safetensors.torch.save_file"
+    )
+
+
+def test_tgap_captures_that_are_not_safetensors(capsys, tmp_path) -> None:
+    bad = tmp_path / "caps.safetensors"
+    bad.write_bytes(b"\x00" * 3)
+    msg = one_line_error(capsys, ["tgap", str(bad), "--out", str(tmp_path / "ae.safetensors")])
+    assert msg == (
+        f"{bad} is not a safetensors file (Error while deserializing header: header too small); give the "
+        "captures.safetensors of `fedsqueeze run ... --capture-updates all`"
+    )
+
+
+def test_ctrl_c_during_run_prints_the_resume_command(capsys, monkeypatch, toy_cfg, tmp_path) -> None:
+    import shlex
+
+    from fedsqueeze.fl.toy import ToyWorkload
+
+    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(4, rank=2))
+    real = loop._Federation.run_round
+
+    def ctrl_c_in_round_3(self, r, capture):
+        if r == 3:
+            raise KeyboardInterrupt
+        return real(self, r, capture)
+
+    monkeypatch.setattr(loop._Federation, "run_round", ctrl_c_in_round_3)
+    out = tmp_path / "run"
+    argv = ["run", str(toy_cfg), "--set", "fl.rounds=4", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    cmd = shlex.join(["fedsqueeze", *argv, "--resume"])
+    assert err.strip() == f"fedsqueeze run: interrupted after round 2; continue with: {cmd}"
+    monkeypatch.setattr(loop._Federation, "run_round", real)
+    assert cli_main(shlex.split(cmd)[1:]) == 0  # the printed command works as printed
+    assert "4 rounds, final accuracy" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_the_run_started(capsys, monkeypatch, toy_cfg, tmp_path) -> None:
+    def ctrl_c(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_build_workload", ctrl_c)
+    out = tmp_path / "run"
+    assert cli_main(["run", str(toy_cfg), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "fedsqueeze run: interrupted before the run started; start it with: "
+        f"fedsqueeze run {toy_cfg} --out {out}"
+    )

@@ -22,6 +22,7 @@ import torch
 from ..codecs import ErrorFeedback
 from ..errors import ConfigError
 from ..out_paths import check_out_dir
+from ..safetensors_errors import reading_safetensors
 from .checkpoint import (
     append_jsonl,
     load_checkpoint,
@@ -264,7 +265,9 @@ def _load_captures(path: Path, upto: int) -> dict[str, torch.Tensor]:
         return {}
     from safetensors.torch import load_file
 
-    return {k: v for k, v in load_file(str(path)).items() if int(k.split("/", 1)[0][1:]) <= upto}
+    with reading_safetensors(path, "delete it to resume without the captures of the earlier rounds"):
+        tensors = load_file(str(path))
+    return {k: v for k, v in tensors.items() if int(k.split("/", 1)[0][1:]) <= upto}
 
 
 def run(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, PayloadError
+from ..safetensors_errors import reading_safetensors
 from .autoencoder import AEConfig, CGAutoEncoder
 
 __all__ = ["CONTEXT_KEY", "load", "lookup", "register", "resolve", "save", "sidecar_path"]
@@ -98,7 +99,9 @@ def load(path: str | Path) -> CGAutoEncoder:
         raise ConfigError(f"{side} is not a fedsqueeze CG-FedLLM autoencoder ({meta.get('format')!r})")
     model = CGAutoEncoder(AEConfig.from_dict(meta["config"]))
     try:
-        model.load_state_dict(load_file(str(path)))
+        with reading_safetensors(path, "train an autoencoder with `fedsqueeze tgap`"):
+            weights = load_file(str(path))
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ConfigError(f"{path} does not match its architecture: {exc}") from None
     fp = register(model)

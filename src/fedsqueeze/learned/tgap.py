@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..safetensors_errors import reading_safetensors
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
 from .layout import natural_key
@@ -85,7 +86,11 @@ def load_captures(path: str | Path, spec: UpdateSpec | None = None) -> Captures:
     if not path.is_file():
         raise ConfigError(f"no captures at {path}; make them with `fedsqueeze run ... --capture-updates all`")
     groups: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    for key, t in load_file(str(path)).items():
+    with reading_safetensors(
+        path, "give the captures.safetensors of `fedsqueeze run ... --capture-updates all`"
+    ):
+        tensors = load_file(str(path))
+    for key, t in tensors.items():
         parts = key.split("/", 2)
         if len(parts) != 3 or not parts[0].startswith("r") or not parts[1].startswith("c"):
             raise ConfigError(f"{path}: key {key!r} is not r{{round}}/c{{client}}/{{tensor}}")
