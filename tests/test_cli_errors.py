@@ -282,3 +282,114 @@ def test_ctrl_c_before_the_run_started(capsys, monkeypatch, toy_cfg, tmp_path) -
         "fedsqueeze run: interrupted before the run started; start it with: "
         f"fedsqueeze run {toy_cfg} --out {out}"
     )
+
+
+# -- 4. an autoencoder of another spec; a TGAP model worse than zeros -------------------------------------
+def _toy_captures(path, rank: int, scale: float = 1.0) -> None:
+    import torch
+
+    from fedsqueeze.fl.checkpoint import save_captures
+    from fedsqueeze.fl.toy import ToyWorkload
+
+    (_, dim), (hidden, _) = ToyWorkload(4, rank=2).lora_spec.shapes
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for r in (1, 2):
+        for c in (0, 1):
+            tensors[f"r{r}/c{c}/layer.lora_A"] = scale * torch.randn(rank, dim, generator=g)
+            tensors[f"r{r}/c{c}/layer.lora_B"] = scale * torch.randn(hidden, rank, generator=g)
+    save_captures(path, tensors)
+
+
+def test_cg_fedllm_refuses_an_autoencoder_trained_for_another_spec(capsys, monkeypatch, tmp_path) -> None:
+    from fedsqueeze.fl.toy import ToyWorkload
+
+    caps, ae = tmp_path / "caps.safetensors", tmp_path / "ae.safetensors"
+    _toy_captures(caps, rank=5)  # the run below has rank 2
+    assert (
+        cli_main(["tgap", str(caps), "--out", str(ae), "--steps", "2", "--depth", "1", "--no-progress"]) == 0
+    )
+    fp = capsys.readouterr().out.split("fingerprint ")[1].split(";")[0]
+    cfg = tmp_path / "cg.toml"
+    cfg.write_text(TOY.replace('name = "topk"\noptions = { density = 0.25 }', f'name = "cg_fedllm"\n'
+                               f'options = {{ model_path = "{ae}" }}'))  # fmt: skip
+    wl = ToyWorkload(4, rank=2)
+    monkeypatch.setattr(loop, "_build_workload", lambda config: wl)
+    (_, dim), (hidden, _) = wl.lora_spec.shapes
+    msg = one_line_error(capsys, ["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert msg == (
+        f"cg_fedllm: autoencoder {fp} was trained on updates of another spec "
+        f"(2 tensors, d={5 * (dim + hidden)}) than this update's (2 tensors, d={2 * (dim + hidden)}): "
+        f"tensor 'layer.lora_A' is [2, {dim}] here, [5, {dim}] in training; train one on this model's "
+        "updates (`fedsqueeze run ... --capture-updates all`, then `fedsqueeze tgap`)"
+    )
+
+
+def test_cg_codecs_accept_their_own_spec_in_any_order_and_refuse_others(tmp_path) -> None:
+    import torch
+
+    from fedsqueeze import ConfigError, UpdateSpec
+    from fedsqueeze.codecs import codec_class
+    from fedsqueeze.learned import store
+    from fedsqueeze.learned.autoencoder import AEConfig
+    from fedsqueeze.learned.tgap import TGAPConfig, load_captures, tgap_pretrain
+
+    caps_path = tmp_path / "caps.safetensors"
+    _toy_captures(caps_path, rank=3)
+    caps = load_captures(caps_path)
+    model, log = tgap_pretrain(caps, ae=AEConfig(depth=1), config=TGAPConfig(steps=1))
+    assert model.trained_spec == caps.spec
+    store.save(model, tmp_path / "ae.safetensors", info=log)
+    reordered = UpdateSpec(tuple(reversed(caps.spec.entries)))
+    other = UpdateSpec.from_shapes({"layer.lora_A": (2, 8), "layer.lora_B": (8, 2)})
+    for name in ("cg_fedllm", "cg_fedllm_q"):
+        for codec in (
+            codec_class(name).from_model(model),
+            codec_class(name)(model_path=str(tmp_path / "ae.safetensors")),
+        ):
+            codec.encode_with_spec(torch.randn(reordered.numel), reordered)  # same tensors: fine
+            with pytest.raises(ConfigError, match=f"^{name}: autoencoder .* trained on updates of another"):
+                codec.encode_with_spec(torch.randn(other.numel), other)
+    model.trained_spec = None  # unknown (an autoencoder saved without its spec): not checked
+    codec_class("cg_fedllm").from_model(model).encode_with_spec(torch.randn(other.numel), other)
+
+
+def test_tgap_warns_when_the_autoencoder_is_worse_than_zeros(capsys, monkeypatch, tmp_path) -> None:
+    import fedsqueeze.learned.tgap as tgap
+
+    real = tgap.tgap_pretrain
+
+    def bad_training(*args, **kwargs):
+        model, log = real(*args, **kwargs)
+        return model, {**log, "train_rel_error": 5047.0}
+
+    monkeypatch.setattr(tgap, "tgap_pretrain", bad_training)
+    caps, ae = tmp_path / "caps.safetensors", tmp_path / "ae.safetensors"
+    _toy_captures(caps, rank=2)
+    assert (
+        cli_main(["tgap", str(caps), "--out", str(ae), "--steps", "1", "--depth", "1", "--no-progress"]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert "train rel_error 5047.0000;" in out
+    assert err.strip() == (
+        "fedsqueeze tgap: warning: train rel_error 5047.0000 is not below 1: the autoencoder reconstructs "
+        "its own training updates worse than sending zeros would; train longer (--steps), change --lr, or "
+        "try --variant sound"
+    )
+    monkeypatch.setattr(tgap, "tgap_pretrain", real)
+    assert (
+        cli_main(["tgap", str(caps), "--out", str(ae), "--steps", "1", "--depth", "1", "--no-progress"]) == 0
+    )
+    out, err = capsys.readouterr()
+    rel = float(out.split("train rel_error ")[1].split(";")[0])
+    assert ("warning" in err) == (rel >= 1)
+
+
+def test_tgap_steps_zero(capsys, tmp_path) -> None:
+    caps = tmp_path / "caps.safetensors"
+    _toy_captures(caps, rank=2)
+    msg = one_line_error(
+        capsys, ["tgap", str(caps), "--out", str(tmp_path / "ae.safetensors"), "--steps", "0"]
+    )
+    assert msg == "--steps must be >= 1 (0 Adam steps would save an untrained autoencoder), got 0"
+    assert not (tmp_path / "ae.safetensors").exists()

@@ -35,7 +35,15 @@ import torch
 
 from ..errors import ConfigError, PayloadError
 from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix_byte, scales_count
+from ..learned.codec_util import (
+    PREFIX,
+    check_trained_spec,
+    codec_model,
+    max_body,
+    read_floats,
+    read_prefix_byte,
+    scales_count,
+)
 from ..learned.store import register, resolve
 from ..learned.transform import (
     analyse,
@@ -107,6 +115,7 @@ class CGFedLLMQ(Codec):
             latent, scales = blockmean_analyse(flat, spec)
             fp = FALLBACK_FINGERPRINT
         else:
+            check_trained_spec(model, spec, self.name)
             latent, scales = analyse(model, flat, spec)
             fp = model.fingerprint()
         z = latent.numpy().astype(np.float64)

@@ -166,11 +166,9 @@ class TGAPConfig:
             raise ConfigError(
                 f"tgap.collection = {self.collection!r} is not allowed; choose one of federated, local"
             )
-        for key in ("rounds", "batch_size"):
+        for key in ("rounds", "steps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tgap.{key} must be >= 1, got {getattr(self, key)}")
-        if self.steps < 0:
-            raise ConfigError(f"tgap.steps must be >= 0, got {self.steps}")
         if not self.lr > 0:
             raise ConfigError(f"tgap.lr must be > 0, got {self.lr}")
         if self.variant not in ("auto", "paper", "sound"):

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError, PayloadError
 from ..safetensors_errors import reading_safetensors
+from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
 
 __all__ = ["CONTEXT_KEY", "load", "lookup", "register", "resolve", "save", "sidecar_path"]
@@ -107,6 +108,12 @@ def load(path: str | Path) -> CGAutoEncoder:
     fp = register(model)
     if fp != meta.get("fingerprint"):
         raise ConfigError(f"{path}: weights hash to {fp}, the sidecar says {meta.get('fingerprint')}")
+    trained = (meta.get("info") or {}).get("spec")
+    if trained is not None:
+        try:
+            model.trained_spec = UpdateSpec.from_json(trained)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{side}: info.spec is not a list of [name, shape] pairs ({exc})") from None
     with _LOCK:
         _BY_PATH[key] = fp
     return model

@@ -44,9 +44,10 @@ class TGAPConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1:
+        if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(
-                f"tgap steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}"
+                f"tgap steps and batch_size must be >= 1, got {self.steps}, {self.batch_size} (0 steps "
+                "would leave the autoencoder untrained)"
             )
         if not self.lr > 0:
             raise ConfigError(f"tgap lr must be > 0, got {self.lr}")
@@ -200,6 +201,7 @@ def tgap_pretrain(
             num += float((f - rec.double()).pow(2).sum())
             den += float(f.pow(2).sum())
     model = model.to("cpu")
+    model.trained_spec = spec
     log = {
         "steps": cfg.steps,
         "batch_size": bs,
