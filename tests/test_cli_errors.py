@@ -393,3 +393,120 @@ def test_tgap_steps_zero(capsys, tmp_path) -> None:
     )
     assert msg == "--steps must be >= 1 (0 Adam steps would save an untrained autoencoder), got 0"
     assert not (tmp_path / "ae.safetensors").exists()
+
+
+# -- 5. values that were accepted silently ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "options", "says"),
+    [
+        ("topk", {"rate": 1000}, "topk: rate 1000 bits/param is more than a dense fp32 update needs"),
+        ("flm_topk", {"rate": float("inf")}, "flm_topk: rate must be positive bits per parameter or None"),
+        ("fed_cvlc", {"rate": 65}, "fed_cvlc: rate 65 bits/param is more than a dense fp32 update needs"),
+        ("cg_fedllm_q", {"rate": -1}, "cg_fedllm_q: rate must be positive bits per parameter or None"),
+        ("wf_ecq", {"rate": 100}, "wf_ecq: rate 100 bits/param is more than a dense fp32 update needs"),
+        ("topk", {"density": 0.05, "rate": 2}, "topk: give density or rate, not both (rate 2 would override"),
+        ("flm_topk", {"density": 0.1, "rate": 1}, "flm_topk: give density or rate, not both"),
+        ("powersgd", {"rank": 4, "rate": 1}, "powersgd: give rank or rate, not both"),
+        ("qsgd", {"levels": 3, "rate": 1}, "qsgd: give levels or rate, not both"),
+    ],
+)
+def test_codec_rate_options_are_checked_alike(name, options, says) -> None:
+    from fedsqueeze import ConfigError
+    from fedsqueeze.codecs import get
+
+    with pytest.raises(ConfigError) as exc:
+        get(name, **options)
+    assert str(exc.value).startswith(says), str(exc.value)
+
+
+def test_every_rate_codec_refuses_the_same_rates_and_rebuilds_from_its_options() -> None:
+    from fedsqueeze import ConfigError
+    from fedsqueeze.codecs import available, codec_class, get
+
+    rate_codecs = [n for n in available() if codec_class(n).rate_option == "rate"]
+    assert {"topk", "flm_topk", "fed_cvlc", "wf_ecq", "qsgd", "powersgd", "cg_fedllm_q"} <= set(rate_codecs)
+    for name in rate_codecs:
+        for bad in (0, -1, float("inf"), float("nan"), 64.5, 1000, True):
+            with pytest.raises(ConfigError, match=f"^{name}: rate"):
+                get(name, rate=bad)
+        codec = get(name, rate=64)  # the most any rate may be at construction
+        assert get(name, **codec.options()).options() == codec.options()  # defaults + rate rebuild
+
+
+def test_a_rate_above_the_dense_frame_of_this_update_is_refused_at_encode() -> None:
+    import torch
+
+    from fedsqueeze import ConfigError
+    from fedsqueeze.codecs import get
+
+    update = {"w": torch.randn(1024)}  # dense frame: 32 + 256/1024 = 32.25 bits/param
+    for name in ("topk", "flm_topk", "wf_ecq", "qsgd"):
+        get(name, rate=32.25).encode(update)
+        with pytest.raises(
+            ConfigError, match=f"^{name}: rate 33 bits/param is more than the dense fp32 frame"
+        ):
+            get(name, rate=33).encode(update)
+
+
+def test_target_metric_is_a_fraction(capsys, toy_cfg, no_model, tmp_path) -> None:
+    msg = one_line_error(
+        capsys, ["run", str(toy_cfg), "--set", "fl.target_metric=2", "--out", str(tmp_path / "o")]
+    )
+    assert msg.endswith(
+        "fl.target_metric is a fraction in [0, 1] like the metric (e.g. 0.72 for 72% accuracy), got 2"
+    )
+
+
+def test_capture_rounds_past_the_last_round(capsys, toy_cfg, no_model, tmp_path) -> None:
+    argv = ["run", str(toy_cfg), "--capture-updates", "1,99", "--out", str(tmp_path / "o"), "--no-progress"]
+    assert one_line_error(capsys, argv) == (
+        "--capture-updates: round(s) 99 are past the last round (fl.rounds = 2); capture rounds 1..2 or 'all'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "msg"),
+    [
+        (["--s-min", "10", "--s-max", "4"], "--s-max (4) is below --s-min (10); give s-min <= s-max"),
+        (["--s-min", "-3"], "--s-min is log2 of the smallest interval length, at least 1; got -3"),
+        (["--s-min", "0"], "--s-min is log2 of the smallest interval length, at least 1; got 0"),
+        (
+            ["--s-min", "40", "--d", "4096"],
+            "--s-min 40 is above ceil(log2 d) = 12 for d = 4096; give --s-min <= 12",
+        ),
+    ],
+)
+def test_bench_intervals_s_range(capsys, tmp_path, extra, msg) -> None:
+    argv = ["bench", "intervals", "--source", "gaussian", "--out", str(tmp_path), *extra]
+    assert one_line_error(capsys, argv) == msg
+    assert not (tmp_path / "intervals.json").exists()
+
+
+def test_bench_speed_timeout(capsys) -> None:
+    for t in ("0", "-5", "nan"):
+        msg = one_line_error(capsys, ["bench", "speed", "--codec", "topk", "--d", "64", "--timeout", t])
+        assert msg.startswith("--timeout must be a positive number of seconds per codec, got ")
+
+
+def test_flower_supernode_partition_id(capsys, monkeypatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("flower-supernode was started"))
+    argv = ["flower", "supernode", "--superlink", "127.0.0.1:9091", "--insecure", "--partition-id", "-1"]
+    assert (
+        one_line_error(capsys, argv) == "--partition-id is a client id 0..N-1 (N = data.num_clients), got -1"
+    )
+    assert (
+        one_line_error(capsys, [*argv[:-1], "0", "--port", "70000"])
+        == "--port must be in 1..65535, got 70000"
+    )
+
+
+@pytest.mark.parametrize("bad", [2, -0.1, float("nan"), "high", True])
+def test_target_metric_values(bad) -> None:
+    from fedsqueeze import ConfigError
+    from fedsqueeze.fl.config import FLConfig
+
+    with pytest.raises(ConfigError, match=r"^fl.target_metric is a fraction in \[0, 1\] like the metric"):
+        FLConfig(target_metric=bad)
+    assert FLConfig(target_metric=1).target_metric == 1 and FLConfig(target_metric=0.0).target_metric == 0

@@ -67,19 +67,32 @@ def sweep(
     s_min: int = 4,
     s_max: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the benchmark (see the module docstring)."""
+    """Rows of the benchmark (see the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        ``s_min < 1``, ``s_max < s_min``, or ``s_min`` above ``ceil(log2 d)`` (no interval length to try).
+    """
     from ..codecs import available
     from ..codecs.budget import PACKET_BYTES, budget_bits
+    from ..errors import ConfigError
 
+    if s_min < 1:
+        raise ConfigError(f"--s-min is log2 of the smallest interval length, at least 1; got {s_min}")
+    if s_max is not None and s_max < s_min:
+        raise ConfigError(f"--s-max ({s_max}) is below --s-min ({s_min}); give s-min <= s-max")
     u, spec = _source(source, d, seed)
     n = spec.numel
     budget = budget_bits(n, rate=rate, density=density)
     packets = max(1, (budget // 8) // PACKET_BYTES)
     top = max(1, math.ceil(math.log2(n)))
+    if s_min > top:
+        raise ConfigError(f"--s-min {s_min} is above ceil(log2 d) = {top} for d = {n}; give --s-min <= {top}")
     s_max = top if s_max is None else min(s_max, top)
-    common = {"density": density, "rate": rate}
+    common: dict[str, Any] = {"density": density} if rate is None else {"rate": rate}
     rows = []
-    for s in range(max(1, s_min), s_max + 1):
+    for s in range(s_min, s_max + 1):
         modes = ["threshold"] + (["even"] if math.ceil(n / (1 << s)) <= packets else [])
         for mode in modes:
             opts = {"mode": mode, "interval_size": 1 << s, **common}

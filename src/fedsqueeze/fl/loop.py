@@ -317,6 +317,12 @@ def run(
     """
     out = check_out_dir(out_dir, "out_dir") if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
+    past = sorted(r for r in captures if r > config.fl.rounds) if isinstance(captures, frozenset) else []
+    if past:
+        raise ConfigError(
+            f"--capture-updates: round(s) {', '.join(map(str, past))} are past the last round "
+            f"(fl.rounds = {config.fl.rounds}); capture rounds 1..{config.fl.rounds} or 'all'"
+        )
     if resume and not out.is_dir():
         raise ConfigError(
             f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
