@@ -106,5 +106,31 @@ def test_non_bytes_rejected() -> None:
 
 
 def test_encode_refuses_non_finite() -> None:
-    with pytest.raises(fedsqueeze.ConfigError, match="NaN"):
+    with pytest.raises(fedsqueeze.UpdateError, match="NaN"):
         get("identity").encode({"a": torch.tensor([1.0, float("inf")])})
+
+
+@pytest.mark.parametrize("name", ["identity", "topk", "flm_topk"])
+@pytest.mark.parametrize(
+    ("update", "says"),
+    [
+        (torch.zeros(10), "got Tensor (wrap it: {'name': tensor})"),
+        ([torch.zeros(10)], "got list"),
+        ({"a": [0.0, 1.0]}, "update entry 'a' is a list, not a torch.Tensor"),
+    ],
+)
+def test_encode_refuses_what_is_not_a_mapping_of_tensors(name, update, says) -> None:
+    with pytest.raises(fedsqueeze.UpdateError, match="mapping of tensor names to tensors") as exc:
+        get(name).encode(update)
+    assert says in str(exc.value) and "\n" not in str(exc.value)
+    assert isinstance(exc.value, ValueError) and isinstance(exc.value, fedsqueeze.FedsqueezeError)
+    with pytest.raises(fedsqueeze.UpdateError):
+        fedsqueeze.ErrorFeedback(get(name)).encode(update)
+
+
+def test_encode_with_spec_refuses_a_non_tensor() -> None:
+    spec = UpdateSpec.from_shapes({"a": (2,)})
+    with pytest.raises(fedsqueeze.UpdateError, match="1-D torch.Tensor, got list"):
+        get("identity").encode_with_spec([0.0, 1.0], spec)  # type: ignore[arg-type]
+    with pytest.raises(fedsqueeze.UpdateError, match="NaN or Inf"):
+        fedsqueeze.ErrorFeedback(get("topk")).encode({"a": torch.tensor([float("nan"), 1.0])})

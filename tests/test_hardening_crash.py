@@ -127,7 +127,8 @@ def _kill_and_resume(cfg_file: Path, out: Path, rng: random.Random) -> tuple[int
     state = load_checkpoint(out)
     ckpt_round = 0 if state is None else state["round"]
     assert lines in (ckpt_round, ckpt_round + 1)  # at most the round being checkpointed is ahead
-    res = subprocess.run(_cmd(cfg_file, out, "--resume"), env=_env(), capture_output=True, timeout=300)
+    again = ["--resume"] if out.exists() else []  # killed before it made its folder: nothing to resume
+    res = subprocess.run(_cmd(cfg_file, out, *again), env=_env(), capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr.decode()[-2000:]
     return lines, ckpt_round
 

@@ -8,7 +8,14 @@ command and fedsqueeze's Flower apps turn the Hugging Face hub off when they sta
 from importlib import metadata as _metadata
 
 from .codecs import Codec, ErrorFeedback, decode
-from .errors import ConfigError, FedsqueezeError, MissingExtraError, PayloadError, SpecMismatchError
+from .errors import (
+    ConfigError,
+    FedsqueezeError,
+    MissingExtraError,
+    PayloadError,
+    SpecMismatchError,
+    UpdateError,
+)
 from .spec import UpdateSpec
 
 try:
@@ -25,6 +32,7 @@ __all__ = [
     "MissingExtraError",
     "PayloadError",
     "SpecMismatchError",
+    "UpdateError",
     "UpdateSpec",
     "__version__",
     "decode",

@@ -1,13 +1,21 @@
 """Exception tree of fedsqueeze.
 
 Every error raised on purpose by the library derives from :class:`FedsqueezeError`, so callers can catch one
-type. :class:`PayloadError` marks untrusted bytes that cannot be decoded; it is also a ``ValueError`` so
-generic handlers keep working.
+type. :class:`PayloadError` marks untrusted bytes that cannot be decoded, :class:`UpdateError` an update
+handed to a codec that cannot be encoded (not a mapping of tensors, NaN or Inf values); both are also
+``ValueError`` so generic handlers keep working.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FedsqueezeError", "MissingExtraError", "PayloadError", "SpecMismatchError"]
+__all__ = [
+    "ConfigError",
+    "FedsqueezeError",
+    "MissingExtraError",
+    "PayloadError",
+    "SpecMismatchError",
+    "UpdateError",
+]
 
 
 class FedsqueezeError(Exception):
@@ -28,3 +36,7 @@ class ConfigError(FedsqueezeError, ValueError):
 
 class MissingExtraError(FedsqueezeError, ImportError):
     """An optional dependency is not installed; the message names the ``fedsqueeze[...]`` extra to install."""
+
+
+class UpdateError(FedsqueezeError, ValueError):
+    """An update to encode is not a mapping of names to tensors, or holds NaN or Inf values."""

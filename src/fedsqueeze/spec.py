@@ -14,12 +14,27 @@ from functools import cached_property
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, UpdateError
 
-__all__ = ["MAX_SPEC_NUMEL", "UpdateSpec"]
+__all__ = ["MAX_SPEC_NUMEL", "UpdateSpec", "check_update"]
 
 # A spec larger than this is refused: the wire format stores d in 32 bits and decoders size buffers by d.
 MAX_SPEC_NUMEL = 2**31 - 1
+
+
+def check_update(tensors: object) -> None:
+    """Raise :class:`~fedsqueeze.UpdateError` unless ``tensors`` is a mapping of names to ``torch.Tensor``."""
+    if not isinstance(tensors, Mapping):
+        raise UpdateError(
+            f"an update is a mapping of tensor names to tensors, e.g. {{'layer.lora_A': tensor}}; got "
+            f"{type(tensors).__name__}" + (" (wrap it: {'name': tensor})" if torch.is_tensor(tensors) else "")
+        )
+    for name, value in tensors.items():
+        if not torch.is_tensor(value):
+            raise UpdateError(
+                f"update entry {name!r} is a {type(value).__name__}, not a torch.Tensor; an update is a "
+                "mapping of tensor names to tensors"
+            )
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,14 @@ class UpdateSpec:
     # -- construction ------------------------------------------------------------------------------
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> UpdateSpec:
-        """Build a spec from a mapping of tensors, keeping the mapping's order."""
+        """Build a spec from a mapping of tensors, keeping the mapping's order.
+
+        Raises
+        ------
+        UpdateError
+            ``tensors`` is not a mapping of names to tensors (e.g. a bare tensor or a list).
+        """
+        check_update(tensors)
         return cls(tuple((str(k), tuple(int(s) for s in v.shape)) for k, v in tensors.items()))
 
     @classmethod
@@ -112,6 +134,7 @@ class UpdateSpec:
         self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """Concatenate the tensors in spec order into one 1-D tensor of ``dtype`` (on the CPU)."""
+        check_update(tensors)
         self.check(tensors)
         if not self.entries:
             return torch.zeros(0, dtype=dtype)

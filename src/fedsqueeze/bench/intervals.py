@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .._extras import require
+from ..out_paths import check_out_dir, check_out_file
 
 __all__ = ["add_arguments", "main", "sweep"]
 
@@ -67,19 +68,32 @@ def sweep(
     s_min: int = 4,
     s_max: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the benchmark (see the module docstring)."""
+    """Rows of the benchmark (see the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        ``s_min < 1``, ``s_max < s_min``, or ``s_min`` above ``ceil(log2 d)`` (no interval length to try).
+    """
     from ..codecs import available
     from ..codecs.budget import PACKET_BYTES, budget_bits
+    from ..errors import ConfigError
 
+    if s_min < 1:
+        raise ConfigError(f"--s-min is log2 of the smallest interval length, at least 1; got {s_min}")
+    if s_max is not None and s_max < s_min:
+        raise ConfigError(f"--s-max ({s_max}) is below --s-min ({s_min}); give s-min <= s-max")
     u, spec = _source(source, d, seed)
     n = spec.numel
     budget = budget_bits(n, rate=rate, density=density)
     packets = max(1, (budget // 8) // PACKET_BYTES)
     top = max(1, math.ceil(math.log2(n)))
+    if s_min > top:
+        raise ConfigError(f"--s-min {s_min} is above ceil(log2 d) = {top} for d = {n}; give --s-min <= {top}")
     s_max = top if s_max is None else min(s_max, top)
-    common = {"density": density, "rate": rate}
+    common: dict[str, Any] = {"density": density} if rate is None else {"rate": rate}
     rows = []
-    for s in range(max(1, s_min), s_max + 1):
+    for s in range(s_min, s_max + 1):
         modes = ["threshold"] + (["even"] if math.ceil(n / (1 << s)) <= packets else [])
         for mode in modes:
             opts = {"mode": mode, "interval_size": 1 << s, **common}
@@ -145,12 +159,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    jpath = check_out_file(args.json, "--json") if args.json else check_out_dir(args.out) / "intervals.json"
+    ppath = (
+        check_out_file(args.plot, "--plot", example="intervals.png")
+        if args.plot
+        else check_out_dir(args.out) / "intervals.png"
+    )
     rows = sweep(args.source, args.d, args.seed, args.density, args.rate, args.s_min, args.s_max)
-    out = Path(args.out)
-    jpath = Path(args.json) if args.json else out / "intervals.json"
     jpath.parent.mkdir(parents=True, exist_ok=True)
     jpath.write_text(json.dumps(rows, indent=1))
-    ppath = Path(args.plot) if args.plot else out / "intervals.png"
     budget = f"rate {args.rate}" if args.rate else f"p = {args.density}"
     plot(rows, ppath, f"{args.source}: error vs interval length at {budget}")
     for r in rows:

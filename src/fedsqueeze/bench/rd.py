@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..out_paths import check_out_dir, check_out_file
 from ..strict_json import finite_or_none
 from .sources import Source, load_source
 
@@ -397,6 +398,14 @@ def main(args: argparse.Namespace) -> int:
     for c in codecs:
         make_codec(c, None)  # unknown names and bad options fail now, with the list of codecs / a message
     out = Path(args.out)
+    json_path = check_out_file(args.json, "--json") if args.json else check_out_dir(out) / "rd.json"
+    plot_path = None
+    if not args.no_plot:
+        plot_path = (
+            check_out_file(args.plot, "--plot", example="rd.png")
+            if args.plot
+            else check_out_dir(out) / "rd.png"
+        )
     t_start = time.perf_counter()
     sources = [load_source(n, args.d, args.seed) for n in names]
     n_jobs = len(sources) * len(_jobs(codecs, args.rates))
@@ -418,14 +427,12 @@ def main(args: argparse.Namespace) -> int:
             on_step=lambda label: bar.update(task, advance=1, last=label),
         )
     print_table(rows, notes, console)
-    json_path = Path(args.json) if args.json else out / "rd.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(finite_or_none(rows), indent=1, default=str) + "\n")
     console.print(f"wrote {len(rows)} rows to {json_path}")
-    if not args.no_plot:
+    if plot_path is not None:
         from .rd_plot import plot_rd
 
-        plot_path = Path(args.plot) if args.plot else out / "rd.png"
         plot_rd(rows, refs, plot_path, max_rate=max(args.rates))
         console.print(f"wrote {plot_path}")
     console.print(f"bench rd finished in {time.perf_counter() - t_start:.1f} s")

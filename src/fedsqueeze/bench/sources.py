@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..safetensors_errors import reading_safetensors
 
 __all__ = [
     "BLOCKS",
@@ -165,7 +166,8 @@ def _load_file(spec: str) -> dict[str, torch.Tensor]:
     path, selector = _split_selector(spec)
     if not path.is_file():
         raise ConfigError(f"source file {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as f:
+    hint = "give one written by `fedsqueeze run ... --capture-updates` or safetensors.torch.save_file"
+    with reading_safetensors(path, hint), safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
         groups: dict[tuple[int, int, str], list[tuple[str, str]]] = {}
         plain: list[str] = []

@@ -276,10 +276,15 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..errors import ConfigError
+    from ..out_paths import check_out_file
     from .rd import default_codecs, make_codec
 
     if args.d < 1 or args.repeat < 1:
         raise ConfigError("--d and --repeat must be positive")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ConfigError(f"--timeout must be a positive number of seconds per codec, got {args.timeout:g}")
+    if args.json:
+        check_out_file(args.json, "--json")
     codecs = args.codec or default_codecs()
     for c in codecs:
         make_codec(c)  # unknown names and bad options fail before any subprocess starts

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UpdateError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE, pack_frame
 
@@ -84,17 +84,24 @@ class Codec(ABC):
         -------
         bytes
             The frame; its length is the exact uplink cost.
+
+        Raises
+        ------
+        UpdateError
+            ``update`` is not a mapping of names to tensors, or holds NaN or Inf values.
         """
         spec = UpdateSpec.from_tensors(update)
         return self.encode_with_spec(spec.flatten(update), spec, seed=seed)
 
     def encode_with_spec(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int = 0) -> bytes:
         """Encode a flat float32 vector of ``spec`` (skips building the spec from a mapping)."""
+        if not torch.is_tensor(flat):
+            raise UpdateError(f"a flat update is a 1-D torch.Tensor, got {type(flat).__name__}")
         if flat.ndim != 1 or flat.numel() != spec.numel:
             raise ConfigError(f"flat update has shape {tuple(flat.shape)}, the spec needs ({spec.numel},)")
         flat = flat.detach().to("cpu", torch.float32).contiguous()
         if not all_finite(flat):
-            raise ConfigError("update contains NaN or Inf; refusing to encode it")
+            raise UpdateError("update contains NaN or Inf; refusing to encode it")
         body = self.encode_flat(flat, spec, seed=seed)
         return pack_frame(self.codec_id, spec, seed, body)
 

@@ -9,6 +9,7 @@ import math
 
 from ..errors import ConfigError
 from ..wire.frame import HEADER_SIZE
+from ._baseline_util import check_rate, check_rate_fits
 
 __all__ = ["PACKET_BITS", "PACKET_BYTES", "budget_bits", "paper_packets"]
 
@@ -23,14 +24,16 @@ def paper_packets(d: int, density: float = 0.02) -> int:
     return max(1, math.floor(math.floor(density * d) * (32 + math.log2(d) + 1) / PACKET_BITS))
 
 
-def budget_bits(d: int, *, rate: float | None = None, density: float = 0.02) -> int:
+def budget_bits(d: int, *, rate: float | None = None, density: float = 0.02, name: str = "budget") -> int:
     """Frame budget in bits: ``rate * d`` when a rate is given, else the paper's ``P * 12000``.
 
-    The result is never below the frame header plus one byte, so tiny specs still get a valid frame.
+    The result is never below the frame header plus one byte, so tiny specs still get a valid frame. A rate
+    is checked as every codec's ``rate`` option is (:func:`~._baseline_util.check_rate`, and not above the
+    dense fp32 frame of ``d``); ``name`` (the codec) starts the messages.
     """
     if rate is not None:
-        if not (rate > 0 and math.isfinite(rate)):
-            raise ConfigError(f"rate must be a positive number of bits per parameter, got {rate}")
+        check_rate(name, rate)
+        check_rate_fits(name, rate, d)
         bits = math.floor(rate * d)
     else:
         if not 0 < density <= 1:

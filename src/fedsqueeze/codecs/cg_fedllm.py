@@ -27,7 +27,15 @@ import torch
 
 from ..errors import ConfigError, PayloadError
 from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix_byte, scales_count
+from ..learned.codec_util import (
+    PREFIX,
+    check_trained_spec,
+    codec_model,
+    max_body,
+    read_floats,
+    read_prefix_byte,
+    scales_count,
+)
 from ..learned.store import register, resolve
 from ..learned.transform import analyse, layout_for, synthesise
 from ..spec import UpdateSpec
@@ -78,6 +86,7 @@ class CGFedLLM(Codec):
 
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         model = self.model()
+        check_trained_spec(model, spec, self.name)
         latent, scales = analyse(model, flat, spec)
         code, np_t = _DTYPES[self.latent_dtype]
         z = latent.numpy().astype(np.float32)

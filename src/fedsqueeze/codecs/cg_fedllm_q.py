@@ -35,7 +35,15 @@ import torch
 
 from ..errors import ConfigError, PayloadError
 from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import PREFIX, codec_model, max_body, read_floats, read_prefix_byte, scales_count
+from ..learned.codec_util import (
+    PREFIX,
+    check_trained_spec,
+    codec_model,
+    max_body,
+    read_floats,
+    read_prefix_byte,
+    scales_count,
+)
 from ..learned.store import register, resolve
 from ..learned.transform import (
     analyse,
@@ -47,6 +55,7 @@ from ..learned.transform import (
 )
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
+from ._baseline_util import check_rate, check_rate_fits
 from .base import Codec, DecodeContext
 from .registry import register as register_codec
 
@@ -86,8 +95,7 @@ class CGFedLLMQ(Codec):
     model_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.rate is not None and not self.rate > 0:
-            raise ConfigError(f"cg_fedllm_q rate must be > 0 bits/param, got {self.rate}")
+        check_rate(self.name, self.rate)
         if not 2 <= self.bits <= 16:
             raise ConfigError(f"cg_fedllm_q bits must be in 2..16, got {self.bits}")
 
@@ -107,6 +115,7 @@ class CGFedLLMQ(Codec):
             latent, scales = blockmean_analyse(flat, spec)
             fp = FALLBACK_FINGERPRINT
         else:
+            check_trained_spec(model, spec, self.name)
             latent, scales = analyse(model, flat, spec)
             fp = model.fingerprint()
         z = latent.numpy().astype(np.float64)
@@ -124,6 +133,7 @@ class CGFedLLMQ(Codec):
 
         if self.rate is None:
             return body_for(fine)
+        check_rate_fits(self.name, self.rate, spec.numel)
         budget = int(self.rate * spec.numel) // 8 - HEADER_SIZE
         if len(body_for(fine)) <= budget:
             return body_for(fine)

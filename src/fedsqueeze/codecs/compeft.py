@@ -37,6 +37,7 @@ from ._baseline_util import (
     CODER_NAMES,
     FP32_MAX,
     check_density,
+    check_one_budget,
     check_rate,
     density_k,
     expect_body_bits,
@@ -63,7 +64,8 @@ class ComPEFT(Codec):
     Parameters
     ----------
     density
-        Kept fraction: ``k = floor(density * d)`` (at least 1). Ignored when ``rate`` is set.
+        Kept fraction: ``k = floor(density * d)`` (at least 1). Replaced by ``rate`` when set (then leave
+        it at its default).
     rate
         Target bits per parameter of the whole frame; picks the ``k`` of least error among those that fit
         (the largest, unless a single magnitude fits fewer entries better).
@@ -86,6 +88,7 @@ class ComPEFT(Codec):
     def __post_init__(self) -> None:
         check_density(self.name, self.density)
         check_rate(self.name, self.rate)
+        check_one_budget(self)
         if self.positions not in INDEX_CODERS:
             raise ConfigError(f"compeft: positions must be one of {INDEX_CODERS}, got {self.positions!r}")
         if not (isinstance(self.alpha, int | float) and self.alpha > 0 and math.isfinite(self.alpha)):

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
+from ._baseline_util import check_one_budget, check_rate
 from ._flm_plan import even_stream
 from ._packets import MAX_B, MODE_EVEN, BudgetTooSmallError, ceil_log2, decode_body, empty_body, encode_body
 from .base import Codec, DecodeContext
@@ -33,9 +34,10 @@ class FedCVLC(Codec):
     Parameters
     ----------
     density
-        Budget as the paper's ``P`` packets of 12,000 bits at TopK density ``p`` (ignored with ``rate``).
+        Budget as the paper's ``P`` packets of 12,000 bits at TopK density ``p`` (not with ``rate``).
     rate
-        Target bits per parameter of the whole frame; overrides ``density``.
+        Target bits per parameter of the whole frame, instead of ``density`` (a non-default density with a
+        rate is a ``ConfigError``).
     b_min, b_max
         Range of the per-packet value bit width (1..15).
     """
@@ -53,8 +55,8 @@ class FedCVLC(Codec):
     def __post_init__(self) -> None:
         if not 0 < self.density <= 1:
             raise ConfigError(f"density must be in (0, 1], got {self.density}")
-        if self.rate is not None and not self.rate > 0:
-            raise ConfigError(f"rate must be a positive number of bits per parameter, got {self.rate}")
+        check_rate(self.name, self.rate)
+        check_one_budget(self)
         if not 1 <= self.b_min <= self.b_max <= MAX_B:
             raise ConfigError(
                 f"need 1 <= b_min <= b_max <= {MAX_B}, got b_min={self.b_min}, b_max={self.b_max}"
@@ -63,7 +65,7 @@ class FedCVLC(Codec):
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         d = spec.numel
         s = max(1, ceil_log2(d))
-        budget = budget_bits(d, rate=self.rate, density=self.density)
+        budget = budget_bits(d, rate=self.rate, density=self.density, name=self.name)
         try:
             stream, s, _ = even_stream(flat, budget, self.b_min, self.b_max, s)
         except BudgetTooSmallError:

@@ -27,6 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from ..spec import UpdateSpec
+from ._baseline_util import check_one_budget, check_rate
 from ._flm_plan import even_stream, log2_exact, threshold_stream
 from ._packets import (
     MAX_B,
@@ -54,9 +55,10 @@ class FLMTopK(Codec):
     mode
         ``"threshold"`` (default; global threshold grouped by interval) or ``"even"`` (the paper's split).
     density
-        Budget as the paper's ``P = floor(floor(p d) (33 + log2 d) / 12000)`` packets (ignored with ``rate``).
+        Budget as the paper's ``P = floor(floor(p d) (33 + log2 d) / 12000)`` packets (not with ``rate``).
     rate
-        Target bits per parameter of the whole frame; overrides ``density``.
+        Target bits per parameter of the whole frame, instead of ``density`` (a non-default density with a
+        rate is a ``ConfigError``).
     b_min, b_max
         Range of the per-packet value bit width (1..15).
     interval_size
@@ -86,8 +88,8 @@ class FLMTopK(Codec):
             raise ConfigError(f"mode must be 'even' or 'threshold', got {self.mode!r}")
         if not 0 < self.density <= 1:
             raise ConfigError(f"density must be in (0, 1], got {self.density}")
-        if self.rate is not None and not self.rate > 0:
-            raise ConfigError(f"rate must be a positive number of bits per parameter, got {self.rate}")
+        check_rate(self.name, self.rate)
+        check_one_budget(self)
         if not 1 <= self.b_min <= self.b_max <= MAX_B:
             raise ConfigError(
                 f"need 1 <= b_min <= b_max <= {MAX_B}, got b_min={self.b_min}, b_max={self.b_max}"
@@ -101,7 +103,7 @@ class FLMTopK(Codec):
 
     def budget(self, d: int) -> int:
         """Frame budget in bits for an update of ``d`` parameters."""
-        return budget_bits(d, rate=self.rate, density=self.density)
+        return budget_bits(d, rate=self.rate, density=self.density, name=self.name)
 
     def _interval_exponent(self, d: int) -> int | None:
         if self.interval_size is not None:

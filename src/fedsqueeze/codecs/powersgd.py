@@ -32,7 +32,15 @@ import torch
 from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import FP32_MAX, check_rate, expect_body_bits, largest_fitting, read_scale, to_f32
+from ._baseline_util import (
+    FP32_MAX,
+    check_one_budget,
+    check_rate,
+    expect_body_bits,
+    largest_fitting,
+    read_scale,
+    to_f32,
+)
 from .base import Codec, DecodeContext
 from .registry import register
 
@@ -81,7 +89,7 @@ class PowerSGD(Codec):
     Parameters
     ----------
     rank
-        Rank r of every matrix (capped at ``min(n, m)``). Ignored when ``rate`` is set.
+        Rank r of every matrix (capped at ``min(n, m)``). Replaced by ``rate`` when set (then leave it at 1).
     rate
         Target bits per parameter of the whole frame; picks the largest rank that fits.
     power_iters
@@ -105,6 +113,7 @@ class PowerSGD(Codec):
         if not (isinstance(self.rank, int) and 1 <= self.rank <= MAX_RANK):
             raise ConfigError(f"powersgd: rank must be an int in 1..{MAX_RANK}, got {self.rank!r}")
         check_rate(self.name, self.rate)
+        check_one_budget(self, "rank")
         if not (isinstance(self.power_iters, int) and 1 <= self.power_iters <= 16):
             raise ConfigError(f"powersgd: power_iters must be an int in 1..16, got {self.power_iters!r}")
         if self.factor_bits not in (16, 32):

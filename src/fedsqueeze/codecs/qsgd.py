@@ -35,7 +35,15 @@ import torch
 from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import FP32_MAX, check_rate, expect_body_bits, frame_bits, largest_fitting, to_f32
+from ._baseline_util import (
+    FP32_MAX,
+    check_one_budget,
+    check_rate,
+    expect_body_bits,
+    frame_bits,
+    largest_fitting,
+    to_f32,
+)
 from .base import Codec, DecodeContext
 from .registry import register
 
@@ -78,7 +86,7 @@ class QSGD(Codec):
     bucket
         Values per norm (the paper's bucket size).
     levels
-        s, the number of nonzero magnitude levels. Ignored when ``rate`` is set.
+        s, the number of nonzero magnitude levels. Replaced by ``rate`` when set (then leave it at 8).
     norm
         ``"max"`` (default, lower variance) or ``"l2"`` (the paper's).
     coding
@@ -109,6 +117,7 @@ class QSGD(Codec):
         if self.coding not in _CODINGS:
             raise ConfigError(f"qsgd: coding must be one of {_CODINGS}, got {self.coding!r}")
         check_rate(self.name, self.rate)
+        check_one_budget(self, "levels")
 
     # -- quantization -------------------------------------------------------------------------------------
     def _norms(self, ax: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
 from ._baseline_util import (
     check_density,
+    check_one_budget,
     check_rate,
     density_k,
     expect_body_bits,
@@ -64,7 +65,8 @@ class RandK(Codec):
     Parameters
     ----------
     density
-        Kept fraction: ``k = floor(density * d)`` (at least 1). Ignored when ``rate`` is set.
+        Kept fraction: ``k = floor(density * d)`` (at least 1). Replaced by ``rate`` when set (then leave
+        it at its default).
     rate
         Target bits per parameter of the whole frame; picks the largest ``k`` that fits.
     value_bits
@@ -87,6 +89,7 @@ class RandK(Codec):
     def __post_init__(self) -> None:
         check_density(self.name, self.density)
         check_rate(self.name, self.rate)
+        check_one_budget(self)
         if self.value_bits not in (16, 32):
             raise ConfigError(f"randk: value_bits must be 32 or 16, got {self.value_bits!r}")
         if not isinstance(self.unbiased, bool):

@@ -29,6 +29,7 @@ from ._baseline_util import (
     CODER_IDS,
     CODER_NAMES,
     check_density,
+    check_one_budget,
     check_rate,
     density_k,
     expect_body_bits,
@@ -75,7 +76,8 @@ class TopK(Codec):
     Parameters
     ----------
     density
-        Kept fraction: ``k = floor(density * d)`` (at least 1). Ignored when ``rate`` is set.
+        Kept fraction: ``k = floor(density * d)`` (at least 1). Replaced by ``rate`` when set (then leave
+        it at its default).
     rate
         Target bits per parameter of the whole frame; picks the largest ``k`` that fits.
     value_bits
@@ -100,6 +102,7 @@ class TopK(Codec):
     def __post_init__(self) -> None:
         check_density(self.name, self.density)
         check_rate(self.name, self.rate)
+        check_one_budget(self)
         if not (isinstance(self.value_bits, int) and _valid_value_bits(self.value_bits)):
             raise ConfigError(f"topk: value_bits must be 32, 16 or 2..15, got {self.value_bits!r}")
         if self.positions not in INDEX_CODERS:

@@ -71,7 +71,7 @@ from ..errors import ConfigError, PayloadError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, BitWriter
 from . import _wf_fill, _wf_tcq
-from ._baseline_util import FP32_MAX, HEADER_BITS, check_density, check_rate
+from ._baseline_util import FP32_MAX, HEADER_BITS, check_density, check_one_budget, check_rate
 from ._wf_model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, ans, class_code, class_probabilities, split_code
 from ._wf_plan import (
     CLASS_BITS,
@@ -158,7 +158,8 @@ class WfEcq(Codec):
     Parameters
     ----------
     density
-        Budget as the papers' ``P * 12000`` bits for density ``p`` (ignored when ``rate`` is set).
+        Budget as the papers' ``P * 12000`` bits for density ``p`` (not with ``rate``: a non-default
+        density with a rate is a ``ConfigError``).
     rate
         Target bits per parameter of the whole frame (header included).
     block
@@ -189,6 +190,7 @@ class WfEcq(Codec):
     def __post_init__(self) -> None:
         check_density(self.name, self.density)
         check_rate(self.name, self.rate)
+        check_one_budget(self)
         if self.block is not None and not (isinstance(self.block, int) and _MIN_BLOCK <= self.block < 2**31):
             raise ConfigError(
                 f"wf_ecq: block must be None or an int in [{_MIN_BLOCK}, 2**31), got {self.block!r}"
@@ -208,7 +210,7 @@ class WfEcq(Codec):
 
     def budget(self, d: int) -> int:
         """Frame budget in bits (whole frame)."""
-        bits = budget_bits(d, rate=self.rate, density=self.density)
+        bits = budget_bits(d, rate=self.rate, density=self.density, name=self.name)
         return min(bits, math.floor(self.rate * d)) if self.rate is not None else bits
 
     # -- encoding ----------------------------------------------------------------------------------------

@@ -1,9 +1,17 @@
-"""Atomic files (temp file + ``os.replace``): checkpoints (``torch.save``), JSON, JSON lines, safetensors."""
+"""Atomic files (temp file + ``os.replace``): checkpoints (``torch.save``), JSON, JSON lines, safetensors.
+
+A checkpoint file is the ``torch.save`` bytes followed by a 48-byte trailer: ``CHECKSUM_MAGIC`` and the
+SHA-256 of those bytes. :func:`load_checkpoint` checks it, so a truncated, overwritten or bit-flipped file is
+refused with a message instead of resuming with other numbers. Files from before the trailer existed load
+unchecked (logged).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -13,8 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 __all__ = [
     "CHECKPOINT_NAME",
+    "CHECKSUM_MAGIC",
     "append_jsonl",
     "atomic_write",
     "jsonable",
@@ -26,6 +37,10 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint/state.pt"
+CHECKSUM_MAGIC = b"FSQ-CKPT-SHA256\x00"  # 16 bytes, then the 32-byte digest, at the end of state.pt
+_TRAILER = len(CHECKSUM_MAGIC) + 32
+_CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -119,21 +134,65 @@ def _unpack(obj: Any) -> Any:
     return obj
 
 
+def _save_with_checksum(obj: Any, tmp: str) -> None:
+    torch.save(obj, tmp)
+    h = hashlib.sha256()
+    with open(tmp, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    with open(tmp, "ab") as fh:
+        fh.write(CHECKSUM_MAGIC + h.digest())
+
+
 def save_checkpoint(out_dir: Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (tensors, bytes, plain Python and NumPy values) to ``out_dir/checkpoint/state.pt``
-    atomically."""
+    atomically, with its SHA-256 (see the module docstring)."""
     path = out_dir / CHECKPOINT_NAME
     packed = _pack(dict(state))
-    atomic_write(path, lambda tmp: torch.save(packed, tmp))
+    atomic_write(path, lambda tmp: _save_with_checksum(packed, tmp))
     return path
 
 
+def _damaged(path: Path, why: str) -> ConfigError:
+    run = path.parent.parent
+    return ConfigError(
+        f"checkpoint {path} is damaged ({why}); start fresh with another --out, or delete {path.parent} "
+        f"to run into {run} again without --resume"
+    )
+
+
 def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint of ``out_dir``, or ``None`` when there is none (loaded with ``weights_only=True``)."""
-    path = out_dir / CHECKPOINT_NAME
+    """The checkpoint of ``out_dir``, or ``None`` when there is none (loaded with ``weights_only=True``).
+
+    Raises
+    ------
+    ConfigError
+        The file is empty, truncated, not a checkpoint or fails its checksum; the message says how to go on.
+    """
+    path = Path(out_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    return _unpack(torch.load(path, weights_only=True))
+    data = path.read_bytes()
+    if not data:
+        raise _damaged(path, "empty file")
+    body = memoryview(data)
+    if len(data) >= _TRAILER and data[-_TRAILER:-32] == CHECKSUM_MAGIC:
+        body = body[:-_TRAILER]
+        if hashlib.sha256(body).digest() != data[-32:]:
+            raise _damaged(
+                path, "its SHA-256 does not match: the file was changed or corrupted after writing"
+            )
+    else:
+        log.info("checkpoint %s has no checksum (written by an older fedsqueeze); loading it unchecked", path)
+    try:
+        state = torch.load(io.BytesIO(body), weights_only=True)
+    except Exception as exc:  # truncated zip, garbage, a pickle with forbidden globals, ...
+        raise _damaged(
+            path, f"truncated or not a checkpoint: torch.load raised {type(exc).__name__}"
+        ) from None
+    if not isinstance(state, dict):
+        raise _damaged(path, f"holds a {type(state).__name__}, not a fedsqueeze checkpoint")
+    return _unpack(state)
 
 
 def save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -9,9 +9,11 @@ Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png and DIR/c
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
-__all__ = ["add_arguments", "add_config_arguments", "main"]
+__all__ = ["add_arguments", "add_config_arguments", "interrupted_hint", "main"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..out_paths import check_out_dir
     from .config import load_config
     from .health import describe
     from .loop import default_out_dir, run
@@ -51,20 +54,24 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         print("fedsqueeze run: --resume needs --out DIR (the run to continue)", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else default_out_dir(config)
+    out = check_out_dir(args.out) if args.out is not None else default_out_dir(config)
     try:
         from ..models.workload import configure_threads
     except ImportError:  # the ML side is optional for the loop itself
         pass
     else:
         configure_threads()
-    summary = run(
-        config,
-        out,
-        resume=args.resume,
-        capture_rounds=args.capture_updates,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = run(
+            config,
+            out,
+            resume=args.resume,
+            capture_rounds=args.capture_updates,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(f"fedsqueeze run: {interrupted_hint(args, out)}", file=sys.stderr)
+        return 130
     metric = summary["final_metric"]
     shown = "n/a" if metric is None else f"{metric:.4f}"
     warned = describe(summary["warnings"])
@@ -75,3 +82,27 @@ def main(args: argparse.Namespace) -> int:
         + (f"; finished with {warned} (see summary.json)" if warned else "")
     )
     return 0
+
+
+def interrupted_hint(args: argparse.Namespace, out: str | Path) -> str:
+    """The line printed on Ctrl-C: the last finished round and the command that continues the run."""
+    from ..errors import FedsqueezeError
+    from .checkpoint import load_checkpoint
+
+    out = Path(out)
+    cmd = ["fedsqueeze", "run", *([args.config] if args.config else [])]
+    for kv in args.overrides:
+        cmd += ["--set", kv]
+    cmd += ["--out", str(out)]
+    if args.capture_updates is not None:
+        cmd += ["--capture-updates", args.capture_updates]
+    if args.no_progress:
+        cmd.append("--no-progress")
+    if not out.is_dir():
+        return f"interrupted before the run started; start it with: {shlex.join(cmd)}"
+    try:  # the checkpoint is written atomically after each round: it is the last finished one
+        ckpt = load_checkpoint(out)
+    except FedsqueezeError:
+        ckpt = None
+    done = "before round 1 finished" if ckpt is None else f"after round {ckpt['round']}"
+    return f"interrupted {done}; continue with: {shlex.join([*cmd, '--resume'])}"

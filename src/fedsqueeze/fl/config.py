@@ -59,7 +59,8 @@ class FLConfig:
     eval_every
         Evaluate every this many rounds (and always after the last one).
     target_metric
-        Optional target of the evaluation metric; the summary reports rounds and uplink bytes to reach it.
+        Optional target of the evaluation metric, a fraction in ``[0, 1]`` like the metrics themselves
+        (accuracy, exact match); the summary reports rounds and uplink bytes to reach it.
     min_replies
         Minimum valid replies (after screening, see :mod:`fedsqueeze.fl.robust`) for a round to change the
         model; with fewer the round leaves the model unchanged. ``None``: at least one.
@@ -95,6 +96,20 @@ class FLConfig:
             raise ConfigError(f"fl.server_momentum must be in [0, 1), got {self.server_momentum}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"fl.seed must be in [0, 2**63), got {self.seed}")
+        if self.target_metric is not None and not (
+            isinstance(self.target_metric, int | float)
+            and not isinstance(self.target_metric, bool)
+            and 0 <= self.target_metric <= 1
+        ):
+            got = (
+                f"{self.target_metric:g}"
+                if isinstance(self.target_metric, float)
+                else repr(self.target_metric)
+            )
+            raise ConfigError(
+                f"fl.target_metric is a fraction in [0, 1] like the metric (e.g. 0.72 for 72% accuracy), "
+                f"got {got}"
+            )
         if self.min_replies is not None and not 1 <= self.min_replies <= self.clients_per_round:
             raise ConfigError(
                 f"fl.min_replies must be in 1..fl.clients_per_round ({self.clients_per_round}), "
@@ -166,11 +181,9 @@ class TGAPConfig:
             raise ConfigError(
                 f"tgap.collection = {self.collection!r} is not allowed; choose one of federated, local"
             )
-        for key in ("rounds", "batch_size"):
+        for key in ("rounds", "steps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tgap.{key} must be >= 1, got {getattr(self, key)}")
-        if self.steps < 0:
-            raise ConfigError(f"tgap.steps must be >= 0, got {self.steps}")
         if not self.lr > 0:
             raise ConfigError(f"tgap.lr must be > 0, got {self.lr}")
         if self.variant not in ("auto", "paper", "sound"):

@@ -22,6 +22,8 @@ import torch
 from .._extras import check
 from ..codecs import ErrorFeedback
 from ..errors import ConfigError
+from ..out_paths import check_out_dir
+from ..safetensors_errors import reading_safetensors
 from .checkpoint import (
     append_jsonl,
     load_checkpoint,
@@ -264,7 +266,9 @@ def _load_captures(path: Path, upto: int) -> dict[str, torch.Tensor]:
         return {}
     from safetensors.torch import load_file
 
-    return {k: v for k, v in load_file(str(path)).items() if int(k.split("/", 1)[0][1:]) <= upto}
+    with reading_safetensors(path, "delete it to resume without the captures of the earlier rounds"):
+        tensors = load_file(str(path))
+    return {k: v for k, v in tensors.items() if int(k.split("/", 1)[0][1:]) <= upto}
 
 
 def run(
@@ -286,7 +290,9 @@ def run(
         Output folder (default ``runs/<timestamp>-<codec>``); a checkpoint is written there after every round.
     resume
         Continue from ``out_dir/checkpoint`` (the same config, except that ``fl.rounds`` may grow); the
-        result equals the uninterrupted run bit for bit. Without a checkpoint the run starts fresh.
+        result equals the uninterrupted run bit for bit. A missing ``out_dir`` is an error; one without a
+        checkpoint yet (a run stopped in its first round) starts fresh. A damaged checkpoint (checked
+        against its SHA-256) is an error that says how to go on.
     capture_rounds
         Rounds whose raw client updates (before error feedback and compression) go to
         ``out_dir/captures.safetensors`` under ``r{round}/c{client}/{tensor}``: ``"1,2,5"``, ``"all"``
@@ -310,12 +316,24 @@ def run(
     dict
         The summary (also written to ``summary.json``).
     """
-    out = Path(out_dir) if out_dir is not None else default_out_dir(config)
+    out = check_out_dir(out_dir, "out_dir") if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
     check("matplotlib", "plots", "the accuracy plot of a run")  # now, not after the last round
     if progress:
         check("rich", "cli", "the progress bar")
+    past = sorted(r for r in captures if r > config.fl.rounds) if isinstance(captures, frozenset) else []
+    if past:
+        raise ConfigError(
+            f"--capture-updates: round(s) {', '.join(map(str, past))} are past the last round "
+            f"(fl.rounds = {config.fl.rounds}); capture rounds 1..{config.fl.rounds} or 'all'"
+        )
+    if resume and not out.is_dir():
+        raise ConfigError(
+            f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
+        )
     ckpt = load_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     wl = workload if workload is not None else _build_workload(config)

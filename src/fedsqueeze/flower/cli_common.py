@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from ..fl.cli_run import add_config_arguments
+from ..out_paths import check_out_dir
 from .settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
 
 __all__ = ["add_job_arguments", "settings_from_args"]
@@ -41,6 +41,6 @@ def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
 
     config = load_config(args.config, args.overrides)
     settings = FlowerSettings(config, workload=args.workload, round_timeout=args.round_timeout)
-    out = Path(args.out) if args.out else default_out_dir(settings)
+    out = check_out_dir(args.out) if args.out else default_out_dir(settings)
     # Absolute: the ServerApp may run in another working directory (the SuperLink's).
     return dataclasses.replace(settings, out_dir=str(out.resolve()))

@@ -60,6 +60,12 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from .deploy import child_env
 
+    if args.partition_id < 0:
+        raise ConfigError(
+            f"--partition-id is a client id 0..N-1 (N = data.num_clients), got {args.partition_id}"
+        )
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if not args.insecure and not args.root_certificates:
         raise ConfigError("give --root-certificates CA.pem (TLS), or --insecure for a local test")
     if args.state_dir:

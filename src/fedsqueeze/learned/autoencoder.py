@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from ..errors import ConfigError
+from ..spec import UpdateSpec
 from .normalize import MODES
 
 __all__ = ["AEConfig", "CGAutoEncoder"]
@@ -171,7 +172,13 @@ class CGAutoEncoder(nn.Module):
 
     ``H`` and ``W`` must be multiples of ``config.multiple``; the latent is
     ``[N, latent_channels, H / 2**depth, W / 2**depth]``.
+
+    ``trained_spec`` is the :class:`~fedsqueeze.UpdateSpec` of the updates it was trained on (set by
+    :func:`~fedsqueeze.learned.tgap.tgap_pretrain` and by :func:`~fedsqueeze.learned.store.load` when the
+    sidecar records it; ``None``: unknown). The ``cg_fedllm*`` codecs refuse updates of another spec.
     """
+
+    trained_spec: UpdateSpec | None = None
 
     def __init__(self, config: AEConfig | None = None) -> None:
         super().__init__()

@@ -33,25 +33,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..out_paths import check_out_file
     from .autoencoder import AEConfig
-    from .store import save
+    from .store import save, sidecar_path
     from .tgap import TGAPConfig, load_captures, tgap_pretrain
 
-    caps = load_captures(args.captures)
+    out = check_out_file(args.out, example="ae.safetensors")
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"--out {out}: the autoencoder file must end in .safetensors, e.g. "
+            f"{out.with_suffix('.safetensors')}"
+        )
+    check_out_file(sidecar_path(out), "--out (its .json sidecar)", example="ae.json")
+    if args.steps < 1:
+        raise ConfigError(
+            f"--steps must be >= 1 (0 Adam steps would save an untrained autoencoder), got {args.steps}"
+        )
     if args.rounds:
         try:
             a, _, b = args.rounds.partition("-")
             lo, hi = int(a), int(b or a)
         except ValueError:
             raise ConfigError(f"--rounds expects A-B, got {args.rounds!r}") from None
-        caps = caps.select([lo <= r <= hi for r in caps.rounds])
-    if len(caps) == 0:
-        raise ConfigError("no captured updates left to train on")
     if args.variant == "paper":
         ae = AEConfig(depth=args.depth)
     else:
         ae = AEConfig(depth=args.depth, normalize="tensor_rms", relu_ends=False, tanh_head=False)
     cfg = TGAPConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    caps = load_captures(args.captures)
+    if args.rounds:
+        caps = caps.select([lo <= r <= hi for r in caps.rounds])
+    if len(caps) == 0:
+        raise ConfigError("no captured updates left to train on")
     bar, hook = _progress(cfg.steps, enabled=not args.no_progress)
     try:
         model, log = tgap_pretrain(caps, ae=ae, config=cfg, progress=hook, device=args.device)
@@ -60,11 +73,20 @@ def main(args: argparse.Namespace) -> int:
             bar.stop()
     log.update(captures=str(args.captures), variant=args.variant)
     fp = save(model, args.out, info=log)
+    rel = log["train_rel_error"]
+    shown = "n/a (all-zero captures)" if rel is None else f"{rel:.4f}"
     print(
         f"TGAP: {log['num_snapshots']} snapshots, {cfg.steps} steps, loss {log['loss_first']:.4g} -> "
-        f"{log['loss_last']:.4g}, train rel_error {log['train_rel_error']:.4f}; fingerprint {fp}; "
+        f"{log['loss_last']:.4g}, train rel_error {shown}; fingerprint {fp}; "
         f"encoder {model.encoder_bytes()} bytes -> {args.out}"
     )
+    if rel is not None and not rel < 1:  # NaN too
+        print(
+            f"fedsqueeze tgap: warning: train rel_error {shown} is not below 1: the autoencoder reconstructs "
+            "its own training updates worse than sending zeros would; train longer (--steps), change --lr, "
+            "or try --variant sound",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -13,7 +13,15 @@ from .layout import FactorLayout
 from .normalize import num_scales
 from .store import load, lookup
 
-__all__ = ["PREFIX", "codec_model", "max_body", "read_floats", "read_prefix", "read_prefix_byte"]
+__all__ = [
+    "PREFIX",
+    "check_trained_spec",
+    "codec_model",
+    "max_body",
+    "read_floats",
+    "read_prefix",
+    "read_prefix_byte",
+]
 
 # version (B) + fingerprint (8s)
 PREFIX = struct.Struct("<B8s")
@@ -36,6 +44,36 @@ def codec_model(model_fingerprint: str | None, model_path: str | None, name: str
             f"{name}.from_model(model)"
         )
     return load(model_path)
+
+
+def check_trained_spec(model: CGAutoEncoder, spec: UpdateSpec, name: str) -> None:
+    """Refuse to encode ``spec``'s updates with an autoencoder trained on another spec.
+
+    Names and shapes must agree (not their order: the factor layout sorts the names). A model whose training
+    spec is unknown (``trained_spec is None``) passes.
+    """
+    trained = model.trained_spec
+    if trained is None:
+        return
+    want, have = dict(trained.entries), dict(spec.entries)
+    if want == have:
+        return
+    missing = sorted(set(have) - set(want))
+    other = sorted(n for n in set(have) & set(want) if have[n] != want[n])
+    if missing:
+        first = f"it never saw tensor {missing[0]!r}" + (
+            f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        )
+    elif other:
+        first = f"tensor {other[0]!r} is {list(have[other[0]])} here, {list(want[other[0]])} in training"
+    else:
+        first = f"it was trained on {len(want) - len(have)} more tensor(s)"
+    raise ConfigError(
+        f"{name}: autoencoder {model.fingerprint().hex()} was trained on updates of another spec "
+        f"({len(want)} tensors, d={trained.numel}) than this update's ({len(have)} tensors, d={spec.numel}): "
+        f"{first}; train one on this model's updates (`fedsqueeze run ... --capture-updates all`, then "
+        "`fedsqueeze tgap`)"
+    )
 
 
 def max_body(spec: UpdateSpec, per_value_bytes: int, fixed: int) -> int:

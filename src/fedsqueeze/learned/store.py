@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, PayloadError
+from ..safetensors_errors import reading_safetensors
+from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
 
 __all__ = ["CONTEXT_KEY", "load", "lookup", "register", "resolve", "save", "sidecar_path"]
@@ -98,12 +100,20 @@ def load(path: str | Path) -> CGAutoEncoder:
         raise ConfigError(f"{side} is not a fedsqueeze CG-FedLLM autoencoder ({meta.get('format')!r})")
     model = CGAutoEncoder(AEConfig.from_dict(meta["config"]))
     try:
-        model.load_state_dict(load_file(str(path)))
+        with reading_safetensors(path, "train an autoencoder with `fedsqueeze tgap`"):
+            weights = load_file(str(path))
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ConfigError(f"{path} does not match its architecture: {exc}") from None
     fp = register(model)
     if fp != meta.get("fingerprint"):
         raise ConfigError(f"{path}: weights hash to {fp}, the sidecar says {meta.get('fingerprint')}")
+    trained = (meta.get("info") or {}).get("spec")
+    if trained is not None:
+        try:
+            model.trained_spec = UpdateSpec.from_json(trained)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{side}: info.spec is not a list of [name, shape] pairs ({exc})") from None
     with _LOCK:
         _BY_PATH[key] = fp
     return model

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..safetensors_errors import reading_safetensors
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
 from .layout import natural_key
@@ -43,9 +44,10 @@ class TGAPConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1:
+        if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(
-                f"tgap steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}"
+                f"tgap steps and batch_size must be >= 1, got {self.steps}, {self.batch_size} (0 steps "
+                "would leave the autoencoder untrained)"
             )
         if not self.lr > 0:
             raise ConfigError(f"tgap lr must be > 0, got {self.lr}")
@@ -85,7 +87,11 @@ def load_captures(path: str | Path, spec: UpdateSpec | None = None) -> Captures:
     if not path.is_file():
         raise ConfigError(f"no captures at {path}; make them with `fedsqueeze run ... --capture-updates all`")
     groups: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    for key, t in load_file(str(path)).items():
+    with reading_safetensors(
+        path, "give the captures.safetensors of `fedsqueeze run ... --capture-updates all`"
+    ):
+        tensors = load_file(str(path))
+    for key, t in tensors.items():
         parts = key.split("/", 2)
         if len(parts) != 3 or not parts[0].startswith("r") or not parts[1].startswith("c"):
             raise ConfigError(f"{path}: key {key!r} is not r{{round}}/c{{client}}/{{tensor}}")
@@ -195,6 +201,7 @@ def tgap_pretrain(
             num += float((f - rec.double()).pow(2).sum())
             den += float(f.pow(2).sum())
     model = model.to("cpu")
+    model.trained_spec = spec
     log = {
         "steps": cfg.steps,
         "batch_size": bs,
