@@ -3,6 +3,8 @@
 With no CONFIG the embedded default preset runs (MiniLM on rotten_tomatoes, 20 clients, flm_topk). CONFIG is
 a TOML file or a packaged preset name (default, smoke, paper). Override any key with --set, e.g.
   fedsqueeze run smoke --set fl.rounds=3 --set codec.name=topk --set codec.options.density=0.05
+Setting codec.name (or downlink.name) to another codec resets its options to that codec's defaults; the
+codec.options.* given with it apply on top.
 Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png and DIR/checkpoint/.
 """
 

@@ -382,8 +382,34 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+CODEC_SECTIONS = ("codec", "downlink")
+
+
+def _codec_name(data: Mapping[str, Any], section: str) -> str:
+    """The codec name ``data`` gives ``section`` (``codec`` / ``downlink``), else the section's default."""
+    raw = data.get(section)
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, Mapping) and "name" in raw:
+        return raw["name"]
+    return "identity" if section == "downlink" else CodecConfig.name
+
+
+def _drop_options(data: dict[str, Any], section: str) -> None:
+    """Forget ``section``'s options (a new codec starts from its own defaults)."""
+    raw = data.get(section)
+    if isinstance(raw, Mapping):
+        data[section] = {k: v for k, v in raw.items() if k != "options"}
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place."""
+    """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place.
+
+    Setting ``codec.name`` (or ``downlink.name``) to another codec than ``data`` names drops ``data``'s
+    options for it: the new codec starts from its own defaults, plus any ``codec.options...`` the same
+    overrides set (in any order).
+    """
+    parsed = []
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -394,6 +420,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"unknown section {parts[0]} in --set {key}; allowed: {', '.join(SECTIONS)}")
         if len(parts) < 2:
             raise ConfigError(f"--set {key}: give section.key, e.g. fl.rounds=10")
+        parsed.append((key, parts, _parse_value(text.strip())))
+    for section in CODEC_SECTIONS:
+        names = [value for _, parts, value in parsed if parts == [section, "name"]]
+        if names and names[-1] != _codec_name(data, section):
+            _drop_options(data, section)
+    for key, parts, value in parsed:
         node = data
         for part in parts[:-1]:
             child = node.get(part)
@@ -405,7 +437,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 raise ConfigError(f"--set {key}: {part} is not a table")
             node[part] = child
             node = child
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = value
     return data
 
 
