@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='save raw client updates of these rounds ("1,2,5" or "all") to DIR/captures.safetensors',
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as TOML and exit (loads no model; docs/config.md lists the keys)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,6 +55,11 @@ def main(args: argparse.Namespace) -> int:
     from .loop import default_out_dir, run
 
     config = load_config(args.config, args.overrides)
+    if args.print_config:
+        from .config_doc import config_toml
+
+        print(config_toml(config), end="")
+        return 0
     if args.resume and args.out is None:
         print("fedsqueeze run: --resume needs --out DIR (the run to continue)", file=sys.stderr)
         return 2
