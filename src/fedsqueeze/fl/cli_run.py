@@ -6,6 +6,9 @@ a TOML file or a packaged preset name (default, smoke, paper). Override any key 
 Setting codec.name (or downlink.name) to another codec resets its options to that codec's defaults; the
 codec.options.* given with it apply on top.
 Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png and DIR/checkpoint/.
+--resume --out DIR without CONFIG continues that run with its own config:
+  fedsqueeze run --out runs/smoke --resume                    # after an interruption
+  fedsqueeze run --out runs/smoke --resume --set fl.rounds=5  # or extend it to 5 rounds
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default runs/<time>-<codec>)"
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint; without CONFIG it keeps the run's own config "
+        "(--set fl.rounds=N extends it)",
+    )
     parser.add_argument(
         "--capture-updates",
         default=None,
@@ -54,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     from .health import describe
     from .loop import default_out_dir, run
 
-    config = load_config(args.config, args.overrides)
+    config = _resume_config(args) or load_config(args.config, args.overrides)
     if args.print_config:
         from .config_doc import config_toml
 
@@ -87,3 +95,18 @@ def main(args: argparse.Namespace) -> int:
         + (f"; finished with {warned} (see summary.json)" if warned else "")
     )
     return 0
+
+
+def _resume_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``--resume --out DIR`` without CONFIG: the checkpoint's config, ``--set`` on top (else ``None``)."""
+    if not args.resume or args.config is not None or args.out is None:
+        return None
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .config import RunConfig, apply_overrides
+
+    state = load_checkpoint(Path(args.out))
+    if state is None or not isinstance(state.get("config"), dict):
+        return None  # nothing to continue: the run decides (it starts fresh or refuses)
+    return RunConfig.from_dict(apply_overrides(dict(state["config"]), args.overrides))

@@ -325,7 +325,10 @@ def run(
     if ckpt is not None:
         fed.load_state_dict(ckpt)
         if fed.done > config.fl.rounds:
-            raise ConfigError(f"the checkpoint is at round {fed.done}, past fl.rounds = {config.fl.rounds}")
+            raise ConfigError(
+                f"the checkpoint is at round {fed.done}, past fl.rounds = {config.fl.rounds}; resume without "
+                f"CONFIG to continue with the run's own config, or --set fl.rounds={fed.done} or more"
+            )
         fed.captures = _load_captures(out / CAPTURES, fed.done)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
