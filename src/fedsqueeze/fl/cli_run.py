@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .console import final_line
     from .health import describe
     from .loop import default_out_dir, run
 
@@ -85,15 +86,8 @@ def main(args: argparse.Namespace) -> int:
         capture_rounds=args.capture_updates,
         progress=not args.no_progress,
     )
-    metric = summary["final_metric"]
-    shown = "n/a" if metric is None else f"{metric:.4f}"
     warned = describe(summary["warnings"])
-    print(
-        f"{summary['rounds']} rounds, final {summary['metric_name']} {shown}, best "
-        f"{summary['best_metric']}, uplink {summary['total_uplink_bytes'] / 1e6:.3f} MB, downlink "
-        f"{summary['total_downlink_bytes'] / 1e6:.3f} MB, {summary['wall_s']:.1f} s -> {summary['out_dir']}"
-        + (f"; finished with {warned} (see summary.json)" if warned else "")
-    )
+    print(final_line(summary) + (f"; finished with {warned} (see summary.json)" if warned else ""))
     return 0
 
 

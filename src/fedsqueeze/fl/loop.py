@@ -309,12 +309,14 @@ def run(
     dict
         The summary (also written to ``summary.json``).
     """
+    t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
     ckpt = load_checkpoint(out) if resume else None
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     wl = workload if workload is not None else _build_workload(config)
+    load_s = time.perf_counter() - t_start  # model + data loading of this invocation
     tgap = None
     if config.tgap.enabled:  # CG-FedLLM: pre-train the autoencoder on the TGAP share, run FAF on the rest
         from ..learned.tgap_phase import faf_codec, run_tgap_phase
@@ -362,9 +364,11 @@ def run(
             "versions": package_versions(),
             "out_dir": str(out),
             "warnings": fed.health.summary(),
+            "load_s": load_s,
         }
     )
     include_tgap(summary, None if tgap is None else tgap.traffic)
+    summary["elapsed_s"] = time.perf_counter() - t_start  # this invocation, model loading included
     write_json(out / "summary.json", summary)
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
     offset = 0 if tgap is None else int(tgap.traffic["uplink_bytes"])

@@ -166,17 +166,13 @@ class Progress:
     def update(self, row: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        metric = row.get("eval_metric")
-        text = f"{row['eval_metric_name']} {metric:.4f}" if metric is not None else "(no eval)"
-        up, down = row["cum_uplink_bytes"] / 1e6, row["cum_downlink_bytes"] / 1e6
-        info = f"{text}  up {up:.3f} MB  down {down:.3f} MB"
+        from .console import round_line
+
+        line = round_line(row, self.total)  # the same line as `fedsqueeze flower simulate` prints
         if self._bar is None:
-            print(
-                f"round {row['round']}/{self.total}  {info}  {row['wall_s']:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(line, file=sys.stderr, flush=True)
         else:
+            info = line.split("  ", 1)[1].rsplit("  ", 1)[0]  # without "round r/T" and the time
             self._bar.update(self._task, completed=row["round"], info=info)
 
     def close(self) -> None:

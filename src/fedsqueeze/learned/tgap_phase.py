@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..fl.checkpoint import save_captures, write_json, write_jsonl
 from ..fl.client import encode_dense
 from ..fl.config import CodecConfig, RunConfig, TGAPConfig
+from ..fl.console import size
 from ..fl.seeding import derive_seed
 from .autoencoder import AEConfig
 from .split import split_workload
@@ -249,7 +250,7 @@ def run_tgap_phase(
     _say(
         progress,
         f"TGAP: {len(caps)} snapshots, loss {log['loss_first']:.4g} -> {log['loss_last']:.4g}, "
-        f"up {traffic['uplink_bytes'] / 1e6:.3f} MB, down {traffic['downlink_bytes'] / 1e6:.3f} MB, "
+        f"up {size(traffic['uplink_bytes'])}, down {size(traffic['downlink_bytes'])}, "
         f"fingerprint {fp}",
     )
     return TGAPResult(model_path, fp, traffic, rest, False)
