@@ -5,7 +5,8 @@ a TOML file or a packaged preset name (default, smoke, paper). Override any key 
   fedsqueeze run smoke --set fl.rounds=3 --set codec.name=topk --set codec.options.density=0.05
 Setting codec.name (or downlink.name) to another codec resets its options to that codec's defaults; the
 codec.options.* given with it apply on top.
-Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png and DIR/checkpoint/.
+Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png, DIR/checkpoint/ and the final model:
+DIR/final_params.safetensors and DIR/final_adapter/ (PEFT's format, for PeftModel.from_pretrained).
 --resume --out DIR without CONFIG continues that run with its own config:
   fedsqueeze run --out runs/smoke --resume                    # after an interruption
   fedsqueeze run --out runs/smoke --resume --set fl.rounds=5  # or extend it to 5 rounds

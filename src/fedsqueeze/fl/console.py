@@ -55,8 +55,8 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 
 def round_line(row: Mapping[str, Any], total: int) -> str:
-    """One round of ``metrics.jsonl`` as a line: ``round 3/11  accuracy 0.7361  up 321 kB  down 2.95 MB  12.3 s``
-    (cumulative traffic)."""
+    """One ``metrics.jsonl`` row as a line, traffic cumulative:
+    ``round 3/11  accuracy 0.7361  up 321 kB  down 2.95 MB  12 s``."""
     value = row.get("eval_metric")
     shown = f"{row.get('eval_metric_name', 'metric')} {metric(value)}" if value is not None else "(no eval)"
     return (

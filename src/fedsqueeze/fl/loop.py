@@ -31,6 +31,7 @@ from .checkpoint import (
 )
 from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
+from .final import save_final
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
 from .report import Progress, eval_columns, include_tgap, package_versions, plot_metric_vs_uplink, summarize
@@ -275,7 +276,8 @@ def run(
     workload: Workload | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run federated fine-tuning and write ``metrics.jsonl``, ``summary.json`` and the plot to ``out_dir``.
+    """Run federated fine-tuning and write ``metrics.jsonl``, ``summary.json``, the plot and the final model
+    (``final_params.safetensors``, ``final_adapter/`` in PEFT's format: :mod:`~.final`) to ``out_dir``.
 
     Parameters
     ----------
@@ -368,6 +370,7 @@ def run(
         }
     )
     include_tgap(summary, None if tgap is None else tgap.traffic)
+    save_final(out, fed.lora, fed.head, wl)  # final_params.safetensors (+ final_adapter/, PEFT's format)
     summary["elapsed_s"] = time.perf_counter() - t_start  # this invocation, model loading included
     write_json(out / "summary.json", summary)
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import ServerApp
 
 from ..errors import FedsqueezeError
 from ..fl.checkpoint import append_jsonl, write_json, write_jsonl
 from ..fl.client import encode_dense
+from ..fl.final import FINAL_PARAMS, save_final
 from ..fl.health import RunHealth, log_warnings
 from ..fl.ledger import TrafficLedger
 from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize
@@ -256,7 +256,7 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
         row = fed.run_round(grid, r)
         append_jsonl(out / "metrics.jsonl", row)
         log.info("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
-    _save_final(out, fed.lora, fed.head)
+    save_final(out, fed.lora, fed.head, fed.wl)  # the same files as `fedsqueeze run` (fl/final.py)
     summary = summarize(fed.rows, fed.wl.metric_name, cfg.fl.target_metric)
     summary.update(
         {
@@ -283,17 +283,7 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
     return summary
 
 
-FINAL = "final_params.safetensors"
-
-
-def _save_final(out: Path, lora: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    from ..fl.checkpoint import atomic_write
-
-    tensors = {f"lora/{k}": v.contiguous() for k, v in lora.items()}
-    tensors.update({f"head/{k}": v.contiguous() for k, v in head.items()})
-    atomic_write(out / FINAL, lambda tmp: save_file(tensors, tmp))
+FINAL = FINAL_PARAMS
 
 
 def _flwr_version() -> str:
