@@ -25,6 +25,7 @@ from flwr.serverapp import ServerApp
 from ..errors import FedsqueezeError
 from ..fl.checkpoint import append_jsonl, write_json, write_jsonl
 from ..fl.client import encode_dense
+from ..fl.console import round_line
 from ..fl.final import FINAL_PARAMS, save_final
 from ..fl.health import RunHealth, log_warnings
 from ..fl.ledger import TrafficLedger
@@ -255,7 +256,8 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
     for r in range(1, cfg.fl.rounds + 1):
         row = fed.run_round(grid, r)
         append_jsonl(out / "metrics.jsonl", row)
-        log.info("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
+        log.info("%s", round_line(row, cfg.fl.rounds))  # the line `fedsqueeze run` prints for a round
+        log.debug("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
     save_final(out, fed.lora, fed.head, fed.wl)  # the same files as `fedsqueeze run` (fl/final.py)
     summary = summarize(fed.rows, fed.wl.metric_name, cfg.fl.target_metric)
     summary.update(
