@@ -34,7 +34,15 @@ from .config import RunConfig
 from .final import save_final
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
-from .report import Progress, eval_columns, include_tgap, package_versions, plot_metric_vs_uplink, summarize
+from .report import (
+    Progress,
+    eval_columns,
+    include_tgap,
+    package_versions,
+    plot_metric_vs_uplink,
+    summarize,
+    traffic_totals,
+)
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, weighted_mean
@@ -370,10 +378,20 @@ def run(
         }
     )
     include_tgap(summary, None if tgap is None else tgap.traffic)
+    summary.update(
+        traffic_totals(
+            fed.ledger,
+            wl.lora_spec.numel,
+            wl.head_spec.numel,
+            summary["total_uplink_bytes"],
+            summary["total_downlink_bytes"],
+        )
+    )
     save_final(out, fed.lora, fed.head, wl)  # final_params.safetensors (+ final_adapter/, PEFT's format)
     summary["elapsed_s"] = time.perf_counter() - t_start  # this invocation, model loading included
     write_json(out / "summary.json", summary)
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
     offset = 0 if tgap is None else int(tgap.traffic["uplink_bytes"])
-    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title, offset_bytes=offset)
+    plot = out / "accuracy_vs_uplink.png"
+    plot_metric_vs_uplink(fed.rows, plot, title=title, offset_bytes=offset, target=config.fl.target_metric)
     return summary

@@ -17,6 +17,7 @@ __all__ = [
     "package_versions",
     "plot_metric_vs_uplink",
     "summarize",
+    "traffic_totals",
 ]
 
 # The summary totals that count the TGAP phase's bytes and time when it ran (``totals_include_tgap``).
@@ -82,6 +83,52 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float
     }
 
 
+def traffic_totals(
+    ledger: Any, lora_numel: int, head_numel: int, total_uplink: int, total_downlink: int
+) -> dict[str, Any]:
+    """Run-level traffic figures of the summary, beside ``total_uplink_bytes`` / ``total_downlink_bytes``.
+
+    ``ledger`` is the run's :class:`~.ledger.TrafficLedger` (main rounds); the totals are the summary's
+    (TGAP included when it ran). A transfer is one client's upload (LoRA + head frames) or download of one
+    round; "dense fp32" is 4 bytes per trained parameter (``lora_numel + head_numel``) per transfer.
+
+    - ``total_bytes``: uplink + downlink;
+    - ``uploads``, ``downloads``: transfers in the main rounds;
+    - ``lora_bits_per_param``: 8 · LoRA uplink bytes / (uploads · ``lora_numel``), the run-level form of the
+      rows' column of that name;
+    - ``bits_per_param_uplink``, ``bits_per_param_total``: 8 · bytes / (transfers · trained parameters),
+      uplink only and both ways (32 is dense fp32);
+    - ``dense_fp32_uplink_bytes``, ``dense_fp32_total_bytes``: what dense fp32 transfers would have cost;
+    - ``dense_fp32_ratio_uplink``, ``dense_fp32_ratio_total``: those over the bytes actually sent (how many
+      times less than dense fp32; above 1 is a saving).
+
+    A figure with a zero denominator is ``None``.
+    """
+    rounds = list(ledger.rounds)
+    uploads = sum(len(r.uplink_lora) for r in rounds)
+    downloads = sum(len(r.downlink) for r in rounds)
+    lora = sum(sum(r.uplink_lora.values()) for r in rounds)
+    params = lora_numel + head_numel
+    dense_up, dense_down = 4 * params * uploads, 4 * params * downloads
+    total = total_uplink + total_downlink
+
+    def div(a: float, b: float) -> float | None:
+        return a / b if b else None
+
+    return {
+        "total_bytes": total,
+        "uploads": uploads,
+        "downloads": downloads,
+        "lora_bits_per_param": div(8 * lora, uploads * lora_numel),
+        "bits_per_param_uplink": div(8 * total_uplink, uploads * params),
+        "bits_per_param_total": div(8 * total, (uploads + downloads) * params),
+        "dense_fp32_uplink_bytes": dense_up,
+        "dense_fp32_total_bytes": dense_up + dense_down,
+        "dense_fp32_ratio_uplink": div(dense_up, total_uplink),
+        "dense_fp32_ratio_total": div(dense_up + dense_down, total),
+    }
+
+
 def include_tgap(summary: dict[str, Any], tgap: Mapping[str, Any] | None) -> dict[str, Any]:
     """Add the TGAP phase to a run summary (in place; also returned).
 
@@ -108,11 +155,18 @@ def include_tgap(summary: dict[str, Any], tgap: Mapping[str, Any] | None) -> dic
 
 
 def plot_metric_vs_uplink(
-    rows: Sequence[Mapping[str, Any]], path: Path, *, title: str, offset_bytes: int = 0
-) -> None:
+    rows: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    title: str,
+    offset_bytes: int = 0,
+    target: float | None = None,
+) -> Any:
     """Evaluation metric against cumulative uplink MB (matplotlib's Agg canvas; no global backend change).
 
     ``offset_bytes`` is uplink spent before the first round (the TGAP phase): the curve starts there.
+    ``target`` (``fl.target_metric``) is drawn as a grey dotted line. There is no round-0 point: the loop
+    does not evaluate the initial model. Returns the figure.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -124,8 +178,11 @@ def plot_metric_vs_uplink(
     name = evals[0]["eval_metric_name"] if evals else "metric"
     xs = [(offset_bytes + r["cum_uplink_bytes"]) / 1e6 for r in evals]
     ax.plot(xs, [r["eval_metric"] for r in evals], marker="o", ms=3)
+    if target is not None:
+        ax.axhline(target, color="0.45", ls=":", lw=1, label=f"target {target:g}")
     if offset_bytes:
         ax.axvline(offset_bytes / 1e6, color="0.5", ls="--", lw=1, label="TGAP uplink")
+    if target is not None or offset_bytes:
         ax.legend(fontsize=8)
     ax.set_xlabel("cumulative uplink (MB, payload bytes)" + (", TGAP included" if offset_bytes else ""))
     ax.set_ylabel(f"held-out {name}")
@@ -134,6 +191,7 @@ def plot_metric_vs_uplink(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    return fig
 
 
 class Progress:

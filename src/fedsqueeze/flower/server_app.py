@@ -29,7 +29,7 @@ from ..fl.console import round_line
 from ..fl.final import FINAL_PARAMS, save_final
 from ..fl.health import RunHealth, log_warnings
 from ..fl.ledger import TrafficLedger
-from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize
+from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize, traffic_totals
 from ..fl.robust import aggregate, merge_screens, screen_replies
 from ..fl.seeding import derive_seed, sample_clients
 from ..fl.server import Downlink, ServerMomentum, apply_update
@@ -279,9 +279,18 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
             "warnings": fed.health.summary(),
         }
     )
+    summary.update(
+        traffic_totals(
+            fed.ledger,
+            fed.wl.lora_spec.numel,
+            fed.wl.head_spec.numel,
+            summary["total_uplink_bytes"],
+            summary["total_downlink_bytes"],
+        )
+    )
     write_json(out / "summary.json", summary)
     title = f"{cfg.model.name} / {cfg.data.dataset} / {cfg.codec.name} (Flower)"
-    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title)
+    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title, target=cfg.fl.target_metric)
     return summary
 
 
