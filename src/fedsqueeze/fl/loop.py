@@ -119,7 +119,8 @@ class _Federation:
     def done(self) -> int:
         return len(self.rows)
 
-    def run_round(self, r: int, capture: bool) -> dict[str, Any]:
+    def run_round(self, r: int, capture: bool, on_client: Any = None) -> dict[str, Any]:
+        """One round; ``on_client(i, k, client, seconds)`` is called after each of the ``k`` clients."""
         cfg, wl = self.config, self.workload
         t0 = time.perf_counter()
         seed = cfg.fl.seed
@@ -127,14 +128,20 @@ class _Federation:
         lora0, head0, down = self.downlink.broadcast(
             r, self.lora, self.head, clients, seed=derive_seed(seed, r, -1, "downlink")
         )
-        replies: list[ClientReply] = [
-            client_step(
-                wl, c, lora0, head0, cfg.train, self.efs[c],
-                train_seed=derive_seed(seed, r, c, "train"),
-                encode_seed=derive_seed(seed, r, c, "encode"),
-            )
-            for c in clients
-        ]  # fmt: skip
+        replies: list[ClientReply] = []
+        for i, c in enumerate(clients, 1):
+            tc = time.perf_counter()
+            replies.append(
+                client_step(
+                    wl, c, lora0, head0, cfg.train, self.efs[c],
+                    train_seed=derive_seed(seed, r, c, "train"),
+                    encode_seed=derive_seed(seed, r, c, "encode"),
+                )
+            )  # fmt: skip
+            took = time.perf_counter() - tc
+            log.info("round %d: client %d (%d/%d) done in %.1f s", r, c, i, len(clients), took)
+            if on_client is not None:
+                on_client(i, len(clients), c, took)
         weights = [rep.num_examples for rep in replies]
         kept, mean_lora, dense, dropped = self._aggregate(replies, weights)
         traffic = self.ledger.record(
@@ -349,7 +356,7 @@ def run(
     try:
         for r in range(fed.done + 1, config.fl.rounds + 1):
             capture = captures == "all" or (isinstance(captures, frozenset) and r in captures)
-            row = fed.run_round(r, capture)
+            row = fed.run_round(r, capture, on_client=bar.client_hook(r))
             if capture:
                 save_captures(out / CAPTURES, fed.captures)
             append_jsonl(out / "metrics.jsonl", row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 __all__ = [
     "TGAP_INCLUDED",
     "Progress",
+    "StepProgress",
     "eval_columns",
     "include_tgap",
     "package_versions",
@@ -195,12 +197,16 @@ def plot_metric_vs_uplink(
 
 
 class Progress:
-    """A rich progress bar showing round, metric and MB sent; one plain line per round when stderr is no
-    terminal (logs, CI); silent when ``enabled`` is false."""
+    """A rich progress bar showing round, metric and MB sent (and, within a round, the client being
+    trained); one plain line per round when stderr is no terminal (logs, CI), plus a line per client when a
+    round has run :attr:`HEARTBEAT_S` seconds without one; silent when ``enabled`` is false."""
+
+    HEARTBEAT_S = 10.0  # plain mode: a client line only when this long has passed without any line
 
     def __init__(self, total: int, start: int, *, enabled: bool) -> None:
         self.enabled, self.total = enabled, total
         self._bar: Any = None
+        self._last = time.monotonic()
         if not enabled:
             return
         from rich.console import Console
@@ -221,6 +227,24 @@ class Progress:
         self._task = self._bar.add_task("run", total=total, completed=start, info="")
         self._bar.start()
 
+    def client_hook(self, r: int) -> Any:
+        """The ``on_client(i, k, client, seconds)`` callback of round ``r`` (``None`` when disabled)."""
+        if not self.enabled:
+            return None
+        return lambda i, k, client, seconds: self.client(r, i, k, client, seconds)
+
+    def client(self, r: int, i: int, k: int, client: int, seconds: float) -> None:
+        """Client ``i`` of ``k`` of round ``r`` has its reply ready (``seconds`` of training and encoding)."""
+        if not self.enabled:
+            return
+        from .console import duration
+
+        text = f"round {r}/{self.total}  client {i}/{k} (id {client}) done in {duration(seconds)}"
+        if self._bar is not None:
+            self._bar.update(self._task, info=text.split("  ", 1)[1])
+        elif i < k and time.monotonic() - self._last >= self.HEARTBEAT_S:
+            self._print(text)
+
     def update(self, row: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
@@ -228,10 +252,57 @@ class Progress:
 
         line = round_line(row, self.total)  # the same line as `fedsqueeze flower simulate` prints
         if self._bar is None:
-            print(line, file=sys.stderr, flush=True)
+            self._print(line)
         else:
             info = line.split("  ", 1)[1].rsplit("  ", 1)[0]  # without "round r/T" and the time
             self._bar.update(self._task, completed=row["round"], info=info)
+
+    def _print(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class StepProgress:
+    """Progress of a long loop of steps (TGAP pre-training): a rich bar with the loss on a terminal; else a
+    plain line at the first and last step and whenever :attr:`HEARTBEAT_S` seconds passed; silent when
+    ``enabled`` is false. ``update(step, loss)`` is the ``progress`` hook of
+    :func:`fedsqueeze.learned.tgap.tgap_pretrain`."""
+
+    HEARTBEAT_S = 10.0
+
+    def __init__(self, label: str, total: int, *, enabled: bool) -> None:
+        self.label, self.total, self.enabled = label, total, enabled
+        self._bar: Any = None
+        self._last = time.monotonic()
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        console = Console(file=sys.stderr)
+        if console.is_terminal:
+            self._bar = RichProgress(
+                TextColumn(label), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(), console=console,
+            )  # fmt: skip
+            self._task = self._bar.add_task(label, total=total, loss="")
+            self._bar.start()
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, loss=f"{loss:.4g}")
+            return
+        now = time.monotonic()
+        if step in (1, self.total) or now - self._last >= self.HEARTBEAT_S:
+            print(f"{self.label} step {step}/{self.total}  loss {loss:.4g}", file=sys.stderr, flush=True)
+            self._last = now
 
     def close(self) -> None:
         if self._bar is not None:

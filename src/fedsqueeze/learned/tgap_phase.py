@@ -33,6 +33,7 @@ from ..fl.checkpoint import save_captures, write_json, write_jsonl
 from ..fl.client import encode_dense
 from ..fl.config import CodecConfig, RunConfig, TGAPConfig
 from ..fl.console import size
+from ..fl.report import StepProgress
 from ..fl.seeding import derive_seed
 from .autoencoder import AEConfig
 from .split import split_workload
@@ -106,7 +107,7 @@ def _collect_federated(config: RunConfig, pre: Any, folder: Path, progress: bool
     bar = Progress(tcfg.fl.rounds, 0, enabled=progress)
     try:
         for r in range(1, tcfg.fl.rounds + 1):
-            bar.update(fed.run_round(r, capture=True))
+            bar.update(fed.run_round(r, capture=True, on_client=bar.client_hook(r)))
     finally:
         bar.close()
     write_jsonl(folder / "metrics.jsonl", fed.rows)
@@ -214,7 +215,13 @@ def run_tgap_phase(
         seed=derive_seed(config.fl.seed, 0, -1, "tgap-pretrain") & _MASK63,
     )  # fmt: skip
     _say(progress, f"TGAP: pre-training the {variant} autoencoder on {len(caps)} snapshots, {tg.steps} steps")
-    model, log = tgap_pretrain(caps, ae=ae_config(variant, tg.depth), config=pcfg, device=tg.device)
+    steps = StepProgress("TGAP pre-training", tg.steps, enabled=progress)
+    try:
+        model, log = tgap_pretrain(
+            caps, ae=ae_config(variant, tg.depth), config=pcfg, device=tg.device, progress=steps.update
+        )
+    finally:
+        steps.close()
     log = {k: v for k, v in log.items() if k != "spec"}
     fp = save(model, model_path, info={**log, "variant": variant, "collection": tg.collection})
     counted = tgap_traffic(
