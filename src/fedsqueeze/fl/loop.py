@@ -114,14 +114,17 @@ class _Federation:
         self.rows: list[dict[str, Any]] = []
         self.health = RunHealth(error_feedback=config.fl.error_feedback)
         self.captures: dict[str, torch.Tensor] = {}
+        self.on_client: Any = None  # r -> per-client progress callback (see run_round)
 
     @property
     def done(self) -> int:
         return len(self.rows)
 
-    def run_round(self, r: int, capture: bool, on_client: Any = None) -> dict[str, Any]:
-        """One round; ``on_client(i, k, client, seconds)`` is called after each of the ``k`` clients."""
+    def run_round(self, r: int, capture: bool) -> dict[str, Any]:
+        """One round; ``self.on_client(r)``, when set, gives the ``(i, k, client, seconds)`` callback called
+        after each of the round's ``k`` clients (progress)."""
         cfg, wl = self.config, self.workload
+        on_client = self.on_client(r) if self.on_client is not None else None
         t0 = time.perf_counter()
         seed = cfg.fl.seed
         clients = sample_clients(seed, r, self.n, cfg.fl.clients_per_round)
@@ -353,10 +356,11 @@ def run(
     write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
 
     bar = Progress(config.fl.rounds, fed.done, enabled=progress)
+    fed.on_client = bar.client_hook
     try:
         for r in range(fed.done + 1, config.fl.rounds + 1):
             capture = captures == "all" or (isinstance(captures, frozenset) and r in captures)
-            row = fed.run_round(r, capture, on_client=bar.client_hook(r))
+            row = fed.run_round(r, capture)
             if capture:
                 save_captures(out / CAPTURES, fed.captures)
             append_jsonl(out / "metrics.jsonl", row)

@@ -105,9 +105,10 @@ def _collect_federated(config: RunConfig, pre: Any, folder: Path, progress: bool
     tcfg = _phase_config(config)
     fed = _Federation(tcfg, pre)
     bar = Progress(tcfg.fl.rounds, 0, enabled=progress)
+    fed.on_client = bar.client_hook
     try:
         for r in range(1, tcfg.fl.rounds + 1):
-            bar.update(fed.run_round(r, capture=True, on_client=bar.client_hook(r)))
+            bar.update(fed.run_round(r, capture=True))
     finally:
         bar.close()
     write_jsonl(folder / "metrics.jsonl", fed.rows)
