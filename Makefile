@@ -9,7 +9,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow lint bench clean fuzz reproduce
+.PHONY: help setup run test test-slow lint bench clean fuzz reproduce
+
+help:  ## list the targets with what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml constraints.txt requirements.txt requirements-dev.txt requirements-assets.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +32,16 @@ test: setup  ## the default test suite (unit, property and small end-to-end runs
 test-slow: setup  ## long runs behind the `slow` marker
 	$(PY) -m pytest -m slow
 
-lint: setup
+lint: setup  ## ruff check and ruff format --check on src and tests
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 
-clean:
+clean:  ## remove .venv and build leftovers
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+BENCH_ARGS ?= --d 262144 --repeat 3 --memory off --json runs/bench/speed.json
+bench: setup  ## a quick speed benchmark of every codec (~1 min; BENCH_ARGS= for the full 8.4M-entry one)
+	$(VENV)/bin/fedsqueeze bench speed $(BENCH_ARGS)
 
 fuzz: setup  ## long decoder fuzz campaign: every codec, 100,000 hostile payloads
 	cd tests && ../$(PY) fuzz_main.py 100000

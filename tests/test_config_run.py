@@ -124,3 +124,22 @@ def test_cli_run_end_to_end_with_toy_workload(tmp_path, monkeypatch, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert cli_main(["run", str(cfg), "--set", "fl.rouns=2", "--out", str(tmp_path / "x")]) == 2
     assert "unknown key fl.rouns" in capsys.readouterr().err
+
+
+def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, capsys):
+    """The README's sequence: a 3-round run, then `run --out DIR --resume` (no CONFIG, no --set)."""
+    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(config.data.num_clients))
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text('[model]\nname = "toy"\n[data]\nnum_clients = 6\n[fl]\nrounds = 2\nclients_per_round = 2')
+    out = tmp_path / "out"
+    assert cli_main(["run", str(cfg), "--set", "fl.rounds=3", "--out", str(out), "--no-progress"]) == 0
+    assert cli_main(["run", "--out", str(out), "--resume", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["config"]["fl"]["rounds"] == 3
+    assert cli_main(["run", "--out", str(out), "--resume", "--set", "fl.rounds=4", "--no-progress"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    capsys.readouterr()
+    # With CONFIG the config is that file's; its 2 rounds are behind the checkpoint: one line says how.
+    assert cli_main(["run", str(cfg), "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint is at round 4, past fl.rounds = 2; resume without CONFIG" in err

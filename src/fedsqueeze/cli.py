@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -49,13 +51,55 @@ HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 (unless already set) before it start
 FEDSQUEEZE_OFFLINE=0 to keep the Hugging Face hub on."""
 
 
+# One line for each command group in the top-level help.
+GROUP_HELP = {
+    "bench": "benchmarks: rate-distortion against the limits, encode/decode speed, FLM-TopK interval size",
+    "flower": "the same job on Flower: one-machine simulation, or a SuperLink, SuperNodes and a run",
+}
+
+
+def _help_width() -> int:
+    """The terminal's width on a terminal; 120 columns when the help goes to a file or pipe."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else 120
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written, uses the whole width, and shows each option's default unless its
+    help already names one or it has none worth showing (``None``, ``False``, an empty list)."""
+
+    def __init__(self, prog: str, **kwargs: object) -> None:
+        kwargs.setdefault("width", _help_width())
+        kwargs.setdefault("max_help_position", 30)
+        super().__init__(prog, **kwargs)  # type: ignore[arg-type]
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and not (default is None or default is False or default is argparse.SUPPRESS or default == [])
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"fedsqueeze {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsqueeze",
         description="Communication-efficient federated LoRA fine-tuning with exact byte accounting.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=_version())
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for path, modname in COMMANDS:
@@ -70,14 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
         where = top
         for part in path[:-1]:
             if part not in groups:
-                g = top.add_parser(part, help=f"{part} subcommands")
+                g = top.add_parser(
+                    part,
+                    help=GROUP_HELP.get(part, f"{part} subcommands"),
+                    description=GROUP_HELP.get(part),
+                    formatter_class=HelpFormatter,
+                )
                 groups[part] = g.add_subparsers(dest=f"{part}_command", metavar="SUBCOMMAND", required=True)
             where = groups[part]
         sub = where.add_parser(
             path[-1],
             help=helptext,
             description="\n".join(doc),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         mod.add_arguments(sub)
         sub.set_defaults(_main=mod.main, _command=path)

@@ -22,7 +22,7 @@ from ..out_paths import check_out_dir, check_out_file
 
 __all__ = ["add_arguments", "main", "sweep"]
 
-DEFAULT_OUT = "results/bench"
+DEFAULT_OUT = "runs/bench"  # every default output goes under runs/
 
 
 def _measure(name: str, opts: dict[str, Any], u: torch.Tensor, spec: Any, seed: int) -> dict[str, Any]:

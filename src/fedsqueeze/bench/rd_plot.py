@@ -9,20 +9,22 @@ from pathlib import Path
 import numpy as np
 
 from .._extras import require
+from .._plotstyle import series_style
 
 __all__ = ["plot_rd"]
 
+# The references are grey and dashed in three ways, no markers; codecs get colours (never grey) and markers.
 _REF_STYLE = {
     "gaussian": dict(
-        color="black",
+        color="0.25",
         ls="--",
         lw=1.4,
         label="Gaussian 2^(−2R): target for any source of this variance, not a wall",
     ),
     "waterfilling": dict(
-        color="tab:gray", ls="-", lw=2.2, alpha=0.7, label="reverse water-filling over per-tensor variances"
+        color="0.45", ls="-.", lw=1.8, label="reverse water-filling over per-tensor variances"
     ),
-    "slb": dict(color="tab:gray", ls=":", lw=1.8, label="memoryless lower bound (Shannon, N/σ²·2^(−2R))"),
+    "slb": dict(color="0.6", ls=":", lw=1.8, label="memoryless lower bound (Shannon, N/σ²·2^(−2R))"),
 }
 
 
@@ -48,9 +50,7 @@ def plot_rd(
     # colours only for codecs with a point on the plot; (colour, marker) pairs stay distinct past ten codecs
     codecs = sorted({r["codec"] for r in rows if r["bits_per_param"] <= xmax})
     codecs += sorted({r["codec"] for r in rows} - set(codecs))
-    cmap = plt.get_cmap("tab10")
-    colors = {c: cmap(i % 10) for i, c in enumerate(codecs)}
-    markers = "osD^v<>PXh*"
+    styles = {c: series_style(i) for i, c in enumerate(codecs)}
     grid = np.linspace(0.0, xmax, 200)
     handles: dict[str, object] = {}
     for ax, src in zip(axes.flat, sources, strict=False):
@@ -59,7 +59,7 @@ def plot_rd(
             (h,) = ax.plot(grid, getattr(ref, key)(grid), **style)
             handles.setdefault(style["label"], h)
         off = []
-        for i, c in enumerate(codecs):
+        for c in codecs:
             pts = sorted(
                 (r["bits_per_param"], r["rel_error"]) for r in rows if r["source"] == src and r["codec"] == c
             )
@@ -67,15 +67,8 @@ def plot_rd(
             off += [f"{c}: {x:.3g} bpp, D={y:.2g}" for x, y in pts if (x, y) not in shown]
             if shown:
                 xs, ys = zip(*shown, strict=True)
-                (h,) = ax.plot(
-                    xs,
-                    ys,
-                    marker=markers[i % len(markers)],
-                    color=colors[c],
-                    ms=5,
-                    ls="-" if len(xs) > 1 else "none",
-                    label=c,
-                )
+                style = {**styles[c], "ls": styles[c]["ls"] if len(xs) > 1 else "none"}
+                (h,) = ax.plot(xs, ys, ms=5, label=c, **style)
                 handles.setdefault(c, h)
         ax.set_yscale("log")
         ax.set_xlim(0, xmax)

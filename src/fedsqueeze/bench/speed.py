@@ -240,6 +240,20 @@ def child_main(arg: str) -> None:
 # -- in the parent -----------------------------------------------------------------------------------------
 
 
+def _codec_line(row: dict[str, Any], i: int, n: int, took: float) -> str:
+    """The line printed as soon as one codec is measured (the table follows at the end)."""
+    from ..fl.console import duration
+
+    head = f"[{i}/{n}] {row['codec']}"
+    if "error" in row:
+        return f"{head}: {row['error']}"
+    ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}"
+    return (
+        f"{head}: {row['bits_per_param']:.3f} bits/param, encode {row['encode_s']:.4f} s, decode "
+        f"{row['decode_s']:.4f} s, (enc+dec)/topk {ratio}; measured in {duration(took)}"
+    )
+
+
 def _run_child(name: str, args: argparse.Namespace, memory: str) -> dict[str, Any]:
     cfg = json.dumps({"codec": name, "d": args.d, "repeat": args.repeat, "seed": args.seed, "memory": memory})
     try:
@@ -294,8 +308,12 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"timing {len(codecs)} codecs at d={args.d:,}", total=len(codecs))
-        for name in codecs:
+        for i, name in enumerate(codecs, 1):
+            bar.update(task, description=f"timing {name} ({i}/{len(codecs)}) at d={args.d:,}")
+            t0 = time.perf_counter()
             rows.append(_measure(name, args))
+            line = _codec_line(rows[-1], i, len(codecs), time.perf_counter() - t0)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
             bar.advance(task)
     table = Table(title=f"codec speed · d = {args.d:,} · median of {args.repeat}", title_justify="left")
     for col in (

@@ -3,7 +3,13 @@
 With no CONFIG the embedded default preset runs (MiniLM on rotten_tomatoes, 20 clients, flm_topk). CONFIG is
 a TOML file or a packaged preset name (default, smoke, paper). Override any key with --set, e.g.
   fedsqueeze run smoke --set fl.rounds=3 --set codec.name=topk --set codec.options.density=0.05
-Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png and DIR/checkpoint/.
+Setting codec.name (or downlink.name) to another codec resets its options to that codec's defaults; the
+codec.options.* given with it apply on top.
+Writes DIR/metrics.jsonl, DIR/summary.json, DIR/accuracy_vs_uplink.png, DIR/checkpoint/ and the final model:
+DIR/final_params.safetensors and DIR/final_adapter/ (PEFT's format, for PeftModel.from_pretrained).
+--resume --out DIR without CONFIG continues that run with its own config:
+  fedsqueeze run --out runs/smoke --resume                    # after an interruption
+  fedsqueeze run --out runs/smoke --resume --set fl.rounds=5  # or extend it to 5 rounds
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default runs/<time>-<codec>)"
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint; without CONFIG it keeps the run's own config "
+        "(--set fl.rounds=N extends it)",
+    )
     parser.add_argument(
         "--capture-updates",
         default=None,
@@ -42,15 +53,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='save raw client updates of these rounds ("1,2,5" or "all") to DIR/captures.safetensors',
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as TOML and exit (loads no model; docs/config.md lists the keys)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from ..out_paths import check_out_dir
     from .config import load_config
+    from .console import final_line
     from .health import describe
     from .loop import default_out_dir, run
 
-    config = load_config(args.config, args.overrides)
+    config = _resume_config(args) or load_config(args.config, args.overrides)
+    if args.print_config:
+        from .config_doc import config_toml
+
+        print(config_toml(config), end="")
+        return 0
     if args.resume and args.out is None:
         print("fedsqueeze run: --resume needs --out DIR (the run to continue)", file=sys.stderr)
         return 2
@@ -72,15 +94,8 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"fedsqueeze run: {interrupted_hint(args, out)}", file=sys.stderr)
         return 130
-    metric = summary["final_metric"]
-    shown = "n/a" if metric is None else f"{metric:.4f}"
     warned = describe(summary["warnings"])
-    print(
-        f"{summary['rounds']} rounds, final {summary['metric_name']} {shown}, best "
-        f"{summary['best_metric']}, uplink {summary['total_uplink_bytes'] / 1e6:.3f} MB, downlink "
-        f"{summary['total_downlink_bytes'] / 1e6:.3f} MB, {summary['wall_s']:.1f} s -> {summary['out_dir']}"
-        + (f"; finished with {warned} (see summary.json)" if warned else "")
-    )
+    print(final_line(summary) + (f"; finished with {warned} (see summary.json)" if warned else ""))
     return 0
 
 
@@ -106,3 +121,18 @@ def interrupted_hint(args: argparse.Namespace, out: str | Path) -> str:
         ckpt = None
     done = "before round 1 finished" if ckpt is None else f"after round {ckpt['round']}"
     return f"interrupted {done}; continue with: {shlex.join([*cmd, '--resume'])}"
+
+
+def _resume_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``--resume --out DIR`` without CONFIG: the checkpoint's config, ``--set`` on top (else ``None``)."""
+    if not args.resume or args.config is not None or args.out is None:
+        return None
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .config import RunConfig, apply_overrides
+
+    state = load_checkpoint(Path(args.out))
+    if state is None or not isinstance(state.get("config"), dict):
+        return None  # nothing to continue: the run decides (it starts fresh or refuses)
+    return RunConfig.from_dict(apply_overrides(dict(state["config"]), args.overrides))

@@ -3,13 +3,16 @@
 A config file has the sections ``[model]`` (:class:`ModelConfig`), ``[data]`` (:class:`DataConfig`),
 ``[train]`` (:class:`LocalTrainConfig`), ``[fl]`` (:class:`FLConfig`), ``[codec]`` and ``[downlink]``
 (:class:`CodecConfig`: ``name`` plus an ``options`` table checked by :func:`fedsqueeze.codecs.get`) and
-``[tgap]`` (:class:`TGAPConfig`: CG-FedLLM pre-training before the main rounds, off by default). Missing
-keys take the dataclass defaults; unknown keys and bad values raise :class:`~fedsqueeze.ConfigError` naming
-the key and what is allowed. Presets ship inside the package (``fedsqueeze/configs/*.toml``).
+``[tgap]`` (:class:`TGAPConfig`: CG-FedLLM pre-training before the main rounds, off by default). A file
+is applied on top of the ``default`` preset unless its top-level ``base`` names another preset, another file
+or ``"none"`` (:func:`load_config_data`); keys missing from the whole chain take the dataclass defaults.
+Unknown keys and bad values raise :class:`~fedsqueeze.ConfigError` naming the key and what is allowed.
+Presets ship inside the package (``fedsqueeze/configs/*.toml``); ``docs/config.md`` lists every key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -29,11 +32,15 @@ __all__ = [
     "TGAPConfig",
     "apply_overrides",
     "load_config",
+    "load_config_data",
+    "merge_config",
     "preset_names",
     "preset_text",
 ]
 
 SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap")
+BASE_KEY = "base"  # a config file's top-level key naming what it is applied on top of
+NO_BASE = "none"  # ``base = "none"``: on top of the code defaults (the packaged presets)
 TGAP_CODECS = ("cg_fedllm", "cg_fedllm_q")  # the codecs that use a TGAP-trained autoencoder
 
 
@@ -198,7 +205,17 @@ class TGAPConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CodecConfig:
-    """A codec by registry name and its options (validated by :func:`fedsqueeze.codecs.get`)."""
+    """A codec by registry name and its options (validated by :func:`fedsqueeze.codecs.get`).
+
+    Parameters
+    ----------
+    name
+        A registered codec (``fedsqueeze codecs`` lists them). Changing it (in a file on a base, or with
+        ``--set``) without giving ``options`` starts from the new codec's defaults.
+    options
+        The codec's options (``fedsqueeze codecs NAME`` lists them with their defaults); the codec's own
+        defaults fill in the rest.
+    """
 
     name: str = "topk"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -395,8 +412,34 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+CODEC_SECTIONS = ("codec", "downlink")
+
+
+def _codec_name(data: Mapping[str, Any], section: str) -> str:
+    """The codec name ``data`` gives ``section`` (``codec`` / ``downlink``), else the section's default."""
+    raw = data.get(section)
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, Mapping) and "name" in raw:
+        return raw["name"]
+    return "identity" if section == "downlink" else CodecConfig.name
+
+
+def _drop_options(data: dict[str, Any], section: str) -> None:
+    """Forget ``section``'s options (a new codec starts from its own defaults)."""
+    raw = data.get(section)
+    if isinstance(raw, Mapping):
+        data[section] = {k: v for k, v in raw.items() if k != "options"}
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place."""
+    """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place.
+
+    Setting ``codec.name`` (or ``downlink.name``) to another codec than ``data`` names drops ``data``'s
+    options for it: the new codec starts from its own defaults, plus any ``codec.options...`` the same
+    overrides set (in any order).
+    """
+    parsed = []
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -407,6 +450,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"unknown section {parts[0]} in --set {key}; allowed: {', '.join(SECTIONS)}")
         if len(parts) < 2:
             raise ConfigError(f"--set {key}: give section.key, e.g. fl.rounds=10")
+        parsed.append((key, parts, _parse_value(text.strip())))
+    for section in CODEC_SECTIONS:
+        names = [value for _, parts, value in parsed if parts == [section, "name"]]
+        if names and names[-1] != _codec_name(data, section):
+            _drop_options(data, section)
+    for key, parts, value in parsed:
         node = data
         for part in parts[:-1]:
             child = node.get(part)
@@ -418,26 +467,88 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 raise ConfigError(f"--set {key}: {part} is not a table")
             node[part] = child
             node = child
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = value
     return data
+
+
+def merge_config(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` on top of ``base`` (raw config tables; neither is modified).
+
+    Sections merge key by key: a key ``layer`` sets replaces the base's (an ``options`` table replaces the
+    base's options as a whole). A ``codec`` / ``downlink`` that names another codec than ``base`` and gives
+    no ``options`` starts from that codec's defaults, as with ``--set``.
+    """
+    out = copy.deepcopy(dict(base))
+    for section, raw in layer.items():
+        table = {"name": raw} if section in CODEC_SECTIONS and isinstance(raw, str) else raw
+        old = out.get(section)
+        if section in CODEC_SECTIONS and isinstance(old, str):
+            old = {"name": old}
+        if not (isinstance(table, Mapping) and isinstance(old, Mapping)):
+            out[section] = copy.deepcopy(table)
+            continue
+        if section in CODEC_SECTIONS and table.get("name", _codec_name(out, section)) != _codec_name(
+            out, section
+        ):
+            old = {k: v for k, v in old.items() if k != "options"}
+        out[section] = {**old, **copy.deepcopy(dict(table))}
+    return out
+
+
+def _read_toml(text: str, label: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+
+
+def load_config_data(path: str | Path | None = None, *, here: str | Path | None = None) -> dict[str, Any]:
+    """The raw config tables of a TOML file or preset, with its ``base`` chain applied (no ``base`` key).
+
+    The merge rule (documented in ``docs/config.md``): a file's top-level ``base`` names what it is applied
+    on top of: a preset name, another TOML file (relative to this one) or ``"none"`` (the code defaults).
+    A file without ``base`` is applied on top of the ``default`` preset; the packaged presets say
+    ``base = "none"``. ``path`` ``None`` is the ``default`` preset; a relative ``path`` is looked up in
+    ``here`` first (e.g. the folder of a study file), then in the working directory.
+    """
+    return _resolve(path, None if here is None else Path(here), ())
+
+
+def _resolve(ref: str | Path | None, here: Path | None, seen: tuple[str, ...]) -> dict[str, Any]:
+    name = "default" if ref is None else str(ref)
+    candidate = Path(name) if here is None or Path(name).is_absolute() else here / name
+    if ref is not None and not candidate.is_file() and here is not None and Path(name).is_file():
+        candidate = Path(name)  # a path relative to the working directory
+    if ref is not None and candidate.is_file():
+        label, key = str(ref), str(candidate.resolve())
+        text, folder = candidate.read_text(encoding="utf-8"), candidate.parent
+        default_base = "default"
+    elif name in preset_names():
+        label, key, text, folder = f"preset {name}", f"preset:{name}", preset_text(name), None
+        default_base = NO_BASE
+    elif here is None:
+        raise ConfigError(f"config file {name!r} not found (presets: {', '.join(preset_names())})")
+    else:
+        raise ConfigError(
+            f"{'base = ' + repr(name) + ': ' if seen else ''}no such file (relative to {here}) and no such "
+            f'preset ({", ".join(preset_names())}); base = "{NO_BASE}" means the code defaults'
+        )
+    if key in seen:
+        raise ConfigError(f"{label}: base chain loops back to itself")
+    data = _read_toml(text, label)
+    base = data.pop(BASE_KEY, default_base)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f'{label}: base must be a preset name, a TOML path or "{NO_BASE}", got {base!r}')
+    if base == NO_BASE:
+        return data
+    return merge_config(_resolve(base, folder, (*seen, key)), data)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML run config (``None``: the embedded ``default`` preset) and apply ``--set`` overrides.
 
-    ``path`` may also name a packaged preset (``"smoke"``, ``"paper"``).
+    ``path`` may also name a packaged preset (``"smoke"``, ``"paper"``). A file is applied on top of its
+    ``base`` (see :func:`load_config_data`: the ``default`` preset unless it names another).
     """
-    if path is None:
-        text = preset_text("default")
-    elif Path(path).is_file():
-        text = Path(path).read_text(encoding="utf-8")
-    elif str(path) in preset_names():
-        text = preset_text(str(path))
-    else:
-        raise ConfigError(f"config file {str(path)!r} not found (presets: {', '.join(preset_names())})")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path or 'default preset'}: invalid TOML: {exc}") from None
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(load_config_data(path), overrides)
     return RunConfig.from_dict(data)

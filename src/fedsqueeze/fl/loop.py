@@ -34,9 +34,18 @@ from .checkpoint import (
 )
 from .client import ClientReply, client_step, relative_error
 from .config import RunConfig
+from .final import save_final
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
-from .report import Progress, eval_columns, include_tgap, package_versions, plot_metric_vs_uplink, summarize
+from .report import (
+    Progress,
+    eval_columns,
+    include_tgap,
+    package_versions,
+    plot_metric_vs_uplink,
+    summarize,
+    traffic_totals,
+)
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, weighted_mean
@@ -108,27 +117,37 @@ class _Federation:
         self.rows: list[dict[str, Any]] = []
         self.health = RunHealth(error_feedback=config.fl.error_feedback)
         self.captures: dict[str, torch.Tensor] = {}
+        self.on_client: Any = None  # r -> per-client progress callback (see run_round)
 
     @property
     def done(self) -> int:
         return len(self.rows)
 
     def run_round(self, r: int, capture: bool) -> dict[str, Any]:
+        """One round; ``self.on_client(r)``, when set, gives the ``(i, k, client, seconds)`` callback called
+        after each of the round's ``k`` clients (progress)."""
         cfg, wl = self.config, self.workload
+        on_client = self.on_client(r) if self.on_client is not None else None
         t0 = time.perf_counter()
         seed = cfg.fl.seed
         clients = sample_clients(seed, r, self.n, cfg.fl.clients_per_round)
         lora0, head0, down = self.downlink.broadcast(
             r, self.lora, self.head, clients, seed=derive_seed(seed, r, -1, "downlink")
         )
-        replies: list[ClientReply] = [
-            client_step(
-                wl, c, lora0, head0, cfg.train, self.efs[c],
-                train_seed=derive_seed(seed, r, c, "train"),
-                encode_seed=derive_seed(seed, r, c, "encode"),
-            )
-            for c in clients
-        ]  # fmt: skip
+        replies: list[ClientReply] = []
+        for i, c in enumerate(clients, 1):
+            tc = time.perf_counter()
+            replies.append(
+                client_step(
+                    wl, c, lora0, head0, cfg.train, self.efs[c],
+                    train_seed=derive_seed(seed, r, c, "train"),
+                    encode_seed=derive_seed(seed, r, c, "encode"),
+                )
+            )  # fmt: skip
+            took = time.perf_counter() - tc
+            log.info("round %d: client %d (%d/%d) done in %.1f s", r, c, i, len(clients), took)
+            if on_client is not None:
+                on_client(i, len(clients), c, took)
         weights = [rep.num_examples for rep in replies]
         kept, mean_lora, dense, dropped = self._aggregate(replies, weights)
         traffic = self.ledger.record(
@@ -280,7 +299,8 @@ def run(
     workload: Workload | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run federated fine-tuning and write ``metrics.jsonl``, ``summary.json`` and the plot to ``out_dir``.
+    """Run federated fine-tuning and write ``metrics.jsonl``, ``summary.json``, the plot and the final model
+    (``final_params.safetensors``, ``final_adapter/`` in PEFT's format: :mod:`~.final`) to ``out_dir``.
 
     Parameters
     ----------
@@ -316,6 +336,7 @@ def run(
     dict
         The summary (also written to ``summary.json``).
     """
+    t_start = time.perf_counter()
     out = check_out_dir(out_dir, "out_dir") if out_dir is not None else default_out_dir(config)
     captures = parse_capture_rounds(capture_rounds)
     check("matplotlib", "plots", "the accuracy plot of a run")  # now, not after the last round
@@ -337,6 +358,7 @@ def run(
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     wl = workload if workload is not None else _build_workload(config)
+    load_s = time.perf_counter() - t_start  # model + data loading of this invocation
     tgap = None
     if config.tgap.enabled:  # CG-FedLLM: pre-train the autoencoder on the TGAP share, run FAF on the rest
         from ..learned.tgap_phase import faf_codec, run_tgap_phase
@@ -347,12 +369,16 @@ def run(
     if ckpt is not None:
         fed.load_state_dict(ckpt)
         if fed.done > config.fl.rounds:
-            raise ConfigError(f"the checkpoint is at round {fed.done}, past fl.rounds = {config.fl.rounds}")
+            raise ConfigError(
+                f"the checkpoint is at round {fed.done}, past fl.rounds = {config.fl.rounds}; resume without "
+                f"CONFIG to continue with the run's own config, or --set fl.rounds={fed.done} or more"
+            )
         fed.captures = _load_captures(out / CAPTURES, fed.done)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
 
     bar = Progress(config.fl.rounds, fed.done, enabled=progress)
+    fed.on_client = bar.client_hook
     try:
         for r in range(fed.done + 1, config.fl.rounds + 1):
             capture = captures == "all" or (isinstance(captures, frozenset) and r in captures)
@@ -381,11 +407,24 @@ def run(
             "versions": package_versions(),
             "out_dir": str(out),
             "warnings": fed.health.summary(),
+            "load_s": load_s,
         }
     )
     include_tgap(summary, None if tgap is None else tgap.traffic)
+    summary.update(
+        traffic_totals(
+            fed.ledger,
+            wl.lora_spec.numel,
+            wl.head_spec.numel,
+            summary["total_uplink_bytes"],
+            summary["total_downlink_bytes"],
+        )
+    )
+    save_final(out, fed.lora, fed.head, wl)  # final_params.safetensors (+ final_adapter/, PEFT's format)
+    summary["elapsed_s"] = time.perf_counter() - t_start  # this invocation, model loading included
     write_json(out / "summary.json", summary)
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
     offset = 0 if tgap is None else int(tgap.traffic["uplink_bytes"])
-    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title, offset_bytes=offset)
+    plot = out / "accuracy_vs_uplink.png"
+    plot_metric_vs_uplink(fed.rows, plot, title=title, offset_bytes=offset, target=config.fl.target_metric)
     return summary

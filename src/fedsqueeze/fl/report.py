@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -14,11 +15,13 @@ from .._extras import require
 __all__ = [
     "TGAP_INCLUDED",
     "Progress",
+    "StepProgress",
     "eval_columns",
     "include_tgap",
     "package_versions",
     "plot_metric_vs_uplink",
     "summarize",
+    "traffic_totals",
 ]
 
 # The summary totals that count the TGAP phase's bytes and time when it ran (``totals_include_tgap``).
@@ -84,6 +87,52 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float
     }
 
 
+def traffic_totals(
+    ledger: Any, lora_numel: int, head_numel: int, total_uplink: int, total_downlink: int
+) -> dict[str, Any]:
+    """Run-level traffic figures of the summary, beside ``total_uplink_bytes`` / ``total_downlink_bytes``.
+
+    ``ledger`` is the run's :class:`~.ledger.TrafficLedger` (main rounds); the totals are the summary's
+    (TGAP included when it ran). A transfer is one client's upload (LoRA + head frames) or download of one
+    round; "dense fp32" is 4 bytes per trained parameter (``lora_numel + head_numel``) per transfer.
+
+    - ``total_bytes``: uplink + downlink;
+    - ``uploads``, ``downloads``: transfers in the main rounds;
+    - ``lora_bits_per_param``: 8 · LoRA uplink bytes / (uploads · ``lora_numel``), the run-level form of the
+      rows' column of that name;
+    - ``bits_per_param_uplink``, ``bits_per_param_total``: 8 · bytes / (transfers · trained parameters),
+      uplink only and both ways (32 is dense fp32);
+    - ``dense_fp32_uplink_bytes``, ``dense_fp32_total_bytes``: what dense fp32 transfers would have cost;
+    - ``dense_fp32_ratio_uplink``, ``dense_fp32_ratio_total``: those over the bytes actually sent (how many
+      times less than dense fp32; above 1 is a saving).
+
+    A figure with a zero denominator is ``None``.
+    """
+    rounds = list(ledger.rounds)
+    uploads = sum(len(r.uplink_lora) for r in rounds)
+    downloads = sum(len(r.downlink) for r in rounds)
+    lora = sum(sum(r.uplink_lora.values()) for r in rounds)
+    params = lora_numel + head_numel
+    dense_up, dense_down = 4 * params * uploads, 4 * params * downloads
+    total = total_uplink + total_downlink
+
+    def div(a: float, b: float) -> float | None:
+        return a / b if b else None
+
+    return {
+        "total_bytes": total,
+        "uploads": uploads,
+        "downloads": downloads,
+        "lora_bits_per_param": div(8 * lora, uploads * lora_numel),
+        "bits_per_param_uplink": div(8 * total_uplink, uploads * params),
+        "bits_per_param_total": div(8 * total, (uploads + downloads) * params),
+        "dense_fp32_uplink_bytes": dense_up,
+        "dense_fp32_total_bytes": dense_up + dense_down,
+        "dense_fp32_ratio_uplink": div(dense_up, total_uplink),
+        "dense_fp32_ratio_total": div(dense_up + dense_down, total),
+    }
+
+
 def include_tgap(summary: dict[str, Any], tgap: Mapping[str, Any] | None) -> dict[str, Any]:
     """Add the TGAP phase to a run summary (in place; also returned).
 
@@ -110,11 +159,18 @@ def include_tgap(summary: dict[str, Any], tgap: Mapping[str, Any] | None) -> dic
 
 
 def plot_metric_vs_uplink(
-    rows: Sequence[Mapping[str, Any]], path: Path, *, title: str, offset_bytes: int = 0
-) -> None:
+    rows: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    title: str,
+    offset_bytes: int = 0,
+    target: float | None = None,
+) -> Any:
     """Evaluation metric against cumulative uplink MB (matplotlib's Agg canvas; no global backend change).
 
     ``offset_bytes`` is uplink spent before the first round (the TGAP phase): the curve starts there.
+    ``target`` (``fl.target_metric``) is drawn as a grey dotted line. There is no round-0 point: the loop
+    does not evaluate the initial model. Returns the figure.
     """
     require("matplotlib", "plots", "the accuracy plot of a run")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -127,8 +183,11 @@ def plot_metric_vs_uplink(
     name = evals[0]["eval_metric_name"] if evals else "metric"
     xs = [(offset_bytes + r["cum_uplink_bytes"]) / 1e6 for r in evals]
     ax.plot(xs, [r["eval_metric"] for r in evals], marker="o", ms=3)
+    if target is not None:
+        ax.axhline(target, color="0.45", ls=":", lw=1, label=f"target {target:g}")
     if offset_bytes:
         ax.axvline(offset_bytes / 1e6, color="0.5", ls="--", lw=1, label="TGAP uplink")
+    if target is not None or offset_bytes:
         ax.legend(fontsize=8)
     ax.set_xlabel("cumulative uplink (MB, payload bytes)" + (", TGAP included" if offset_bytes else ""))
     ax.set_ylabel(f"held-out {name}")
@@ -137,15 +196,20 @@ def plot_metric_vs_uplink(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
+    return fig
 
 
 class Progress:
-    """A rich progress bar showing round, metric and MB sent; one plain line per round when stderr is no
-    terminal (logs, CI); silent when ``enabled`` is false."""
+    """A rich progress bar showing round, metric and MB sent (and, within a round, the client being
+    trained); one plain line per round when stderr is no terminal (logs, CI), plus a line per client when a
+    round has run :attr:`HEARTBEAT_S` seconds without one; silent when ``enabled`` is false."""
+
+    HEARTBEAT_S = 10.0  # plain mode: a client line only when this long has passed without any line
 
     def __init__(self, total: int, start: int, *, enabled: bool) -> None:
         self.enabled, self.total = enabled, total
         self._bar: Any = None
+        self._last = time.monotonic()
         if not enabled:
             return
         require("rich", "cli", "the progress bar")
@@ -167,21 +231,82 @@ class Progress:
         self._task = self._bar.add_task("run", total=total, completed=start, info="")
         self._bar.start()
 
+    def client_hook(self, r: int) -> Any:
+        """The ``on_client(i, k, client, seconds)`` callback of round ``r`` (``None`` when disabled)."""
+        if not self.enabled:
+            return None
+        return lambda i, k, client, seconds: self.client(r, i, k, client, seconds)
+
+    def client(self, r: int, i: int, k: int, client: int, seconds: float) -> None:
+        """Client ``i`` of ``k`` of round ``r`` has its reply ready (``seconds`` of training and encoding)."""
+        if not self.enabled:
+            return
+        from .console import duration
+
+        text = f"round {r}/{self.total}  client {i}/{k} (id {client}) done in {duration(seconds)}"
+        if self._bar is not None:
+            self._bar.update(self._task, info=text.split("  ", 1)[1])
+        elif i < k and time.monotonic() - self._last >= self.HEARTBEAT_S:
+            self._print(text)
+
     def update(self, row: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        metric = row.get("eval_metric")
-        text = f"{row['eval_metric_name']} {metric:.4f}" if metric is not None else "(no eval)"
-        up, down = row["cum_uplink_bytes"] / 1e6, row["cum_downlink_bytes"] / 1e6
-        info = f"{text}  up {up:.3f} MB  down {down:.3f} MB"
+        from .console import round_line
+
+        line = round_line(row, self.total)  # the same line as `fedsqueeze flower simulate` prints
         if self._bar is None:
-            print(
-                f"round {row['round']}/{self.total}  {info}  {row['wall_s']:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._print(line)
         else:
+            info = line.split("  ", 1)[1].rsplit("  ", 1)[0]  # without "round r/T" and the time
             self._bar.update(self._task, completed=row["round"], info=info)
+
+    def _print(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class StepProgress:
+    """Progress of a long loop of steps (TGAP pre-training): a rich bar with the loss on a terminal; else a
+    plain line at the first and last step and whenever :attr:`HEARTBEAT_S` seconds passed; silent when
+    ``enabled`` is false. ``update(step, loss)`` is the ``progress`` hook of
+    :func:`fedsqueeze.learned.tgap.tgap_pretrain`."""
+
+    HEARTBEAT_S = 10.0
+
+    def __init__(self, label: str, total: int, *, enabled: bool) -> None:
+        self.label, self.total, self.enabled = label, total, enabled
+        self._bar: Any = None
+        self._last = time.monotonic()
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        console = Console(file=sys.stderr)
+        if console.is_terminal:
+            self._bar = RichProgress(
+                TextColumn(label), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(), console=console,
+            )  # fmt: skip
+            self._task = self._bar.add_task(label, total=total, loss="")
+            self._bar.start()
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, loss=f"{loss:.4g}")
+            return
+        now = time.monotonic()
+        if step in (1, self.total) or now - self._last >= self.HEARTBEAT_S:
+            print(f"{self.label} step {step}/{self.total}  loss {loss:.4g}", file=sys.stderr, flush=True)
+            self._last = now
 
     def close(self) -> None:
         if self._bar is not None:

@@ -40,13 +40,27 @@ def _positive(section: str, key: str, value: float | int | None, *, allow_none: 
 class ModelConfig:
     """Which pretrained model and which LoRA adapter.
 
-    ``tiny-bert`` and ``tiny-llama`` are randomly initialised miniature models (tests only). ``num_layers``
-    keeps only the first layers (smoke runs of big models). ``target_modules`` of ``None`` means the model's
-    default (query/value or q_proj/v_proj). ``pooling`` picks what a classification head reads: ``cls``
-    (the BERT pooler over ``[CLS]``), ``mean`` (masked token mean, how sentence-transformers models such as
-    MiniLM were trained) or ``auto`` (``mean`` for ``minilm``, ``cls`` otherwise). ``device`` runs local
-    training and evaluation on ``cpu`` (default), ``cuda`` or ``auto`` (``cuda`` when available); updates,
-    codecs and aggregation always stay on the CPU.
+    Parameters
+    ----------
+    name
+        The model: ``minilm`` (all-MiniLM-L6-v2, classification), ``smollm2-135m`` (causal LM),
+        ``tiny-bert`` / ``tiny-llama`` (randomly initialised miniature models, tests only) or ``toy`` (a tiny
+        in-code workload, tests only).
+    lora_r, lora_alpha, lora_dropout
+        LoRA rank, scaling α and dropout of the adapter (PEFT ``LoraConfig``).
+    target_modules
+        Modules that get a LoRA adapter; ``None``: the model's default (query/value or q_proj/v_proj).
+    max_length
+        Tokens per example after truncation.
+    num_layers
+        Keep only the first this many transformer layers (smoke runs of big models); ``None``: all.
+    pooling
+        What a classification head reads: ``cls`` (the BERT pooler over ``[CLS]``), ``mean`` (masked token
+        mean, how sentence-transformers models such as MiniLM were trained) or ``auto`` (``mean`` for
+        ``minilm``, ``cls`` otherwise).
+    device
+        Where local training and evaluation run: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when available);
+        updates, codecs and aggregation always stay on the CPU.
     """
 
     name: str = "minilm"
@@ -75,8 +89,25 @@ class ModelConfig:
 class DataConfig:
     """Which dataset, how many clients and how it is split among them.
 
-    ``max_train_examples`` / ``test_examples`` cap the training pool and the held-out set (seeded choice).
-    ``gen_max_new_tokens`` bounds generation for gsm8k evaluation.
+    Parameters
+    ----------
+    dataset
+        ``rotten_tomatoes`` (review snippets, 2 classes), ``bbc_news`` (articles, 5 classes) or ``gsm8k``
+        (math problems, exact match of the final number; needs a causal model).
+    num_clients
+        Clients the training pool is split among.
+    partition
+        ``iid`` (uniform split) or ``dirichlet`` (label skew with concentration ``alpha``).
+    alpha
+        Dirichlet concentration of the label skew (smaller: more skewed).
+    max_train_examples
+        Cap on the training pool (seeded choice); ``None``: all of it.
+    test_examples
+        Size of the held-out evaluation set (seeded choice).
+    seed
+        Seed of the split and the partition (kept apart from ``fl.seed``).
+    gen_max_new_tokens
+        Generation budget of the gsm8k evaluation.
     """
 
     dataset: str = "rotten_tomatoes"
@@ -102,12 +133,27 @@ class DataConfig:
 class LocalTrainConfig:
     """Local training of one client in one round (paper defaults: Adam+amsgrad, lr 1e-3, wd 0.02).
 
-    ``max_steps`` caps optimizer steps per round (``None``: run all ``epochs``). ``head_lr`` is the learning
-    rate of the non-LoRA trainables (the freshly initialised classifier head; ``None``: ``lr``).
-    ``logit_adjust`` is τ of the label-skew correction of FedLC (Zhang et al., ICML 2022) / logit adjustment
-    (Menon et al., ICLR 2021): classification clients train on ``logits + τ·log π_client`` with ``π_client``
-    their own (add-one smoothed) label frequencies, so a client holding mostly one label pushes the shared
-    head far less towards it; evaluation uses the plain logits. ``0`` (default) turns it off.
+    Parameters
+    ----------
+    epochs
+        Passes over the client's shard per round.
+    batch_size
+        Examples per optimizer step.
+    lr
+        Adam learning rate of the LoRA tensors.
+    weight_decay
+        Adam weight decay.
+    amsgrad
+        Use Adam's amsgrad variant.
+    max_steps
+        Cap on optimizer steps per round; ``None``: run all ``epochs``.
+    head_lr
+        Learning rate of the non-LoRA trainables (the freshly initialised classifier head); ``None``: ``lr``.
+    logit_adjust
+        τ of the label-skew correction of FedLC (Zhang et al., ICML 2022) / logit adjustment (Menon et al.,
+        ICLR 2021): classification clients train on ``logits + τ·log π_client`` with ``π_client`` their own
+        (add-one smoothed) label frequencies, so a client holding mostly one label pushes the shared head
+        far less towards it; evaluation uses the plain logits. ``0`` turns it off.
     """
 
     epochs: int = 1

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from ..fl.cli_run import add_config_arguments
 from ..out_paths import check_out_dir
 from .settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
 
-__all__ = ["add_job_arguments", "settings_from_args"]
+__all__ = ["RUN_FILES", "add_job_arguments", "refuse_existing_run", "settings_from_args"]
+
+RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoint")  # what marks a folder as holding a run
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,3 +47,12 @@ def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
     out = check_out_dir(args.out) if args.out else default_out_dir(settings)
     # Absolute: the ServerApp may run in another working directory (the SuperLink's).
     return dataclasses.replace(settings, out_dir=str(out.resolve()))
+
+
+def refuse_existing_run(out: Path) -> None:
+    """Refuse an ``--out`` that already holds a run, as ``fedsqueeze run`` does (Flower runs do not resume,
+    so the run would silently replace the earlier results)."""
+    from ..errors import ConfigError
+
+    if any((out / name).exists() for name in RUN_FILES):
+        raise ConfigError(f"{out} already holds a run; choose another --out (Flower runs do not resume)")

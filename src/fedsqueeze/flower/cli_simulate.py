@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+from pathlib import Path
 
-from .cli_common import add_job_arguments, settings_from_args
+from .cli_common import add_job_arguments, refuse_existing_run, settings_from_args
 
 __all__ = ["add_arguments", "main"]
 
@@ -30,18 +32,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-cpus", type=int, default=None, metavar="N", help="CPUs Ray may use (default all)"
     )
 
+    parser.add_argument("--no-progress", action="store_true", help="no per-round lines")
+
 
 def main(args: argparse.Namespace) -> int:
+    from ..fl.console import final_line
+    from ..fl.health import describe
     from .deploy import RUN_CONFIG_ENV, child_env
 
+    t0 = time.perf_counter()
     settings = settings_from_args(args)
+    refuse_existing_run(Path(settings.out_dir))
     os.environ.update(child_env({RUN_CONFIG_ENV: json.dumps(settings.to_run_config())}))
     from .simulate import simulate
 
-    summary = simulate(settings, cpus_per_client=args.cpus_per_client, num_cpus=args.num_cpus)
-    print(
-        f"{summary['rounds']} rounds on Flower (simulation), final {summary['metric_name']} "
-        f"{summary['final_metric']}, uplink {summary['total_uplink_bytes'] / 1e6:.3f} MB "
-        f"-> {summary['out_dir']}"
+    summary = simulate(
+        settings,
+        cpus_per_client=args.cpus_per_client,
+        num_cpus=args.num_cpus,
+        progress=not args.no_progress,
     )
+    warned = describe(summary["warnings"])
+    line = final_line(summary, engine="Flower (simulation)", elapsed_s=time.perf_counter() - t0)
+    print(line + (f"; finished with {warned} (see summary.json)" if warned else ""))
     return 0

@@ -56,6 +56,7 @@ build-backend = "hatchling.build"
 name = "fedsqueeze-flower"
 version = "{__version__}"
 description = "fedsqueeze on Flower (generated)"
+license = "Apache-2.0"  # fedsqueeze's; without it Flower warns that the property is missing
 dependencies = []  # everything comes from the installed fedsqueeze; runtime installs are disabled
 
 [tool.hatch.build.targets.wheel]

@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import ServerApp
 
 from ..errors import FedsqueezeError
 from ..fl.checkpoint import append_jsonl, write_json, write_jsonl
 from ..fl.client import encode_dense
+from ..fl.console import round_line
+from ..fl.final import FINAL_PARAMS, save_final
 from ..fl.health import RunHealth, log_warnings
 from ..fl.ledger import TrafficLedger
-from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize
+from ..fl.report import eval_columns, package_versions, plot_metric_vs_uplink, summarize, traffic_totals
 from ..fl.robust import aggregate, merge_screens, screen_replies
 from ..fl.seeding import derive_seed, sample_clients
 from ..fl.server import Downlink, ServerMomentum, apply_update
@@ -258,8 +259,9 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
     for r in range(1, cfg.fl.rounds + 1):
         row = fed.run_round(grid, r)
         append_jsonl(out / "metrics.jsonl", row)
-        log.info("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
-    _save_final(out, fed.lora, fed.head)
+        log.info("%s", round_line(row, cfg.fl.rounds))  # the line `fedsqueeze run` prints for a round
+        log.debug("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
+    save_final(out, fed.lora, fed.head, fed.wl)  # the same files as `fedsqueeze run` (fl/final.py)
     summary = summarize(fed.rows, fed.wl.metric_name, cfg.fl.target_metric)
     summary.update(
         {
@@ -280,23 +282,22 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
             "warnings": fed.health.summary(),
         }
     )
+    summary.update(
+        traffic_totals(
+            fed.ledger,
+            fed.wl.lora_spec.numel,
+            fed.wl.head_spec.numel,
+            summary["total_uplink_bytes"],
+            summary["total_downlink_bytes"],
+        )
+    )
     write_json(out / "summary.json", summary)
     title = f"{cfg.model.name} / {cfg.data.dataset} / {cfg.codec.name} (Flower)"
-    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title)
+    plot_metric_vs_uplink(fed.rows, out / "accuracy_vs_uplink.png", title=title, target=cfg.fl.target_metric)
     return summary
 
 
-FINAL = "final_params.safetensors"
-
-
-def _save_final(out: Path, lora: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    from ..fl.checkpoint import atomic_write
-
-    tensors = {f"lora/{k}": v.contiguous() for k, v in lora.items()}
-    tensors.update({f"head/{k}": v.contiguous() for k, v in head.items()})
-    atomic_write(out / FINAL, lambda tmp: save_file(tensors, tmp))
+FINAL = FINAL_PARAMS
 
 
 def _flwr_version() -> str:

@@ -6,8 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +20,59 @@ from .._extras import require
 from .env import apply_offline_env
 from .settings import RUN_CONFIG_ENV, FlowerSettings
 
-__all__ = ["simulate"]
+__all__ = ["quiet_simulation", "simulate"]
+
+
+_RAY_TIP = r"Tip: In future versions of Ray"  # its accelerator env-var notice (we ask for no GPUs)
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    """Flower warns that ``run_simulation`` is deprecated each time it is called: we call it on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("DEPRECATED FEATURE" in text and "run_simulation" in text)
+
+
+@contextlib.contextmanager
+def quiet_simulation(*, progress: bool = True) -> Iterator[None]:
+    """Silence the library noise of a simulation that says nothing to a user of it, and (``progress``)
+    show the ServerApp's per-round lines (logger ``fedsqueeze.flower`` at INFO) on stderr.
+
+    Dropped: Flower's ``run_simulation`` deprecation warning and Ray's ``FutureWarning`` tip about
+    accelerator environment variables (clients here ask for no GPU). Everything else of Flower and Ray,
+    and every fedsqueeze warning, still shows.
+    """
+    flwr_log, ours = logging.getLogger("flwr"), logging.getLogger("fedsqueeze.flower")
+    drop = _DropRunSimulationDeprecation()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = ours.level
+    flwr_log.addFilter(drop)
+    ours.addHandler(handler)
+    if progress:
+        ours.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_RAY_TIP, category=FutureWarning)
+            yield
+    finally:
+        flwr_log.removeFilter(drop)
+        ours.removeHandler(handler)
+        ours.setLevel(level)
 
 
 def simulate(
-    settings: FlowerSettings, *, cpus_per_client: float = 1.0, num_cpus: int | None = None
+    settings: FlowerSettings,
+    *,
+    cpus_per_client: float = 1.0,
+    num_cpus: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Run ``settings`` with ``data.num_clients`` virtual SuperNodes; returns the summary."""
+    """Run ``settings`` with ``data.num_clients`` virtual SuperNodes; returns the summary.
+
+    ``progress``: print the per-round lines of ``fedsqueeze run`` on stderr (see :func:`quiet_simulation`).
+    """
     apply_offline_env()
     require("flwr", "flower", "Flower simulations")
     require("ray", "flower", "Flower simulations (flwr[simulation])")
@@ -34,14 +85,15 @@ def simulate(
     init_args: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False}
     if num_cpus is not None:
         init_args["num_cpus"] = num_cpus
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=settings.config.data.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-            "init_args": init_args,
-        },
-    )
+    with quiet_simulation(progress=progress):
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=settings.config.data.num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                "init_args": init_args,
+            },
+        )
     summary_path = Path(settings.out_dir) / "summary.json"
     return json.loads(summary_path.read_text(encoding="utf-8"))

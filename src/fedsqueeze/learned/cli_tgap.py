@@ -1,8 +1,9 @@
 """Pre-train the CG-FedLLM autoencoder (TGAP) on captured client updates and save it.
 
+Writes OUT/ae.safetensors and its fingerprint sidecar OUT/ae.json (OUT is a folder, as for every command):
   fedsqueeze run smoke --set codec.name=identity --capture-updates all --out runs/pre
-  fedsqueeze tgap runs/pre/captures.safetensors --out runs/pre/ae.safetensors
-  fedsqueeze run smoke --set codec.name=cg_fedllm --set codec.options.model_path=runs/pre/ae.safetensors
+  fedsqueeze tgap runs/pre/captures.safetensors --out runs/pre/tgap
+  fedsqueeze run smoke --set codec.name=cg_fedllm --set codec.options.model_path=runs/pre/tgap/ae.safetensors
 --variant paper (default) is the paper's autoencoder (no normalisation, ReLU ends, Tanh) for cg_fedllm;
 --variant sound (per-tensor RMS normalisation, linear head) is meant for cg_fedllm_q.
 """
@@ -11,40 +12,50 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
+from pathlib import Path
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["MODEL", "add_arguments", "main", "model_path"]
+
+MODEL = "ae.safetensors"  # the model's name inside --out (as in a run's OUT/tgap/)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .tgap import TGAPConfig
 
     parser.add_argument("captures", help="captures.safetensors from `fedsqueeze run --capture-updates ...`")
-    parser.add_argument("--out", required=True, metavar="PATH.safetensors", help="where to save the model")
-    parser.add_argument("--variant", choices=("paper", "sound"), default="paper")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder: the model goes to DIR/ae.safetensors (+ ae.json) (default runs/<time>-tgap); "
+        "a path ending in .safetensors (deprecated) names the model file itself",
+    )
+    parser.add_argument("--variant", choices=("paper", "sound"), default="paper", help="autoencoder variant")
     parser.add_argument("--depth", type=int, default=6, help="stride-2 stages; latent = 1/2**depth")
-    parser.add_argument("--rounds", default=None, metavar="A-B", help="use only captured rounds A..B")
+    parser.add_argument(
+        "--rounds", default=None, metavar="A-B", help="use only captured rounds A..B (default all)"
+    )
     parser.add_argument("--steps", type=int, default=TGAPConfig.steps, help="Adam steps")
-    parser.add_argument("--batch-size", type=int, default=TGAPConfig.batch_size)
+    parser.add_argument("--batch-size", type=int, default=TGAPConfig.batch_size, help="snapshots per step")
     parser.add_argument("--lr", type=float, default=TGAPConfig.lr, help="Adam learning rate (paper 2e-4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda or cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..fl.console import size
+    from ..fl.report import StepProgress
     from ..out_paths import check_out_file
     from .autoencoder import AEConfig
     from .store import save, sidecar_path
     from .tgap import TGAPConfig, load_captures, tgap_pretrain
 
-    out = check_out_file(args.out, example="ae.safetensors")
-    if out.suffix != ".safetensors":
-        raise ConfigError(
-            f"--out {out}: the autoencoder file must end in .safetensors, e.g. "
-            f"{out.with_suffix('.safetensors')}"
-        )
-    check_out_file(sidecar_path(out), "--out (its .json sidecar)", example="ae.json")
+    path = model_path(args.out)
+    check_out_file(path, "--out", example="ae.safetensors")
+    check_out_file(sidecar_path(path), "--out (its .json sidecar)", example="ae.json")
     if args.steps < 1:
         raise ConfigError(
             f"--steps must be >= 1 (0 Adam steps would save an untrained autoencoder), got {args.steps}"
@@ -65,20 +76,19 @@ def main(args: argparse.Namespace) -> int:
         caps = caps.select([lo <= r <= hi for r in caps.rounds])
     if len(caps) == 0:
         raise ConfigError("no captured updates left to train on")
-    bar, hook = _progress(cfg.steps, enabled=not args.no_progress)
+    bar = StepProgress("TGAP", cfg.steps, enabled=not args.no_progress)
     try:
-        model, log = tgap_pretrain(caps, ae=ae, config=cfg, progress=hook, device=args.device)
+        model, log = tgap_pretrain(caps, ae=ae, config=cfg, progress=bar.update, device=args.device)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     log.update(captures=str(args.captures), variant=args.variant)
-    fp = save(model, args.out, info=log)
+    fp = save(model, path, info=log)
     rel = log["train_rel_error"]
-    shown = "n/a (all-zero captures)" if rel is None else f"{rel:.4f}"
+    shown = "n/a (all-zero captures)" if rel is None else f"{rel:.4g}"
     print(
         f"TGAP: {log['num_snapshots']} snapshots, {cfg.steps} steps, loss {log['loss_first']:.4g} -> "
         f"{log['loss_last']:.4g}, train rel_error {shown}; fingerprint {fp}; "
-        f"encoder {model.encoder_bytes()} bytes -> {args.out}"
+        f"encoder {size(model.encoder_bytes())} -> {path}"
     )
     if rel is not None and not rel < 1:  # NaN too
         print(
@@ -90,19 +100,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(total: int, *, enabled: bool):  # type: ignore[no-untyped-def]
-    if not enabled:
-        return None, None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(file=sys.stderr)
-    if not console.is_terminal:
-        return None, None
-    bar = Progress(
-        TextColumn("TGAP"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(), console=console,
-    )  # fmt: skip
-    task = bar.add_task("tgap", total=total, loss="")
-    bar.start()
-    return bar, lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.4g}")
+def model_path(out: str | None) -> Path:
+    """Where ``--out`` puts the model: ``OUT/ae.safetensors`` (a deprecated ``*.safetensors``: that file)."""
+    if out is None:
+        return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-tgap" / MODEL
+    if out.endswith(".safetensors"):
+        print(
+            f"fedsqueeze tgap: --out {out}: a file name is deprecated; give a folder (the model goes to "
+            f"DIR/{MODEL})",
+            file=sys.stderr,
+        )
+        return Path(out)
+    return Path(out) / MODEL

@@ -32,6 +32,8 @@ from ..errors import ConfigError
 from ..fl.checkpoint import save_captures, write_json, write_jsonl
 from ..fl.client import encode_dense
 from ..fl.config import CodecConfig, RunConfig, TGAPConfig
+from ..fl.console import size
+from ..fl.report import StepProgress
 from ..fl.seeding import derive_seed
 from .autoencoder import AEConfig
 from .split import split_workload
@@ -103,6 +105,7 @@ def _collect_federated(config: RunConfig, pre: Any, folder: Path, progress: bool
     tcfg = _phase_config(config)
     fed = _Federation(tcfg, pre)
     bar = Progress(tcfg.fl.rounds, 0, enabled=progress)
+    fed.on_client = bar.client_hook
     try:
         for r in range(1, tcfg.fl.rounds + 1):
             bar.update(fed.run_round(r, capture=True))
@@ -213,7 +216,13 @@ def run_tgap_phase(
         seed=derive_seed(config.fl.seed, 0, -1, "tgap-pretrain") & _MASK63,
     )  # fmt: skip
     _say(progress, f"TGAP: pre-training the {variant} autoencoder on {len(caps)} snapshots, {tg.steps} steps")
-    model, log = tgap_pretrain(caps, ae=ae_config(variant, tg.depth), config=pcfg, device=tg.device)
+    steps = StepProgress("TGAP pre-training", tg.steps, enabled=progress)
+    try:
+        model, log = tgap_pretrain(
+            caps, ae=ae_config(variant, tg.depth), config=pcfg, device=tg.device, progress=steps.update
+        )
+    finally:
+        steps.close()
     log = {k: v for k, v in log.items() if k != "spec"}
     fp = save(model, model_path, info={**log, "variant": variant, "collection": tg.collection})
     counted = tgap_traffic(
@@ -249,7 +258,7 @@ def run_tgap_phase(
     _say(
         progress,
         f"TGAP: {len(caps)} snapshots, loss {log['loss_first']:.4g} -> {log['loss_last']:.4g}, "
-        f"up {traffic['uplink_bytes'] / 1e6:.3f} MB, down {traffic['downlink_bytes'] / 1e6:.3f} MB, "
+        f"up {size(traffic['uplink_bytes'])}, down {size(traffic['downlink_bytes'])}, "
         f"fingerprint {fp}",
     )
     return TGAPResult(model_path, fp, traffic, rest, False)

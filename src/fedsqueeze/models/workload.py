@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,14 @@ class PeftWorkload:
         self.load(lora, head)
         self.model.eval()
         return self.task.evaluate(self.model)
+
+    def save_adapter(
+        self, lora: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor], path: str | Path
+    ) -> None:
+        """Write ``(lora, head)`` as a PEFT adapter folder (``adapter_model.safetensors`` +
+        ``adapter_config.json``; the head is PEFT's ``modules_to_save``) via ``save_pretrained``."""
+        self.load(lora, head)
+        self.model.save_pretrained(str(path))
 
 
 def _classification_task(

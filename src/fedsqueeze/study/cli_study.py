@@ -98,6 +98,11 @@ def main(args: argparse.Namespace) -> int:
             f"estimated {_fmt_s(total)} left at the tasks' timing (idle machine, one job) -> {root}"
         )
         return 0
+    if args.aggregate_only and not any(done_summary(c, root) is not None for c in cells):
+        raise ConfigError(
+            f"--aggregate-only: no finished cell of study {grid.name!r} in {root}; run the study first "
+            "(drop --aggregate-only) or point --out at its folder"
+        )
     if not args.aggregate_only:
         results = run_cells(
             cells, root, jobs=args.jobs, progress=not args.no_progress, keep_checkpoint=args.keep_checkpoints

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..fl.config import RunConfig, apply_overrides, preset_names, preset_text
+from ..fl.config import RunConfig, apply_overrides, load_config_data
 
 __all__ = ["TIMING_DEFAULTS", "Cell", "CodecEntry", "PartitionEntry", "StudyGrid", "TaskEntry", "load_study"]
 
@@ -230,21 +230,10 @@ def _read_base(where: str, base: Any, here: Path) -> dict[str, Any]:
         return {}
     if not isinstance(base, str):
         raise ConfigError(f"{where}.base must be a preset name or a run TOML path, got {base!r}")
-    for candidate in (here / base, Path(base)):
-        if candidate.is_file():
-            text = candidate.read_text(encoding="utf-8")
-            break
-    else:
-        if base not in preset_names():
-            raise ConfigError(
-                f"{where}.base = {base!r}: no such file (relative to {here}) and no such preset "
-                f"({', '.join(preset_names())})"
-            )
-        text = preset_text(base)
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}.base = {base!r}: invalid TOML: {exc}") from None
+        return load_config_data(base, here=here)  # a run TOML sits on its own base (the default preset)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.base = {base!r}: {exc}") from None
 
 
 def _task(i: int, raw: Any, here: Path) -> TaskEntry:

@@ -33,9 +33,10 @@ def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]
 def plot_groups(results: dict[str, Any], folder: str | Path) -> list[Path]:
     """Write ``<task>__<partition>.png`` for every group of ``results`` (see :func:`.aggregate.aggregate`)."""
     require("matplotlib", "plots", "the study plots")
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from .._plotstyle import REFERENCE_GREY, series_style
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,8 +45,8 @@ def plot_groups(results: dict[str, Any], folder: str | Path) -> list[Path]:
         fig = Figure(figsize=(7, 4.5), dpi=110)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
-        cmap = colormaps["tab20"]
-        for i, c in enumerate(g["codecs"]):
+        others = 0
+        for c in g["codecs"]:
             cells = [
                 r
                 for r in results["cells"]
@@ -55,13 +56,13 @@ def plot_groups(results: dict[str, Any], folder: str | Path) -> list[Path]:
             mc = mean_curve([r["curve"] for r in cells])
             if mc is None:
                 continue
-            color = cmap((2 * i) % 20 + (2 * i // 20) % 2)  # dark shades first, then the light ones
-            style = "--" if c["codec"] == g["baseline"] else "-"
-            ax.plot(
-                *mc, style, marker="o", ms=2.5, lw=1.2, color=color, label=f"{c['codec']} (n={len(cells)})"
-            )
+            if c["codec"] == g["baseline"]:  # the traffic baseline: black, dashed
+                style = {"color": "black", "ls": "--", "marker": "o"}
+            else:  # colour + line style + marker: 13 codecs stay apart
+                style, others = series_style(others), others + 1
+            ax.plot(*mc, ms=3.5, lw=1.3, label=f"{c['codec']} (n={len(cells)})", **style)
         if g["target"] is not None:
-            ax.axhline(g["target"], color="grey", lw=0.8, ls=":", label=f"target {g['target']:.3f}")
+            ax.axhline(g["target"], color=REFERENCE_GREY, lw=0.8, ls=":", label=f"target {g['target']:.3f}")
         ax.set_xscale("log")
         ax.set_xlabel("cumulative uplink (MB, payload bytes, all clients)")
         ax.set_ylabel(f"held-out {g['metric_name'] or 'metric'} (seed mean)")
