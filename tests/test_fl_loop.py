@@ -36,7 +36,7 @@ def rows_of(out):
 
 
 def strip_times(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "train_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "train_s", "client_s")} for r in rows]
 
 
 def test_identity_codec_equals_plain_fedavg(tmp_path):

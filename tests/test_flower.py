@@ -115,7 +115,7 @@ def test_fake_grid_equals_in_process_engine(tmp_path, task_identity):
     for a, b in zip(rows(tmp_path / "flower"), local, strict=True):
         for key in ("clients", "uplink_bytes", "downlink_bytes", "eval_metric", "train_loss"):
             assert a[key] == b[key], key
-        assert sorted(a["lora_sha256"].values()) == sorted(b["lora_sha256"])
+        assert a["lora_sha256"] == b["lora_sha256"]
     assert summary["engine"] == "flower" and summary["total_uplink_bytes"] > 0
 
 
@@ -324,8 +324,9 @@ def test_deployment_two_supernodes_matches_in_process_engine(tmp_path):
         sent = {(s["server-round"]): s for s in sent_log(tmp_path, p)}
         assert sorted(sent) == [1, 2]
         for r in got:
-            assert r["lora_sha256"][str(p)] == sent[r["round"]]["lora-sha256"]
-            assert r["head_sha256"][str(p)] == sent[r["round"]]["head-sha256"]
+            i = r["replied"].index(p)  # the hashes are in ``replied`` order
+            assert r["lora_sha256"][i] == sent[r["round"]]["lora-sha256"]
+            assert r["head_sha256"][i] == sent[r["round"]]["head-sha256"]
         assert [sent[1]["state-from"], sent[2]["state-from"]] == ["fresh", "file"]
     # Same seed, same clients: the final adapter equals the in-process engine's bit for bit.
     lora, head = local_params(cfg, tmp_path / "local")
@@ -364,7 +365,7 @@ def test_deployment_supernode_killed_mid_round(tmp_path):
     assert row["kept"] == [0] and row["aggregated"]
     assert row["dropped"] == [{"client": 1, "reason": "no reply within 30 s"}]
     assert elapsed < 60
-    assert row["lora_sha256"]["0"] == sent_log(tmp_path, 0)[0]["lora-sha256"]
+    assert row["replied"] == [0] and row["lora_sha256"] == [sent_log(tmp_path, 0)[0]["lora-sha256"]]
 
 
 def test_flower_refuses_the_tgap_switch():

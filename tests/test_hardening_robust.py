@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import fedsqueeze.fl.federation as federation
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.codecs import get
 from fedsqueeze.errors import ConfigError
@@ -234,14 +235,14 @@ def test_dropped_clients_equal_a_round_without_them(tmp_path, monkeypatch) -> No
     monkeypatch.undo()
 
     captured = {}
-    real = loop.screen_replies
+    real = federation.screen_replies  # the server side of the round (the federation core)
 
     def spy(payloads, weights, spec, **kw):
         kept, dec, dropped = real(payloads, weights, spec, **kw)
         captured.setdefault(spec.digest, (kept, dec, list(weights)))
         return kept, dec, dropped
 
-    monkeypatch.setattr(loop, "screen_replies", spy)
+    monkeypatch.setattr(federation, "screen_replies", spy)
     run(make_config(rounds=1), tmp_path / "clean", workload=ToyWorkload(N))
     wl = ToyWorkload(N)
     lora0, _ = wl.initial_params()

@@ -23,7 +23,8 @@ class ClientReply:
     """What one client produced in one round.
 
     Only ``lora_payload``, ``head_payload`` and ``num_examples`` travel to the server; the other fields are
-    local diagnostics (the raw update feeds ``--capture-updates`` and the dense reference aggregate).
+    local diagnostics (the raw update feeds ``--capture-updates`` and the dense reference aggregate; a driver
+    whose clients keep it passes ``None``). ``seconds`` is the client's wall-clock time, set by the driver.
     """
 
     client: int
@@ -31,9 +32,10 @@ class ClientReply:
     lora_payload: bytes
     head_payload: bytes
     train_loss: float
-    raw_update: torch.Tensor  # flat float32 θ_global − θ_local over the LoRA spec, before error feedback
+    raw_update: torch.Tensor | None  # flat float32 θ_global − θ_local over the LoRA spec, before EF
     rel_error: float | None  # ‖p − p̂‖² / ‖p‖² of the compressor input p = u + residual
     residual_norm: float  # ‖residual‖ after this round
+    seconds: float | None = None  # the client's wall-clock time this round (``client_s`` of the row)
 
     @property
     def uplink_bytes(self) -> int:

@@ -41,7 +41,6 @@ __all__ = [
 SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap")
 BASE_KEY = "base"  # a config file's top-level key naming what it is applied on top of
 NO_BASE = "none"  # ``base = "none"``: on top of the code defaults (the packaged presets)
-TGAP_CODECS = ("cg_fedllm", "cg_fedllm_q")  # the codecs that use a TGAP-trained autoencoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +230,14 @@ class CodecConfig:
         return get(self.name, **self.options)
 
 
+def tgap_codecs() -> tuple[str, ...]:
+    """The registered codecs whose model the TGAP phase trains (they declare it: ``needs_trained_model``)."""
+    from ..codecs import available, codec_class
+    from .hooks import trained_model_phase
+
+    return tuple(n for n in available() if trained_model_phase(codec_class(n)) == "tgap")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; ``to_dict()`` is what ``summary.json`` stores."""
@@ -250,9 +257,9 @@ class RunConfig:
                 f"({self.data.num_clients})"
             )
         if self.tgap.enabled:
-            if self.codec.name not in TGAP_CODECS:
+            if self.codec.name not in tgap_codecs():
                 raise ConfigError(
-                    f"tgap.enabled trains an autoencoder for {' or '.join(TGAP_CODECS)}; set codec.name to "
+                    f"tgap.enabled trains an autoencoder for {' or '.join(tgap_codecs())}; set codec.name to "
                     f"one of them (got {self.codec.name!r}) or tgap.enabled = false"
                 )
             given = [k for k in ("model_path", "model_fingerprint") if self.codec.options.get(k) is not None]

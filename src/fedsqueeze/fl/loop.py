@@ -9,7 +9,6 @@ config, and a resumed run equals the uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -24,34 +23,16 @@ from ..codecs import ErrorFeedback
 from ..errors import ConfigError
 from ..out_paths import check_out_dir
 from ..safetensors_errors import reading_safetensors
-from .checkpoint import (
-    append_jsonl,
-    load_checkpoint,
-    save_captures,
-    save_checkpoint,
-    write_json,
-    write_jsonl,
-)
-from .client import ClientReply, client_step, relative_error
+from .checkpoint import append_jsonl, load_checkpoint, save_captures, save_checkpoint, write_jsonl
+from .client import ClientReply, client_step
 from .config import RunConfig
-from .final import save_final
-from .health import RunHealth, log_warnings
-from .ledger import TrafficLedger
-from .report import (
-    Progress,
-    eval_columns,
-    include_tgap,
-    package_versions,
-    plot_metric_vs_uplink,
-    summarize,
-    traffic_totals,
-)
-from .robust import aggregate, merge_screens, screen_replies
-from .seeding import derive_seed, sample_clients
-from .server import Downlink, ServerMomentum, apply_update, weighted_mean
+from .federation import Federation, check_same_config
+from .hooks import RunContext, hooks_for
+from .report import Progress
+from .summary import write_run_outputs
 from .workload import Workload
 
-__all__ = ["default_out_dir", "parse_capture_rounds", "run"]
+__all__ = ["default_out_dir", "parse_capture_rounds", "run", "simulate"]
 
 CAPTURES = "captures.safetensors"
 log = logging.getLogger(__name__)
@@ -93,191 +74,62 @@ def _build_workload(config: RunConfig) -> Workload:
     return build_workload(config.model, config.data, seed=config.fl.seed)
 
 
-class _Federation:
-    """The server's whole state; ``state_dict`` is the checkpoint."""
+class _Federation(Federation):
+    """The local driver's federation: the core (:class:`~.federation.Federation`) plus its in-process
+    clients' error-feedback states; ``state_dict`` is the checkpoint."""
 
     def __init__(self, config: RunConfig, workload: Workload, codec: Any = None) -> None:
-        # ``codec``: the uplink codec when it is not ``config.codec.build()`` (the TGAP-trained model's path
-        # is set by the run, not by the user's config, which stays what the checkpoint compares).
-        self.config, self.workload = config, workload
-        self.n = workload.num_clients()
-        if config.fl.clients_per_round > self.n:
-            raise ConfigError(
-                f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients"
-            )
-        self.lora, self.head = workload.initial_params()
-        self.momentum = ServerMomentum(config.fl.server_momentum)
+        # ``codec``: the uplink codec when it is not ``config.codec.build()`` (a phase of the run, e.g. TGAP,
+        # sets the trained model's path, not the user's config, which stays what the checkpoint compares).
         codec = codec if codec is not None else config.codec.build()
-        self.codec_options = codec.options()
+        super().__init__(config, workload, codec=codec, raw_updates=True, logger=log)
         self.efs = [ErrorFeedback(codec, enabled=config.fl.error_feedback) for _ in range(self.n)]
-        self.downlink = Downlink(
-            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n
-        )
-        self.ledger = TrafficLedger()
-        self.rows: list[dict[str, Any]] = []
-        self.health = RunHealth(error_feedback=config.fl.error_feedback)
-        self.captures: dict[str, torch.Tensor] = {}
         self.on_client: Any = None  # r -> per-client progress callback (see run_round)
 
-    @property
-    def done(self) -> int:
-        return len(self.rows)
-
     def run_round(self, r: int, capture: bool) -> dict[str, Any]:
-        """One round; ``self.on_client(r)``, when set, gives the ``(i, k, client, seconds)`` callback called
-        after each of the round's ``k`` clients (progress)."""
-        cfg, wl = self.config, self.workload
+        """One round with the clients in-process; ``self.on_client(r)``, when set, gives the
+        ``(i, k, client, seconds)`` callback called after each of the round's ``k`` clients (progress)."""
         on_client = self.on_client(r) if self.on_client is not None else None
-        t0 = time.perf_counter()
-        seed = cfg.fl.seed
-        clients = sample_clients(seed, r, self.n, cfg.fl.clients_per_round)
-        lora0, head0, down = self.downlink.broadcast(
-            r, self.lora, self.head, clients, seed=derive_seed(seed, r, -1, "downlink")
-        )
+        plan = self.configure_round(r)
         replies: list[ClientReply] = []
-        for i, c in enumerate(clients, 1):
+        for i, c in enumerate(plan.clients, 1):
             tc = time.perf_counter()
-            replies.append(
-                client_step(
-                    wl, c, lora0, head0, cfg.train, self.efs[c],
-                    train_seed=derive_seed(seed, r, c, "train"),
-                    encode_seed=derive_seed(seed, r, c, "encode"),
-                )
+            rep = client_step(
+                self.workload, c, plan.lora, plan.head, self.config.train, self.efs[c],
+                train_seed=plan.train_seed(c), encode_seed=plan.encode_seed(c),
             )  # fmt: skip
-            took = time.perf_counter() - tc
-            log.info("round %d: client %d (%d/%d) done in %.1f s", r, c, i, len(clients), took)
+            rep.seconds = took = time.perf_counter() - tc
+            replies.append(rep)
+            log.info("round %d: client %d (%d/%d) done in %.1f s", r, c, i, len(plan.clients), took)
             if on_client is not None:
-                on_client(i, len(clients), c, took)
-        weights = [rep.num_examples for rep in replies]
-        kept, mean_lora, dense, dropped = self._aggregate(replies, weights)
-        traffic = self.ledger.record(
-            r,
-            {rep.client: len(rep.lora_payload) for rep in replies},
-            {rep.client: len(rep.head_payload) for rep in replies},
-            down,
-        )
-        if capture:
-            for rep in replies:
-                for name, t in wl.lora_spec.unflatten(rep.raw_update).items():
-                    self.captures[f"r{r}/c{rep.client}/{name}"] = t.to(torch.float32).clone()
-
-        train_s = time.perf_counter() - t0
-        evaluate = r % cfg.fl.eval_every == 0 or r == cfg.fl.rounds
-        ev = wl.evaluate(dict(self.lora), dict(self.head)) if evaluate else None
-        kept_replies = [replies[i] for i in kept]
-        kept_w = [weights[i] for i in kept]
-        rels = [rep.rel_error for rep in kept_replies if rep.rel_error is not None]
-        row = {
-            "round": r,
-            "clients": clients,
-            "num_examples": weights,
-            **traffic.row_columns(self.rows[-1] if self.rows else None, wl.lora_spec.numel, len(replies)),
-            "train_loss": sum(w * rep.train_loss for w, rep in zip(kept_w, kept_replies, strict=True))
-            / sum(kept_w)
-            if kept
-            else None,
-            **eval_columns(ev, wl.metric_name),
-            "rel_error": None if dense is None else relative_error(dense, mean_lora),
-            "client_rel_error": sum(rels) / len(rels) if rels else None,
-            "residual_norms": [rep.residual_norm for rep in replies],
-            "mean_update_norm": None if dense is None else float(dense.norm()),
-            "aggregated": dense is not None,
-            "num_dropped": len(dropped),
-            "dropped": dropped,
-            "lora_sha256": [hashlib.sha256(rep.lora_payload).hexdigest() for rep in replies],
-            "head_sha256": [hashlib.sha256(rep.head_payload).hexdigest() for rep in replies],
-            "train_s": train_s,
-            "wall_s": time.perf_counter() - t0,
-        }
-        row["warnings"] = self.health.observe(row)
-        log_warnings(log, r, row["warnings"], self.health)
-        self.rows.append(row)
-        return row
-
-    def _aggregate(
-        self, replies: list[ClientReply], weights: list[int]
-    ) -> tuple[list[int], torch.Tensor, torch.Tensor | None, list[dict[str, Any]]]:
-        """Screen the replies (:mod:`.robust`), aggregate the kept ones and apply the update.
-
-        Returns the kept indices, the aggregated LoRA update (zeros when the round is skipped), the dense
-        reference mean of the kept raw updates (``None`` when skipped) and the dropped records.
-        """
-        fl, wl = self.config.fl, self.workload
-        clients = [rep.client for rep in replies]
-        screens = [
-            screen_replies(
-                [getattr(rep, part) for rep in replies], weights, spec,
-                norm_bound_factor=fl.norm_bound_factor, clients=clients,
-            )
-            for part, spec in (("lora_payload", wl.lora_spec), ("head_payload", wl.head_spec))
-        ]  # fmt: skip
-        kept, (lora_vecs, head_vecs), dropped = merge_screens(len(replies), screens, clients)
-        for d in dropped:
-            log.warning("dropped the reply of client %s: %s", d["client"], d["reason"])
-        if len(kept) < (fl.min_replies or 1):  # too few valid replies: the model stays as it is
-            return kept, torch.zeros(wl.lora_spec.numel, dtype=torch.float64), None, dropped
-        kw = [weights[i] for i in kept]
-        mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
-        mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
-        step_lora, step_head = self.momentum.step("lora", mean_lora), self.momentum.step("head", mean_head)
-        self.lora = apply_update(self.lora, step_lora, wl.lora_spec, fl.server_lr)
-        self.head = apply_update(self.head, step_head, wl.head_spec, fl.server_lr)
-        dense = weighted_mean([replies[i].raw_update for i in kept], kw)
-        return kept, mean_lora, dense, dropped
+                on_client(i, len(plan.clients), c, took)
+        return self.finish_round(plan, replies, capture=capture)
 
     # -- checkpoint --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "round": self.done,
-            "config": self.config.to_dict(),
-            "lora_spec": self.workload.lora_spec.to_json(),
-            "head_spec": self.workload.head_spec.to_json(),
-            "lora": self.lora,
-            "head": self.head,
-            "clients": [ef.state_dict() for ef in self.efs],
-            "downlink": self.downlink.state_dict(),
-            "momentum": self.momentum.state_dict(),
-            "ledger": self.ledger.to_dict(),
-            "rows": self.rows,
-            "torch_rng": torch.get_rng_state(),
-        }
+        return {**super().state_dict(), "clients": [ef.state_dict() for ef in self.efs]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != 1:
-            raise ConfigError("checkpoint has an unknown format; start a new run")
-        if state["lora_spec"] != self.workload.lora_spec.to_json() or state["head_spec"] != (
-            self.workload.head_spec.to_json()
-        ):
-            raise ConfigError("checkpoint was made with another model/adapter (its tensor specs differ)")
-        _check_same_config(state["config"], self.config.to_dict())
-        self.lora, self.head = dict(state["lora"]), dict(state["head"])
+        super().load_state_dict(state)
         for ef, st in zip(self.efs, state["clients"], strict=True):
             ef.load_state_dict(st)
-        self.downlink.load_state_dict(state["downlink"])
-        if "momentum" in state:
-            self.momentum.load_state_dict(state["momentum"])
-        self.ledger = TrafficLedger.from_dict(state["ledger"])
-        self.rows = list(state["rows"])
-        # The health checks are a pure function of the rows: replay them (older checkpoints' rows get theirs).
-        self.health = RunHealth(error_feedback=self.config.fl.error_feedback)
-        for row in self.rows:
-            row.setdefault("warnings", self.health.observe(row))
-        torch.set_rng_state(state["torch_rng"])
 
 
-def _check_same_config(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    # fl.rounds may grow (continue a finished run further); anything else would change the trajectory.
-    # Checkpoints from before the [tgap] section existed had it implicitly off (the defaults).
-    saved = {"tgap": RunConfig().to_dict()["tgap"], **saved}
-    diffs = [
-        f"{sec}.{key}"
-        for sec in sorted(set(saved) | set(now))
-        for key in sorted(set(saved.get(sec, {})) | set(now.get(sec, {})))
-        if (sec, key) != ("fl", "rounds") and saved.get(sec, {}).get(key) != now.get(sec, {}).get(key)
-    ]
-    if diffs:
-        raise ConfigError(f"--resume with a different config ({', '.join(diffs)}); only fl.rounds may change")
+_check_same_config = check_same_config  # the resume check (kept under its old name for callers)
+
+
+def simulate(config: RunConfig, workload: Workload, *, progress: bool = False) -> Federation:
+    """Run every round of ``config`` with in-process clients, capturing each raw update; return the
+    federation (its ``rows``, ``ledger`` and ``captures``). Writes nothing (phases of a run use it)."""
+    fed = _Federation(config, workload)
+    bar = Progress(config.fl.rounds, 0, enabled=progress)
+    fed.on_client = bar.client_hook
+    try:
+        for r in range(1, config.fl.rounds + 1):
+            bar.update(fed.run_round(r, capture=True))
+    finally:
+        bar.close()
+    return fed
 
 
 def _load_captures(path: Path, upto: int) -> dict[str, torch.Tensor]:
@@ -322,10 +174,11 @@ def run(
     progress
         Show a progress bar on stderr.
 
-    With ``config.tgap.enabled`` the TGAP phase (:mod:`fedsqueeze.learned.tgap_phase`) runs first on each
-    client's ``tgap.fraction`` share, writes ``out_dir/tgap/`` and the rounds then run on the rest with the
-    trained autoencoder; the summary's ``tgap_traffic`` and totals count its bytes (see
-    :func:`~.report.include_tgap`). On ``resume`` a finished TGAP phase of the same run is reused.
+    With ``config.tgap.enabled`` the TGAP phase (:mod:`fedsqueeze.learned.tgap_phase`, a
+    :class:`~.hooks.RunHook`) runs first on each client's ``tgap.fraction`` share, writes ``out_dir/tgap/``
+    and the rounds then run on the rest with the trained autoencoder; the summary's ``tgap_traffic`` and
+    totals count its bytes (see :func:`~.report.include_tgap`). On ``resume`` a finished TGAP phase of the
+    same run is reused.
 
     Every round is checked by :class:`~.health.RunHealth` (reconstruction error at 1 or more, error-feedback
     residuals growing geometrically): a row's ``warnings`` lists that round's, logged at WARNING when a code
@@ -359,13 +212,13 @@ def run(
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     wl = workload if workload is not None else _build_workload(config)
     load_s = time.perf_counter() - t_start  # model + data loading of this invocation
-    tgap = None
-    if config.tgap.enabled:  # CG-FedLLM: pre-train the autoencoder on the TGAP share, run FAF on the rest
-        from ..learned.tgap_phase import faf_codec, run_tgap_phase
-
-        tgap = run_tgap_phase(config, wl, out, resume=resume, progress=progress)
-        wl = tgap.faf_workload
-    fed = _Federation(config, wl, None if tgap is None else faf_codec(config, tgap.model_path))
+    # Phases before the rounds (CG-FedLLM's TGAP: pre-train the autoencoder on a share, run FAF on the rest).
+    ctx = RunContext(config, out, resume, progress, simulate, wl)
+    hooks = hooks_for(config)
+    for hook in hooks:
+        hook.before_rounds(ctx)
+    wl = ctx.workload
+    fed = _Federation(config, wl, ctx.codec)
     if ckpt is not None:
         fed.load_state_dict(ckpt)
         if fed.done > config.fl.rounds:
@@ -387,44 +240,13 @@ def run(
                 save_captures(out / CAPTURES, fed.captures)
             append_jsonl(out / "metrics.jsonl", row)
             save_checkpoint(out, fed.state_dict())
+            for hook in hooks:
+                hook.after_round(fed, row)
             bar.update(row)
     finally:
         bar.close()
 
-    summary = summarize(fed.rows, wl.metric_name, config.fl.target_metric)
-    summary.update(
-        {
-            "codec": config.codec.name,
-            "codec_options": fed.codec_options,  # with the codec's defaults (and a TGAP model) filled in
-            "downlink_options": config.downlink.build().options(),
-            "downlink_protocol": fed.downlink.protocol,
-            "seed": config.fl.seed,
-            "lora_numel": wl.lora_spec.numel,
-            "head_numel": wl.head_spec.numel,
-            "num_clients": fed.n,
-            "workload": dict(getattr(wl, "info", {}) or {}),
-            "config": config.to_dict(),
-            "versions": package_versions(),
-            "out_dir": str(out),
-            "warnings": fed.health.summary(),
-            "load_s": load_s,
-        }
-    )
-    include_tgap(summary, None if tgap is None else tgap.traffic)
-    summary.update(
-        traffic_totals(
-            fed.ledger,
-            wl.lora_spec.numel,
-            wl.head_spec.numel,
-            summary["total_uplink_bytes"],
-            summary["total_downlink_bytes"],
-        )
-    )
-    save_final(out, fed.lora, fed.head, wl)  # final_params.safetensors (+ final_adapter/, PEFT's format)
-    summary["elapsed_s"] = time.perf_counter() - t_start  # this invocation, model loading included
-    write_json(out / "summary.json", summary)
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
-    offset = 0 if tgap is None else int(tgap.traffic["uplink_bytes"])
-    plot = out / "accuracy_vs_uplink.png"
-    plot_metric_vs_uplink(fed.rows, plot, title=title, offset_bytes=offset, target=config.fl.target_metric)
-    return summary
+    return write_run_outputs(
+        fed, out, engine="local", t_start=t_start, load_s=load_s, title=title, pre_traffic=ctx.pre_traffic
+    )

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from ..fl.checkpoint import save_captures, write_json, write_jsonl
 from ..fl.client import encode_dense
 from ..fl.config import CodecConfig, RunConfig, TGAPConfig
 from ..fl.console import size
+from ..fl.federation import Federation
+from ..fl.hooks import RunContext, RunHook
 from ..fl.report import StepProgress
 from ..fl.seeding import derive_seed
 from .autoencoder import AEConfig
@@ -41,7 +44,7 @@ from .store import load, save
 from .tgap import TGAPConfig as PretrainConfig
 from .tgap import load_captures, tgap_pretrain, tgap_traffic
 
-__all__ = ["TGAPResult", "ae_config", "faf_codec", "run_tgap_phase"]
+__all__ = ["TGAPHook", "TGAPResult", "ae_config", "faf_codec", "run_tgap_phase"]
 
 FOLDER = "tgap"
 MODEL = "ae.safetensors"
@@ -98,19 +101,10 @@ def _phase_config(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, fl=fl, codec=CodecConfig("identity"), tgap=TGAPConfig())
 
 
-def _collect_federated(config: RunConfig, pre: Any, folder: Path, progress: bool) -> dict[str, Any]:
-    from ..fl.loop import _Federation  # the engine's own round (imported here: loop imports this module)
-    from ..fl.report import Progress
-
-    tcfg = _phase_config(config)
-    fed = _Federation(tcfg, pre)
-    bar = Progress(tcfg.fl.rounds, 0, enabled=progress)
-    fed.on_client = bar.client_hook
-    try:
-        for r in range(1, tcfg.fl.rounds + 1):
-            bar.update(fed.run_round(r, capture=True))
-    finally:
-        bar.close()
+def _collect_federated(
+    config: RunConfig, pre: Any, folder: Path, progress: bool, simulate: Callable[..., Federation]
+) -> dict[str, Any]:
+    fed = simulate(_phase_config(config), pre, progress=progress)  # the engine's own rounds
     write_jsonl(folder / "metrics.jsonl", fed.rows)
     _save_tensors(folder / CAPTURES, fed.captures)
     lora_frames = [n for rec in fed.ledger.rounds for n in rec.uplink_lora.values()]
@@ -125,7 +119,9 @@ def _collect_federated(config: RunConfig, pre: Any, folder: Path, progress: bool
     }
 
 
-def _collect_local(config: RunConfig, pre: Any, folder: Path, progress: bool) -> dict[str, Any]:
+def _collect_local(
+    config: RunConfig, pre: Any, folder: Path, progress: bool, simulate: Callable[..., Federation]
+) -> dict[str, Any]:
     spec = pre.lora_spec
     tensors: dict[str, torch.Tensor] = {}
     frames: list[int] = []
@@ -188,11 +184,18 @@ def _reuse(folder: Path, config: RunConfig) -> dict[str, Any] | None:
 
 
 def run_tgap_phase(
-    config: RunConfig, workload: Any, out: Path, *, resume: bool = False, progress: bool = False
+    config: RunConfig,
+    workload: Any,
+    out: Path,
+    *,
+    simulate: Callable[..., Federation],
+    resume: bool = False,
+    progress: bool = False,
 ) -> TGAPResult:
     """Run the TGAP phase for ``config`` (``config.tgap.enabled``) and return the model and the traffic.
 
-    On ``resume``, a finished TGAP phase of the same run (``OUT/tgap/tgap.json`` with an intact model) is
+    ``simulate`` runs the federated collection rounds (:attr:`fedsqueeze.fl.hooks.RunContext.simulate`). On
+    ``resume``, a finished TGAP phase of the same run (``OUT/tgap/tgap.json`` with an intact model) is
     reused instead of being run again; its recorded traffic still counts.
     """
     tg = config.tgap
@@ -208,7 +211,7 @@ def run_tgap_phase(
     folder.mkdir(parents=True, exist_ok=True)
     collect = _collect_federated if tg.collection == "federated" else _collect_local
     _say(progress, f"TGAP: {tg.collection} collection, {tg.rounds} rounds, {tg.fraction:.0%} of each client")
-    col = collect(config, pre, folder, progress)
+    col = collect(config, pre, folder, progress, simulate)
     caps = load_captures(folder / CAPTURES, spec=pre.lora_spec)
     variant = config.tgap_variant
     pcfg = PretrainConfig(
@@ -262,3 +265,23 @@ def run_tgap_phase(
         f"fingerprint {fp}",
     )
     return TGAPResult(model_path, fp, traffic, rest, False)
+
+
+class TGAPHook(RunHook):
+    """The TGAP phase as a hook of the run (registered as the ``tgap`` phase in :mod:`fedsqueeze.fl.hooks`).
+
+    Before the rounds it runs (or, on resume, reuses) :func:`run_tgap_phase`, then hands the main rounds each
+    client's FAF share, the uplink codec with the trained model and the phase's traffic (``tgap_traffic``).
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.result: TGAPResult | None = None
+
+    def before_rounds(self, ctx: RunContext) -> None:
+        self.result = run_tgap_phase(
+            ctx.config, ctx.workload, ctx.out, simulate=ctx.simulate, resume=ctx.resume, progress=ctx.progress
+        )
+        ctx.workload = self.result.faf_workload
+        ctx.codec = faf_codec(ctx.config, self.result.model_path)
+        ctx.pre_traffic = self.result.traffic

@@ -1,0 +1,323 @@
+"""The federation core: the server's side of one round, shared by every driver.
+
+Shaped like Flower's ``Strategy``: :meth:`Federation.configure_round` says what each sampled client receives
+(a :class:`RoundPlan`), the driver delivers it and collects the clients' :class:`~.client.ClientReply`-s by
+its own means, and :meth:`Federation.finish_round` screens, aggregates, applies server momentum, records the
+ledger, runs the :class:`~.health.RunHealth` checks and returns the ``metrics.jsonl`` row. Two drivers exist:
+the local loop (:func:`fedsqueeze.fl.run`, clients in-process) and the Flower ServerApp
+(:mod:`fedsqueeze.flower.server_app`, clients behind ``grid.send_and_receive``); both write their summary
+with :func:`.summary.write_run_outputs`.
+
+The one difference between drivers is a capability, :attr:`Federation.raw_updates`: whether the driver sees
+each client's raw update (in-process clients do; under Flower raw updates never leave the clients). Without
+them the row's ``rel_error`` and ``mean_update_norm`` are ``None`` and updates cannot be captured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .client import ClientReply, encode_dense, relative_error
+from .config import RunConfig
+from .health import RunHealth, log_warnings
+from .ledger import TrafficLedger
+from .report import eval_columns
+from .robust import aggregate, merge_screens, screen_replies
+from .seeding import derive_seed, sample_clients
+from .server import Downlink, ServerMomentum, apply_update, weighted_mean
+from .workload import Workload
+
+__all__ = ["Federation", "RoundPlan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundPlan:
+    """What the sampled clients of round ``round`` receive.
+
+    Attributes
+    ----------
+    round
+        The round number (from 1).
+    clients
+        The sampled client ids, ascending.
+    lora, head
+        The global tensors every sampled client starts from (decoded from the counted downlink bytes).
+    downlink_bytes
+        The downlink bytes charged to each sampled client.
+    seed
+        ``fl.seed``; :meth:`train_seed` / :meth:`encode_seed` derive each client's seeds from it.
+    downlink_seed
+        The seed of this round's downlink frames.
+    """
+
+    round: int
+    clients: list[int]
+    lora: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    downlink_bytes: dict[int, int]
+    seed: int
+    downlink_seed: int
+
+    def train_seed(self, client: int) -> int:
+        """The seed of ``client``'s local training this round."""
+        return derive_seed(self.seed, self.round, client, "train")
+
+    def encode_seed(self, client: int) -> int:
+        """The seed of ``client``'s codec this round."""
+        return derive_seed(self.seed, self.round, client, "encode")
+
+
+class Federation:
+    """The server's whole state and its round; :meth:`state_dict` is the server part of the checkpoint.
+
+    Parameters
+    ----------
+    config
+        The run config.
+    workload
+        The model + data (the server only evaluates and uses the tensor specs).
+    codec
+        The uplink codec when it is not ``config.codec.build()`` (e.g. with a model path set by a phase of
+        the run); only its ``options()`` are recorded (``codec_options`` of the summary).
+    raw_updates
+        Whether the driver passes each reply's ``raw_update`` (the capability that fills ``rel_error`` and
+        ``mean_update_norm`` and allows captures); ``False`` for drivers whose clients keep them.
+    logger
+        Where dropped replies and health warnings are logged (default: this module's logger).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        workload: Workload,
+        *,
+        codec: Any = None,
+        raw_updates: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.config, self.workload, self.raw_updates = config, workload, raw_updates
+        self.log = logger or log
+        self.n = workload.num_clients()
+        if config.fl.clients_per_round > self.n:
+            raise ConfigError(
+                f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients"
+            )
+        self.lora, self.head = workload.initial_params()
+        self.momentum = ServerMomentum(config.fl.server_momentum)
+        self.codec_options = (codec if codec is not None else config.codec.build()).options()
+        self.downlink = Downlink(
+            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n
+        )
+        self.ledger = TrafficLedger()
+        self.rows: list[dict[str, Any]] = []
+        self.health = RunHealth(error_feedback=config.fl.error_feedback)
+        self.captures: dict[str, torch.Tensor] = {}
+        self._t0: float | None = None
+
+    @property
+    def done(self) -> int:
+        """Rounds finished so far."""
+        return len(self.rows)
+
+    @property
+    def min_replies(self) -> int:
+        """Valid replies a round needs to change the model (``fl.min_replies``, ``None`` meaning 1)."""
+        return self.config.fl.min_replies or 1
+
+    # -- the round ---------------------------------------------------------------------------------------
+    def configure_round(self, r: int) -> RoundPlan:
+        """Sample round ``r``'s clients (seeded) and broadcast the global state to them (counted)."""
+        self._t0 = time.perf_counter()
+        seed = self.config.fl.seed
+        clients = sample_clients(seed, r, self.n, self.config.fl.clients_per_round)
+        dseed = derive_seed(seed, r, -1, "downlink")
+        lora0, head0, down = self.downlink.broadcast(r, self.lora, self.head, clients, seed=dseed)
+        return RoundPlan(r, clients, lora0, head0, down, seed, dseed)
+
+    def broadcast_frames(self, plan: RoundPlan) -> tuple[bytes, bytes]:
+        """``plan``'s LoRA and head tensors as identity (fp32) frames, for drivers that send bytes."""
+        wl = self.workload
+        return (
+            encode_dense(wl.lora_spec.flatten(plan.lora), wl.lora_spec, seed=plan.downlink_seed),
+            encode_dense(wl.head_spec.flatten(plan.head), wl.head_spec, seed=plan.downlink_seed),
+        )
+
+    def finish_round(
+        self,
+        plan: RoundPlan,
+        replies: Iterable[ClientReply],
+        *,
+        dropped: Sequence[Mapping[str, Any]] = (),
+        reached: Iterable[int] | None = None,
+        capture: bool = False,
+    ) -> dict[str, Any]:
+        """Screen, aggregate and apply the round's replies; record the ledger; return the metrics row.
+
+        Parameters
+        ----------
+        plan
+            What :meth:`configure_round` returned for this round.
+        replies
+            The replies that arrived (any order; one per client).
+        dropped
+            Clients the driver dropped before the server saw a reply (``{"client", "reason"}``).
+        reached
+            The clients the downlink reached and is charged to (default: all sampled clients).
+        capture
+            Keep the raw updates in :attr:`captures` under ``r{round}/c{client}/{tensor}`` (needs
+            :attr:`raw_updates`).
+        """
+        r, cfg, wl = plan.round, self.config, self.workload
+        t0 = self._t0 if self._t0 is not None else time.perf_counter()
+        if capture and not self.raw_updates:
+            raise ConfigError("this driver cannot capture updates: raw updates never reach the server")
+        by_client = {rep.client: rep for rep in replies}
+        ok = sorted(by_client)  # ascending client order, whatever order the replies came in
+        reps = [by_client[c] for c in ok]
+        weights = [rep.num_examples for rep in reps]
+        kept_idx, mean_lora, dense, screened = self._aggregate(reps, weights)
+        dropped = [dict(d) for d in dropped] + screened
+        for d in dropped:
+            self.log.warning("round %d: dropped the reply of client %s: %s", r, d["client"], d["reason"])
+        charged = plan.clients if reached is None else list(reached)
+        traffic = self.ledger.record(
+            r,
+            {rep.client: len(rep.lora_payload) for rep in reps},
+            {rep.client: len(rep.head_payload) for rep in reps},
+            {c: plan.downlink_bytes[c] for c in charged},
+        )
+        if capture:
+            for rep in reps:
+                for name, t in wl.lora_spec.unflatten(rep.raw_update).items():
+                    self.captures[f"r{r}/c{rep.client}/{name}"] = t.to(torch.float32).clone()
+
+        train_s = time.perf_counter() - t0
+        evaluate = r % cfg.fl.eval_every == 0 or r == cfg.fl.rounds
+        ev = wl.evaluate(dict(self.lora), dict(self.head)) if evaluate else None
+        kept = [reps[i] for i in kept_idx]
+        kw = [weights[i] for i in kept_idx]
+        rels = [rep.rel_error for rep in kept if rep.rel_error is not None]
+        row = {
+            "round": r,
+            "clients": plan.clients,
+            "num_examples": [by_client[c].num_examples if c in by_client else None for c in plan.clients],
+            **traffic.row_columns(self.rows[-1] if self.rows else None, wl.lora_spec.numel, len(reps)),
+            "train_loss": sum(w * rep.train_loss for w, rep in zip(kw, kept, strict=True)) / sum(kw)
+            if kept
+            else None,
+            **eval_columns(ev, wl.metric_name),
+            # The aggregate's error needs the raw updates (driver capability ``raw_updates``).
+            "rel_error": None if dense is None else relative_error(dense, mean_lora),
+            "client_rel_error": sum(rels) / len(rels) if rels else None,
+            "residual_norms": [rep.residual_norm for rep in reps],
+            "mean_update_norm": None if dense is None else float(dense.norm()),
+            "aggregated": mean_lora is not None,
+            "num_dropped": len(dropped),
+            "dropped": dropped,
+            "replied": ok,
+            "kept": [rep.client for rep in kept],
+            "lora_sha256": [hashlib.sha256(rep.lora_payload).hexdigest() for rep in reps],
+            "head_sha256": [hashlib.sha256(rep.head_payload).hexdigest() for rep in reps],
+            "client_s": {str(rep.client): rep.seconds for rep in reps},
+            "train_s": train_s,
+            "wall_s": time.perf_counter() - t0,
+        }
+        row["warnings"] = self.health.observe(row)
+        log_warnings(self.log, r, row["warnings"], self.health)
+        self.rows.append(row)
+        self._t0 = None
+        return row
+
+    def _aggregate(
+        self, replies: list[ClientReply], weights: list[int]
+    ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None, list[dict[str, Any]]]:
+        """Screen the replies (:mod:`.robust`), aggregate the kept ones and apply the update.
+
+        Returns the kept indices, the aggregated LoRA update (``None`` when the round is skipped), the dense
+        reference mean of the kept raw updates (``None`` when skipped or without raw updates) and the
+        dropped records.
+        """
+        fl, wl = self.config.fl, self.workload
+        clients = [rep.client for rep in replies]
+        screens = [
+            screen_replies(
+                [getattr(rep, part) for rep in replies], weights, spec,
+                norm_bound_factor=fl.norm_bound_factor, clients=clients,
+            )
+            for part, spec in (("lora_payload", wl.lora_spec), ("head_payload", wl.head_spec))
+        ]  # fmt: skip
+        kept, (lora_vecs, head_vecs), dropped = merge_screens(len(replies), screens, clients)
+        if len(kept) < self.min_replies:  # too few valid replies: the model stays as it is
+            return kept, None, None, dropped
+        kw = [weights[i] for i in kept]
+        mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
+        mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
+        step_lora, step_head = self.momentum.step("lora", mean_lora), self.momentum.step("head", mean_head)
+        self.lora = apply_update(self.lora, step_lora, wl.lora_spec, fl.server_lr)
+        self.head = apply_update(self.head, step_head, wl.head_spec, fl.server_lr)
+        dense = weighted_mean([replies[i].raw_update for i in kept], kw) if self.raw_updates else None
+        return kept, mean_lora, dense, dropped
+
+    # -- checkpoint --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The server's state (the driver adds its clients' under ``"clients"`` when it keeps them)."""
+        return {
+            "format": 1,
+            "round": self.done,
+            "config": self.config.to_dict(),
+            "lora_spec": self.workload.lora_spec.to_json(),
+            "head_spec": self.workload.head_spec.to_json(),
+            "lora": self.lora,
+            "head": self.head,
+            "downlink": self.downlink.state_dict(),
+            "momentum": self.momentum.state_dict(),
+            "ledger": self.ledger.to_dict(),
+            "rows": self.rows,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the same config, except that ``fl.rounds`` may differ)."""
+        if state.get("format") != 1:
+            raise ConfigError("checkpoint has an unknown format; start a new run")
+        if state["lora_spec"] != self.workload.lora_spec.to_json() or state["head_spec"] != (
+            self.workload.head_spec.to_json()
+        ):
+            raise ConfigError("checkpoint was made with another model/adapter (its tensor specs differ)")
+        check_same_config(state["config"], self.config.to_dict())
+        self.lora, self.head = dict(state["lora"]), dict(state["head"])
+        self.downlink.load_state_dict(state["downlink"])
+        if "momentum" in state:
+            self.momentum.load_state_dict(state["momentum"])
+        self.ledger = TrafficLedger.from_dict(state["ledger"])
+        self.rows = list(state["rows"])
+        # The health checks are a pure function of the rows: replay them (older checkpoints' rows get theirs).
+        self.health = RunHealth(error_feedback=self.config.fl.error_feedback)
+        for row in self.rows:
+            row.setdefault("warnings", self.health.observe(row))
+        torch.set_rng_state(state["torch_rng"])
+
+
+def check_same_config(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Raise :class:`~fedsqueeze.ConfigError` unless ``saved`` equals ``now`` up to ``fl.rounds``."""
+    # fl.rounds may grow (continue a finished run further); anything else would change the trajectory.
+    # Checkpoints from before the [tgap] section existed had it implicitly off (the defaults).
+    saved = {"tgap": RunConfig().to_dict()["tgap"], **saved}
+    diffs = [
+        f"{sec}.{key}"
+        for sec in sorted(set(saved) | set(now))
+        for key in sorted(set(saved.get(sec, {})) | set(now.get(sec, {})))
+        if (sec, key) != ("fl", "rounds") and saved.get(sec, {}).get(key) != now.get(sec, {}).get(key)
+    ]
+    if diffs:
+        raise ConfigError(f"--resume with a different config ({', '.join(diffs)}); only fl.rounds may change")

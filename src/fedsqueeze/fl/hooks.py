@@ -1,0 +1,109 @@
+"""Hooks of a run: phases that run before the rounds (e.g. CG-FedLLM's TGAP pre-training) plug in here.
+
+The engine knows no codec by name. A codec whose model is trained by a phase of the run declares the phase's
+name in the class attribute ``needs_trained_model`` (e.g. ``"tgap"``); the run then builds that phase's
+:class:`RunHook` from the registry (:func:`register_phase`) when the config enables it. The hook's
+:meth:`RunHook.before_rounds` receives the :class:`RunContext`: it may run federated rounds of its own through
+``ctx.simulate`` and hand the main rounds another workload, another uplink codec and traffic to count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # at run time this module imports nothing of the engine (the config check uses it)
+    from .config import RunConfig
+    from .workload import Workload
+
+__all__ = [
+    "RunContext",
+    "RunHook",
+    "hooks_for",
+    "register_phase",
+    "trained_model_phase",
+]
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a hook sees of the run, and what it may change before the rounds start.
+
+    Attributes
+    ----------
+    config, out, resume, progress
+        The run's config, folder and flags (read only).
+    simulate
+        ``simulate(config, workload, progress=...)`` runs every round of ``config`` with in-process clients,
+        capturing every raw update, and returns the finished :class:`~.federation.Federation`
+        (``rows``, ``ledger``, ``captures``).
+    workload
+        The workload of the main rounds (a hook may replace it, e.g. with each client's remaining share).
+    codec
+        The main rounds' uplink codec, ``None`` for ``config.codec.build()``.
+    pre_traffic
+        Traffic of the phase, counted in the summary's totals (``tgap_traffic``), or ``None``.
+    """
+
+    config: RunConfig
+    out: Path
+    resume: bool
+    progress: bool
+    simulate: Callable[..., Any]
+    workload: Workload
+    codec: Any = None
+    pre_traffic: dict[str, Any] | None = None
+
+
+class RunHook:
+    """A phase of the run; override what you need (every method is a no-op here)."""
+
+    def before_rounds(self, ctx: RunContext) -> None:
+        """Called once before the first round of this invocation (also on resume)."""
+
+    def after_round(self, fed: Any, row: dict[str, Any]) -> None:
+        """Called after every round with the federation and the round's row."""
+
+
+# phase name -> "module:factory" (imported when a run needs it) or the factory itself
+_PHASES: dict[str, str | Callable[[RunConfig], RunHook]] = {
+    "tgap": "fedsqueeze.learned.tgap_phase:TGAPHook",
+}
+
+
+def register_phase(name: str, factory: str | Callable[[RunConfig], RunHook]) -> None:
+    """Register the phase ``name``: ``factory(config) -> RunHook`` or its ``"module:callable"`` path."""
+    _PHASES[name] = factory
+
+
+def trained_model_phase(codec_cls: type) -> str | None:
+    """The phase that trains ``codec_cls``'s model (its ``needs_trained_model``), or ``None``.
+
+    Until a codec class declares the attribute, a codec built from a model (a ``from_model`` constructor)
+    is taken to need the ``tgap`` phase.
+    """
+    declared = getattr(codec_cls, "needs_trained_model", None)
+    if declared is not None:
+        return str(declared) if declared else None
+    return "tgap" if callable(getattr(codec_cls, "from_model", None)) else None
+
+
+def hooks_for(config: RunConfig) -> list[RunHook]:
+    """The hooks ``config`` enables: the TGAP phase when ``tgap.enabled`` (see :func:`register_phase`)."""
+    if not config.tgap.enabled:
+        return []
+    from ..codecs import codec_class
+
+    phase = trained_model_phase(codec_class(config.codec.name))
+    factory = _PHASES.get(phase or "")
+    if phase != "tgap" or factory is None:
+        raise ConfigError(f"tgap.enabled: codec {config.codec.name!r} has no model that TGAP trains")
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return [factory(config)]
