@@ -94,15 +94,16 @@ def trained_model_phase(codec_cls: type) -> str | None:
 
 
 def hooks_for(config: RunConfig) -> list[RunHook]:
-    """The hooks ``config`` enables: the TGAP phase when ``tgap.enabled`` (see :func:`register_phase`)."""
+    """The hooks ``config`` enables: with ``tgap.enabled``, the phase the codec declares (``tgap`` for the
+    CG-FedLLM codecs), built by its registered factory (see :func:`register_phase`)."""
     if not config.tgap.enabled:
         return []
     from ..codecs import codec_class
 
     phase = trained_model_phase(codec_class(config.codec.name))
     factory = _PHASES.get(phase or "")
-    if phase != "tgap" or factory is None:
-        raise ConfigError(f"tgap.enabled: codec {config.codec.name!r} has no model that TGAP trains")
+    if factory is None:
+        raise ConfigError(f"tgap.enabled: codec {config.codec.name!r} has no model that a phase trains")
     if isinstance(factory, str):
         module, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module), attr)
