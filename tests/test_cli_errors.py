@@ -108,16 +108,16 @@ def test_bench_intervals_out_is_a_file_before_the_sweep(capsys, a_file, monkeypa
 
 
 def test_tgap_out_problems_before_training(capsys, tmp_path, a_file) -> None:
+    """``--out`` is a folder (the model goes to OUT/ae.safetensors): a file there is refused up front."""
     caps = tmp_path / "missing.safetensors"  # never read: the --out checks come first
-    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(a_file / "ae.safetensors")])
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(a_file)])
     assert msg == (
         f"--out {a_file / 'ae.safetensors'}: {a_file} is a file, so it cannot hold a file; "
         "choose another --out"
     )
-    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path)])
-    assert msg == f"--out {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'ae.safetensors'}"
-    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path / "ae.pt")])
-    assert msg.startswith(f"--out {tmp_path / 'ae.pt'}: the autoencoder file must end in .safetensors")
+    (tmp_path / "out" / "ae.safetensors").mkdir(parents=True)
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path / "out")])
+    assert msg.startswith(f"--out {tmp_path / 'out' / 'ae.safetensors'} is a folder")
 
 
 def test_flower_simulate_out_is_a_file(capsys, toy_cfg, a_file) -> None:
