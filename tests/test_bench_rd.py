@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from fedsqueeze.bench import rd as bench_rd
+from fedsqueeze.bench.rd import TARGET_FIELDS
 from fedsqueeze.bench.sources import load_source
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.codecs import available, get
@@ -28,17 +29,6 @@ FIELDS = (
     "db_vs_gaussian",
     "options",
     "d",
-)
-# scored at the target rate (None for points without one)
-TARGET_FIELDS = (
-    "d_gaussian_at_target",
-    "d_waterfilling_at_target",
-    "d_slb_at_target",
-    "db_vs_gaussian_at_target",
-    "db_vs_waterfilling_at_target",
-    "db_vs_slb_at_target",
-    "rate_fraction",
-    "underfilled",
 )
 
 

@@ -108,16 +108,16 @@ def test_bench_intervals_out_is_a_file_before_the_sweep(capsys, a_file, monkeypa
 
 
 def test_tgap_out_problems_before_training(capsys, tmp_path, a_file) -> None:
+    """``--out`` is a folder (the model goes to OUT/ae.safetensors): a file there is refused up front."""
     caps = tmp_path / "missing.safetensors"  # never read: the --out checks come first
-    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(a_file / "ae.safetensors")])
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(a_file)])
     assert msg == (
         f"--out {a_file / 'ae.safetensors'}: {a_file} is a file, so it cannot hold a file; "
         "choose another --out"
     )
-    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path)])
-    assert msg == f"--out {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'ae.safetensors'}"
-    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path / "ae.pt")])
-    assert msg.startswith(f"--out {tmp_path / 'ae.pt'}: the autoencoder file must end in .safetensors")
+    (tmp_path / "out" / "ae.safetensors").mkdir(parents=True)
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path / "out")])
+    assert msg.startswith(f"--out {tmp_path / 'out' / 'ae.safetensors'} is a folder")
 
 
 def test_flower_simulate_out_is_a_file(capsys, toy_cfg, a_file) -> None:
@@ -237,7 +237,7 @@ def test_bench_rd_file_source_that_is_not_safetensors(capsys, tmp_path, content,
 def test_tgap_captures_that_are_not_safetensors(capsys, tmp_path) -> None:
     bad = tmp_path / "caps.safetensors"
     bad.write_bytes(b"\x00" * 3)
-    msg = one_line_error(capsys, ["tgap", str(bad), "--out", str(tmp_path / "ae.safetensors")])
+    msg = one_line_error(capsys, ["tgap", str(bad), "--out", str(tmp_path / "tgap")])
     assert msg == (
         f"{bad} is not a safetensors file (Error while deserializing header: header too small); give the "
         "captures.safetensors of `fedsqueeze run ... --capture-updates all`"
@@ -364,15 +364,15 @@ def test_tgap_warns_when_the_autoencoder_is_worse_than_zeros(capsys, monkeypatch
         return model, {**log, "train_rel_error": 5047.0}
 
     monkeypatch.setattr(tgap, "tgap_pretrain", bad_training)
-    caps, ae = tmp_path / "caps.safetensors", tmp_path / "ae.safetensors"
+    caps, ae = tmp_path / "caps.safetensors", tmp_path / "tgap"
     _toy_captures(caps, rank=2)
     assert (
         cli_main(["tgap", str(caps), "--out", str(ae), "--steps", "1", "--depth", "1", "--no-progress"]) == 0
     )
     out, err = capsys.readouterr()
-    assert "train rel_error 5047.0000;" in out
+    assert "train rel_error 5047;" in out
     assert err.strip() == (
-        "fedsqueeze tgap: warning: train rel_error 5047.0000 is not below 1: the autoencoder reconstructs "
+        "fedsqueeze tgap: warning: train rel_error 5047 is not below 1: the autoencoder reconstructs "
         "its own training updates worse than sending zeros would; train longer (--steps), change --lr, or "
         "try --variant sound"
     )
@@ -388,11 +388,9 @@ def test_tgap_warns_when_the_autoencoder_is_worse_than_zeros(capsys, monkeypatch
 def test_tgap_steps_zero(capsys, tmp_path) -> None:
     caps = tmp_path / "caps.safetensors"
     _toy_captures(caps, rank=2)
-    msg = one_line_error(
-        capsys, ["tgap", str(caps), "--out", str(tmp_path / "ae.safetensors"), "--steps", "0"]
-    )
+    msg = one_line_error(capsys, ["tgap", str(caps), "--out", str(tmp_path / "tgap"), "--steps", "0"])
     assert msg == "--steps must be >= 1 (0 Adam steps would save an untrained autoencoder), got 0"
-    assert not (tmp_path / "ae.safetensors").exists()
+    assert not (tmp_path / "tgap" / "ae.safetensors").exists()
 
 
 # -- 5. values that were accepted silently ----------------------------------------------------------------

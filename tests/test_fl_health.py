@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fedsqueeze.codecs.topk import TopK
+from fedsqueeze.codecs.baselines.topk import TopK
 from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint, save_checkpoint
 from fedsqueeze.fl.health import RunHealth, describe, log_warnings
@@ -195,7 +195,7 @@ def test_resume_keeps_the_warnings(tmp_path, zero_decoder):
 
 CLI_SCRIPT = """
 import sys, torch
-from fedsqueeze.codecs.topk import TopK
+from fedsqueeze.codecs.baselines.topk import TopK
 from fedsqueeze.cli import main
 TopK.decode_flat = classmethod(lambda cls, body, spec, *, seed, context=None: torch.zeros(spec.numel))
 sys.exit(main(sys.argv[1:]))

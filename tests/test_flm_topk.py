@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import fedsqueeze
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import budget_bits, get, paper_packets
-from fedsqueeze.codecs._packets import decode_body
 from fedsqueeze.codecs.decode import decode_flat
+from fedsqueeze.codecs.flm._packets import decode_body
 from fedsqueeze.wire.frame import HEADER_SIZE
 
 

@@ -120,7 +120,7 @@ def test_fake_grid_equals_in_process_engine(tmp_path, task_identity):
 
 
 def test_flower_rows_and_summary_carry_the_same_warnings(tmp_path, task_identity, monkeypatch):
-    from fedsqueeze.codecs.topk import TopK
+    from fedsqueeze.codecs.baselines.topk import TopK
     from fedsqueeze.flower.server_app import run_rounds
 
     cfg = make_config()

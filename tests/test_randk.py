@@ -10,7 +10,7 @@ import fedsqueeze
 from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
-from fedsqueeze.codecs.randk import randk_indices
+from fedsqueeze.codecs.baselines.randk import randk_indices
 from fedsqueeze.wire.frame import HEADER_SIZE
 
 

@@ -1,10 +1,23 @@
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import math
+import pkgutil
+
 import pytest
 import torch
 
 import fedsqueeze
 from fedsqueeze import ConfigError, codecs
+from fedsqueeze.codecs import registry
+
+RATE_CODECS = [n for n in codecs.available() if codecs.codec_class(n).rate_option == "rate"]
+DENSITY_CODECS = [
+    n for n in codecs.available() if "density" in {f.name for f in dataclasses.fields(codecs.codec_class(n))}
+]
+BAD_RATES = (math.inf, math.nan, 0, -1, "1", True)
+BAD_DENSITIES = (math.inf, math.nan, 0, -1, 1.5, "0.1", True)
 
 
 def test_public_api_all() -> None:
@@ -27,8 +40,8 @@ def test_every_codec_works_with_defaults() -> None:
     u = {"a": torch.randn(64, 8), "b": torch.randn(8, 64)}
     spec = fedsqueeze.UpdateSpec.from_tensors(u)
     for n in codecs.available():
-        if n.startswith("cg_fedllm"):
-            continue  # learned codecs need a trained model (their own tests)
+        if codecs.codec_class(n).needs_trained_model:
+            continue  # cannot encode without a trained model (its own tests)
         codec = codecs.get(n)
         blob = codec.encode(u, seed=1)
         out = fedsqueeze.decode(blob, spec)
@@ -51,3 +64,59 @@ def test_paper_budget_formula() -> None:
     assert codecs.budget_bits(1000, rate=2.0) == 2000
     assert codecs.budget_bits(10, rate=0.1) == 8 * 32 + 8  # never below a header plus one byte
     assert codecs.budget_bits(1_572_864) == 140 * 12_000
+
+
+def test_the_builtin_list_names_exactly_the_modules_that_register_codecs() -> None:
+    package = importlib.import_module("fedsqueeze.codecs")
+    for info in pkgutil.walk_packages(package.__path__, "fedsqueeze.codecs."):
+        importlib.import_module(info.name)  # a codec module missing from BUILTIN registers here
+    listed = {f"fedsqueeze.codecs.{m}" for m in registry.BUILTIN}
+    registering = {codecs.codec_class(n).__module__ for n in codecs.available()}
+    assert {m for m in registering if m.startswith("fedsqueeze.codecs.")} == listed
+
+
+def test_every_rate_codec_is_listed() -> None:
+    expected = {
+        "topk",
+        "randk",
+        "qsgd",
+        "powersgd",
+        "compeft",
+        "flm_topk",
+        "fed_cvlc",
+        "wf_ecq",
+        "cg_fedllm_q",
+    }
+    assert expected <= set(RATE_CODECS)
+    assert {"topk", "randk", "compeft", "flm_topk", "fed_cvlc", "wf_ecq"} <= set(DENSITY_CODECS)
+
+
+@pytest.mark.parametrize("bad", BAD_RATES, ids=repr)
+@pytest.mark.parametrize("name", RATE_CODECS)
+def test_every_rate_codec_refuses_a_bad_rate_with_the_shared_message(name: str, bad: object) -> None:
+    with pytest.raises(ConfigError) as exc:
+        codecs.get(name, rate=bad)
+    assert str(exc.value) == f"{name}: rate must be positive bits per parameter or None, got {bad!r}"
+
+
+@pytest.mark.parametrize("bad", BAD_DENSITIES, ids=repr)
+@pytest.mark.parametrize("name", DENSITY_CODECS)
+def test_every_density_codec_refuses_a_bad_density_with_the_shared_message(name: str, bad: object) -> None:
+    with pytest.raises(ConfigError) as exc:
+        codecs.get(name, density=bad)
+    assert str(exc.value) == f"{name}: density must be in (0, 1], got {bad!r}"
+
+
+def test_trained_model_flags_say_which_codecs_use_or_need_a_model() -> None:
+    flags = {
+        n: (codecs.codec_class(n).uses_trained_model, codecs.codec_class(n).needs_trained_model)
+        for n in codecs.available()
+    }
+    assert flags.pop("cg_fedllm") == (True, True)
+    assert flags.pop("cg_fedllm_q") == (True, False)
+    assert set(flags.values()) == {(False, False)}
+    u = {"a": torch.randn(64, 8)}
+    with pytest.raises(ConfigError, match="cg_fedllm needs a trained autoencoder"):
+        codecs.get("cg_fedllm").encode(u)
+    blob = codecs.get("cg_fedllm_q").encode(u)  # the fallback transform: no model needed
+    assert fedsqueeze.decode(blob, fedsqueeze.UpdateSpec.from_tensors(u))["a"].shape == (64, 8)

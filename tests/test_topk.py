@@ -10,7 +10,7 @@ import fedsqueeze
 from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
-from fedsqueeze.codecs.topk import index_bits_for_all_k
+from fedsqueeze.codecs.baselines.topk import index_bits_for_all_k
 from fedsqueeze.wire.frame import HEADER_SIZE
 from fedsqueeze.wire.index_coding import index_bits
 

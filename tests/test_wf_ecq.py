@@ -166,7 +166,7 @@ def test_quantizer_option_is_validated() -> None:
 
 
 def test_auto_uses_tcq_from_the_auto_rate_and_scalar_below() -> None:
-    from fedsqueeze.codecs.wf_ecq import TCQ_AUTO_RATE
+    from fedsqueeze.codecs.wf_ecq.codec import TCQ_AUTO_RATE
 
     upd = {"u": torch.randn(128, 512, generator=torch.Generator().manual_seed(7))}
     assert _flags(get("wf_ecq", rate=TCQ_AUTO_RATE - 0.25).encode(upd, seed=0)) == 0
@@ -221,7 +221,7 @@ def test_tcq_round_trip_is_exact_to_the_encoder_and_fits(shapes, log_scales, rat
 
 
 def test_tcq_frames_with_oversized_alphabets_are_rejected() -> None:
-    from fedsqueeze.codecs import _wf_tcq
+    from fedsqueeze.codecs.wf_ecq import _tcq as _wf_tcq
 
     def bad(msg: str) -> PayloadError:
         return PayloadError(msg)
@@ -243,7 +243,7 @@ def test_tcq_frames_with_oversized_alphabets_are_rejected() -> None:
 
 
 def test_tcq_model_probabilities_are_valid_for_every_parameter_byte() -> None:
-    from fedsqueeze.codecs import _wf_tcq
+    from fedsqueeze.codecs.wf_ecq import _tcq as _wf_tcq
 
     for q in (0, 1):
         for param in range(256):

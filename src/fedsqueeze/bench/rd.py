@@ -29,7 +29,16 @@ from ..out_paths import check_out_dir, check_out_file
 from ..strict_json import finite_or_none
 from .sources import Source, load_source
 
-__all__ = ["DEFAULT_RATES", "RDReference", "add_arguments", "default_codecs", "main", "measure", "sweep"]
+__all__ = [
+    "DEFAULT_RATES",
+    "TARGET_FIELDS",
+    "RDReference",
+    "add_arguments",
+    "default_codecs",
+    "main",
+    "measure",
+    "sweep",
+]
 
 DEFAULT_RATES = (0.1, 0.25, 0.5, 1.0, 2.0)
 DEFAULT_SOURCES = ("gaussian", "blocks")
@@ -110,6 +119,19 @@ class RDReference:
         return self._rd.slb_blocks(rate, self.variances, self.sizes, self.ratios)
 
 
+# The fields of a row scored at its target rate (None for points without one).
+TARGET_FIELDS = (
+    "d_gaussian_at_target",
+    "d_waterfilling_at_target",
+    "d_slb_at_target",
+    "db_vs_gaussian_at_target",
+    "db_vs_waterfilling_at_target",
+    "db_vs_slb_at_target",
+    "rate_fraction",
+    "underfilled",
+)
+
+
 def _db(num: float, den: float) -> float | None:
     if num > 0 and den > 0 and math.isfinite(num) and math.isfinite(den):
         return 10.0 * math.log10(num / den)
@@ -163,18 +185,7 @@ def measure(
     d_g = float(ref.gaussian(rate))
     d_wf = float(ref.waterfilling(rate))
     d_slb = float(ref.slb(rate))
-    at: dict[str, float | bool | None] = dict.fromkeys(
-        (
-            "d_gaussian_at_target",
-            "d_waterfilling_at_target",
-            "d_slb_at_target",
-            "db_vs_gaussian_at_target",
-            "db_vs_waterfilling_at_target",
-            "db_vs_slb_at_target",
-            "rate_fraction",
-            "underfilled",
-        )
-    )
+    at: dict[str, float | bool | None] = dict.fromkeys(TARGET_FIELDS)
     if target_rate is not None and target_rate > 0:
         for key in ("gaussian", "waterfilling", "slb"):
             d_ref = float(getattr(ref, key)(target_rate))

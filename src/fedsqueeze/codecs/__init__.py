@@ -1,4 +1,11 @@
-"""Codecs: registry, error feedback and the universal decoder."""
+"""Codecs: registry, error feedback and the universal decoder.
+
+Layout: the shared parts sit at the top (``base`` the codec contract, ``budget`` the bit budgets and the
+option checks of every budget codec, ``registry`` with its :data:`~.registry.BUILTIN` list, ``decode``,
+``error_feedback``); each codec is one module (``dense``, ``cg_fedllm``, ``cg_fedllm_q``) or one folder per
+family (``baselines/``: topk, randk, qsgd, signsgd, powersgd, compeft; ``flm/``: flm_topk, fed_cvlc and their
+packet format; ``wf_ecq/``).
+"""
 
 from .base import Codec
 from .budget import budget_bits, paper_packets

@@ -19,9 +19,11 @@ from ..errors import ConfigError, UpdateError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE, pack_frame
 
-__all__ = ["Codec", "DecodeContext", "all_finite"]
+__all__ = ["FP32_MAX", "Codec", "DecodeContext", "all_finite"]
 
 DecodeContext = Mapping[str, Any]
+# Largest finite float32: decoders saturate reconstructed values to it so a decoded update stays finite.
+FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -57,6 +59,13 @@ class Codec(ABC):
     stateful
         True when the client-side instance keeps state across rounds (e.g. PowerSGD's warm start); such
         state lives in :attr:`state` and round-trips through :meth:`state_dict`.
+    uses_trained_model
+        True when the codec encodes and decodes with a trained model (e.g. CG-FedLLM's autoencoder) that a
+        run can train before its first round (TGAP pre-training) and hand to the codec.
+    needs_trained_model
+        True when the codec cannot encode at all without such a model (it implies
+        ``uses_trained_model``). A codec that uses a model but falls back to a fixed transform without
+        one (``cg_fedllm_q``) sets only ``uses_trained_model``.
     """
 
     name: ClassVar[str]
@@ -64,6 +73,8 @@ class Codec(ABC):
     summary: ClassVar[str]
     rate_option: ClassVar[str | None] = None
     stateful: ClassVar[bool] = False
+    uses_trained_model: ClassVar[bool] = False
+    needs_trained_model: ClassVar[bool] = False
 
     state: dict[str, Any] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False

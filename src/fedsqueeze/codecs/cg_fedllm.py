@@ -67,6 +67,8 @@ class CGFedLLM(Codec):
     name: ClassVar[str] = "cg_fedllm"
     codec_id: ClassVar[int] = 30
     summary: ClassVar[str] = "CG-FedLLM: ResNet-3 autoencoder latent (fp32/fp16), needs a TGAP-trained model"
+    uses_trained_model: ClassVar[bool] = True
+    needs_trained_model: ClassVar[bool] = True  # no model, no latent: encode_flat cannot run without one
 
     model_path: str | None = None
     latent_dtype: str = "fp32"

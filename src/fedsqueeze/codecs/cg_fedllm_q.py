@@ -55,8 +55,8 @@ from ..learned.transform import (
 )
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
-from ._baseline_util import check_rate, check_rate_fits
 from .base import Codec, DecodeContext
+from .budget import check_rate, check_rate_fits
 from .registry import register as register_codec
 
 __all__ = ["FALLBACK_FINGERPRINT", "CGFedLLMQ"]
@@ -88,6 +88,8 @@ class CGFedLLMQ(Codec):
         "CG-FedLLM sound variant: normalised, quantised, rANS-coded latent (rate-tunable)"
     )
     rate_option: ClassVar[str | None] = "rate"
+    uses_trained_model: ClassVar[bool] = True
+    needs_trained_model: ClassVar[bool] = False  # without a model it codes the block-mean transform
 
     rate: float | None = None
     bits: int = 8

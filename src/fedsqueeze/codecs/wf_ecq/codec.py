@@ -21,7 +21,7 @@ widths by the modelled distortion.
 Data far from every GGD (constant magnitudes, as in the first Adam steps of a fresh LoRA adapter) can make
 the real size a step function of Δ: every value in the dead zone at one step, a bit or more per value at the
 next. A frame that carries no nonzero symbol is never kept, and a model-driven frame under
-:data:`FILL_BELOW` of the budget is compared with a measured fill (``_wf_fill``): per-interval ``|q|``
+:data:`FILL_BELOW` of the budget is compared with a measured fill (``_fill``): per-interval ``|q|``
 histograms at trial steps, each interval priced under its cheapest class table, intervals taken by
 distortion gain per bit, with intervals of 1/4, 1/16 or 1/64 of ``block`` when the codec's own are too coarse
 to fill the budget (the frame's ``block`` field says which). The lower-error frame is sent. A budget that
@@ -32,7 +32,7 @@ after (ρ = ½, midpoint reconstruction; error independent of the data).
 
 Trellis-coded quantization (``quantizer``): a scalar quantizer stays ~1.53 dB from the bound at high rate
 whatever its entropy coder. With ``quantizer="tcq"`` the coded intervals go through the 4-state dependent
-quantizer of ``_wf_tcq`` instead (a rate–distortion Viterbi search over two interleaved scalar quantizers on
+quantizer of ``_tcq`` instead (a rate–distortion Viterbi search over two interleaved scalar quantizers on
 a fine step δ), which gains ~0.4–0.7 dB at 1–2 bits/param (measured, ``docs/benchmarks.md``) for a 20–100×
 slower encode. ``"auto"`` (the default) tries it when the frame budget is at least :data:`TCQ_AUTO_RATE`
 bits/param and sends whichever frame has the lower squared error; below that rate the scalar path is within
@@ -55,7 +55,7 @@ Body layout (MSB-first bit fields, then little-endian ANS words)::
 
 In a trellis-coded frame (flags bit 1) ρ is 128, ``step`` is the fine step δ, each code's ``t`` is the grid
 point of RMS/δ, the two bytes after M are the class's model parameters for ``Q0`` and ``Q1`` (see
-``_wf_tcq``), and the words carry every class's integers in the lock-step run order of ``_wf_tcq``.
+``_tcq``), and the words carry every class's integers in the lock-step run order of ``_tcq``.
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PayloadError
-from ..spec import UpdateSpec
-from ..wire.bitpack import BitReader, BitWriter
-from . import _wf_fill, _wf_tcq
-from ._baseline_util import FP32_MAX, HEADER_BITS, check_density, check_one_budget, check_rate
-from ._wf_model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, ans, class_code, class_probabilities, split_code
-from ._wf_plan import (
+from ...errors import ConfigError, PayloadError
+from ...spec import UpdateSpec
+from ...wire.bitpack import BitReader, BitWriter
+from ..base import FP32_MAX, Codec, DecodeContext
+from ..budget import HEADER_BITS, budget_bits, check_density, check_one_budget, check_rate
+from ..registry import register
+from . import _fill, _tcq
+from ._model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, ans, class_code, class_probabilities, split_code
+from ._plan import (
     CLASS_BITS,
     CODE_BITS,
     Plan,
@@ -83,15 +85,12 @@ from ._wf_plan import (
     search_step,
     side_bits,
 )
-from .base import Codec, DecodeContext
-from .budget import budget_bits
-from .registry import register
 
 __all__ = ["WfEcq"]
 
 QUANTIZERS = ("auto", "scalar", "tcq")
 TCQ_AUTO_RATE = 1.5  # bits/param from which "auto" also tries trellis-coded quantization
-FILL_BELOW = 0.97  # a model-driven frame under this share of the budget gets the measured fill (_wf_fill)
+FILL_BELOW = 0.97  # a model-driven frame under this share of the budget gets the measured fill (_fill)
 _ANS_SLACK = 96  # bits the ANS stack may add over the symbols' information content (head words, rounding)
 RHO_CODES = (128, 112, 96, 80)  # ρ = 0.5 (round to nearest), 0.4375, 0.375, 0.3125
 _MAX_CODE = len(BETAS) * (T_MAX + 1)
@@ -300,8 +299,8 @@ class WfEcq(Codec):
             if side_bits(lens.size, 1) + _ANS_SLACK >= avail:
                 continue
             rms = interval_stats(x, starts, lens)[0]
-            steps = _wf_fill.trial_steps(log2_step, float(np.log2(rms.max())))
-            fp = _wf_fill.fill_plan(x, starts, lens, rms, rho, float(avail - _ANS_SLACK), steps, u)
+            steps = _fill.trial_steps(log2_step, float(np.log2(rms.max())))
+            fp = _fill.fill_plan(x, starts, lens, rms, rho, float(avail - _ANS_SLACK), steps, u)
             if fp is not None and (best is None or fp.est_sqerr < best[0].est_sqerr):
                 best = (fp, blk, starts, lens, rms)
         if best is None:
@@ -309,7 +308,7 @@ class WfEcq(Codec):
         fp, blk, starts, lens, rms = best
         target, kept = float(avail - _ANS_SLACK), None
         for _ in range(4):  # steer the target by the real size: shrink on overflow, grow on underuse
-            plan = Plan(fp.log2_step, fp.codes, fp.est_bits, fp.est_sqerr, _wf_fill.used_codes(fp.codes))
+            plan = Plan(fp.log2_step, fp.codes, fp.est_bits, fp.est_sqerr, _fill.used_codes(fp.codes))
             body, _, sent = self._body(x, plan, rho, starts, lens, u, blk)
             size = 8 * len(body)
             if size <= avail and sent and (kept is None or size > 8 * len(kept[0])):
@@ -317,7 +316,7 @@ class WfEcq(Codec):
                 if size >= FILL_BELOW * avail:
                     break
             target *= 0.995 * avail / max(size, 1)
-            nxt = _wf_fill.fill_plan(x, starts, lens, rms, rho, target, [fp.log2_step], u)
+            nxt = _fill.fill_plan(x, starts, lens, rms, rho, target, [fp.log2_step], u)
             if nxt is None or np.array_equal(nxt.codes, fp.codes):
                 break
             fp = nxt
@@ -356,7 +355,7 @@ class WfEcq(Codec):
             delta = float(np.float32(2.0**log2_delta))
             t = np.clip(np.rint(T_STEPS * (np.log2(np.maximum(rms, 1e-300)) - log2_delta) + T_ZERO), 0, T_MAX)
             codes = np.where(coded, class_code(bidx, t.astype(np.int64)), 0)
-            frame = _wf_tcq.encode(x, codes, starts, lens, delta)
+            frame = _tcq.encode(x, codes, starts, lens, delta)
             if frame is None:  # alphabets too large for per-symbol models: keep the scalar frame
                 return None
             body = self._frame_bytes(
@@ -500,7 +499,7 @@ class WfEcq(Codec):
             def bad(msg: str) -> PayloadError:
                 return PayloadError(f"wf_ecq: {msg}")
 
-            _wf_tcq.decode(words, codes, ms, cc_codes, starts, lens, step, out, bad)
+            _tcq.decode(words, codes, ms, cc_codes, starts, lens, step, out, bad)
             return torch.from_numpy(out)
         dith = _dither(seed, d) if flags & 1 else None
         out = np.zeros(d, dtype=np.float32)

@@ -18,12 +18,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import PayloadError
-from ..spec import UpdateSpec
-from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import expect_body_bits, to_f32
-from .base import Codec, DecodeContext
-from .registry import register
+from ...errors import PayloadError
+from ...spec import UpdateSpec
+from ...wire.bitpack import BitReader, BitWriter
+from ..base import Codec, DecodeContext
+from ..registry import register
+from ._util import (
+    expect_body_bits,
+    to_f32,
+)
 
 __all__ = ["SignSGD"]
 

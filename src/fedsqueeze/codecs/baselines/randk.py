@@ -23,13 +23,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PayloadError
-from ..spec import UpdateSpec
-from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import (
-    check_density,
-    check_one_budget,
-    check_rate,
+from ...errors import ConfigError, PayloadError
+from ...spec import UpdateSpec
+from ...wire.bitpack import BitReader, BitWriter
+from ..base import Codec, DecodeContext
+from ..budget import check_density, check_one_budget, check_rate
+from ..registry import register
+from ._util import (
     density_k,
     expect_body_bits,
     largest_fitting,
@@ -38,8 +38,6 @@ from ._baseline_util import (
     to_f32,
     value_code,
 )
-from .base import Codec, DecodeContext
-from .registry import register
 
 __all__ = ["RandK", "randk_indices"]
 

@@ -32,20 +32,18 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PayloadError
-from ..spec import UpdateSpec
-from ..wire.bitpack import BitReader, BitWriter
-from ._baseline_util import (
-    FP32_MAX,
-    check_one_budget,
-    check_rate,
+from ...errors import ConfigError, PayloadError
+from ...spec import UpdateSpec
+from ...wire.bitpack import BitReader, BitWriter
+from ..base import FP32_MAX, Codec, DecodeContext
+from ..budget import check_one_budget, check_rate
+from ..registry import register
+from ._util import (
     expect_body_bits,
     frame_bits,
     largest_fitting,
     to_f32,
 )
-from .base import Codec, DecodeContext
-from .registry import register
 
 __all__ = ["QSGD"]
 

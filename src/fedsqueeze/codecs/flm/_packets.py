@@ -22,13 +22,13 @@ import math
 
 import numpy as np
 
-from ..errors import PayloadError
-from ..wire.bitpack import BitReader, BitWriter
-from ..wire.frame import HEADER_SIZE
+from ...errors import PayloadError
+from ...wire.bitpack import BitReader, BitWriter
+from ...wire.frame import HEADER_SIZE
+from ..budget import PACKET_BITS, PACKET_BYTES
 
 __all__ = [
     "MAX_B",
-    "PACKET_BYTES",
     "Stream",
     "decode_body",
     "encode_body",
@@ -38,7 +38,6 @@ __all__ = [
     "quant_cost",
 ]
 
-PACKET_BYTES = 1500
 MAX_B = 15  # the b field has 4 bits
 N_BITS = 14  # entries per packet field (a packet holds at most 12000 / 3 = 4000 entries)
 MODE_EVEN, MODE_THRESHOLD = 0, 1
@@ -258,9 +257,6 @@ def encode_body(
     return b"".join(parts)
 
 
-PACKET_LIMIT_BITS = 8 * 1500  # every packet, its header included, fits one 1500-byte datagram
-
-
 def decode_body(
     body: bytes, d: int, *, want_mode: int | None = None, min_s: int = 1, info: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -315,9 +311,10 @@ def decode_body(
             raise PayloadError("truncated packet or too many entries")
         words = r.read_uints(n, w, "packet entries")
         r.align()
-        if n == 0 or r.pos - start > PACKET_LIMIT_BITS:
+        if n == 0 or r.pos - start > PACKET_BITS:  # a packet, header included, fits one datagram
             raise PayloadError(
-                f"packet of {n} entries and {(r.pos - start) // 8} bytes is empty or over 1500 bytes"
+                f"packet of {n} entries and {(r.pos - start) // 8} bytes is empty or over "
+                f"{PACKET_BYTES} bytes"
             )
         kept += n
         packets.append(((r.pos - start) // 8, b, n, lo, hi))

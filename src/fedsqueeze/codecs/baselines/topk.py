@@ -21,16 +21,16 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PayloadError
-from ..spec import UpdateSpec
-from ..wire.bitpack import BitReader, BitWriter
-from ..wire.index_coding import INDEX_CODERS, fixed_width, index_bits, read_indices, write_indices
-from ._baseline_util import (
+from ...errors import ConfigError, PayloadError
+from ...spec import UpdateSpec
+from ...wire.bitpack import BitReader, BitWriter
+from ...wire.index_coding import INDEX_CODERS, fixed_width, index_bits, read_indices, write_indices
+from ..base import Codec, DecodeContext
+from ..budget import check_density, check_one_budget, check_rate
+from ..registry import register
+from ._util import (
     CODER_IDS,
     CODER_NAMES,
-    check_density,
-    check_one_budget,
-    check_rate,
     density_k,
     expect_body_bits,
     frame_bits,
@@ -41,8 +41,6 @@ from ._baseline_util import (
     topk_sorted,
     value_code,
 )
-from .base import Codec, DecodeContext
-from .registry import register
 
 __all__ = ["TopK", "index_bits_for_all_k"]
 

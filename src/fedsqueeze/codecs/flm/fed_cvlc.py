@@ -14,14 +14,13 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ConfigError, PayloadError
-from ..spec import UpdateSpec
-from ._baseline_util import check_one_budget, check_rate
-from ._flm_plan import even_stream
+from ...errors import ConfigError, PayloadError
+from ...spec import UpdateSpec
+from ..base import Codec, DecodeContext
+from ..budget import budget_bits, check_density, check_one_budget, check_rate
+from ..registry import register
 from ._packets import MAX_B, MODE_EVEN, BudgetTooSmallError, ceil_log2, decode_body, empty_body, encode_body
-from .base import Codec, DecodeContext
-from .budget import budget_bits
-from .registry import register
+from ._plan import even_stream
 
 __all__ = ["FedCVLC"]
 
@@ -53,8 +52,7 @@ class FedCVLC(Codec):
     b_max: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 < self.density <= 1:
-            raise ConfigError(f"density must be in (0, 1], got {self.density}")
+        check_density(self.name, self.density)
         check_rate(self.name, self.rate)
         check_one_budget(self)
         if not 1 <= self.b_min <= self.b_max <= MAX_B:

@@ -21,7 +21,7 @@ Within a position the runs go by model bucket (classes grouped by alphabet width
 :class:`_Models`), then in run order.
 
 Entropy model of ``k`` in quantizer ``Q`` of class (β, t): the GGD of the interval class (RMS/δ on the
-``_wf_model`` grid) integrated over the nearest-level cells of ``Q``, with two per-(class, Q) parameters
+``_model`` grid) integrated over the nearest-level cells of ``Q``, with two per-(class, Q) parameters
 in one byte, fitted by the encoder to the chosen integers (the search does not always pick the nearest
 level): a signed RMS shift (high nibble − 8, in 1/4 octaves: −2 to +1.75 octaves) and a zero-cell scale
 (low nibble ``z``: the zero cell's edge is scaled by ``2^((z − 8)/4)``, ×0.25 to ×3.4, and kept inside the
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from ._baseline_util import FP32_MAX
-from ._wf_model import BETAS, T_STEPS, T_ZERO, ans, ggd_alpha, split_code
+from ..base import FP32_MAX
+from ._model import BETAS, T_STEPS, T_ZERO, ans, ggd_alpha, split_code
 
 __all__ = [
     "DEFAULT_PARAM",
@@ -386,7 +386,7 @@ class _Layout:
 def encode(x: np.ndarray, codes: np.ndarray, starts: np.ndarray, lens: np.ndarray, delta: float):
     """Quantize the coded intervals of ``x`` on step ``delta`` by trellis search and ANS-code them.
 
-    ``codes`` gives each interval's class (``_wf_model.class_code(β_idx, t)`` with ``t`` the grid point of
+    ``codes`` gives each interval's class (``_model.class_code(β_idx, t)`` with ``t`` the grid point of
     RMS/δ, 0 = zero rate). Returns a :class:`Frame`, or ``None`` when the alphabets exceed :func:`limits`.
     """
     keys, rs, rl, rcls = _classes(codes, starts, lens)

@@ -25,10 +25,11 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ConfigError
-from ..spec import UpdateSpec
-from ._baseline_util import check_one_budget, check_rate
-from ._flm_plan import even_stream, log2_exact, threshold_stream
+from ...errors import ConfigError
+from ...spec import UpdateSpec
+from ..base import Codec, DecodeContext
+from ..budget import budget_bits, check_density, check_one_budget, check_rate
+from ..registry import register
 from ._packets import (
     MAX_B,
     MODE_EVEN,
@@ -38,9 +39,7 @@ from ._packets import (
     empty_body,
     encode_body,
 )
-from .base import Codec, DecodeContext
-from .budget import budget_bits
-from .registry import register
+from ._plan import even_stream, log2_exact, threshold_stream
 
 __all__ = ["FLMTopK"]
 
@@ -86,8 +85,7 @@ class FLMTopK(Codec):
     def __post_init__(self) -> None:
         if self.mode not in ("even", "threshold"):
             raise ConfigError(f"mode must be 'even' or 'threshold', got {self.mode!r}")
-        if not 0 < self.density <= 1:
-            raise ConfigError(f"density must be in (0, 1], got {self.density}")
+        check_density(self.name, self.density)
         check_rate(self.name, self.rate)
         check_one_budget(self)
         if not 1 <= self.b_min <= self.b_max <= MAX_B:

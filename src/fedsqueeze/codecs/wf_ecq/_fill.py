@@ -1,6 +1,6 @@
 """Budget filling of ``wf_ecq`` from measured per-interval costs (no bytes here).
 
-The step search of ``_wf_plan`` trusts the GGD model of each interval. Data far from every GGD breaks it:
+The step search of ``_plan`` trusts the GGD model of each interval. Data far from every GGD breaks it:
 constant-magnitude values (the first Adam steps of a fresh LoRA adapter are ``±lr`` almost everywhere),
 two-point or bounded values. There the real frame size is a step function of Δ: at one step every value falls
 into the dead zone (an empty frame), at the next finer one every value codes at a bit or more (over budget),
@@ -22,8 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._wf_model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, class_probabilities
-from ._wf_plan import CLASS_BITS, side_bits
+from ._model import BETAS, Q_MAX, T_MAX, T_STEPS, T_ZERO, class_probabilities
+from ._plan import CLASS_BITS, side_bits
 
 __all__ = ["FillPlan", "fill_plan", "trial_steps", "used_codes"]
 

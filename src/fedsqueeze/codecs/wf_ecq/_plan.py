@@ -3,7 +3,7 @@
 One global step Δ is the water level: every coded interval gets the same distortion ≈ Δ²/12 at high rate,
 and an interval whose Lagrangian gain does not pay for its bits is sent at zero rate (reverse water-filling,
 Cover & Thomas Thm 10.3.3, realised by an entropy-coded dead-zone quantizer). The search runs on the model
-tables of ``_wf_model`` (entropy and distortion per interval class), so it touches O(#intervals) numbers per
+tables of ``_model`` (entropy and distortion per interval class), so it touches O(#intervals) numbers per
 step, never the d values.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._wf_model import BETAS, T_MAX, T_STEPS, T_ZERO, class_code, moment_ratios, tables
+from ._model import BETAS, T_MAX, T_STEPS, T_ZERO, class_code, moment_ratios, tables
 
 __all__ = [
     "CLASS_BITS",

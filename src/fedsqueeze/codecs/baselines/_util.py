@@ -1,32 +1,24 @@
 """Helpers shared by the classical baseline codecs (topk, randk, qsgd, signsgd, powersgd, compeft).
 
-Not a codec module (leading underscore): option checks, the rate search, TopK selection, the value coders and
-the float32 clamp that keeps decoded values finite.
+Not a codec module (leading underscore): the rate search, TopK selection, the value coders and the float32
+clamp that keeps decoded values finite. The option checks every budget codec shares are in ``..budget``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, PayloadError
-from ..wire.bitpack import BitReader
-from ..wire.frame import HEADER_SIZE
+from ...errors import ConfigError, PayloadError
+from ...wire.bitpack import BitReader
+from ..base import FP32_MAX
+from ..budget import HEADER_BITS, check_rate_fits
 
 __all__ = [
     "CODER_IDS",
     "CODER_NAMES",
-    "FP32_MAX",
-    "HEADER_BITS",
-    "MAX_RATE",
-    "check_density",
-    "check_one_budget",
-    "check_rate",
-    "check_rate_fits",
     "density_k",
     "expect_body_bits",
     "frame_bits",
@@ -38,64 +30,9 @@ __all__ = [
     "value_code",
 ]
 
-FP32_MAX = float(np.finfo(np.float32).max)
-HEADER_BITS = 8 * HEADER_SIZE
-# A dense fp32 frame is 32 bits/param plus the header; 64 leaves room for the header down to d = 8. A rate
-# above it is refused when the codec is made, one above the dense frame of the actual d when it encodes.
-MAX_RATE = 64.0
 # Wire ids of the index coders of wire/index_coding.py.
 CODER_IDS = {"fixed": 0, "elias_fano": 1}
 CODER_NAMES = {v: k for k, v in CODER_IDS.items()}
-
-
-# -- option checks ---------------------------------------------------------------------------------------
-def check_density(name: str, density: float) -> None:
-    if not (isinstance(density, int | float) and 0 < density <= 1):
-        raise ConfigError(f"{name}: density must be in (0, 1], got {density!r}")
-
-
-def check_rate(name: str, rate: float | None) -> None:
-    """The ``rate`` option of every budget codec: ``None`` or a number in ``(0, MAX_RATE]`` bits/param."""
-    if rate is None:
-        return
-    if not (
-        isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0 and math.isfinite(rate)
-    ):
-        raise ConfigError(f"{name}: rate must be positive bits per parameter or None, got {rate!r}")
-    if rate > MAX_RATE:
-        raise ConfigError(
-            f"{name}: rate {rate:g} bits/param is more than a dense fp32 update needs (32 bits/param plus "
-            f"the {HEADER_BITS}-bit frame header); use at most {MAX_RATE:g}, or the identity codec to send "
-            "it whole"
-        )
-
-
-def check_one_budget(codec: Any, field: str = "density") -> None:
-    """Refuse ``field`` (e.g. ``density``) set to other than its default together with ``rate``, which
-    would silently override it.
-
-    ``codec`` is a budget codec instance with fields ``rate`` and ``field``. The default with a rate passes,
-    so ``get(name, **codec.options())`` rebuilds any codec.
-    """
-    if codec.rate is None:
-        return
-    default = next(f.default for f in dataclasses.fields(codec) if f.name == field)
-    value = getattr(codec, field)
-    if value != default:
-        raise ConfigError(
-            f"{codec.name}: give {field} or rate, not both (rate {codec.rate:g} would override {field} "
-            f"{value:g}); drop one of them"
-        )
-
-
-def check_rate_fits(name: str, rate: float | None, d: int) -> None:
-    """Refuse a rate whose budget exceeds the dense fp32 frame of ``d`` parameters (32 d + header bits)."""
-    if rate is None or d <= 0 or rate * d <= 32 * d + HEADER_BITS:
-        return
-    raise ConfigError(
-        f"{name}: rate {rate:g} bits/param is more than the dense fp32 frame of d={d} takes "
-        f"({32 + HEADER_BITS / d:.4g} bits/param); lower the rate, or use the identity codec to send it whole"
-    )
 
 
 def density_k(density: float, d: int) -> int:
