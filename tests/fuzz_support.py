@@ -19,7 +19,7 @@ import torch
 
 import fedsqueeze
 from fedsqueeze import PayloadError, UpdateSpec
-from fedsqueeze.codecs import available, get
+from fedsqueeze.codecs import available, codec_class, get
 from fedsqueeze.wire.frame import HEADER, HEADER_SIZE
 
 FUZZ_SPEC = UpdateSpec.from_shapes({"l0.A": (8, 48), "l0.B": (48, 8), "l1.A": (8, 48), "l1.B": (48, 8)})
@@ -27,7 +27,7 @@ FUZZ_SPEC = UpdateSpec.from_shapes({"l0.A": (8, 48), "l0.B": (48, 8), "l1.A": (8
 
 def fuzz_codecs() -> list[str]:
     """Codecs that decode without extra context (learned codecs need their decoder weights)."""
-    return [n for n in available() if not n.startswith("cg_fedllm")]
+    return [n for n in available() if not codec_class(n).uses_trained_model]
 
 
 @functools.cache  # a few frames per codec, mutated many times: encode each once

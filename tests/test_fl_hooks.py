@@ -61,7 +61,7 @@ def test_the_phase_is_the_codecs_declaration():
     assert hooks_mod.trained_model_phase(codec_class("topk")) is None
 
     class Declared:
-        needs_trained_model = "elsewhere"
+        trained_by = "elsewhere"
 
     assert hooks_mod.trained_model_phase(Declared) == "elsewhere"
     with pytest.raises(ConfigError, match="set codec.name"):

@@ -30,14 +30,12 @@ import numpy as np
 import torch
 
 from fedsqueeze import UpdateSpec
-from fedsqueeze.codecs import available, decode_flat, get
+from fedsqueeze.codecs import available, codec_class, decode_flat, get
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
 FORMAT = 1
 
-# Learned codecs need decoder weights (context) and are pinned by their own tests.
-LEARNED_PREFIXES = ("cg_fedllm",)
 
 # The fixed spec: LoRA-like A/B pairs of different sizes, a 1-D tensor and a 3-D tensor (d = 2130).
 SPEC_SHAPES: tuple[tuple[str, tuple[int, ...]], ...] = (
@@ -145,7 +143,8 @@ def encode_case(codec: str, options: dict[str, Any], seed: int) -> bytes:
 
 def golden_codecs() -> list[str]:
     """Registered codecs that must have a golden case (all but the learned ones)."""
-    return [n for n in available() if not n.startswith(LEARNED_PREFIXES)]
+    # codecs with a trained model need decoder weights (context) and are pinned by their own tests
+    return [n for n in available() if not codec_class(n).uses_trained_model]
 
 
 def load_manifest() -> dict[str, Any]:

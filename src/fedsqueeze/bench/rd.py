@@ -48,9 +48,9 @@ UNDERFILL_FRACTION = 0.5  # a point whose measured rate is below this fraction o
 
 def default_codecs() -> list[str]:
     """Every registered codec except the learned CG-FedLLM ones (they need pre-training first)."""
-    from ..codecs import available
+    from ..codecs import available, codec_class
 
-    return [n for n in available() if not n.startswith("cg_fedllm")]
+    return [n for n in available() if not codec_class(n).uses_trained_model]
 
 
 def _floats(text: str) -> list[float]:

@@ -66,6 +66,10 @@ class Codec(ABC):
         True when the codec cannot encode at all without such a model (it implies
         ``uses_trained_model``). A codec that uses a model but falls back to a fixed transform without
         one (``cg_fedllm_q``) sets only ``uses_trained_model``.
+    trained_by
+        Name of the run phase that trains the model (``"tgap"`` for the CG-FedLLM codecs), or ``None``. A
+        run with that phase enabled builds it from :func:`fedsqueeze.fl.hooks.register_phase`'s registry
+        and hands the trained model to the codec.
     """
 
     name: ClassVar[str]
@@ -75,6 +79,7 @@ class Codec(ABC):
     stateful: ClassVar[bool] = False
     uses_trained_model: ClassVar[bool] = False
     needs_trained_model: ClassVar[bool] = False
+    trained_by: ClassVar[str | None] = None
 
     state: dict[str, Any] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False

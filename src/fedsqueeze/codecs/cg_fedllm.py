@@ -68,6 +68,7 @@ class CGFedLLM(Codec):
     codec_id: ClassVar[int] = 30
     summary: ClassVar[str] = "CG-FedLLM: ResNet-3 autoencoder latent (fp32/fp16), needs a TGAP-trained model"
     uses_trained_model: ClassVar[bool] = True
+    trained_by: ClassVar[str | None] = "tgap"
     needs_trained_model: ClassVar[bool] = True  # no model, no latent: encode_flat cannot run without one
 
     model_path: str | None = None

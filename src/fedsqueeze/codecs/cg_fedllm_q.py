@@ -89,6 +89,7 @@ class CGFedLLMQ(Codec):
     )
     rate_option: ClassVar[str | None] = "rate"
     uses_trained_model: ClassVar[bool] = True
+    trained_by: ClassVar[str | None] = "tgap"
     needs_trained_model: ClassVar[bool] = False  # without a model it codes the block-mean transform
 
     rate: float | None = None

@@ -231,7 +231,7 @@ class CodecConfig:
 
 
 def tgap_codecs() -> tuple[str, ...]:
-    """The registered codecs whose model the TGAP phase trains (they declare it: ``needs_trained_model``)."""
+    """The registered codecs whose model the TGAP phase trains (they declare it: ``trained_by``)."""
     from ..codecs import available, codec_class
     from .hooks import trained_model_phase
 

@@ -1,7 +1,7 @@
 """Hooks of a run: phases that run before the rounds (e.g. CG-FedLLM's TGAP pre-training) plug in here.
 
 The engine knows no codec by name. A codec whose model is trained by a phase of the run declares the phase's
-name in the class attribute ``needs_trained_model`` (e.g. ``"tgap"``); the run then builds that phase's
+name in the class attribute ``trained_by`` (e.g. ``"tgap"``); the run then builds that phase's
 :class:`RunHook` from the registry (:func:`register_phase`) when the config enables it. The hook's
 :meth:`RunHook.before_rounds` receives the :class:`RunContext`: it may run federated rounds of its own through
 ``ctx.simulate`` and hand the main rounds another workload, another uplink codec and traffic to count.
@@ -82,15 +82,9 @@ def register_phase(name: str, factory: str | Callable[[RunConfig], RunHook]) -> 
 
 
 def trained_model_phase(codec_cls: type) -> str | None:
-    """The phase that trains ``codec_cls``'s model (its ``needs_trained_model``), or ``None``.
-
-    Until a codec class declares the attribute, a codec built from a model (a ``from_model`` constructor)
-    is taken to need the ``tgap`` phase.
-    """
-    declared = getattr(codec_cls, "needs_trained_model", None)
-    if declared is not None:
-        return str(declared) if declared else None
-    return "tgap" if callable(getattr(codec_cls, "from_model", None)) else None
+    """The phase that trains ``codec_cls``'s model (its ``trained_by`` declaration), or ``None``."""
+    declared = getattr(codec_cls, "trained_by", None)
+    return str(declared) if declared else None
 
 
 def hooks_for(config: RunConfig) -> list[RunHook]:
