@@ -14,43 +14,9 @@ from fedsqueeze.errors import ConfigError
 from fedsqueeze.study.aggregate import aggregate, reach_target
 from fedsqueeze.study.grid import load_study, study_from_dict
 from fedsqueeze.study.runner import run_cells
+from support.study import write_toy_study
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TOY_STUDY = """
-[study]
-name = "toy"
-seeds = [0, 1]
-baseline = "identity"
-
-[[tasks]]
-name = "toy"
-config.model = {{ name = "toy", lora_r = 4 }}
-config.data = {{ num_clients = 6 }}
-config.train = {{ lr = 0.05, batch_size = 16 }}
-config.fl = {{ rounds = 3, clients_per_round = 3 }}
-
-[[partitions]]
-label = "dir0.5"
-alpha = 0.5
-
-[[codecs]]
-label = "identity"
-name = "identity"
-
-[[codecs]]
-label = "{label}"
-name = "{name}"
-options = {options}
-"""
-
-
-def _write(
-    tmp_path: Path, label: str = "topk", name: str = "topk", options: str = "{ density = 0.1 }"
-) -> Path:
-    path = tmp_path / "toy.toml"
-    path.write_text(TOY_STUDY.format(label=label, name=name, options=options), encoding="utf-8")
-    return path
 
 
 def _grid_dict(**extra_task: object) -> dict:
@@ -188,7 +154,7 @@ def test_target_and_traffic_reduction_from_metrics(tmp_path: Path) -> None:
 
 # -- end to end on the toy model -----------------------------------------------------------------------------
 def test_toy_study_end_to_end_resume_and_aggregate_only(tmp_path: Path, capsys) -> None:
-    study, out = _write(tmp_path), tmp_path / "out"
+    study, out = write_toy_study(tmp_path), tmp_path / "out"
     assert cli_main(["study", str(study), "--out", str(out), "--no-progress"]) == 0
     grid = load_study(study)
     res = json.loads((out / "results.json").read_text())
@@ -253,7 +219,10 @@ def test_toy_study_end_to_end_resume_and_aggregate_only(tmp_path: Path, capsys) 
 
 def test_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
     # cg_fedllm without a trained autoencoder fails at its first encode
-    study, out = _write(tmp_path, label="cg_fedllm", name="cg_fedllm", options="{}"), tmp_path / "out"
+    study, out = (
+        write_toy_study(tmp_path, label="cg_fedllm", name="cg_fedllm", options="{}"),
+        tmp_path / "out",
+    )
     assert cli_main(["study", str(study), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == {"done": 2, "failed": 2, "missing": 0}
@@ -268,7 +237,7 @@ def test_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
 
 
 def test_parallel_jobs_give_the_same_results(tmp_path: Path) -> None:
-    grid = load_study(_write(tmp_path))
+    grid = load_study(write_toy_study(tmp_path))
     cells = [c for c in grid.cells() if c.seed == 0]
     serial = run_cells(cells, tmp_path / "a", progress=False)
     parallel = run_cells(cells, tmp_path / "b", jobs=2, progress=False)

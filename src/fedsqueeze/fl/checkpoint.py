@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
+from ..strict_json import finite_or_none
 
 __all__ = [
     "CHECKPOINT_NAME",
     "CHECKSUM_MAGIC",
     "append_jsonl",
     "atomic_write",
-    "jsonable",
     "load_checkpoint",
     "save_captures",
     "save_checkpoint",
@@ -77,31 +76,20 @@ def _umask() -> int:
     return mask
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values (non-finite floats become ``None``, tuples lists)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
+    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    text = "".join(json.dumps(jsonable(r)) + "\n" for r in rows)
+    text = "".join(json.dumps(finite_or_none(r)) + "\n" for r in rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
     """Append one JSON line (the whole file is rewritten from the checkpoint on resume)."""
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(jsonable(row)) + "\n")
+        fh.write(json.dumps(finite_or_none(row)) + "\n")
 
 
 _NPY = "__npy__"
@@ -112,7 +100,7 @@ def _pack(obj: Any) -> Any:
     # (no pickle code execution) and comes back with the exact dtype and value.
     if isinstance(obj, np.ndarray | np.generic):
         if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-            raise TypeError("cannot checkpoint a NumPy object array")
+            raise UsageError("cannot checkpoint a NumPy object array")
         buf = io.BytesIO()
         np.save(buf, np.asarray(obj), allow_pickle=False)
         return {_NPY: buf.getvalue(), "scalar": isinstance(obj, np.generic)}

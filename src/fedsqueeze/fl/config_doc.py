@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._docstring import parameters, plain
+from ..errors import UsageError
 from .config import BASE_KEY, NO_BASE, SECTIONS, CodecConfig, FLConfig, RunConfig, TGAPConfig
 from .workload import (
     DATASETS,
@@ -112,7 +113,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Mapping):
         items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
         return "{ " + ", ".join(items) + " }" if items else "{}"
-    raise TypeError(f"no TOML form for {value!r}")
+    raise UsageError(f"no TOML form for {value!r}")
 
 
 def _toml_key(key: str) -> str:

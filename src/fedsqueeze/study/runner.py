@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
+from .._host import cpu_count
 from .grid import Cell
 
 __all__ = ["CellResult", "cpu_count", "done_summary", "group_cells", "run_cell", "run_cells"]
@@ -38,14 +39,6 @@ class CellResult:
     wall_s: float = 0.0
     error: str | None = None
     metric: float | None = None
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the host's core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _workload_key(cell: Cell) -> tuple[Any, ...]:
