@@ -135,7 +135,7 @@ def test_shipped_study_grids_load_and_cover_the_codecs() -> None:
 
 
 # -- aggregation on hand-made runs ---------------------------------------------------------------------------
-def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int]) -> None:
+def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int], config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         {"round": i + 1, "eval_metric": m, "cum_uplink_bytes": b, "lora_bits_per_param": 1.5 + i}
@@ -149,6 +149,7 @@ def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int]) -> None:
         "total_uplink_bytes": cum_bytes[-1],
         "rounds": len(rows),
         "wall_s": 1.0,
+        "config": config,
     }
     (out / "summary.json").write_text(json.dumps(summary))
 
@@ -167,7 +168,7 @@ def test_target_and_traffic_reduction_from_metrics(tmp_path: Path) -> None:
         ("qsgd", 1): ([0.3, 0.5, 0.6], [50, 100, 150]),
     }
     for cell in grid.cells():
-        _fake_run(cell.out_dir(tmp_path), *runs[(cell.codec, cell.seed)])
+        _fake_run(cell.out_dir(tmp_path), *runs[(cell.codec, cell.seed)], cell.config.to_dict())
     res = aggregate(grid, tmp_path)
     (g,) = res["groups"]
     assert g["weakest"] == "topk-ef-off" and g["target"] == pytest.approx(0.675)

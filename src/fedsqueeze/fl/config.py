@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -167,6 +168,12 @@ class TGAPConfig:
         Stride-2 stages of the autoencoder (latent = 1/2**depth of the padded factor stack; paper 6).
     device
         Where the pre-training runs: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``. The codecs run on the CPU.
+    seed
+        Seed of the pre-training (initialisation and mini-batches). A run mixes it with ``fl.seed``;
+        :func:`fedsqueeze.learned.tgap.tgap_pretrain` uses it as it is.
+
+    This one class serves both the run's ``[tgap]`` section and :func:`~fedsqueeze.learned.tgap.tgap_pretrain`
+    (which reads ``steps``, ``batch_size``, ``lr`` and ``seed``).
     """
 
     enabled: bool = False
@@ -179,6 +186,7 @@ class TGAPConfig:
     variant: str = "auto"
     depth: int = 6
     device: str = "cpu"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction < 1:
@@ -200,6 +208,8 @@ class TGAPConfig:
             raise ConfigError(f"tgap.depth must be in 1..8, got {self.depth}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"tgap.device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"tgap.seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +286,24 @@ class RunConfig:
             return self.tgap.variant
         return "paper" if self.codec.name == "cg_fedllm" else "sound"
 
+    def differences(self, saved: Mapping[str, Any], *, except_rounds: bool = True) -> list[str]:
+        """The ``section.key`` names where ``saved`` (a stored :meth:`to_dict`) differs from this config.
+
+        The one "same config" test of resuming a run, reusing a TGAP model and skipping a finished study
+        cell. Keys ``saved`` lacks (files from before a key existed) count as their code default, and the
+        comparison is of JSON values (tuples and lists are equal). ``except_rounds``: ``fl.rounds`` may
+        differ (it only lengthens the run).
+        """
+        old = _as_json(_filled(saved))
+        now = _as_json(self.to_dict())
+        return [
+            f"{sec}.{key}"
+            for sec in sorted(set(old) | set(now))
+            for key in sorted(set(old.get(sec, {})) | set(now.get(sec, {})))
+            if not (except_rounds and (sec, key) == ("fl", "rounds"))
+            and old.get(sec, {}).get(key) != now.get(sec, {}).get(key)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML/JSON friendly; tuples become lists, ``None`` is kept)."""
         out: dict[str, Any] = {}
@@ -305,6 +333,20 @@ class RunConfig:
         for name in ("codec", "downlink"):
             built[name] = _build_codec(name, data.get(name))
         return cls(**built)
+
+
+def _filled(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` with the keys it lacks at their code defaults (section by section)."""
+    out: dict[str, Any] = {}
+    for sec, table in RunConfig().to_dict().items():
+        got = saved.get(sec)
+        out[sec] = {**table, **got} if isinstance(got, Mapping) else (table if got is None else got)
+    out.update({sec: got for sec, got in saved.items() if sec not in out})
+    return out
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _plain(value: Any) -> Any:
