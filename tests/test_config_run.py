@@ -143,3 +143,15 @@ def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, c
     assert cli_main(["run", str(cfg), "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint is at round 4, past fl.rounds = 2; resume without CONFIG" in err
+
+
+def test_set_and_codec_strings_share_one_value_grammar() -> None:
+    from fedsqueeze.bench.rd import parse_codec
+    from fedsqueeze.keyvalue import parse_value
+
+    for text, value in [("3", 3), ("0.5", 0.5), ("true", True), ("null", None), ('["q"]', ["q"])]:
+        assert parse_value(text) == value
+        assert apply_overrides({}, [f"fl.x={text}"])["fl"]["x"] == value
+        assert parse_codec(f"topk:x={text}") == ("topk", {"x": value})
+    assert parse_value(" elias_fano ") == "elias_fano"
+    assert apply_overrides({}, ["fl.target_metric=null"]) == {"fl": {"target_metric": None}}

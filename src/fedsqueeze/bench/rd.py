@@ -20,11 +20,11 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..keyvalue import parse_codec  # re-exported: the --codec grammar
 from ..out_paths import check_out_dir, check_out_file
 from ..strict_json import finite_or_none
 from .sources import Source, load_source
@@ -219,24 +219,6 @@ def measure(
         "seed": seed,
         "options": codec.options(),
     }
-
-
-def parse_codec(text: str) -> tuple[str, dict[str, Any]]:
-    """``NAME`` or ``NAME:KEY=VALUE,...`` (values as JSON where they parse, else strings).
-
-    Examples: ``wf_ecq``, ``wf_ecq:quantizer=scalar``, ``topk:value_bits=16,positions=elias_fano``.
-    """
-    name, _, rest = text.partition(":")
-    opts: dict[str, Any] = {}
-    for item in filter(None, (i.strip() for i in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"codec option {item!r} in {text!r} must be KEY=VALUE (wf_ecq:quantizer=tcq)")
-        try:
-            opts[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key.strip()] = value.strip()
-    return name.strip(), opts
 
 
 def make_codec(text: str, rate: float | None = None):

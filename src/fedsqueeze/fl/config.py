@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..keyvalue import parse_assignment
 from .workload import DataConfig, LocalTrainConfig, ModelConfig
 
 __all__ = [
@@ -453,14 +454,6 @@ def preset_text(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value: a TOML literal (``3``, ``0.5``, ``true``, ``["q"]``), else the raw string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 CODEC_SECTIONS = ("codec", "downlink")
 
 
@@ -484,22 +477,25 @@ def _drop_options(data: dict[str, Any], section: str) -> None:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place.
 
+    Values follow the one command-line grammar of :mod:`fedsqueeze.keyvalue` (TOML literals, ``null``,
+    else the raw text), shared with ``--codec NAME:KEY=VALUE``.
+
     Setting ``codec.name`` (or ``downlink.name``) to another codec than ``data`` names drops ``data``'s
     options for it: the new codec starts from its own defaults, plus any ``codec.options...`` the same
     overrides set (in any order).
     """
     parsed = []
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        assignment = parse_assignment(item)
+        if assignment is None:
             raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = assignment
         parts = key.split(".")
         if parts[0] not in SECTIONS:
             raise ConfigError(f"unknown section {parts[0]} in --set {key}; allowed: {', '.join(SECTIONS)}")
         if len(parts) < 2:
             raise ConfigError(f"--set {key}: give section.key, e.g. fl.rounds=10")
-        parsed.append((key, parts, _parse_value(text.strip())))
+        parsed.append((key, parts, value))
     for section in CODEC_SECTIONS:
         names = [value for _, parts, value in parsed if parts == [section, "name"]]
         if names and names[-1] != _codec_name(data, section):
