@@ -17,14 +17,15 @@ from fedsqueeze.fl.toy import ToyWorkload
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_presets_packaged_and_root_copies_are_identical():
+def test_presets_and_study_grids_are_stored_once_as_package_data():
     packaged = resources.files("fedsqueeze") / "configs"
     names = sorted(p.name for p in packaged.iterdir() if p.name.endswith(".toml"))
     assert {"default.toml", "smoke.toml", "paper.toml"} <= set(names)
-    root = sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
-    assert root == names
-    for name in names:
-        assert (ROOT / "configs" / name).read_bytes() == (packaged / name).read_bytes(), name
+    grids = sorted(p.name for p in (packaged / "study").iterdir() if p.name.endswith(".toml"))
+    assert {"default.toml", "e2e-default.toml", "full.toml"} <= set(grids)
+    assert sorted((ROOT / "configs").rglob("*.toml")) == []  # no second copy in the repository root
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"configs/*.toml"' in pyproject and '"configs/study/*.toml"' in pyproject
 
 
 def test_presets_load_and_default_is_the_embedded_default():

@@ -12,7 +12,7 @@ from fedsqueeze import codecs
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.study.aggregate import aggregate, reach_target
-from fedsqueeze.study.grid import load_study, study_from_dict
+from fedsqueeze.study.grid import load_study, study_from_dict, study_path
 from fedsqueeze.study.runner import run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,13 +122,13 @@ def test_bad_study_keys_raise_config_error_naming_the_key(mutate, needle: str) -
 
 
 def test_shipped_study_grids_load_and_cover_the_codecs() -> None:
-    default = load_study(ROOT / "configs" / "study" / "default.toml")
+    default = load_study(study_path("default"))
     names = {c.name for c in default.codecs}
     required = {"identity", "fp16", "topk", "fed_cvlc", "flm_topk", "qsgd", "signsgd", "compeft", "randk"}
     assert required | {"powersgd", "cg_fedllm_q"} <= names
     assert {p.label for p in default.partitions} == {"iid", "dir1.0", "dir0.1"} and len(default.seeds) >= 2
     assert len(default.cells()) == len(default.tasks) * 3 * len(default.codecs) * len(default.seeds)
-    full = load_study(ROOT / "configs" / "study" / "full.toml")
+    full = load_study(study_path("full"))
     assert set(codecs.available()) <= {c.name for c in full.codecs}
     assert {c.config.data.dataset for c in full.cells()} == {"rotten_tomatoes", "bbc_news", "gsm8k"}
     assert len(full.seeds) == 3
