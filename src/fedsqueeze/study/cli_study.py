@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_study(name: str) -> Path:
-    """A study file path from a path or the name of a packaged grid (:func:`~fedsqueeze.study.grid.study_names`)."""
+    """A study file path from a path or the name of a packaged grid (see ``study_names``)."""
     from ..errors import ConfigError
     from .grid import study_names, study_path
 

@@ -47,7 +47,17 @@ from typing import Any
 from ..errors import ConfigError
 from ..fl.config import RunConfig, apply_overrides, load_config_data
 
-__all__ = ["TIMING_DEFAULTS", "Cell", "CodecEntry", "PartitionEntry", "StudyGrid", "TaskEntry", "load_study", "study_names", "study_path"]
+__all__ = [
+    "TIMING_DEFAULTS",
+    "Cell",
+    "CodecEntry",
+    "PartitionEntry",
+    "StudyGrid",
+    "TaskEntry",
+    "load_study",
+    "study_names",
+    "study_path",
+]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: --dry-run cost model of one cell: setup (model load), one local optimizer step, one evaluation, and the
