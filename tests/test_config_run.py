@@ -156,3 +156,26 @@ def test_set_and_codec_strings_share_one_value_grammar() -> None:
         assert parse_codec(f"topk:x={text}") == ("topk", {"x": value})
     assert parse_value(" elias_fano ") == "elias_fano"
     assert apply_overrides({}, ["fl.target_metric=null"]) == {"fl": {"target_metric": None}}
+
+
+def test_the_default_preset_is_the_code_defaults() -> None:
+    import tomllib
+
+    assert load_config("default") == RunConfig() == load_config()
+    raw = tomllib.loads((resources.files("fedsqueeze") / "configs" / "default.toml").read_text("utf-8"))
+    assert raw == {"base": "none"}  # one source: the dataclasses hold the values
+    cfg = RunConfig()
+    assert (cfg.fl.rounds, cfg.fl.target_metric, cfg.codec.name, cfg.train.max_steps) == (
+        11,
+        0.72,
+        "flm_topk",
+        40,
+    )
+
+
+def test_null_unsets_a_key_in_a_file_and_with_set(tmp_path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[fl]\ntarget_metric = "null"\n[train]\nmax_steps = "null"\n', encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.fl.target_metric is None and cfg.train.max_steps is None
+    assert load_config(None, ["fl.target_metric=null"]).fl.target_metric is None

@@ -169,7 +169,7 @@ def test_fl_config_validates_the_new_keys() -> None:
 
 # -- in the loop (test-only fault hook: wraps client_step, never in production code) ----------------------
 def make_config(**fl) -> RunConfig:
-    fl = {"rounds": 3, "clients_per_round": N, "seed": 2, **fl}
+    fl = {"rounds": 3, "clients_per_round": N, "seed": 2, "server_lr": 1.0, "server_momentum": 0.0, **fl}
     return RunConfig(
         model=ModelConfig(name="toy", lora_r=4),
         data=DataConfig(num_clients=N),

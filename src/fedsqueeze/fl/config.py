@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..keyvalue import parse_assignment
+from ..keyvalue import NULL, parse_assignment
 from .workload import DataConfig, LocalTrainConfig, ModelConfig
 
 __all__ = [
@@ -81,14 +81,14 @@ class FLConfig:
         Fraction of clients trimmed at each end of every coordinate by ``"trimmed_mean"``, in ``[0, 0.5)``.
     """
 
-    rounds: int = 20
+    rounds: int = 11
     clients_per_round: int = 5
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
+    server_lr: float = 0.3
+    server_momentum: float = 0.7
     seed: int = 0
     error_feedback: bool = True
     eval_every: int = 1
-    target_metric: float | None = None
+    target_metric: float | None = 0.72
     min_replies: int | None = None
     norm_bound_factor: float | None = 10.0
     aggregation: str = "mean"
@@ -227,7 +227,7 @@ class CodecConfig:
         defaults fill in the rest.
     """
 
-    name: str = "topk"
+    name: str = "flm_topk"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -402,7 +402,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if (value is None or value == NULL) and type(None) in args:  # "null": TOML has no null
             return None
         errors = []
         for arg in args:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._docstring import parameters, plain
+from ..keyvalue import NULL
 from .config import BASE_KEY, NO_BASE, SECTIONS, CodecConfig, FLConfig, RunConfig, TGAPConfig
 from .workload import (
     DATASETS,
@@ -121,21 +122,15 @@ def _toml_key(key: str) -> str:
 
 def config_toml(config: RunConfig) -> str:
     """``config`` as a complete TOML file (``base = "none"``) that :func:`~.config.load_config` reads back
-    to the same config. Unset keys (``None``: TOML has no null) are written as comments."""
+    to the same config. Unset keys (``None``) are written as ``"null"`` (TOML has no null)."""
     lines = [
         "# The resolved run config: every key, on top of the code defaults.",
         f'{BASE_KEY} = "{NO_BASE}"',
     ]
-    defaults = RunConfig().to_dict()
     for section, table in config.to_dict().items():
         lines += ["", f"[{section}]"]
         for key, value in table.items():
-            if value is None and defaults[section][key] is not None:
-                lines.append(f"# {key} is unset (TOML cannot say so: read back, it takes its default)")
-            elif value is None:
-                lines.append(f"# {key} is unset")
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f'{key} = "{NULL}"  # unset' if value is None else f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,8 +186,9 @@ def config_reference() -> str:
         "another codec than the base's — in a file or with `--set` — drops the base's options; options "
         "given with it (`[codec] options = {...}` or `--set codec.options.KEY=...`) apply on top.",
         "",
-        "Unset (`unset` below) means the key is absent: TOML has no null. A wrong key or value is an "
-        "error naming the key and what is allowed. `fedsqueeze codecs NAME` lists a codec's options.",
+        f'Unset (`unset` below): TOML has no null, so a file writes `key = "{NULL}"` '
+        f"(and `--set key={NULL}`). A wrong key or value is an error naming the key and what is allowed. "
+        "`fedsqueeze codecs NAME` lists a codec's options.",
     ]
     for section in SECTIONS:
         kind = KINDS[section]

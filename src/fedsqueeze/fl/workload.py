@@ -68,7 +68,7 @@ class ModelConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
-    max_length: int = 64
+    max_length: int = 32
     num_layers: int | None = None
     pooling: str = "auto"
     device: str = "cpu"
@@ -115,7 +115,7 @@ class DataConfig:
     partition: str = "dirichlet"
     alpha: float = 0.5
     max_train_examples: int | None = None
-    test_examples: int = 1000
+    test_examples: int = 500
     seed: int = 0
     gen_max_new_tokens: int = 128
 
@@ -158,12 +158,12 @@ class LocalTrainConfig:
 
     epochs: int = 1
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.02
     amsgrad: bool = True
-    max_steps: int | None = None
+    max_steps: int | None = 40
     head_lr: float | None = None
-    logit_adjust: float = 0.0
+    logit_adjust: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
