@@ -25,7 +25,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..keyvalue import NULL, parse_assignment
-from .workload import DataConfig, LocalTrainConfig, ModelConfig
+from .fields import Range, setting, validate
+from .workload import POSITIVE, DataConfig, LocalTrainConfig, ModelConfig
 
 __all__ = [
     "CodecConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "preset_text",
 ]
 
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
 SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap")
 BASE_KEY = "base"  # a config file's top-level key naming what it is applied on top of
 NO_BASE = "none"  # ``base = "none"``: on top of the code defaults (the packaged presets)
@@ -81,29 +83,21 @@ class FLConfig:
         Fraction of clients trimmed at each end of every coordinate by ``"trimmed_mean"``, in ``[0, 0.5)``.
     """
 
-    rounds: int = 11
-    clients_per_round: int = 5
-    server_lr: float = 0.3
-    server_momentum: float = 0.7
-    seed: int = 0
+    rounds: int = setting(11, range=Range(1))
+    clients_per_round: int = setting(5, range=Range(1), allowed="1..data.num_clients")
+    server_lr: float = setting(0.3, range=POSITIVE)
+    server_momentum: float = setting(0.7, range=Range(0, 1))
+    seed: int = setting(0, range=Range(0, 2**63, text="[0, 2**63)"))
     error_feedback: bool = True
-    eval_every: int = 1
+    eval_every: int = setting(1, range=Range(1))
     target_metric: float | None = 0.72
-    min_replies: int | None = None
-    norm_bound_factor: float | None = 10.0
-    aggregation: str = "mean"
-    trim_fraction: float = 0.1
+    min_replies: int | None = setting(None, allowed="1..fl.clients_per_round")
+    norm_bound_factor: float | None = setting(10.0, allowed="0 (off) or >= 1")
+    aggregation: str = setting("mean", choices=AGGREGATIONS)
+    trim_fraction: float = setting(0.1, range=Range(0, 0.5))
 
     def __post_init__(self) -> None:
-        for key in ("rounds", "clients_per_round", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"fl.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.server_lr > 0:
-            raise ConfigError(f"fl.server_lr must be > 0, got {self.server_lr}")
-        if not 0 <= self.server_momentum < 1:
-            raise ConfigError(f"fl.server_momentum must be in [0, 1), got {self.server_momentum}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"fl.seed must be in [0, 2**63), got {self.seed}")
+        validate(self, "fl")
         if self.target_metric is not None and not (
             isinstance(self.target_metric, int | float)
             and not isinstance(self.target_metric, bool)
@@ -127,13 +121,6 @@ class FLConfig:
             self.norm_bound_factor == 0 or self.norm_bound_factor >= 1
         ):
             raise ConfigError(f"fl.norm_bound_factor must be 0 (off) or >= 1, got {self.norm_bound_factor}")
-        if self.aggregation not in ("mean", "median", "trimmed_mean"):
-            raise ConfigError(
-                f"fl.aggregation = {self.aggregation!r} is not allowed; "
-                "choose one of mean, median, trimmed_mean"
-            )
-        if not 0 <= self.trim_fraction < 0.5:
-            raise ConfigError(f"fl.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,39 +165,21 @@ class TGAPConfig:
     """
 
     enabled: bool = False
-    fraction: float = 0.3
-    collection: str = "federated"
-    rounds: int = 5
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 2e-4
-    variant: str = "auto"
-    depth: int = 6
-    device: str = "cpu"
-    seed: int = 0
+    fraction: float = setting(0.3, range=Range(0, 1, low_closed=False))
+    collection: str = setting("federated", choices=("federated", "local"))
+    rounds: int = setting(5, range=Range(1))
+    steps: int = setting(400, range=Range(1))
+    batch_size: int = setting(8, range=Range(1))
+    lr: float = setting(2e-4, range=POSITIVE)
+    variant: str = setting("auto", choices=("auto", "paper", "sound"))
+    depth: int = setting(6, range=Range(1, 8, high_closed=True, text="1..8"))
+    device: str = setting("cpu", allowed="cpu, cuda, cuda:N")
+    seed: int = setting(0, range=Range(0, 2**63, text="[0, 2**63)"))
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise ConfigError(f"tgap.fraction must be in (0, 1), got {self.fraction}")
-        if self.collection not in ("federated", "local"):
-            raise ConfigError(
-                f"tgap.collection = {self.collection!r} is not allowed; choose one of federated, local"
-            )
-        for key in ("rounds", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"tgap.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"tgap.lr must be > 0, got {self.lr}")
-        if self.variant not in ("auto", "paper", "sound"):
-            raise ConfigError(
-                f"tgap.variant = {self.variant!r} is not allowed; choose one of auto, paper, sound"
-            )
-        if not 1 <= self.depth <= 8:
-            raise ConfigError(f"tgap.depth must be in 1..8, got {self.depth}")
+        validate(self, "tgap")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"tgap.device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"tgap.seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
