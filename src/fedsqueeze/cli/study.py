@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_study(name: str) -> Path:
     """A study file path from a path or the name of a packaged grid (see ``study_names``)."""
     from ..errors import ConfigError
-    from .grid import study_names, study_path
+    from ..study.grid import study_names, study_path
 
     if Path(name).is_file():
         return Path(name)
@@ -53,9 +53,9 @@ def _fmt_s(seconds: float) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from .aggregate import write_results
-    from .grid import load_study
-    from .runner import done_summary, group_cells, run_cells
+    from ..study.aggregate import write_results
+    from ..study.grid import load_study
+    from ..study.runner import done_summary, group_cells, run_cells
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
