@@ -22,9 +22,9 @@ from ..offline import apply_offline_mode
 COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("codecs",), "fedsqueeze.cli.codecs"),
     (("run",), "fedsqueeze.cli.run"),
-    (("bench", "rd"), "fedsqueeze.bench.rd"),
+    (("bench", "rd"), "fedsqueeze.cli.bench_rd"),
     (("bench", "speed"), "fedsqueeze.bench.speed"),
-    (("bench", "intervals"), "fedsqueeze.bench.intervals"),
+    (("bench", "intervals"), "fedsqueeze.cli.bench_intervals"),
     (("flower", "simulate"), "fedsqueeze.cli.flower_simulate"),
     (("flower", "superlink"), "fedsqueeze.cli.flower_superlink"),
     (("flower", "supernode"), "fedsqueeze.cli.flower_supernode"),
