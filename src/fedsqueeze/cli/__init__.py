@@ -23,7 +23,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("codecs",), "fedsqueeze.cli.codecs"),
     (("run",), "fedsqueeze.cli.run"),
     (("bench", "rd"), "fedsqueeze.cli.bench_rd"),
-    (("bench", "speed"), "fedsqueeze.bench.speed"),
+    (("bench", "speed"), "fedsqueeze.cli.bench_speed"),
     (("bench", "intervals"), "fedsqueeze.cli.bench_intervals"),
     (("flower", "simulate"), "fedsqueeze.cli.flower_simulate"),
     (("flower", "superlink"), "fedsqueeze.cli.flower_superlink"),
