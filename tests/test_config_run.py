@@ -95,7 +95,7 @@ def test_bad_files():
 
 
 def test_cli_run_end_to_end_with_toy_workload(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(6))
+    monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(6))
     cfg = tmp_path / "toy.toml"
     cfg.write_text(
         "[data]\nnum_clients = 6\n[train]\nlr = 0.05\nmax_steps = 2\n"
@@ -129,7 +129,7 @@ def test_cli_run_end_to_end_with_toy_workload(tmp_path, monkeypatch, capsys):
 
 def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, capsys):
     """The README's sequence: a 3-round run, then `run --out DIR --resume` (no CONFIG, no --set)."""
-    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(config.data.num_clients))
+    monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(config.data.num_clients))
     cfg = tmp_path / "toy.toml"
     cfg.write_text('[model]\nname = "toy"\n[data]\nnum_clients = 6\n[fl]\nrounds = 2\nclients_per_round = 2')
     out = tmp_path / "out"

@@ -302,6 +302,6 @@ def test_toy_model_is_selectable_from_config() -> None:
     cfg = RunConfig.from_dict(
         {"model": {"name": "toy", "lora_r": 3}, "data": {"num_clients": 4}, "fl": {"clients_per_round": 2}}
     )
-    wl = loop._build_workload(cfg)
+    wl = loop.build_workload(cfg)
     assert isinstance(wl, ToyWorkload) and wl.num_clients() == 4
     assert dict(wl.lora_spec.entries)["layer.lora_A"][0] == 3

@@ -71,10 +71,10 @@ class _WorkloadCache:
     def get(self, cell: Cell) -> Any:
         key = _workload_key(cell)
         if key != self.key:
-            from ..fl.loop import _build_workload  # the loop's own builder: toy or the real models
+            from ..fl.loop import build_workload  # the loop's own builder: toy or the real models
 
             self.key, self.workload = None, None  # free the old one before loading the next
-            self.workload = _build_workload(cell.config)
+            self.workload = build_workload(cell.config)
             self.key = key
         return self.workload
 
