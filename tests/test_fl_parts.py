@@ -152,7 +152,7 @@ def test_ledger_totals():
 
 def test_loop_imports_no_transformers_or_flower():
     code = (
-        "import sys, fedsqueeze.fl, fedsqueeze.fl.cli_run, fedsqueeze.fl.toy; "
+        "import sys, fedsqueeze.fl, fedsqueeze.cli.run, fedsqueeze.fl.toy; "
         "bad = [m for m in ('transformers', 'flwr', 'peft') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -12,7 +12,7 @@ from fedsqueeze import codecs
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.study.aggregate import aggregate, reach_target
-from fedsqueeze.study.grid import load_study, study_from_dict
+from fedsqueeze.study.grid import load_study, study_from_dict, study_path
 from fedsqueeze.study.runner import run_cells
 from support.study import write_toy_study
 
@@ -88,20 +88,20 @@ def test_bad_study_keys_raise_config_error_naming_the_key(mutate, needle: str) -
 
 
 def test_shipped_study_grids_load_and_cover_the_codecs() -> None:
-    default = load_study(ROOT / "configs" / "study" / "default.toml")
+    default = load_study(study_path("default"))
     names = {c.name for c in default.codecs}
     required = {"identity", "fp16", "topk", "fed_cvlc", "flm_topk", "qsgd", "signsgd", "compeft", "randk"}
     assert required | {"powersgd", "cg_fedllm_q"} <= names
     assert {p.label for p in default.partitions} == {"iid", "dir1.0", "dir0.1"} and len(default.seeds) >= 2
     assert len(default.cells()) == len(default.tasks) * 3 * len(default.codecs) * len(default.seeds)
-    full = load_study(ROOT / "configs" / "study" / "full.toml")
+    full = load_study(study_path("full"))
     assert set(codecs.available()) <= {c.name for c in full.codecs}
     assert {c.config.data.dataset for c in full.cells()} == {"rotten_tomatoes", "bbc_news", "gsm8k"}
     assert len(full.seeds) == 3
 
 
 # -- aggregation on hand-made runs ---------------------------------------------------------------------------
-def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int]) -> None:
+def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int], config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         {"round": i + 1, "eval_metric": m, "cum_uplink_bytes": b, "lora_bits_per_param": 1.5 + i}
@@ -115,6 +115,7 @@ def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int]) -> None:
         "total_uplink_bytes": cum_bytes[-1],
         "rounds": len(rows),
         "wall_s": 1.0,
+        "config": config,
     }
     (out / "summary.json").write_text(json.dumps(summary))
 
@@ -133,7 +134,7 @@ def test_target_and_traffic_reduction_from_metrics(tmp_path: Path) -> None:
         ("qsgd", 1): ([0.3, 0.5, 0.6], [50, 100, 150]),
     }
     for cell in grid.cells():
-        _fake_run(cell.out_dir(tmp_path), *runs[(cell.codec, cell.seed)])
+        _fake_run(cell.out_dir(tmp_path), *runs[(cell.codec, cell.seed)], cell.config.to_dict())
     res = aggregate(grid, tmp_path)
     (g,) = res["groups"]
     assert g["weakest"] == "topk-ef-off" and g["target"] == pytest.approx(0.675)

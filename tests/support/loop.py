@@ -13,7 +13,7 @@ N = 6
 
 
 def make_config(codec="topk", options=None, *, downlink="identity", **fl) -> RunConfig:
-    fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, **fl}
+    fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, "server_lr": 1.0, "server_momentum": 0.0, **fl}
     return RunConfig(
         data=DataConfig(num_clients=N),
         train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),

@@ -29,8 +29,10 @@ __all__ = [
     "append_jsonl",
     "atomic_write",
     "load_checkpoint",
+    "pack_state",
     "save_captures",
     "save_checkpoint",
+    "unpack_state",
     "write_json",
     "write_jsonl",
 ]
@@ -95,7 +97,8 @@ def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
 _NPY = "__npy__"
 
 
-def _pack(obj: Any) -> Any:
+def pack_state(obj: Any) -> Any:
+    """``obj`` (a state dict) with NumPy values as ``.npy`` bytes: loadable with ``weights_only=True``."""
     # NumPy values (e.g. in codec state) become .npy bytes, so the file loads with weights_only=True
     # (no pickle code execution) and comes back with the exact dtype and value.
     if isinstance(obj, np.ndarray | np.generic):
@@ -105,20 +108,21 @@ def _pack(obj: Any) -> Any:
         np.save(buf, np.asarray(obj), allow_pickle=False)
         return {_NPY: buf.getvalue(), "scalar": isinstance(obj, np.generic)}
     if isinstance(obj, dict):
-        return {k: _pack(v) for k, v in obj.items()}
+        return {k: pack_state(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_pack(v) for v in obj)
+        return type(obj)(pack_state(v) for v in obj)
     return obj
 
 
-def _unpack(obj: Any) -> Any:
+def unpack_state(obj: Any) -> Any:
+    """The inverse of :func:`pack_state`."""
     if isinstance(obj, dict):
         if _NPY in obj and set(obj) == {_NPY, "scalar"}:
             arr = np.load(io.BytesIO(obj[_NPY]), allow_pickle=False)
             return arr[()] if obj["scalar"] else arr
-        return {k: _unpack(v) for k, v in obj.items()}
+        return {k: unpack_state(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_unpack(v) for v in obj)
+        return type(obj)(unpack_state(v) for v in obj)
     return obj
 
 
@@ -136,7 +140,7 @@ def save_checkpoint(out_dir: Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (tensors, bytes, plain Python and NumPy values) to ``out_dir/checkpoint/state.pt``
     atomically, with its SHA-256 (see the module docstring)."""
     path = out_dir / CHECKPOINT_NAME
-    packed = _pack(dict(state))
+    packed = pack_state(dict(state))
     atomic_write(path, lambda tmp: _save_with_checksum(packed, tmp))
     return path
 
@@ -180,7 +184,7 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
         ) from None
     if not isinstance(state, dict):
         raise _damaged(path, f"holds a {type(state).__name__}, not a fedsqueeze checkpoint")
-    return _unpack(state)
+    return unpack_state(state)
 
 
 def save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:
