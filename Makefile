@@ -46,7 +46,7 @@ bench: setup  ## a quick speed benchmark of every codec (~1 min; BENCH_ARGS= for
 fuzz: setup  ## long decoder fuzz campaign: every codec, 100,000 hostile payloads
 	cd tests && ../$(PY) fuzz_main.py 100000
 
-STUDY ?= configs/study/default.toml
+STUDY ?= default
 STUDY_ARGS ?=
-reproduce: setup  ## the reproduction study grid (CPU-sized default; STUDY=configs/study/full.toml for all)
+reproduce: setup  ## the reproduction study grid (CPU-sized default; STUDY=full for all)
 	$(VENV)/bin/fedsqueeze study $(STUDY) $(STUDY_ARGS)

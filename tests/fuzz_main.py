@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from fuzz_support import run_campaign_report
+from support.fuzz_support import run_campaign_report
 
 
 def main(argv: list[str] | None = None) -> int:

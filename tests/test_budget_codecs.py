@@ -25,11 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedsqueeze
-from codec_cases import KINDS_BUDGET as KINDS
-from codec_cases import generated, lora_delta, rel_error
 from fedsqueeze import ConfigError, UpdateSpec
 from fedsqueeze.codecs import available, get
 from fedsqueeze.codecs.registry import codec_class
+from support.codec_cases import KINDS_BUDGET as KINDS
+from support.codec_cases import generated, lora_delta, rel_error
 
 BUDGET_CODECS = [n for n in available() if codec_class(n).rate_option is not None]
 RATES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)

@@ -56,7 +56,7 @@ def no_model(monkeypatch):
     def refuse(config):
         raise AssertionError("the model was loaded before the error")
 
-    monkeypatch.setattr(loop, "_build_workload", refuse)
+    monkeypatch.setattr(loop, "build_workload", refuse)
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_ctrl_c_during_run_prints_the_resume_command(capsys, monkeypatch, toy_cf
 
     from fedsqueeze.fl.toy import ToyWorkload
 
-    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(4, rank=2))
+    monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(4, rank=2))
     real = loop._Federation.run_round
 
     def ctrl_c_in_round_3(self, r, capture):
@@ -274,7 +274,7 @@ def test_ctrl_c_before_the_run_started(capsys, monkeypatch, toy_cfg, tmp_path) -
     def ctrl_c(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_build_workload", ctrl_c)
+    monkeypatch.setattr(loop, "build_workload", ctrl_c)
     out = tmp_path / "run"
     assert cli_main(["run", str(toy_cfg), "--out", str(out)]) == 130
     err = capsys.readouterr().err
@@ -314,7 +314,7 @@ def test_cg_fedllm_refuses_an_autoencoder_trained_for_another_spec(capsys, monke
     cfg.write_text(TOY.replace('name = "topk"\noptions = { density = 0.25 }', f'name = "cg_fedllm"\n'
                                f'options = {{ model_path = "{ae}" }}'))  # fmt: skip
     wl = ToyWorkload(4, rank=2)
-    monkeypatch.setattr(loop, "_build_workload", lambda config: wl)
+    monkeypatch.setattr(loop, "build_workload", lambda config: wl)
     (_, dim), (hidden, _) = wl.lora_spec.shapes
     msg = one_line_error(capsys, ["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"])
     assert msg == (

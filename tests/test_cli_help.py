@@ -11,7 +11,7 @@ import fedsqueeze
 from fedsqueeze._docstring import parameters
 from fedsqueeze.cli import build_parser
 from fedsqueeze.cli import main as cli_main
-from fedsqueeze.cli_codecs import describe_codec
+from fedsqueeze.cli.codecs import describe_codec
 from fedsqueeze.codecs import available, codec_class
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import fedsqueeze
-from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
 from fedsqueeze.wire.frame import HEADER_SIZE
 from fedsqueeze.wire.index_coding import index_bits
+from support.codec_cases import gaussian_update, refresh_crc, rel_error
 
 
 def _flat(blob: bytes, upd: dict) -> torch.Tensor:

@@ -75,7 +75,7 @@ def test_print_config_prints_the_resolved_toml_without_loading_a_model(monkeypat
     def no_model(config):
         raise AssertionError("--print-config must not load a model")
 
-    monkeypatch.setattr(loop, "_build_workload", no_model)
+    monkeypatch.setattr(loop, "build_workload", no_model)
     assert cli_main(["run", "smoke", "--set", "fl.rounds=5", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# The resolved run config") and "\nrounds = 5\n" in out

@@ -61,9 +61,12 @@ def test_base_names_a_preset_a_file_or_none(tmp_path):
     assert load_config(same_codec).codec.options == {"density": 0.2}
 
 
-def test_the_root_preset_copies_load_as_the_presets():
+def test_a_preset_file_loads_as_the_preset_name():
+    from importlib import resources
+
     for name in ("default", "smoke", "paper"):
-        assert load_config(ROOT / "configs" / f"{name}.toml") == load_config(name)
+        path = Path(str(resources.files("fedsqueeze") / "configs" / f"{name}.toml"))
+        assert load_config(path) == load_config(name)
 
 
 @pytest.mark.parametrize(

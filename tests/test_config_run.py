@@ -17,14 +17,15 @@ from fedsqueeze.fl.toy import ToyWorkload
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_presets_packaged_and_root_copies_are_identical():
+def test_presets_and_study_grids_are_stored_once_as_package_data():
     packaged = resources.files("fedsqueeze") / "configs"
     names = sorted(p.name for p in packaged.iterdir() if p.name.endswith(".toml"))
     assert {"default.toml", "smoke.toml", "paper.toml"} <= set(names)
-    root = sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
-    assert root == names
-    for name in names:
-        assert (ROOT / "configs" / name).read_bytes() == (packaged / name).read_bytes(), name
+    grids = sorted(p.name for p in (packaged / "study").iterdir() if p.name.endswith(".toml"))
+    assert {"default.toml", "e2e-default.toml", "full.toml"} <= set(grids)
+    assert sorted((ROOT / "configs").rglob("*.toml")) == []  # no second copy in the repository root
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"configs/*.toml"' in pyproject and '"configs/study/*.toml"' in pyproject
 
 
 def test_presets_load_and_default_is_the_embedded_default():
@@ -94,7 +95,7 @@ def test_bad_files():
 
 
 def test_cli_run_end_to_end_with_toy_workload(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(6))
+    monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(6))
     cfg = tmp_path / "toy.toml"
     cfg.write_text(
         "[data]\nnum_clients = 6\n[train]\nlr = 0.05\nmax_steps = 2\n"
@@ -128,7 +129,7 @@ def test_cli_run_end_to_end_with_toy_workload(tmp_path, monkeypatch, capsys):
 
 def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, capsys):
     """The README's sequence: a 3-round run, then `run --out DIR --resume` (no CONFIG, no --set)."""
-    monkeypatch.setattr(loop, "_build_workload", lambda config: ToyWorkload(config.data.num_clients))
+    monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(config.data.num_clients))
     cfg = tmp_path / "toy.toml"
     cfg.write_text('[model]\nname = "toy"\n[data]\nnum_clients = 6\n[fl]\nrounds = 2\nclients_per_round = 2')
     out = tmp_path / "out"
@@ -143,3 +144,38 @@ def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, c
     assert cli_main(["run", str(cfg), "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint is at round 4, past fl.rounds = 2; resume without CONFIG" in err
+
+
+def test_set_and_codec_strings_share_one_value_grammar() -> None:
+    from fedsqueeze.bench.rd import parse_codec
+    from fedsqueeze.keyvalue import parse_value
+
+    for text, value in [("3", 3), ("0.5", 0.5), ("true", True), ("null", None), ('["q"]', ["q"])]:
+        assert parse_value(text) == value
+        assert apply_overrides({}, [f"fl.x={text}"])["fl"]["x"] == value
+        assert parse_codec(f"topk:x={text}") == ("topk", {"x": value})
+    assert parse_value(" elias_fano ") == "elias_fano"
+    assert apply_overrides({}, ["fl.target_metric=null"]) == {"fl": {"target_metric": None}}
+
+
+def test_the_default_preset_is_the_code_defaults() -> None:
+    import tomllib
+
+    assert load_config("default") == RunConfig() == load_config()
+    raw = tomllib.loads((resources.files("fedsqueeze") / "configs" / "default.toml").read_text("utf-8"))
+    assert raw == {"base": "none"}  # one source: the dataclasses hold the values
+    cfg = RunConfig()
+    assert (cfg.fl.rounds, cfg.fl.target_metric, cfg.codec.name, cfg.train.max_steps) == (
+        11,
+        0.72,
+        "flm_topk",
+        40,
+    )
+
+
+def test_null_unsets_a_key_in_a_file_and_with_set(tmp_path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[fl]\ntarget_metric = "null"\n[train]\nmax_steps = "null"\n', encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.fl.target_metric is None and cfg.train.max_steps is None
+    assert load_config(None, ["fl.target_metric=null"]).fl.target_metric is None

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from fedsqueeze.fl import run
 from fedsqueeze.flower import FlowerSettings
-from test_flower import FakeGrid, make_config, task_identity  # noqa: F401 - the Flower tests' fake Grid
+from support.flower import FakeGrid, make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -16,7 +16,7 @@ from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint, save_checkpoint
 from fedsqueeze.fl.health import RunHealth, describe, log_warnings
 from fedsqueeze.fl.toy import ToyWorkload
-from test_fl_loop import CrashError, CrashingToy, N, make_config, rows_of, strip_times
+from support.loop import CrashError, CrashingToy, N, make_config, rows_of, strip_times
 
 CLIENT_MSG = "mean client reconstruction error 1 >= 1: the decoded updates are no better than sending nothing"
 

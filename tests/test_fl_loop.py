@@ -11,32 +11,10 @@ from safetensors.torch import load_file
 
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl import RunConfig, derive_seed, run, sample_clients
+from fedsqueeze.fl import derive_seed, run, sample_clients
 from fedsqueeze.fl.checkpoint import load_checkpoint
-from fedsqueeze.fl.config import CodecConfig, FLConfig
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig
-
-N = 6
-
-
-def make_config(codec="topk", options=None, *, downlink="identity", **fl) -> RunConfig:
-    fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, **fl}
-    return RunConfig(
-        data=DataConfig(num_clients=N),
-        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
-        fl=FLConfig(**fl),
-        codec=CodecConfig(codec, {"density": 0.1} if options is None and codec == "topk" else options or {}),
-        downlink=CodecConfig(downlink, {"density": 0.2} if downlink == "topk" else {}),
-    )
-
-
-def rows_of(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def strip_times(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "train_s", "client_s")} for r in rows]
+from support.loop import CrashError, CrashingToy, N, make_config, rows_of, strip_times
 
 
 def test_identity_codec_equals_plain_fedavg(tmp_path):
@@ -158,24 +136,6 @@ def test_outputs_fields_eval_schedule_and_target(tmp_path):
         hit["cum_uplink_bytes"],
     )
     assert (tmp_path / "accuracy_vs_uplink.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-class CrashError(RuntimeError):
-    pass
-
-
-class CrashingToy(ToyWorkload):
-    """Dies at the first training call of round ``crash_round`` (``calls_per_round`` calls per round)."""
-
-    def __init__(self, crash_after_calls: int) -> None:
-        super().__init__(N)
-        self.left = crash_after_calls
-
-    def train_client(self, *args, **kwargs):
-        if self.left == 0:
-            raise CrashError
-        self.left -= 1
-        return super().train_client(*args, **kwargs)
 
 
 @pytest.mark.parametrize(

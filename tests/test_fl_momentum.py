@@ -11,7 +11,7 @@ from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.fl.config import FLConfig
 from fedsqueeze.fl.server import ServerMomentum
 from fedsqueeze.fl.toy import ToyWorkload
-from test_fl_loop import CrashError, CrashingToy, make_config, rows_of, strip_times
+from support.loop import CrashError, CrashingToy, make_config, rows_of, strip_times
 
 N = 6
 

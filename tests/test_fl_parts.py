@@ -13,7 +13,6 @@ from fedsqueeze import ErrorFeedback, UpdateSpec
 from fedsqueeze.codecs import decode_flat, get
 from fedsqueeze.fl import (
     Downlink,
-    aggregate_payloads,
     apply_update,
     derive_seed,
     sample_clients,
@@ -59,10 +58,10 @@ def test_weighted_mean_and_aggregate_match_hand_computation():
     u1 = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
     u2 = torch.tensor([-1.0, 0.0, 1.0, 0.5, 0.0, 2.0, -4.0])
     payloads = [encode_dense(u1, spec), encode_dense(u2, spec)]
-    mean = aggregate_payloads(payloads, [10, 30], spec)
+    mean = weighted_mean([decode_flat(p, spec) for p in payloads], [10, 30])
     hand = torch.tensor([(10 * a + 30 * b) / 40 for a, b in zip(u1.tolist(), u2.tolist(), strict=True)])
     assert torch.allclose(mean, hand.double(), atol=1e-12)
-    assert torch.equal(weighted_mean([u1, u2], [10, 30]), mean)
+    assert torch.equal(weighted_mean([u1, u2], [10, 30]), mean)  # dense frames decode exactly
     params = spec.unflatten(torch.ones(7))
     new = apply_update(params, mean, spec, server_lr=0.5)
     assert torch.allclose(spec.flatten(new), 1 - 0.5 * hand, atol=1e-6)
@@ -153,7 +152,7 @@ def test_ledger_totals():
 
 def test_loop_imports_no_transformers_or_flower():
     code = (
-        "import sys, fedsqueeze.fl, fedsqueeze.fl.cli_run, fedsqueeze.fl.toy; "
+        "import sys, fedsqueeze.fl, fedsqueeze.cli.run, fedsqueeze.fl.toy; "
         "bad = [m for m in ('transformers', 'flwr', 'peft') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -16,28 +15,16 @@ import torch
 
 pytest.importorskip("flwr")
 
-from flwr.app import Context, RecordDict
 from safetensors.torch import load_file
 
 from fedsqueeze.fl import RunConfig, run
 from fedsqueeze.fl.checkpoint import load_checkpoint
-from fedsqueeze.fl.config import CodecConfig, FLConfig
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings
 from fedsqueeze.flower.deploy import child_env, flower_exe, write_app, write_connection
+from support.flower import FakeGrid, make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TESTS = Path(__file__).parent
-
-
-def make_config(n=4, k=2, rounds=3, **fl) -> RunConfig:
-    return RunConfig(
-        model=ModelConfig(name="toy"),
-        data=DataConfig(num_clients=n),
-        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
-        fl=FLConfig(rounds=rounds, clients_per_round=k, seed=1, **fl),
-        codec=CodecConfig("topk", {"density": 0.1}),
-    )
 
 
 def local_params(cfg: RunConfig, out: Path):
@@ -59,50 +46,6 @@ def rows(out: Path) -> list[dict]:
 
 
 # -- in-process: the real ClientApp / ServerApp objects over a fake Grid (no servers) ---------------------
-@pytest.fixture
-def task_identity():
-    # flwr 1.41 reads this private identity when a Message is built outside a running app.
-    from flwr.supercore.task_identity import TaskIdentity
-
-    names = ("_run_id", "_node_id", "_task_id")
-    saved = [getattr(TaskIdentity, n, None) for n in names]
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
-    yield
-    for n, v in zip(names, saved, strict=True):
-        setattr(TaskIdentity, n, v)
-
-
-class FakeGrid:
-    """Dispatches every message to the ClientApp with a per-node Context; ``down`` nodes never reply."""
-
-    def __init__(self, settings: FlowerSettings, n: int, state_dir: Path | None = None) -> None:
-        from fedsqueeze.flower.client_app import app
-
-        self.app, self.settings, self.state_dir = app, settings, state_dir
-        self.ctx = {100 + p: self.context(p) for p in range(n)}
-        self.ids = itertools.count(1)
-        self.down: set[int] = set()
-        self.sent = 0
-
-    def context(self, p: int) -> Context:
-        node_config = {"partition-id": p}
-        if self.state_dir is not None:
-            node_config["state-dir"] = str(self.state_dir / f"n{p}")
-        return Context(7, 100 + p, node_config, RecordDict(), self.settings.to_run_config())
-
-    def get_node_ids(self):
-        return list(self.ctx)
-
-    def send_and_receive(self, msgs, *, timeout=None):
-        out = []
-        for m in msgs:
-            m.metadata.__dict__["_message_id"] = str(next(self.ids))
-            if m.metadata.dst_node_id - 100 in self.down and m.metadata.message_type == "train":
-                continue
-            out.append(self.app(m, self.ctx[m.metadata.dst_node_id]))
-        return out
-
-
 def test_fake_grid_equals_in_process_engine(tmp_path, task_identity):
     from fedsqueeze.flower.server_app import run_rounds
 

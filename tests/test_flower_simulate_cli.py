@@ -17,7 +17,7 @@ from fedsqueeze.cli import main as cli_main
 from fedsqueeze.fl.console import round_line
 from fedsqueeze.flower import FlowerSettings
 from fedsqueeze.flower.simulate import quiet_simulation
-from test_flower import FakeGrid, make_config, task_identity  # noqa: F401 - the Flower tests' fake Grid
+from support.flower import FakeGrid, make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

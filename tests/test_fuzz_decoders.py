@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz_support import FUZZ_SPEC, check_decode, fuzz_codecs, mutate, run_campaign, valid_frame
+from support.fuzz_support import FUZZ_SPEC, check_decode, fuzz_codecs, mutate, run_campaign, valid_frame
 
 
 @pytest.mark.parametrize("codec", fuzz_codecs())
@@ -26,7 +26,7 @@ def test_mutated_frames_decode_or_reject(codec: str, seed: int) -> None:
 
 @pytest.mark.parametrize("codec", fuzz_codecs())
 def test_every_truncation_is_rejected(codec: str) -> None:
-    from fuzz_support import refresh_crc
+    from support.fuzz_support import refresh_crc
 
     blob = valid_frame(codec, 1)
     for cut in range(0, len(blob) - 32, max(1, (len(blob) - 32) // 40)):

@@ -184,7 +184,7 @@ def test_crash_between_metrics_row_and_checkpoint_truncates_on_resume(tmp_path, 
     cfg_path = tmp_path / "toy.toml"
     cfg_path.write_text(CONFIG.replace(f"rounds = {ROUNDS}", "rounds = 5"))
     cfg = load_config(cfg_path)
-    wl = lambda: ToyWorkload(8, rank=4, seed=3)  # noqa: E731 - what _build_workload makes for this config
+    wl = lambda: ToyWorkload(8, rank=4, seed=3)  # noqa: E731 - what build_workload makes for this config
     loop.run(cfg, tmp_path / "ref", workload=wl())
 
     real = loop.save_checkpoint

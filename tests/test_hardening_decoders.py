@@ -172,7 +172,7 @@ CODECS = sorted(hostile_bodies(SPEC))
 
 
 def test_every_fuzzed_codec_has_hostile_cases() -> None:
-    from fuzz_support import fuzz_codecs
+    from support.fuzz_support import fuzz_codecs
 
     assert set(fuzz_codecs()) <= set(CODECS)
 

@@ -169,7 +169,7 @@ def test_fl_config_validates_the_new_keys() -> None:
 
 # -- in the loop (test-only fault hook: wraps client_step, never in production code) ----------------------
 def make_config(**fl) -> RunConfig:
-    fl = {"rounds": 3, "clients_per_round": N, "seed": 2, **fl}
+    fl = {"rounds": 3, "clients_per_round": N, "seed": 2, "server_lr": 1.0, "server_momentum": 0.0, **fl}
     return RunConfig(
         model=ModelConfig(name="toy", lora_r=4),
         data=DataConfig(num_clients=N),
@@ -302,6 +302,6 @@ def test_toy_model_is_selectable_from_config() -> None:
     cfg = RunConfig.from_dict(
         {"model": {"name": "toy", "lora_r": 3}, "data": {"num_clients": 4}, "fl": {"clients_per_round": 2}}
     )
-    wl = loop._build_workload(cfg)
+    wl = loop.build_workload(cfg)
     assert isinstance(wl, ToyWorkload) and wl.num_clients() == 4
     assert dict(wl.lora_spec.entries)["layer.lora_A"][0] == 3

@@ -74,7 +74,7 @@ def test_importing_every_module_changes_no_environment_or_global_state():
     assert out["changed"] == {}
     # Only these modules import an extra at import time; everything else imports without any extra.
     assert sorted(map(tuple, out["needs_extra"])) == [
-        ("fedsqueeze.cli_codecs", "rich"),
+        ("fedsqueeze.cli.codecs", "rich"),
         ("fedsqueeze.flower.client_app", "flwr"),
         ("fedsqueeze.flower.records", "flwr"),
         ("fedsqueeze.flower.server_app", "flwr"),

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import fedsqueeze
-from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
 from fedsqueeze.wire.frame import HEADER_SIZE
+from support.codec_cases import gaussian_update, refresh_crc, rel_error
 
 
 def _low_rank(n: int, m: int, r: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import fedsqueeze.bench.speed as speed
+import fedsqueeze.cli.bench_speed as speed
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.fl import run
 from fedsqueeze.fl.config import CodecConfig, FLConfig, RunConfig

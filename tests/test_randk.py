@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import fedsqueeze
-from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
 from fedsqueeze.codecs.baselines.randk import randk_indices
 from fedsqueeze.wire.frame import HEADER_SIZE
+from support.codec_cases import gaussian_update, refresh_crc, rel_error
 
 
 def test_mask_comes_from_the_seed_and_values_are_exact() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsqueeze import ConfigError
+from fedsqueeze import ConfigError, UsageError
 from fedsqueeze.analysis.rd import (
     entropy_power_ratio,
     entropy_power_ratio_closed_form,
@@ -80,8 +80,10 @@ def test_waterfilling_rejects_bad_input():
         waterfill_dr(0.5, [1.0, 2.0], [1])
     with pytest.raises(ConfigError):
         waterfill_dr(0.5, [0.0, 0.0], [1, 1])
-    with pytest.raises(ConfigError):
+    with pytest.raises(UsageError, match="rates must be finite"):
         waterfill_dr(-1.0, [1.0])
+    with pytest.raises(UsageError, match="variances must be finite"):  # NaN data is not a setting
+        waterfill_dr(0.5, [float("nan")])
 
 
 def test_slb_closed_forms():

@@ -27,13 +27,29 @@ def test_public_api_all() -> None:
         assert name in fedsqueeze.__all__
 
 
-def test_available_and_ids_unique() -> None:
+def test_available_names_map_back_through_their_ids() -> None:
     names = codecs.available()
     assert {"identity", "fp16", "bf16"} <= set(names)
-    ids = [codecs.codec_class(n).codec_id for n in names]
-    assert len(set(ids)) == len(ids)
     for n in names:
         assert codecs.by_id(codecs.codec_class(n).codec_id).name == n
+
+
+@pytest.mark.parametrize(
+    ("name", "cid", "why"),
+    [
+        ("topk", 250, "collides"),
+        ("fresh_one", 1, "collides"),
+        ("Bad-Name", 251, "lower-case"),
+        ("ok", 0, "1..255"),
+    ],
+)
+def test_register_refuses_a_taken_id_or_name_and_bad_spellings(name: str, cid: int, why: str) -> None:
+    # register() is what keeps ids unique; a plugin that reuses one (or the name) is stopped at import time.
+    cls = type("Probe", (codecs.codec_class("identity"),), {"name": name, "codec_id": cid})
+    with pytest.raises(fedsqueeze.UsageError, match=why):
+        registry.register(cls)
+    assert codecs.by_id(cid) is not cls
+    assert name not in codecs.available() or codecs.codec_class(name) is not cls
 
 
 def test_every_codec_works_with_defaults() -> None:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import fedsqueeze
-from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
 from fedsqueeze.wire.frame import HEADER_SIZE
+from support.codec_cases import gaussian_update, refresh_crc, rel_error
 
 
 def test_known_value_gaussian() -> None:

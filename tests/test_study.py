@@ -12,45 +12,11 @@ from fedsqueeze import codecs
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.study.aggregate import aggregate, reach_target
-from fedsqueeze.study.grid import load_study, study_from_dict
+from fedsqueeze.study.grid import load_study, study_from_dict, study_path
 from fedsqueeze.study.runner import run_cells
+from support.study import write_toy_study
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TOY_STUDY = """
-[study]
-name = "toy"
-seeds = [0, 1]
-baseline = "identity"
-
-[[tasks]]
-name = "toy"
-config.model = {{ name = "toy", lora_r = 4 }}
-config.data = {{ num_clients = 6 }}
-config.train = {{ lr = 0.05, batch_size = 16 }}
-config.fl = {{ rounds = 3, clients_per_round = 3 }}
-
-[[partitions]]
-label = "dir0.5"
-alpha = 0.5
-
-[[codecs]]
-label = "identity"
-name = "identity"
-
-[[codecs]]
-label = "{label}"
-name = "{name}"
-options = {options}
-"""
-
-
-def _write(
-    tmp_path: Path, label: str = "topk", name: str = "topk", options: str = "{ density = 0.1 }"
-) -> Path:
-    path = tmp_path / "toy.toml"
-    path.write_text(TOY_STUDY.format(label=label, name=name, options=options), encoding="utf-8")
-    return path
 
 
 def _grid_dict(**extra_task: object) -> dict:
@@ -122,20 +88,20 @@ def test_bad_study_keys_raise_config_error_naming_the_key(mutate, needle: str) -
 
 
 def test_shipped_study_grids_load_and_cover_the_codecs() -> None:
-    default = load_study(ROOT / "configs" / "study" / "default.toml")
+    default = load_study(study_path("default"))
     names = {c.name for c in default.codecs}
     required = {"identity", "fp16", "topk", "fed_cvlc", "flm_topk", "qsgd", "signsgd", "compeft", "randk"}
     assert required | {"powersgd", "cg_fedllm_q"} <= names
     assert {p.label for p in default.partitions} == {"iid", "dir1.0", "dir0.1"} and len(default.seeds) >= 2
     assert len(default.cells()) == len(default.tasks) * 3 * len(default.codecs) * len(default.seeds)
-    full = load_study(ROOT / "configs" / "study" / "full.toml")
+    full = load_study(study_path("full"))
     assert set(codecs.available()) <= {c.name for c in full.codecs}
     assert {c.config.data.dataset for c in full.cells()} == {"rotten_tomatoes", "bbc_news", "gsm8k"}
     assert len(full.seeds) == 3
 
 
 # -- aggregation on hand-made runs ---------------------------------------------------------------------------
-def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int]) -> None:
+def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int], config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         {"round": i + 1, "eval_metric": m, "cum_uplink_bytes": b, "lora_bits_per_param": 1.5 + i}
@@ -149,6 +115,7 @@ def _fake_run(out: Path, metrics: list[float], cum_bytes: list[int]) -> None:
         "total_uplink_bytes": cum_bytes[-1],
         "rounds": len(rows),
         "wall_s": 1.0,
+        "config": config,
     }
     (out / "summary.json").write_text(json.dumps(summary))
 
@@ -167,7 +134,7 @@ def test_target_and_traffic_reduction_from_metrics(tmp_path: Path) -> None:
         ("qsgd", 1): ([0.3, 0.5, 0.6], [50, 100, 150]),
     }
     for cell in grid.cells():
-        _fake_run(cell.out_dir(tmp_path), *runs[(cell.codec, cell.seed)])
+        _fake_run(cell.out_dir(tmp_path), *runs[(cell.codec, cell.seed)], cell.config.to_dict())
     res = aggregate(grid, tmp_path)
     (g,) = res["groups"]
     assert g["weakest"] == "topk-ef-off" and g["target"] == pytest.approx(0.675)
@@ -188,7 +155,7 @@ def test_target_and_traffic_reduction_from_metrics(tmp_path: Path) -> None:
 
 # -- end to end on the toy model -----------------------------------------------------------------------------
 def test_toy_study_end_to_end_resume_and_aggregate_only(tmp_path: Path, capsys) -> None:
-    study, out = _write(tmp_path), tmp_path / "out"
+    study, out = write_toy_study(tmp_path), tmp_path / "out"
     assert cli_main(["study", str(study), "--out", str(out), "--no-progress"]) == 0
     grid = load_study(study)
     res = json.loads((out / "results.json").read_text())
@@ -253,7 +220,10 @@ def test_toy_study_end_to_end_resume_and_aggregate_only(tmp_path: Path, capsys) 
 
 def test_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
     # cg_fedllm without a trained autoencoder fails at its first encode
-    study, out = _write(tmp_path, label="cg_fedllm", name="cg_fedllm", options="{}"), tmp_path / "out"
+    study, out = (
+        write_toy_study(tmp_path, label="cg_fedllm", name="cg_fedllm", options="{}"),
+        tmp_path / "out",
+    )
     assert cli_main(["study", str(study), "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == {"done": 2, "failed": 2, "missing": 0}
@@ -268,7 +238,7 @@ def test_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
 
 
 def test_parallel_jobs_give_the_same_results(tmp_path: Path) -> None:
-    grid = load_study(_write(tmp_path))
+    grid = load_study(write_toy_study(tmp_path))
     cells = [c for c in grid.cells() if c.seed == 0]
     serial = run_cells(cells, tmp_path / "a", progress=False)
     parallel = run_cells(cells, tmp_path / "b", jobs=2, progress=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedsqueeze.cli import main as cli_main
-from test_study import _write  # the toy study file of the study tests
+from support.study import write_toy_study
 
 
 def test_aggregate_only_without_finished_cells_is_an_error(tmp_path: Path, capsys) -> None:
-    study, out = _write(tmp_path), tmp_path / "out"
+    study, out = write_toy_study(tmp_path), tmp_path / "out"
     assert cli_main(["study", str(study), "--out", str(out), "--aggregate-only"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedsqueeze: error: --aggregate-only: no finished cell of study 'toy'")

@@ -273,7 +273,8 @@ def test_pretrain_device_argument() -> None:
 def test_cli_parsers_accept_device() -> None:
     import argparse
 
-    from fedsqueeze.learned import cli_tgap, evaluate
+    from fedsqueeze.cli import tgap as cli_tgap
+    from fedsqueeze.learned import evaluate
 
     for mod in (cli_tgap, evaluate):
         p = argparse.ArgumentParser()

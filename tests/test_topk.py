@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import fedsqueeze
-from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, PayloadError, UpdateSpec
 from fedsqueeze.codecs import get
 from fedsqueeze.codecs.baselines.topk import index_bits_for_all_k
 from fedsqueeze.wire.frame import HEADER_SIZE
 from fedsqueeze.wire.index_coding import index_bits
+from support.codec_cases import gaussian_update, refresh_crc, rel_error
 
 
 def _round_trip(upd: dict, seed: int = 0, **opts) -> tuple[bytes, dict]:

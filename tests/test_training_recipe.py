@@ -95,7 +95,9 @@ def test_log_prior_is_smoothed_client_label_frequency():
 def test_logit_adjustment_changes_training_and_is_deterministic():
     w = _bert("cls")
     lora, head = w.initial_params()
-    plain = w.train_client(2, lora, head, LocalTrainConfig(batch_size=8, lr=1e-2, max_steps=3), seed=1)
+    plain = w.train_client(
+        2, lora, head, LocalTrainConfig(batch_size=8, lr=1e-2, max_steps=3, logit_adjust=0.0), seed=1
+    )
     cfg = LocalTrainConfig(batch_size=8, lr=1e-2, max_steps=3, logit_adjust=1.0)
     adj1 = w.train_client(2, lora, head, cfg, seed=1)
     adj2 = w.train_client(2, lora, head, cfg, seed=1)
@@ -113,7 +115,7 @@ def test_logit_adjustment_damps_a_skewed_clients_pull_on_the_bias():
     assert 0.9 < float(counts.max()) / len(y) < 1.0
     lora, head = w.initial_params()
     cfg = dict(batch_size=16, lr=5e-2, max_steps=20)
-    _, plain, _ = w.train_client(1, lora, head, LocalTrainConfig(**cfg), seed=0)
+    _, plain, _ = w.train_client(1, lora, head, LocalTrainConfig(**cfg, logit_adjust=0.0), seed=0)
     _, adj, _ = w.train_client(1, lora, head, LocalTrainConfig(**cfg, logit_adjust=1.0), seed=0)
     top = int(counts.argmax())
     drift_plain = float(plain["head.bias"][top] - head["head.bias"][top])

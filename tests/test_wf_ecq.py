@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedsqueeze
-from codec_cases import gaussian_update, refresh_crc, rel_error
 from fedsqueeze import ConfigError, ErrorFeedback, PayloadError, UpdateSpec
 from fedsqueeze.analysis.rd import waterfill_dr
 from fedsqueeze.bench.sources import block_stats
 from fedsqueeze.codecs import get
 from fedsqueeze.wire.frame import HEADER_SIZE
+from support.codec_cases import gaussian_update, refresh_crc, rel_error
 
 SPEC = {"a": (64, 96), "b": (96, 64), "bias": (300,)}
 
@@ -267,7 +267,7 @@ def test_constant_magnitude_update_spends_the_default_budget() -> None:
 def test_fresh_lora_delta_is_not_sent_empty(steps: int, rate: float) -> None:
     """A real PEFT delta a few AdamW steps from the fresh adapter (B moves by ±lr): most of the budget is
     used and the error is well below sending nothing (was 1.0 at 0.01 bits/param)."""
-    from codec_cases import lora_delta
+    from support.codec_cases import lora_delta
 
     u = lora_delta(steps)
     spec = UpdateSpec.from_tensors(u)
@@ -278,7 +278,7 @@ def test_fresh_lora_delta_is_not_sent_empty(steps: int, rate: float) -> None:
 
 def test_error_is_monotone_between_close_rates() -> None:
     """0.98 vs 1.0 bits/param once gave 0.461 vs 0.471 on a real delta: a larger budget must not lose."""
-    from codec_cases import lora_delta
+    from support.codec_cases import lora_delta
 
     u = lora_delta(3)
     spec = UpdateSpec.from_tensors(u)

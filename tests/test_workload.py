@@ -123,7 +123,7 @@ def test_tiny_llama_gsm8k_trains_and_evaluates():
     assert w.metric_name == "exact_match" and w.head_spec.numel == 0
     assert all(".q_proj." in n or ".v_proj." in n for n in w.lora_spec.names)
     lora, head = w.initial_params()
-    cfg = LocalTrainConfig(batch_size=2, lr=1e-2, max_steps=2)
+    cfg = LocalTrainConfig(batch_size=2, lr=1e-2, max_steps=2, logit_adjust=0.0)  # causal LM
     l1, h1, loss = w.train_client(0, lora, head, cfg, seed=1)
     l2, _, loss2 = w.train_client(0, lora, head, cfg, seed=1)
     assert math.isfinite(loss) and loss == loss2 and _equal(l1, l2)
@@ -159,7 +159,9 @@ def test_smollm2_gsm8k_smoke():
     )
     assert w.lora_spec.numel == 2 * (16 * 576 + 576 * 16) + 2 * (16 * 576 + 192 * 16)
     lora, head = w.initial_params()
-    l1, h1, loss = w.train_client(0, lora, head, LocalTrainConfig(batch_size=2, max_steps=2), seed=0)
+    l1, h1, loss = w.train_client(
+        0, lora, head, LocalTrainConfig(batch_size=2, max_steps=2, logit_adjust=0.0), seed=0
+    )
     assert math.isfinite(loss) and not _equal(l1, lora)
     m = w.evaluate(l1, h1)
     assert 0.0 <= m["exact_match"] <= 1.0 and math.isfinite(m["eval_loss"])

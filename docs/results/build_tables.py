@@ -3,7 +3,7 @@
     python docs/results/build_tables.py   # rewrites the block between the TABLES markers of docs/results.md
 
 Sources: docs/results/study-default/results.json (the CPU grid, `make reproduce`) and
-docs/results/study-e2e-default/results.json (`fedsqueeze study configs/study/e2e-default.toml`), copied from
+docs/results/study-e2e-default/results.json (`fedsqueeze study e2e-default`), copied from
 runs/study/<name>/ after the runs. Nothing here is typed in: every number comes from those files.
 """
 

@@ -11,10 +11,12 @@ from .codecs import Codec, ErrorFeedback, decode
 from .errors import (
     ConfigError,
     FedsqueezeError,
+    MeasurementError,
     MissingExtraError,
     PayloadError,
     SpecMismatchError,
     UpdateError,
+    UsageError,
 )
 from .spec import UpdateSpec
 
@@ -29,11 +31,13 @@ __all__ = [
     "ConfigError",
     "ErrorFeedback",
     "FedsqueezeError",
+    "MeasurementError",
     "MissingExtraError",
     "PayloadError",
     "SpecMismatchError",
     "UpdateError",
     "UpdateSpec",
+    "UsageError",
     "__version__",
     "decode",
 ]

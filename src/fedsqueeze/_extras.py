@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from .errors import MissingExtraError
+from .errors import MissingExtraError, UsageError
 
 __all__ = ["EXTRAS", "check", "require"]
 
@@ -25,7 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 def _missing(top: str, extra: str, purpose: str) -> MissingExtraError:
     if extra not in EXTRAS:
-        raise ValueError(f"unknown extra {extra!r}; known: {', '.join(EXTRAS)}")
+        raise UsageError(f"unknown extra {extra!r}; known: {', '.join(EXTRAS)}")
     return MissingExtraError(
         f"fedsqueeze[{extra}] is needed for {purpose} ({top} is not installed): "
         f"pip install 'fedsqueeze[{extra}]'"

@@ -2,8 +2,10 @@
 
 Every error raised on purpose by the library derives from :class:`FedsqueezeError`, so callers can catch one
 type. :class:`PayloadError` marks untrusted bytes that cannot be decoded, :class:`UpdateError` an update
-handed to a codec that cannot be encoded (not a mapping of tensors, NaN or Inf values); both are also
-``ValueError`` so generic handlers keep working.
+handed to a codec that cannot be encoded (not a mapping of tensors, NaN or Inf values), :class:`ConfigError` a
+configuration value or option, :class:`UsageError` a library function called with arguments outside its
+domain (a bug in the calling code, not a setting). These are also ``ValueError`` so generic handlers keep
+working; :class:`MissingExtraError` is also ``ImportError`` and :class:`MeasurementError` ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "FedsqueezeError",
+    "MeasurementError",
     "MissingExtraError",
     "PayloadError",
     "SpecMismatchError",
     "UpdateError",
+    "UsageError",
 ]
 
 
@@ -40,3 +44,12 @@ class MissingExtraError(FedsqueezeError, ImportError):
 
 class UpdateError(FedsqueezeError, ValueError):
     """An update to encode is not a mapping of names to tensors, or holds NaN or Inf values."""
+
+
+class UsageError(FedsqueezeError, ValueError):
+    """A library function got arguments outside its domain: NaN where a number is needed, a value too wide
+    for its field, a sample larger than its population. A bug in the calling code, not a setting."""
+
+
+class MeasurementError(FedsqueezeError, RuntimeError):
+    """A benchmark cannot produce a trustworthy measurement (e.g. the profiler dropped markers)."""

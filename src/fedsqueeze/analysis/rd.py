@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special, stats
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 
 __all__ = [
     "entropy_power_ratio",
@@ -51,7 +51,7 @@ def _blocks(variances: Sequence[float] | np.ndarray, sizes: Sequence[int] | np.n
     if var.shape != n.shape:
         raise ConfigError(f"{var.size} variances but {n.size} block sizes; give one size per block")
     if var.size == 0 or not np.all(np.isfinite(var)) or np.any(var < 0) or np.any(n < 0):
-        raise ConfigError("block variances must be finite and >= 0, sizes >= 0, and at least one block")
+        raise UsageError("block variances must be finite and >= 0, sizes >= 0, and at least one block")
     keep = (var > 0) & (n > 0)
     total_energy = float(np.sum(n * var))
     if total_energy <= 0:
@@ -87,7 +87,7 @@ def waterfill_theta(rate: float | np.ndarray, variances, sizes=None) -> np.ndarr
     var, n, total_n, _ = _blocks(variances, sizes)
     r = np.asarray(rate, dtype=np.float64)
     if np.any(r < 0) or not np.all(np.isfinite(r)):
-        raise ConfigError("rates must be finite and >= 0")
+        raise UsageError("rates must be finite and >= 0")
     # R(θ) is non-increasing in θ: θ = max σ² gives 0; θ = min σ² · 2^(−2R·d/n_min) already exceeds R.
     hi = np.full(r.shape, math.log2(float(var.max())))
     lo = np.full(

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MeasurementError
+
 __all__ = ["PeakMemory", "measure_peak"]
 
 _MARK = "fedsqueeze.mem.boundary"
@@ -225,7 +227,7 @@ def _merge(
             seg_tmax[j] = max(seg_tmax[j], torch_live)
             seg_tchg[j] = True
     if j + 1 != n_b:
-        raise RuntimeError(f"profiler kept {j + 1} boundary markers of {n_b}; cannot align the timelines")
+        raise MeasurementError(f"profiler kept {j + 1} boundary markers of {n_b}; cannot align the timelines")
     if n_b < 2:
         return PeakMemory(0, 0, 0, 0, n_b, 0, "?", ref_bytes)  # nothing ran between the boundaries
     cur, peak = records[:, 0], records[:, 1]

@@ -14,28 +14,21 @@ Sources: see ``fedsqueeze.bench.sources``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..errors import ConfigError
-from ..out_paths import check_out_dir, check_out_file
-from ..strict_json import finite_or_none
-from .sources import Source, load_source
+from ..keyvalue import parse_codec  # re-exported: the --codec grammar
+from .sources import Source
 
 __all__ = [
     "DEFAULT_RATES",
     "TARGET_FIELDS",
     "RDReference",
-    "add_arguments",
     "default_codecs",
-    "main",
     "measure",
     "sweep",
 ]
@@ -51,49 +44,6 @@ def default_codecs() -> list[str]:
     from ..codecs import available, codec_class
 
     return [n for n in available() if not codec_class(n).uses_trained_model]
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
-        raise argparse.ArgumentTypeError(f"rates must be positive bits/param, got {text!r}")
-    return vals
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source",
-        action="append",
-        metavar="NAME",
-        help="gaussian, laplace, student-t, blocks, file:PATH[#r3/c7] (repeatable; default gaussian, blocks)",
-    )
-    parser.add_argument(
-        "--codec",
-        action="append",
-        metavar="NAME",
-        help="codec NAME or NAME:KEY=VALUE,... (repeatable; default: all registered except cg_fedllm*)",
-    )
-    parser.add_argument(
-        "--rates",
-        type=_floats,
-        default=list(DEFAULT_RATES),
-        metavar="R,R,...",
-        help="target bits/param for codecs with a rate knob (default 0.1,0.25,0.5,1,2)",
-    )
-    parser.add_argument(
-        "--d",
-        type=int,
-        default=None,
-        help="vector length of synthetic sources (default 2^20 i.i.d.; blocks 96 x 16,384)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the codecs (default 0)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--json", default=None, metavar="PATH", help="JSON rows (default OUT/rd.json)")
-    parser.add_argument("--plot", default=None, metavar="PATH", help="plot (default OUT/rd.png)")
-    parser.add_argument("--no-plot", action="store_true", help="skip the plot")
 
 
 # -- references ----------------------------------------------------------------------------------------
@@ -221,24 +171,6 @@ def measure(
     }
 
 
-def parse_codec(text: str) -> tuple[str, dict[str, Any]]:
-    """``NAME`` or ``NAME:KEY=VALUE,...`` (values as JSON where they parse, else strings).
-
-    Examples: ``wf_ecq``, ``wf_ecq:quantizer=scalar``, ``topk:value_bits=16,positions=elias_fano``.
-    """
-    name, _, rest = text.partition(":")
-    opts: dict[str, Any] = {}
-    for item in filter(None, (i.strip() for i in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"codec option {item!r} in {text!r} must be KEY=VALUE (wf_ecq:quantizer=tcq)")
-        try:
-            opts[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key.strip()] = value.strip()
-    return name.strip(), opts
-
-
 def make_codec(text: str, rate: float | None = None):
     """The codec of a ``--codec`` string, at a target rate (``None``: the string's own options)."""
     from ..codecs import codec_class, get
@@ -249,7 +181,7 @@ def make_codec(text: str, rate: float | None = None):
     return get(name, **opts)
 
 
-def _jobs(codecs: Sequence[str], rates: Sequence[float]) -> list[tuple[str, float | None]]:
+def sweep_jobs(codecs: Sequence[str], rates: Sequence[float]) -> list[tuple[str, float | None]]:
     from ..codecs import codec_class
 
     jobs: list[tuple[str, float | None]] = []
@@ -281,7 +213,7 @@ def sweep(
     skipped: dict[tuple[str, str], tuple[list[str], str]] = {}
     errors: list[str] = []
     refs: dict[str, RDReference] = {}
-    jobs = _jobs(codecs, rates)
+    jobs = sweep_jobs(codecs, rates)
     for src in sources:
         ref = refs[src.name] = RDReference(src)
         for name, rate in jobs:
@@ -395,56 +327,3 @@ def print_table(rows: list[dict], notes: list[str], console) -> None:
     )
     for n in notes:
         console.print(f"[red]{n}[/]" if n.startswith("ERROR") else f"[yellow]note[/]: {n}")
-
-
-def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 150))  # piped output: keep the table on one line per row
-    names = args.source or list(DEFAULT_SOURCES)
-    codecs = args.codec or default_codecs()
-    for c in codecs:
-        make_codec(c, None)  # unknown names and bad options fail now, with the list of codecs / a message
-    out = Path(args.out)
-    json_path = check_out_file(args.json, "--json") if args.json else check_out_dir(out) / "rd.json"
-    plot_path = None
-    if not args.no_plot:
-        plot_path = (
-            check_out_file(args.plot, "--plot", example="rd.png")
-            if args.plot
-            else check_out_dir(out) / "rd.png"
-        )
-    t_start = time.perf_counter()
-    sources = [load_source(n, args.d, args.seed) for n in names]
-    n_jobs = len(sources) * len(_jobs(codecs, args.rates))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("R-D sweep", total=n_jobs, last="")
-        rows, notes, refs = sweep(
-            sources,
-            codecs,
-            args.rates,
-            seed=args.seed,
-            on_step=lambda label: bar.update(task, advance=1, last=label),
-        )
-    print_table(rows, notes, console)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(finite_or_none(rows), indent=1, default=str) + "\n")
-    console.print(f"wrote {len(rows)} rows to {json_path}")
-    if plot_path is not None:
-        from .rd_plot import plot_rd
-
-        plot_rd(rows, refs, plot_path, max_rate=max(args.rates))
-        console.print(f"wrote {plot_path}")
-    console.print(f"bench rd finished in {time.perf_counter() - t_start:.1f} s")
-    return 1 if any(n.startswith("ERROR") for n in notes) else 0

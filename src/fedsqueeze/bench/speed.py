@@ -24,44 +24,16 @@ In that process it measures:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "child_main", "main", "measure_codec"]
+__all__ = ["CHILD_COMMAND", "DEFAULT_D", "child_main", "measure_codec"]
 
 DEFAULT_D = 8_388_608
-_CHILD = "import sys; from fedsqueeze.bench.speed import child_main; child_main(sys.argv[1])"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--d", type=int, default=DEFAULT_D, help=f"vector length (default {DEFAULT_D:,})")
-    parser.add_argument(
-        "--codec",
-        action="append",
-        metavar="NAME",
-        help="codec NAME or NAME:KEY=VALUE,... to time (repeatable; default: all except cg_fedllm*)",
-    )
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per timing; the median is kept (default 3)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the vector and the codecs (default 0)")
-    parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds allowed per codec (default 600)"
-    )
-    parser.add_argument(
-        "--memory",
-        choices=("both", "alloc", "rss", "off"),
-        default="both",
-        help="memory figures: allocator-level (slow: traced run), resident set, both (default) or off",
-    )
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the rows as JSON to PATH")
+CHILD_COMMAND = "import sys; from fedsqueeze.bench.speed import child_main; child_main(sys.argv[1])"
 
 
 # -- in the child process ---------------------------------------------------------------------------------
@@ -235,128 +207,3 @@ def child_main(arg: str) -> None:
         cfg["codec"], cfg["d"], repeat=cfg["repeat"], seed=cfg["seed"], memory=cfg.get("memory", "alloc")
     )
     print(json.dumps(row, default=str))
-
-
-# -- in the parent -----------------------------------------------------------------------------------------
-
-
-def _codec_line(row: dict[str, Any], i: int, n: int, took: float) -> str:
-    """The line printed as soon as one codec is measured (the table follows at the end)."""
-    from ..fl.console import duration
-
-    head = f"[{i}/{n}] {row['codec']}"
-    if "error" in row:
-        return f"{head}: {row['error']}"
-    ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}"
-    return (
-        f"{head}: {row['bits_per_param']:.3f} bits/param, encode {row['encode_s']:.4f} s, decode "
-        f"{row['decode_s']:.4f} s, (enc+dec)/topk {ratio}; measured in {duration(took)}"
-    )
-
-
-def _run_child(name: str, args: argparse.Namespace, memory: str) -> dict[str, Any]:
-    cfg = json.dumps({"codec": name, "d": args.d, "repeat": args.repeat, "seed": args.seed, "memory": memory})
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, cfg],
-            capture_output=True,
-            text=True,
-            timeout=args.timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {"codec": name, "d": args.d, "error": f"timed out after {args.timeout:g} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"codec": name, "d": args.d, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
-
-
-def _measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Times (+ allocator peaks) in one fresh process, the resident-set figure in another."""
-    row = _run_child(name, args, "alloc" if args.memory in ("both", "alloc") else "off")
-    if args.memory in ("both", "rss") and "error" not in row:
-        rss = _run_child(name, args, "rss")
-        if "error" in rss:
-            rss = {"rss_peak_bytes": None, "rss_peak_x": None, "rss_method": "failed: " + rss["error"]}
-        row.update({k: v for k, v in rss.items() if k.startswith("rss_")})
-    return row
-
-
-def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
-
-    from ..errors import ConfigError
-    from ..out_paths import check_out_file
-    from .rd import default_codecs, make_codec
-
-    if args.d < 1 or args.repeat < 1:
-        raise ConfigError("--d and --repeat must be positive")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise ConfigError(f"--timeout must be a positive number of seconds per codec, got {args.timeout:g}")
-    if args.json:
-        check_out_file(args.json, "--json")
-    codecs = args.codec or default_codecs()
-    for c in codecs:
-        make_codec(c)  # unknown names and bad options fail before any subprocess starts
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 130))
-    rows = []
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"timing {len(codecs)} codecs at d={args.d:,}", total=len(codecs))
-        for i, name in enumerate(codecs, 1):
-            bar.update(task, description=f"timing {name} ({i}/{len(codecs)}) at d={args.d:,}")
-            t0 = time.perf_counter()
-            rows.append(_measure(name, args))
-            line = _codec_line(rows[-1], i, len(codecs), time.perf_counter() - t0)
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
-            bar.advance(task)
-    table = Table(title=f"codec speed · d = {args.d:,} · median of {args.repeat}", title_justify="left")
-    for col in (
-        "codec",
-        "bits/param",
-        "encode s",
-        "decode s",
-        "topk s (k)",
-        "(enc+dec)/topk",
-        "enc peak ×",
-        "dec peak ×",
-        "RSS peak ×",
-    ):
-        table.add_column(col, justify="left" if col == "codec" else "right")
-
-    def x(v: Any, flag: bool = True) -> str:
-        return "-" if v is None else f"{v:.2f}" + ("" if flag else "*")
-
-    for r in rows:
-        if "error" in r:
-            table.add_row(r["codec"], "[red]" + r["error"] + "[/]")
-            continue
-        table.add_row(
-            r["codec"],
-            f"{r['bits_per_param']:.3f}",
-            f"{r['encode_s']:.4f}",
-            f"{r['decode_s']:.4f}",
-            f"{r['topk_s']:.4f} ({r['topk_k']:,})",
-            f"{r['ratio']:.2f}",
-            x(r.get("encode_peak_x"), r.get("peak_exact", True)),
-            x(r.get("decode_peak_x"), r.get("peak_exact", True)),
-            x(r.get("rss_peak_x")),
-        )
-    console.print(table)
-    console.print(
-        "peak × = extra memory over the fp32 update (4·d bytes). enc/dec peak: bytes live in torch + numpy "
-        "allocations during the call minus before (allocator level, exact; * = upper bound). RSS peak: "
-        "resident-set high-water of one encode + decode, fresh process, big blocks mmapped (also sees kernel "
-        "scratch outside the allocators)."
-    )
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-        console.print(f"wrote {path}")
-    return 1 if any("error" in r for r in rows) else 0

@@ -6,7 +6,7 @@ import dataclasses
 import importlib
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from .base import Codec
 
 __all__ = ["BUILTIN", "available", "by_id", "get", "register"]
@@ -38,11 +38,11 @@ def register(cls: C) -> C:
     """Class decorator adding a codec to the registry (name and id must be new)."""
     name, cid = cls.name, cls.codec_id
     if not name or name != name.lower() or not name.replace("_", "").isalnum():
-        raise ValueError(f"codec name {name!r} must be lower-case letters, digits and underscores")
+        raise UsageError(f"codec name {name!r} must be lower-case letters, digits and underscores")
     if not 0 < cid < 256:
-        raise ValueError(f"codec id of {name!r} must be in 1..255")
+        raise UsageError(f"codec id of {name!r} must be in 1..255")
     if name in _BY_NAME or cid in _BY_ID:
-        raise ValueError(f"codec {name!r} (id {cid}) collides with a registered codec")
+        raise UsageError(f"codec {name!r} (id {cid}) collides with a registered codec")
     _BY_NAME[name] = cls
     _BY_ID[cid] = cls
     return cls

@@ -15,7 +15,7 @@ from .hooks import RunContext, RunHook, register_phase
 from .ledger import TrafficLedger
 from .loop import run
 from .seeding import derive_seed, sample_clients
-from .server import Downlink, aggregate_payloads, apply_update, weighted_mean
+from .server import Downlink, apply_update, weighted_mean
 from .workload import DataConfig, LocalTrainConfig, ModelConfig, Workload
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "RunHook",
     "TrafficLedger",
     "Workload",
-    "aggregate_payloads",
     "apply_update",
     "client_step",
     "derive_seed",

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,17 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
+from ..strict_json import finite_or_none
 
 __all__ = [
     "CHECKPOINT_NAME",
     "CHECKSUM_MAGIC",
     "append_jsonl",
     "atomic_write",
-    "jsonable",
     "load_checkpoint",
+    "pack_state",
     "save_captures",
     "save_checkpoint",
+    "unpack_state",
     "write_json",
     "write_jsonl",
 ]
@@ -77,60 +78,51 @@ def _umask() -> int:
     return mask
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values (non-finite floats become ``None``, tuples lists)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n"
+    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    text = "".join(json.dumps(jsonable(r)) + "\n" for r in rows)
+    text = "".join(json.dumps(finite_or_none(r)) + "\n" for r in rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
     """Append one JSON line (the whole file is rewritten from the checkpoint on resume)."""
     with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(jsonable(row)) + "\n")
+        fh.write(json.dumps(finite_or_none(row)) + "\n")
 
 
 _NPY = "__npy__"
 
 
-def _pack(obj: Any) -> Any:
+def pack_state(obj: Any) -> Any:
+    """``obj`` (a state dict) with NumPy values as ``.npy`` bytes: loadable with ``weights_only=True``."""
     # NumPy values (e.g. in codec state) become .npy bytes, so the file loads with weights_only=True
     # (no pickle code execution) and comes back with the exact dtype and value.
     if isinstance(obj, np.ndarray | np.generic):
         if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-            raise TypeError("cannot checkpoint a NumPy object array")
+            raise UsageError("cannot checkpoint a NumPy object array")
         buf = io.BytesIO()
         np.save(buf, np.asarray(obj), allow_pickle=False)
         return {_NPY: buf.getvalue(), "scalar": isinstance(obj, np.generic)}
     if isinstance(obj, dict):
-        return {k: _pack(v) for k, v in obj.items()}
+        return {k: pack_state(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_pack(v) for v in obj)
+        return type(obj)(pack_state(v) for v in obj)
     return obj
 
 
-def _unpack(obj: Any) -> Any:
+def unpack_state(obj: Any) -> Any:
+    """The inverse of :func:`pack_state`."""
     if isinstance(obj, dict):
         if _NPY in obj and set(obj) == {_NPY, "scalar"}:
             arr = np.load(io.BytesIO(obj[_NPY]), allow_pickle=False)
             return arr[()] if obj["scalar"] else arr
-        return {k: _unpack(v) for k, v in obj.items()}
+        return {k: unpack_state(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_unpack(v) for v in obj)
+        return type(obj)(unpack_state(v) for v in obj)
     return obj
 
 
@@ -148,7 +140,7 @@ def save_checkpoint(out_dir: Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (tensors, bytes, plain Python and NumPy values) to ``out_dir/checkpoint/state.pt``
     atomically, with its SHA-256 (see the module docstring)."""
     path = out_dir / CHECKPOINT_NAME
-    packed = _pack(dict(state))
+    packed = pack_state(dict(state))
     atomic_write(path, lambda tmp: _save_with_checksum(packed, tmp))
     return path
 
@@ -192,7 +184,7 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
         ) from None
     if not isinstance(state, dict):
         raise _damaged(path, f"holds a {type(state).__name__}, not a fedsqueeze checkpoint")
-    return _unpack(state)
+    return unpack_state(state)
 
 
 def save_captures(path: Path, tensors: dict[str, torch.Tensor]) -> None:

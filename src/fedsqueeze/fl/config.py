@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .workload import DataConfig, LocalTrainConfig, ModelConfig
+from ..keyvalue import NULL, parse_assignment
+from .fields import Range, setting, validate
+from .workload import POSITIVE, DataConfig, LocalTrainConfig, ModelConfig
 
 __all__ = [
     "CodecConfig",
@@ -38,6 +41,7 @@ __all__ = [
     "preset_text",
 ]
 
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
 SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap")
 BASE_KEY = "base"  # a config file's top-level key naming what it is applied on top of
 NO_BASE = "none"  # ``base = "none"``: on top of the code defaults (the packaged presets)
@@ -79,29 +83,21 @@ class FLConfig:
         Fraction of clients trimmed at each end of every coordinate by ``"trimmed_mean"``, in ``[0, 0.5)``.
     """
 
-    rounds: int = 20
-    clients_per_round: int = 5
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    seed: int = 0
+    rounds: int = setting(11, range=Range(1))
+    clients_per_round: int = setting(5, range=Range(1), allowed="1..data.num_clients")
+    server_lr: float = setting(0.3, range=POSITIVE)
+    server_momentum: float = setting(0.7, range=Range(0, 1))
+    seed: int = setting(0, range=Range(0, 2**63, text="[0, 2**63)"))
     error_feedback: bool = True
-    eval_every: int = 1
-    target_metric: float | None = None
-    min_replies: int | None = None
-    norm_bound_factor: float | None = 10.0
-    aggregation: str = "mean"
-    trim_fraction: float = 0.1
+    eval_every: int = setting(1, range=Range(1))
+    target_metric: float | None = 0.72
+    min_replies: int | None = setting(None, allowed="1..fl.clients_per_round")
+    norm_bound_factor: float | None = setting(10.0, allowed="0 (off) or >= 1")
+    aggregation: str = setting("mean", choices=AGGREGATIONS)
+    trim_fraction: float = setting(0.1, range=Range(0, 0.5))
 
     def __post_init__(self) -> None:
-        for key in ("rounds", "clients_per_round", "eval_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"fl.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.server_lr > 0:
-            raise ConfigError(f"fl.server_lr must be > 0, got {self.server_lr}")
-        if not 0 <= self.server_momentum < 1:
-            raise ConfigError(f"fl.server_momentum must be in [0, 1), got {self.server_momentum}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"fl.seed must be in [0, 2**63), got {self.seed}")
+        validate(self, "fl")
         if self.target_metric is not None and not (
             isinstance(self.target_metric, int | float)
             and not isinstance(self.target_metric, bool)
@@ -125,13 +121,6 @@ class FLConfig:
             self.norm_bound_factor == 0 or self.norm_bound_factor >= 1
         ):
             raise ConfigError(f"fl.norm_bound_factor must be 0 (off) or >= 1, got {self.norm_bound_factor}")
-        if self.aggregation not in ("mean", "median", "trimmed_mean"):
-            raise ConfigError(
-                f"fl.aggregation = {self.aggregation!r} is not allowed; "
-                "choose one of mean, median, trimmed_mean"
-            )
-        if not 0 <= self.trim_fraction < 0.5:
-            raise ConfigError(f"fl.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,37 +156,28 @@ class TGAPConfig:
         Stride-2 stages of the autoencoder (latent = 1/2**depth of the padded factor stack; paper 6).
     device
         Where the pre-training runs: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``. The codecs run on the CPU.
+    seed
+        Seed of the pre-training (initialisation and mini-batches). A run mixes it with ``fl.seed``;
+        :func:`fedsqueeze.learned.tgap.tgap_pretrain` uses it as it is.
+
+    This one class serves both the run's ``[tgap]`` section and :func:`~fedsqueeze.learned.tgap.tgap_pretrain`
+    (which reads ``steps``, ``batch_size``, ``lr`` and ``seed``).
     """
 
     enabled: bool = False
-    fraction: float = 0.3
-    collection: str = "federated"
-    rounds: int = 5
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 2e-4
-    variant: str = "auto"
-    depth: int = 6
-    device: str = "cpu"
+    fraction: float = setting(0.3, range=Range(0, 1, low_closed=False))
+    collection: str = setting("federated", choices=("federated", "local"))
+    rounds: int = setting(5, range=Range(1))
+    steps: int = setting(400, range=Range(1))
+    batch_size: int = setting(8, range=Range(1))
+    lr: float = setting(2e-4, range=POSITIVE)
+    variant: str = setting("auto", choices=("auto", "paper", "sound"))
+    depth: int = setting(6, range=Range(1, 8, high_closed=True, text="1..8"))
+    device: str = setting("cpu", allowed="cpu, cuda, cuda:N")
+    seed: int = setting(0, range=Range(0, 2**63, text="[0, 2**63)"))
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise ConfigError(f"tgap.fraction must be in (0, 1), got {self.fraction}")
-        if self.collection not in ("federated", "local"):
-            raise ConfigError(
-                f"tgap.collection = {self.collection!r} is not allowed; choose one of federated, local"
-            )
-        for key in ("rounds", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"tgap.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"tgap.lr must be > 0, got {self.lr}")
-        if self.variant not in ("auto", "paper", "sound"):
-            raise ConfigError(
-                f"tgap.variant = {self.variant!r} is not allowed; choose one of auto, paper, sound"
-            )
-        if not 1 <= self.depth <= 8:
-            raise ConfigError(f"tgap.depth must be in 1..8, got {self.depth}")
+        validate(self, "tgap")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"tgap.device must be cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -216,7 +196,7 @@ class CodecConfig:
         defaults fill in the rest.
     """
 
-    name: str = "topk"
+    name: str = "flm_topk"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -276,6 +256,24 @@ class RunConfig:
             return self.tgap.variant
         return "paper" if self.codec.name == "cg_fedllm" else "sound"
 
+    def differences(self, saved: Mapping[str, Any], *, except_rounds: bool = True) -> list[str]:
+        """The ``section.key`` names where ``saved`` (a stored :meth:`to_dict`) differs from this config.
+
+        The one "same config" test of resuming a run, reusing a TGAP model and skipping a finished study
+        cell. Keys ``saved`` lacks (files from before a key existed) count as their code default, and the
+        comparison is of JSON values (tuples and lists are equal). ``except_rounds``: ``fl.rounds`` may
+        differ (it only lengthens the run).
+        """
+        old = _as_json(_filled(saved))
+        now = _as_json(self.to_dict())
+        return [
+            f"{sec}.{key}"
+            for sec in sorted(set(old) | set(now))
+            for key in sorted(set(old.get(sec, {})) | set(now.get(sec, {})))
+            if not (except_rounds and (sec, key) == ("fl", "rounds"))
+            and old.get(sec, {}).get(key) != now.get(sec, {}).get(key)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML/JSON friendly; tuples become lists, ``None`` is kept)."""
         out: dict[str, Any] = {}
@@ -305,6 +303,20 @@ class RunConfig:
         for name in ("codec", "downlink"):
             built[name] = _build_codec(name, data.get(name))
         return cls(**built)
+
+
+def _filled(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` with the keys it lacks at their code defaults (section by section)."""
+    out: dict[str, Any] = {}
+    for sec, table in RunConfig().to_dict().items():
+        got = saved.get(sec)
+        out[sec] = {**table, **got} if isinstance(got, Mapping) else (table if got is None else got)
+    out.update({sec: got for sec, got in saved.items() if sec not in out})
+    return out
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _plain(value: Any) -> Any:
@@ -359,7 +371,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if (value is None or value == NULL) and type(None) in args:  # "null": TOML has no null
             return None
         errors = []
         for arg in args:
@@ -411,14 +423,6 @@ def preset_text(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value: a TOML literal (``3``, ``0.5``, ``true``, ``["q"]``), else the raw string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 CODEC_SECTIONS = ("codec", "downlink")
 
 
@@ -442,22 +446,25 @@ def _drop_options(data: dict[str, Any], section: str) -> None:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (nested keys allowed: ``codec.options.rate=0.5``) in place.
 
+    Values follow the one command-line grammar of :mod:`fedsqueeze.keyvalue` (TOML literals, ``null``,
+    else the raw text), shared with ``--codec NAME:KEY=VALUE``.
+
     Setting ``codec.name`` (or ``downlink.name``) to another codec than ``data`` names drops ``data``'s
     options for it: the new codec starts from its own defaults, plus any ``codec.options...`` the same
     overrides set (in any order).
     """
     parsed = []
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        assignment = parse_assignment(item)
+        if assignment is None:
             raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = assignment
         parts = key.split(".")
         if parts[0] not in SECTIONS:
             raise ConfigError(f"unknown section {parts[0]} in --set {key}; allowed: {', '.join(SECTIONS)}")
         if len(parts) < 2:
             raise ConfigError(f"--set {key}: give section.key, e.g. fl.rounds=10")
-        parsed.append((key, parts, _parse_value(text.strip())))
+        parsed.append((key, parts, value))
     for section in CODEC_SECTIONS:
         names = [value for _, parts, value in parsed if parts == [section, "name"]]
         if names and names[-1] != _codec_name(data, section):

@@ -20,17 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._docstring import parameters, plain
+from ..errors import UsageError
+from ..keyvalue import NULL
 from .config import BASE_KEY, NO_BASE, SECTIONS, CodecConfig, FLConfig, RunConfig, TGAPConfig
-from .workload import (
-    DATASETS,
-    DEVICES,
-    MODELS,
-    PARTITIONS,
-    POOLINGS,
-    DataConfig,
-    LocalTrainConfig,
-    ModelConfig,
-)
+from .fields import allowed_text
+from .workload import DataConfig, LocalTrainConfig, ModelConfig
 
 __all__ = ["ALLOWED", "config_reference", "config_toml", "main"]
 
@@ -44,49 +38,13 @@ KINDS: dict[str, type] = {
     "tgap": TGAPConfig,
 }
 
-#: Allowed values of the keys that have a fixed set or a range (checked by the tests against the validation).
+#: Allowed values of the keys that have a fixed set or a range, from the fields' metadata (the same the
+#: validator checks, :mod:`fedsqueeze.fl.fields`; the tests try them against the validation).
 ALLOWED: dict[str, str] = {
-    "model.name": ", ".join(MODELS),
-    "model.pooling": ", ".join(POOLINGS),
-    "model.device": ", ".join(DEVICES),
-    "model.lora_r": "> 0",
-    "model.lora_alpha": "> 0",
-    "model.lora_dropout": "[0, 1)",
-    "model.max_length": "> 0",
-    "model.num_layers": "> 0",
-    "data.dataset": ", ".join(DATASETS),
-    "data.partition": ", ".join(PARTITIONS),
-    "data.num_clients": "> 0",
-    "data.alpha": "> 0",
-    "data.max_train_examples": "> 0",
-    "data.test_examples": "> 0",
-    "data.gen_max_new_tokens": "> 0",
-    "train.epochs": "> 0",
-    "train.batch_size": "> 0",
-    "train.lr": "> 0",
-    "train.weight_decay": ">= 0",
-    "train.max_steps": "> 0",
-    "train.head_lr": "> 0",
-    "train.logit_adjust": ">= 0",
-    "fl.rounds": ">= 1",
-    "fl.clients_per_round": "1..data.num_clients",
-    "fl.server_lr": "> 0",
-    "fl.server_momentum": "[0, 1)",
-    "fl.seed": "[0, 2**63)",
-    "fl.eval_every": ">= 1",
-    "fl.min_replies": "1..fl.clients_per_round",
-    "fl.norm_bound_factor": "0 (off) or >= 1",
-    "fl.aggregation": "mean, median, trimmed_mean",
-    "fl.trim_fraction": "[0, 0.5)",
-    "tgap.fraction": "(0, 1)",
-    "tgap.collection": "federated, local",
-    "tgap.rounds": ">= 1",
-    "tgap.steps": ">= 0",
-    "tgap.batch_size": ">= 1",
-    "tgap.lr": "> 0",
-    "tgap.variant": "auto, paper, sound",
-    "tgap.depth": "1..8",
-    "tgap.device": "cpu, cuda, cuda:N",
+    f"{section}.{field.name}": allowed_text(field)
+    for section, kind in KINDS.items()
+    for field in dataclasses.fields(kind)
+    if field.init and allowed_text(field)
 }
 
 
@@ -112,7 +70,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Mapping):
         items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
         return "{ " + ", ".join(items) + " }" if items else "{}"
-    raise TypeError(f"no TOML form for {value!r}")
+    raise UsageError(f"no TOML form for {value!r}")
 
 
 def _toml_key(key: str) -> str:
@@ -121,21 +79,15 @@ def _toml_key(key: str) -> str:
 
 def config_toml(config: RunConfig) -> str:
     """``config`` as a complete TOML file (``base = "none"``) that :func:`~.config.load_config` reads back
-    to the same config. Unset keys (``None``: TOML has no null) are written as comments."""
+    to the same config. Unset keys (``None``) are written as ``"null"`` (TOML has no null)."""
     lines = [
         "# The resolved run config: every key, on top of the code defaults.",
         f'{BASE_KEY} = "{NO_BASE}"',
     ]
-    defaults = RunConfig().to_dict()
     for section, table in config.to_dict().items():
         lines += ["", f"[{section}]"]
         for key, value in table.items():
-            if value is None and defaults[section][key] is not None:
-                lines.append(f"# {key} is unset (TOML cannot say so: read back, it takes its default)")
-            elif value is None:
-                lines.append(f"# {key} is unset")
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f'{key} = "{NULL}"  # unset' if value is None else f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,8 +143,9 @@ def config_reference() -> str:
         "another codec than the base's — in a file or with `--set` — drops the base's options; options "
         "given with it (`[codec] options = {...}` or `--set codec.options.KEY=...`) apply on top.",
         "",
-        "Unset (`unset` below) means the key is absent: TOML has no null. A wrong key or value is an "
-        "error naming the key and what is allowed. `fedsqueeze codecs NAME` lists a codec's options.",
+        f'Unset (`unset` below): TOML has no null, so a file writes `key = "{NULL}"` '
+        f"(and `--set key={NULL}`). A wrong key or value is an error naming the key and what is allowed. "
+        "`fedsqueeze codecs NAME` lists a codec's options.",
     ]
     for section in SECTIONS:
         kind = KINDS[section]

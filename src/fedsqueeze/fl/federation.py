@@ -311,13 +311,6 @@ class Federation:
 def check_same_config(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
     """Raise :class:`~fedsqueeze.ConfigError` unless ``saved`` equals ``now`` up to ``fl.rounds``."""
     # fl.rounds may grow (continue a finished run further); anything else would change the trajectory.
-    # Checkpoints from before the [tgap] section existed had it implicitly off (the defaults).
-    saved = {"tgap": RunConfig().to_dict()["tgap"], **saved}
-    diffs = [
-        f"{sec}.{key}"
-        for sec in sorted(set(saved) | set(now))
-        for key in sorted(set(saved.get(sec, {})) | set(now.get(sec, {})))
-        if (sec, key) != ("fl", "rounds") and saved.get(sec, {}).get(key) != now.get(sec, {}).get(key)
-    ]
+    diffs = RunConfig.from_dict(now).differences(saved)
     if diffs:
         raise ConfigError(f"--resume with a different config ({', '.join(diffs)}); only fl.rounds may change")

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
+from ..errors import UsageError
+
 __all__ = [
     "CLIENT_REL_ERROR_HIGH",
     "REL_ERROR_HIGH",
@@ -67,7 +69,7 @@ class RunHealth:
 
     def __init__(self, *, error_feedback: bool = True, window: int = 3, growth: float = 5.0) -> None:
         if window < 1 or not growth > 1.0:
-            raise ValueError(f"RunHealth: window >= 1 and growth > 1 needed, got {window}, {growth}")
+            raise UsageError(f"RunHealth: window >= 1 and growth > 1 needed, got {window}, {growth}")
         self.error_feedback, self.window, self.growth = error_feedback, window, growth
         self._means: list[float] = []  # m_t of the rounds with residual norms, at most window + 1 kept
         self._seen: dict[str, dict[str, Any]] = {}  # code -> {"code", "message", "rounds"}, first-seen order

@@ -32,7 +32,7 @@ from .report import Progress
 from .summary import write_run_outputs
 from .workload import Workload
 
-__all__ = ["default_out_dir", "parse_capture_rounds", "run", "simulate"]
+__all__ = ["build_workload", "default_out_dir", "parse_capture_rounds", "run", "simulate"]
 
 CAPTURES = "captures.safetensors"
 log = logging.getLogger(__name__)
@@ -61,7 +61,11 @@ def parse_capture_rounds(spec: str | Iterable[int] | None) -> frozenset[int] | s
     return rounds
 
 
-def _build_workload(config: RunConfig) -> Workload:
+def build_workload(config: RunConfig) -> Workload:
+    """The workload of ``config``: the in-code toy for ``model.name = "toy"``, else the real model and data.
+
+    What ``fedsqueeze run`` builds; the study runner and the Flower apps build theirs with it too.
+    """
     if config.model.name == "toy":  # tiny synthetic workload (tests, crash/determinism checks)
         from .toy import ToyWorkload
 
@@ -69,9 +73,9 @@ def _build_workload(config: RunConfig) -> Workload:
             config.data.num_clients, rank=config.model.lora_r, alpha=config.data.alpha, seed=config.fl.seed
         )
     # Imported here: the real workload pulls in transformers, the loop itself must not.
-    from ..models.workload import build_workload
+    from ..models.workload import build_workload as build_model_workload
 
-    return build_workload(config.model, config.data, seed=config.fl.seed)
+    return build_model_workload(config.model, config.data, seed=config.fl.seed)
 
 
 class _Federation(Federation):
@@ -210,7 +214,7 @@ def run(
         log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
     if not resume and (out / "checkpoint").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    wl = workload if workload is not None else _build_workload(config)
+    wl = workload if workload is not None else build_workload(config)
     load_s = time.perf_counter() - t_start  # model + data loading of this invocation
     # Phases before the rounds (CG-FedLLM's TGAP: pre-train the autoencoder on a share, run FAF on the rest).
     ctx = RunContext(config, out, resume, progress, simulate, wl)

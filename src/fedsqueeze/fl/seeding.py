@@ -6,6 +6,8 @@ import hashlib
 
 import numpy as np
 
+from ..errors import UsageError
+
 __all__ = ["derive_seed", "sample_clients"]
 
 _MASK63 = (1 << 63) - 1
@@ -29,6 +31,6 @@ def derive_seed(run_seed: int, server_round: int, client: int, purpose: str) -> 
 def sample_clients(run_seed: int, server_round: int, num_clients: int, k: int) -> list[int]:
     """``k`` distinct clients of ``range(num_clients)``, uniformly without replacement, sorted ascending."""
     if not 0 < k <= num_clients:
-        raise ValueError(f"cannot sample {k} of {num_clients} clients")
+        raise UsageError(f"cannot sample {k} of {num_clients} clients")
     rng = np.random.default_rng(derive_seed(run_seed, server_round, -1, "sample") & _MASK63)
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))

@@ -31,7 +31,7 @@ from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
 from .client import encode_dense
 
-__all__ = ["Downlink", "aggregate_payloads", "apply_update", "weighted_mean"]
+__all__ = ["Downlink", "apply_update", "weighted_mean"]
 
 
 def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[int | float]) -> torch.Tensor:
@@ -45,21 +45,6 @@ def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[int | float
     for v, w in zip(vectors, weights, strict=True):
         acc += (float(w) / total) * v.to(torch.float64)
     return acc
-
-
-def aggregate_payloads(
-    payloads: Sequence[bytes], weights: Sequence[int | float], spec: UpdateSpec
-) -> torch.Tensor:
-    """Decode each client's frame (:func:`fedsqueeze.decode`) and return the weighted mean (float64, flat).
-
-    Raises
-    ------
-    PayloadError
-        A malformed payload (the caller decides whether to drop that client).
-    """
-    if spec.numel == 0:
-        return torch.zeros(0, dtype=torch.float64)
-    return weighted_mean([decode_flat(p, spec) for p in payloads], weights)
 
 
 def apply_update(

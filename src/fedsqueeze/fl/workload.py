@@ -12,8 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..errors import ConfigError
 from ..spec import UpdateSpec
+from .fields import Range, setting, validate
 
 __all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload", "log_label_prior"]
 
@@ -24,16 +24,7 @@ POOLINGS = ("auto", "cls", "mean")
 DEVICES = ("cpu", "cuda", "auto")  # classification heads: see fedsqueeze.models.pooling
 
 
-def _choice(section: str, key: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{section}.{key} = {value!r} is not allowed; choose one of {', '.join(allowed)}")
-
-
-def _positive(section: str, key: str, value: float | int | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or not value > 0:
-        raise ConfigError(f"{section}.{key} must be > 0, got {value!r}")
+POSITIVE = Range(0, low_closed=False)  # "> 0"
 
 
 @dataclass(frozen=True)
@@ -63,26 +54,18 @@ class ModelConfig:
         updates, codecs and aggregation always stay on the CPU.
     """
 
-    name: str = "minilm"
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
+    name: str = setting("minilm", choices=MODELS)
+    lora_r: int = setting(16, range=POSITIVE)
+    lora_alpha: float = setting(32.0, range=POSITIVE)
+    lora_dropout: float = setting(0.05, range=Range(0, 1))
     target_modules: tuple[str, ...] | None = None
-    max_length: int = 64
-    num_layers: int | None = None
-    pooling: str = "auto"
-    device: str = "cpu"
+    max_length: int = setting(32, range=POSITIVE)
+    num_layers: int | None = setting(None, range=POSITIVE)
+    pooling: str = setting("auto", choices=POOLINGS)
+    device: str = setting("cpu", choices=DEVICES)
 
     def __post_init__(self) -> None:
-        _choice("model", "name", self.name, MODELS)
-        _choice("model", "pooling", self.pooling, POOLINGS)
-        _choice("model", "device", self.device, DEVICES)
-        _positive("model", "lora_r", self.lora_r)
-        _positive("model", "lora_alpha", self.lora_alpha)
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        _positive("model", "max_length", self.max_length)
-        _positive("model", "num_layers", self.num_layers, allow_none=True)
+        validate(self, "model")
 
 
 @dataclass(frozen=True)
@@ -110,23 +93,17 @@ class DataConfig:
         Generation budget of the gsm8k evaluation.
     """
 
-    dataset: str = "rotten_tomatoes"
-    num_clients: int = 20
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    max_train_examples: int | None = None
-    test_examples: int = 1000
+    dataset: str = setting("rotten_tomatoes", choices=DATASETS)
+    num_clients: int = setting(20, range=POSITIVE)
+    partition: str = setting("dirichlet", choices=PARTITIONS)
+    alpha: float = setting(0.5, range=POSITIVE)
+    max_train_examples: int | None = setting(None, range=POSITIVE)
+    test_examples: int = setting(500, range=POSITIVE)
     seed: int = 0
-    gen_max_new_tokens: int = 128
+    gen_max_new_tokens: int = setting(128, range=POSITIVE)
 
     def __post_init__(self) -> None:
-        _choice("data", "dataset", self.dataset, DATASETS)
-        _choice("data", "partition", self.partition, PARTITIONS)
-        _positive("data", "num_clients", self.num_clients)
-        _positive("data", "alpha", self.alpha)
-        _positive("data", "max_train_examples", self.max_train_examples, allow_none=True)
-        _positive("data", "test_examples", self.test_examples)
-        _positive("data", "gen_max_new_tokens", self.gen_max_new_tokens)
+        validate(self, "data")
 
 
 @dataclass(frozen=True)
@@ -156,25 +133,17 @@ class LocalTrainConfig:
         far less towards it; evaluation uses the plain logits. ``0`` turns it off.
     """
 
-    epochs: int = 1
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.02
+    epochs: int = setting(1, range=POSITIVE)
+    batch_size: int = setting(16, range=POSITIVE)
+    lr: float = setting(5e-3, range=POSITIVE)
+    weight_decay: float = setting(0.02, range=Range(0))
     amsgrad: bool = True
-    max_steps: int | None = None
-    head_lr: float | None = None
-    logit_adjust: float = 0.0
+    max_steps: int | None = setting(40, range=POSITIVE)
+    head_lr: float | None = setting(None, range=POSITIVE)
+    logit_adjust: float = setting(1.0, range=Range(0, note=" (0 turns it off)"))
 
     def __post_init__(self) -> None:
-        _positive("train", "epochs", self.epochs)
-        _positive("train", "head_lr", self.head_lr, allow_none=True)
-        _positive("train", "batch_size", self.batch_size)
-        _positive("train", "lr", self.lr)
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        _positive("train", "max_steps", self.max_steps, allow_none=True)
-        if not self.logit_adjust >= 0:
-            raise ConfigError(f"train.logit_adjust must be >= 0 (0 turns it off), got {self.logit_adjust}")
+        validate(self, "train")
 
 
 def log_label_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

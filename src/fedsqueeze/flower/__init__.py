@@ -3,8 +3,8 @@
 This package is the only place that imports ``flwr`` (``flwr[simulation]==1.41.0``), and only inside the
 modules that need it (:mod:`.client_app`, :mod:`.server_app`, :mod:`.records`, the CLI ``main`` functions).
 The numerics are those of :mod:`fedsqueeze.fl`: :func:`~fedsqueeze.fl.client.client_step` on the clients,
-:func:`~fedsqueeze.fl.server.aggregate_payloads` / :func:`~fedsqueeze.fl.server.apply_update` on the server,
-the same seeded sampling and the same ``metrics.jsonl`` / ``summary.json``. See ``docs/flower.md``.
+:class:`~fedsqueeze.fl.federation.Federation` (``configure_round`` / ``finish_round``) on the server, the same
+seeded sampling and the same ``metrics.jsonl`` / ``summary.json``. See ``docs/flower.md``.
 """
 
 from .env import FLOWER_ENV, OFFLINE_ENV, apply_offline_env

@@ -3,7 +3,7 @@
 Payloads travel as ``Array("uint8", (n,), "raw-bytes", payload)`` inside an ``ArrayRecord``: Flower sends the
 bytes unchanged (content-addressed 5 MiB chunks) and, unlike a ``ConfigRecord``, does not re-deflate them on
 every access. Per-client state (error-feedback residual + codec state) is a ``torch.save`` blob of the
-:func:`fedsqueeze.fl.checkpoint._pack`-ed state dict, loaded with ``weights_only=True``.
+:func:`fedsqueeze.fl.checkpoint.pack_state`-ed state dict, loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from ..errors import PayloadError
-from ..fl.checkpoint import _pack, _unpack
+from ..fl.checkpoint import pack_state, unpack_state
 
 __all__ = ["array_bytes", "blob_to_state", "bytes_array", "sha256", "state_to_blob"]
 
@@ -45,9 +45,9 @@ def array_bytes(record: ArrayRecord, key: str) -> bytes:
 
 def state_to_blob(state: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
-    torch.save(_pack(dict(state)), buf)
+    torch.save(pack_state(dict(state)), buf)
     return buf.getvalue()
 
 
 def blob_to_state(blob: bytes) -> dict[str, Any]:
-    return _unpack(torch.load(io.BytesIO(blob), weights_only=True))
+    return unpack_state(torch.load(io.BytesIO(blob), weights_only=True))

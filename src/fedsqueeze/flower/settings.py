@@ -145,9 +145,9 @@ def make_workload(settings: FlowerSettings) -> Workload:
 def _build(settings: FlowerSettings) -> Workload:
     cfg = settings.config
     if settings.workload == "":
-        from ..fl.loop import _build_workload  # the same construction as `fedsqueeze run`
+        from ..fl.loop import build_workload  # the same construction as `fedsqueeze run`
 
-        return _build_workload(cfg)
+        return build_workload(cfg)
     mod, _, attr = settings.workload.partition(":")
     try:
         factory = getattr(importlib.import_module(mod), attr)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..codecs import codec_class, decode_flat, get
+from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig
 from .controls import identity_is_exact, score, shuffle_control, train_mean_predictor, zero_predictor
@@ -86,7 +87,7 @@ def evaluate(
     split = split_captures(caps, holdout_rounds, holdout_clients, tgap.seed)
     train, spec = split["train"], caps.spec
     if len(train) == 0:
-        raise ValueError("the training split is empty; capture more rounds or clients")
+        raise ConfigError("the training split is empty; capture more rounds or clients")
     say = log or (lambda msg: None)
     say(f"TGAP on {len(train)} snapshots (d = {spec.numel}), {tgap.steps} steps per model")
     paper, paper_log = tgap_pretrain(train, ae=PAPER_AE, config=tgap, device=device)

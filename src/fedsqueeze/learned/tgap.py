@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..fl.config import TGAPConfig  # the one TGAP config: the run's [tgap] section
 from ..safetensors_errors import reading_safetensors
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
@@ -28,29 +29,6 @@ from .transform import prepare_images
 __all__ = ["Captures", "TGAPConfig", "load_captures", "stack_snapshots", "tgap_pretrain", "tgap_traffic"]
 
 _EVAL_BATCH = 16  # snapshots per forward pass when measuring the final training reconstruction
-
-
-@dataclasses.dataclass(frozen=True)
-class TGAPConfig:
-    """Pre-training settings (paper: MSE, Adam, lr 2e-4; the rest is not stated).
-
-    ``steps`` is the number of Adam steps on mini-batches of ``batch_size`` snapshots drawn with replacement
-    (seeded).
-    """
-
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 2e-4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(
-                f"tgap steps and batch_size must be >= 1, got {self.steps}, {self.batch_size} (0 steps "
-                "would leave the autoencoder untrained)"
-            )
-        if not self.lr > 0:
-            raise ConfigError(f"tgap lr must be > 0, got {self.lr}")
 
 
 @dataclasses.dataclass(frozen=True)

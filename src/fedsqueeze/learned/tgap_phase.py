@@ -41,7 +41,6 @@ from ..fl.seeding import derive_seed
 from .autoencoder import AEConfig
 from .split import split_workload
 from .store import load, save
-from .tgap import TGAPConfig as PretrainConfig
 from .tgap import load_captures, tgap_pretrain, tgap_traffic
 
 __all__ = ["TGAPHook", "TGAPResult", "ae_config", "faf_codec", "run_tgap_phase"]
@@ -154,13 +153,9 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_captures(path, tensors)
 
 
-def _same_run(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+def _same_run(saved: dict[str, Any], config: RunConfig) -> bool:
     """Equal run configs up to ``fl.rounds`` (it only lengthens the main phase; TGAP does not use it)."""
-
-    def strip(d: dict[str, Any]) -> dict[str, Any]:
-        return {s: {k: v for k, v in sec.items() if (s, k) != ("fl", "rounds")} for s, sec in d.items()}
-
-    return strip(saved) == strip(now)
+    return not config.differences(saved)
 
 
 def _reuse(folder: Path, config: RunConfig) -> dict[str, Any] | None:
@@ -172,7 +167,7 @@ def _reuse(folder: Path, config: RunConfig) -> dict[str, Any] | None:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if not _same_run(info.get("config", {}), config.to_dict()):
+    if not _same_run(info.get("config", {}), config):
         return None
     try:
         model = load(model_path)  # checks the weights against the sidecar's fingerprint
@@ -214,10 +209,8 @@ def run_tgap_phase(
     col = collect(config, pre, folder, progress, simulate)
     caps = load_captures(folder / CAPTURES, spec=pre.lora_spec)
     variant = config.tgap_variant
-    pcfg = PretrainConfig(
-        steps=tg.steps, batch_size=tg.batch_size, lr=tg.lr,
-        seed=derive_seed(config.fl.seed, 0, -1, "tgap-pretrain") & _MASK63,
-    )  # fmt: skip
+    # tgap.seed 0 (the default) keeps the seed every run had before the key existed
+    pcfg = dataclasses.replace(tg, seed=derive_seed(config.fl.seed, tg.seed, -1, "tgap-pretrain") & _MASK63)
     _say(progress, f"TGAP: pre-training the {variant} autoencoder on {len(caps)} snapshots, {tg.steps} steps")
     steps = StepProgress("TGAP pre-training", tg.steps, enabled=progress)
     try:

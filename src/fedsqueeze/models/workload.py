@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._host import cpu_count
 from ..data.partition import partition, train_test_split
 from ..data.sources import load_dataset
 from ..data.text import encode_causal, encode_prompt, encode_texts
@@ -40,11 +41,7 @@ def configure_threads() -> int:
     if env:
         torch.set_num_threads(max(1, int(env)))
     elif "OMP_NUM_THREADS" not in os.environ:
-        try:
-            allowed = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            allowed = os.cpu_count() or 1
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), allowed)))
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cpu_count())))
     return torch.get_num_threads()
 
 

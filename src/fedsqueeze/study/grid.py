@@ -40,13 +40,24 @@ import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..fl.config import RunConfig, apply_overrides, load_config_data
 
-__all__ = ["TIMING_DEFAULTS", "Cell", "CodecEntry", "PartitionEntry", "StudyGrid", "TaskEntry", "load_study"]
+__all__ = [
+    "TIMING_DEFAULTS",
+    "Cell",
+    "CodecEntry",
+    "PartitionEntry",
+    "StudyGrid",
+    "TaskEntry",
+    "load_study",
+    "study_names",
+    "study_path",
+]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: --dry-run cost model of one cell: setup (model load), one local optimizer step, one evaluation, and the
@@ -313,6 +324,19 @@ def study_from_dict(data: Mapping[str, Any], *, here: str | Path = ".", name: st
     )
     grid.cells()  # validate every cell config now, not hours into the study
     return grid
+
+
+def study_names() -> list[str]:
+    """Names of the packaged study grids (``default``, ``e2e-default``, ``full``)."""
+    root = resources.files("fedsqueeze") / "configs" / "study"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def study_path(name: str) -> Path:
+    """The file of a packaged study grid (package data, ``fedsqueeze/configs/study/NAME.toml``)."""
+    if name not in study_names():
+        raise ConfigError(f"unknown study {name!r}; available: {', '.join(study_names())}")
+    return Path(str(resources.files("fedsqueeze") / "configs" / "study" / f"{name}.toml"))
 
 
 def load_study(path: str | Path) -> StudyGrid:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
+from .._host import cpu_count
 from .grid import Cell
 
 __all__ = ["CellResult", "cpu_count", "done_summary", "group_cells", "run_cell", "run_cells"]
@@ -38,14 +39,6 @@ class CellResult:
     wall_s: float = 0.0
     error: str | None = None
     metric: float | None = None
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (the affinity mask, not the host's core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _workload_key(cell: Cell) -> tuple[Any, ...]:
@@ -71,10 +64,10 @@ class _WorkloadCache:
     def get(self, cell: Cell) -> Any:
         key = _workload_key(cell)
         if key != self.key:
-            from ..fl.loop import _build_workload  # the loop's own builder: toy or the real models
+            from ..fl.loop import build_workload  # the loop's own builder: toy or the real models
 
             self.key, self.workload = None, None  # free the old one before loading the next
-            self.workload = _build_workload(cell.config)
+            self.workload = build_workload(cell.config)
             self.key = key
         return self.workload
 
@@ -125,17 +118,8 @@ def done_summary(cell: Cell, root: str | Path) -> dict[str, Any] | None:
         summary = json.loads((cell.out_dir(root) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return summary if _same_config(summary.get("config", {}), cell.config.to_dict()) else None
-
-
-def _same_config(saved: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Equal on every section key both have (JSON round trip: tuples are lists in the saved one)."""
-    now = json.loads(json.dumps(now))
-    return all(
-        saved[sec][key] == now[sec][key]
-        for sec in set(saved) & set(now)
-        for key in set(saved[sec]) & set(now[sec])
-    )
+    saved = summary.get("config", {})
+    return summary if not cell.config.differences(saved, except_rounds=False) else None
 
 
 class _Reporter:

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import PayloadError
+from ..errors import PayloadError, UsageError
 
-__all__ = ["BitReader", "BitWriter", "bits_to_bytes", "pack_uints", "unpack_uints"]
-
-
-def bits_to_bytes(nbits: int) -> int:
-    """Bytes needed for ``nbits`` bits."""
-    return (int(nbits) + 7) // 8
+__all__ = ["BitReader", "BitWriter", "pack_uints", "unpack_uints"]
 
 
 def _container_bytes(w: int) -> int:
@@ -31,14 +26,14 @@ def _to_bit_array(values: np.ndarray, widths: int | np.ndarray) -> np.ndarray:
         if w == 0 or v.size == 0:
             return np.zeros(0, dtype=np.uint8)
         if w < 64 and v.size and int(v.max()) >> w:
-            raise ValueError(f"value does not fit in {w} bits")
+            raise UsageError(f"value does not fit in {w} bits")
         # Big-endian bytes of the smallest standard width, unpacked: one byte per bit, no (n, w) uint64 temp.
         nb = _container_bytes(w)
         as_bytes = v.astype(f">u{nb}").view(np.uint8).reshape(-1, nb)
         return np.unpackbits(as_bytes, axis=1)[:, 8 * nb - w :].reshape(-1)
     wa = np.asarray(widths, dtype=np.int64).reshape(-1)
     if wa.shape != v.shape:
-        raise ValueError("widths and values differ in length")
+        raise UsageError("widths and values differ in length")
     total = int(wa.sum())
     if total == 0:
         return np.zeros(0, dtype=np.uint8)
@@ -75,7 +70,7 @@ class BitWriter:
     def write_uint(self, value: int, width: int) -> None:
         """Write one unsigned int in ``width`` bits."""
         if value < 0 or (width < 64 and value >> width):
-            raise ValueError(f"{value} does not fit in {width} bits")
+            raise UsageError(f"{value} does not fit in {width} bits")
         self.write_uints(np.array([value], dtype=np.uint64), width)
 
     def write_uints(self, values: np.ndarray, width: int | np.ndarray) -> None:

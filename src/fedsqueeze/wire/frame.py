@@ -19,7 +19,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from ..errors import PayloadError, SpecMismatchError
+from ..errors import PayloadError, SpecMismatchError, UsageError
 from ..spec import UpdateSpec
 
 __all__ = ["HEADER", "HEADER_SIZE", "MAGIC", "VERSION", "FrameHeader", "pack_frame", "parse_frame"]
@@ -43,9 +43,9 @@ class FrameHeader:
 def pack_frame(codec_id: int, spec: UpdateSpec, seed: int, body: bytes) -> bytes:
     """Prepend the header to ``body``."""
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        raise UsageError(f"seed must be in [0, 2**64), got {seed}")
     if len(body) >= 2**32:
-        raise ValueError("body too large for the frame format")
+        raise UsageError("body too large for the frame format")
     head = HEADER.pack(MAGIC, VERSION, codec_id, 0, spec.digest, seed, len(body), zlib.crc32(body))
     return head + body
 

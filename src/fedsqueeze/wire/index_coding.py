@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ..errors import PayloadError
+from ..errors import ConfigError, PayloadError
 from .bitpack import BitReader, BitWriter
 
 __all__ = [
@@ -55,7 +55,7 @@ def index_bits(coder: str, d: int, k: int) -> int:
         return k * fixed_width(d)
     if coder == "elias_fano":
         return elias_fano_bits(d, k)
-    raise ValueError(f"unknown index coder {coder!r}; choose one of {INDEX_CODERS}")
+    raise ConfigError(f"unknown index coder {coder!r}; choose one of {INDEX_CODERS}")
 
 
 def write_indices(w: BitWriter, idx: np.ndarray, d: int, coder: str) -> None:
@@ -66,7 +66,7 @@ def write_indices(w: BitWriter, idx: np.ndarray, d: int, coder: str) -> None:
         w.write_uints(idx.astype(np.uint64), fixed_width(d))
         return
     if coder != "elias_fano":
-        raise ValueError(f"unknown index coder {coder!r}; choose one of {INDEX_CODERS}")
+        raise ConfigError(f"unknown index coder {coder!r}; choose one of {INDEX_CODERS}")
     if k == 0:
         return
     low = _ef_low_bits(d, k)

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ...errors import PayloadError
+from ...errors import ConfigError, PayloadError
 from ...wire.bitpack import BitReader, BitWriter
 from ...wire.frame import HEADER_SIZE
 from ..budget import PACKET_BITS, PACKET_BYTES
@@ -43,7 +43,7 @@ N_BITS = 14  # entries per packet field (a packet holds at most 12000 / 3 = 4000
 MODE_EVEN, MODE_THRESHOLD = 0, 1
 
 
-class BudgetTooSmallError(ValueError):
+class BudgetTooSmallError(ConfigError):
     """The budget cannot hold the headers and one packet."""
 
 

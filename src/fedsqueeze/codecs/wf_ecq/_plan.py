@@ -9,7 +9,6 @@ step, never the d values.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,7 +174,3 @@ def search_step(rms, beta_idx, lens, rho_code: int, avail_bits: float, kappa: fl
     if not fits(best):
         best = evaluate(hi, rms, beta_idx, lens, ent, dist)
     return best
-
-
-def step_is_finite(log2_step: float) -> bool:
-    return math.isfinite(log2_step) and -140 < log2_step < 127

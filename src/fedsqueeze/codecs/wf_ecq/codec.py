@@ -33,10 +33,11 @@ after (ρ = ½, midpoint reconstruction; error independent of the data).
 Trellis-coded quantization (``quantizer``): a scalar quantizer stays ~1.53 dB from the bound at high rate
 whatever its entropy coder. With ``quantizer="tcq"`` the coded intervals go through the 4-state dependent
 quantizer of ``_tcq`` instead (a rate–distortion Viterbi search over two interleaved scalar quantizers on
-a fine step δ), which gains ~0.4–0.7 dB at 1–2 bits/param (measured, ``docs/benchmarks.md``) for a 20–100×
-slower encode. ``"auto"`` (the default) tries it when the frame budget is at least :data:`TCQ_AUTO_RATE`
-bits/param and sends whichever frame has the lower squared error; below that rate the scalar path is within
-~1.5 dB of the bound already and meets the speed target.
+a fine step δ), which is closer to the bound at 1–2 bits/param for a much slower encode (the measured gain
+and encode times, with the command that regenerates them, are in ``docs/benchmarks.md``). ``"auto"`` (the
+default) tries it when the frame budget is at least :data:`TCQ_AUTO_RATE` bits/param and sends whichever
+frame has the lower squared error; below that rate the scalar path is near the bound already and meets the
+speed target.
 The zero-rate decisions and shapes come from the scalar plan; δ is then searched on real encodes.
 
 Body layout (MSB-first bit fields, then little-endian ANS words)::

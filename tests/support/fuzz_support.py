@@ -10,7 +10,6 @@ import functools
 import signal
 import time
 import tracemalloc
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +19,9 @@ import torch
 import fedsqueeze
 from fedsqueeze import PayloadError, UpdateSpec
 from fedsqueeze.codecs import available, codec_class, get
-from fedsqueeze.wire.frame import HEADER, HEADER_SIZE
+from fedsqueeze.wire.frame import HEADER_SIZE
+
+from .codec_cases import refresh_crc
 
 FUZZ_SPEC = UpdateSpec.from_shapes({"l0.A": (8, 48), "l0.B": (48, 8), "l1.A": (8, 48), "l1.B": (48, 8)})
 
@@ -39,13 +40,6 @@ def valid_frame(codec: str, seed: int) -> bytes:
         for i, (name, shape) in enumerate(FUZZ_SPEC.entries)
     }
     return get(codec).encode(upd, seed=seed)
-
-
-def refresh_crc(blob: bytes) -> bytes:
-    """Fix length and CRC after editing the body, so the body decoder itself is attacked."""
-    body = blob[HEADER_SIZE:]
-    magic, version, cid, flags, digest, seed, _, _ = HEADER.unpack_from(blob)
-    return HEADER.pack(magic, version, cid, flags, digest, seed, len(body), zlib.crc32(body)) + body
 
 
 def mutate(blob: bytes, rng: np.random.Generator) -> bytes:

@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..fl.cli_run import add_config_arguments
+from ..flower.settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
 from ..out_paths import check_out_dir
-from .settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
+from .run import add_config_arguments
 
 __all__ = ["RUN_FILES", "add_job_arguments", "refuse_existing_run", "settings_from_args"]
 

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .cli_common import add_job_arguments, settings_from_args
+from .flower_common import add_job_arguments, settings_from_args
 
 __all__ = ["add_arguments", "main"]
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .deploy import child_env, flower_exe, write_app, write_connection
+    from ..flower.deploy import child_env, flower_exe, write_app, write_connection
 
     settings = settings_from_args(args)
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flower-") as tmp:

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_command(args: argparse.Namespace) -> list[str]:
-    from .deploy import flower_exe
+    from ..flower.deploy import flower_exe
 
     node_config = f"partition-id={int(args.partition_id)}"
     if args.state_dir:
@@ -58,7 +58,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from .deploy import child_env
+    from ..flower.deploy import child_env
 
     if args.partition_id < 0:
         raise ConfigError(

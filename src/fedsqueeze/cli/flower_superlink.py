@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_command(args: argparse.Namespace) -> list[str]:
-    from .deploy import flower_exe
+    from ..flower.deploy import flower_exe
 
     cmd = [flower_exe("flower-superlink"), "--host", args.host, "--port", str(args.port)]
     cmd.append("--disable-runtime-dependency-installation")  # no per-run `uv sync` (network, GBs)
@@ -46,7 +46,7 @@ def build_command(args: argparse.Namespace) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from .deploy import child_env
+    from ..flower.deploy import child_env
 
     if not args.insecure and not (args.ssl_certfile and args.ssl_keyfile):
         raise ConfigError("give --ssl-certfile and --ssl-keyfile (and --ssl-ca-certfile), or --insecure")

@@ -61,15 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..fl.config import load_config
+    from ..fl.console import final_line
+    from ..fl.health import describe
+    from ..fl.loop import default_out_dir, run
     from ..out_paths import check_out_dir
-    from .config import load_config
-    from .console import final_line
-    from .health import describe
-    from .loop import default_out_dir, run
 
     config = _resume_config(args) or load_config(args.config, args.overrides)
     if args.print_config:
-        from .config_doc import config_toml
+        from ..fl.config_doc import config_toml
 
         print(config_toml(config), end="")
         return 0
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
 def interrupted_hint(args: argparse.Namespace, out: str | Path) -> str:
     """The line printed on Ctrl-C: the last finished round and the command that continues the run."""
     from ..errors import FedsqueezeError
-    from .checkpoint import load_checkpoint
+    from ..fl.checkpoint import load_checkpoint
 
     out = Path(out)
     cmd = ["fedsqueeze", "run", *([args.config] if args.config else [])]
@@ -129,8 +129,8 @@ def _resume_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return None
     from pathlib import Path
 
-    from .checkpoint import load_checkpoint
-    from .config import RunConfig, apply_overrides
+    from ..fl.checkpoint import load_checkpoint
+    from ..fl.config import RunConfig, apply_overrides
 
     state = load_checkpoint(Path(args.out))
     if state is None or not isinstance(state.get("config"), dict):

@@ -16,10 +16,10 @@ import textwrap
 from rich.console import Console
 from rich.table import Table
 
-from ._docstring import parameters, plain
-from .codecs import codec_class
-from .codecs.registry import available
-from .errors import ConfigError
+from .._docstring import parameters, plain
+from ..codecs import codec_class
+from ..codecs.registry import available
+from ..errors import ConfigError
 
 __all__ = ["add_arguments", "describe_codec", "main"]
 

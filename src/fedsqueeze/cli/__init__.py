@@ -1,7 +1,8 @@
 """The ``fedsqueeze`` command line.
 
-Subcommands live in their own modules, each with ``add_arguments(parser)`` and ``main(args) -> int``;
-this file only wires them up. A module that is not importable (an optional part) is left out of ``--help``.
+Subcommands live in their own modules of this package (``fedsqueeze.cli.run``, ``fedsqueeze.cli.tgap``, ...),
+each with ``add_arguments(parser)`` and ``main(args) -> int``; this file only wires them up (the library
+modules do not parse argv). A module that is not importable (an optional part) is left out of ``--help``.
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from ._extras import check, require
-from .errors import FedsqueezeError
-from .offline import apply_offline_mode
+from .._extras import check, require
+from ..errors import FedsqueezeError
+from ..offline import apply_offline_mode
 
 # (command path, module). The module's docstring's first line is the help text.
 COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("codecs",), "fedsqueeze.cli_codecs"),
-    (("run",), "fedsqueeze.fl.cli_run"),
-    (("bench", "rd"), "fedsqueeze.bench.rd"),
-    (("bench", "speed"), "fedsqueeze.bench.speed"),
-    (("bench", "intervals"), "fedsqueeze.bench.intervals"),
-    (("flower", "simulate"), "fedsqueeze.flower.cli_simulate"),
-    (("flower", "superlink"), "fedsqueeze.flower.cli_superlink"),
-    (("flower", "supernode"), "fedsqueeze.flower.cli_supernode"),
-    (("flower", "run"), "fedsqueeze.flower.cli_run"),
-    (("tgap",), "fedsqueeze.learned.cli_tgap"),
-    (("study",), "fedsqueeze.study.cli_study"),
+    (("codecs",), "fedsqueeze.cli.codecs"),
+    (("run",), "fedsqueeze.cli.run"),
+    (("bench", "rd"), "fedsqueeze.cli.bench_rd"),
+    (("bench", "speed"), "fedsqueeze.cli.bench_speed"),
+    (("bench", "intervals"), "fedsqueeze.cli.bench_intervals"),
+    (("flower", "simulate"), "fedsqueeze.cli.flower_simulate"),
+    (("flower", "superlink"), "fedsqueeze.cli.flower_superlink"),
+    (("flower", "supernode"), "fedsqueeze.cli.flower_supernode"),
+    (("flower", "run"), "fedsqueeze.cli.flower_run"),
+    (("tgap",), "fedsqueeze.cli.tgap"),
+    (("study",), "fedsqueeze.cli.study"),
 )
 
 # Extras a command always needs, checked before it starts (the `cli` extra, rich, is checked for every
@@ -87,7 +88,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"fedsqueeze {__version__}"
 
@@ -161,7 +162,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedsqueezeError as exc:
         print(f"fedsqueeze: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,11 @@
 """Run a reproduction study: a grid of runs (task × partition × codec × seed), then tables and plots.
 
-CONFIG is a study TOML file or the name of one in configs/study/ (default: "default", the CPU-sized grid;
+CONFIG is a study TOML file or the name of a packaged grid (default: "default", the CPU-sized grid;
 --full: "full", every task and codec, 3 seeds). Each cell goes to OUT/<task>/<partition>/<codec>/seed<k>/;
 cells whose summary.json holds the cell's config are skipped (rerunning resumes; a changed cell reruns), a
 failing cell leaves error.txt. Then OUT/results.{json,csv,md} and OUT/plots/<task>__<partition>.png.
   fedsqueeze study --dry-run                       # list the default grid's cells and a time estimate
-  fedsqueeze study configs/study/default.toml --only 'minilm-rt/iid/*'
+  fedsqueeze study default --only 'minilm-rt/iid/*'
   fedsqueeze study --full --jobs 2 --out runs/study/full
   fedsqueeze study --aggregate-only                # rebuild the tables and plots from the cell folders
 """
@@ -22,7 +22,7 @@ __all__ = ["add_arguments", "main", "resolve_study"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", default=None, help="study TOML file or name in configs/study/")
+    parser.add_argument("config", nargs="?", default=None, help="study TOML file or packaged grid name")
     parser.add_argument("--full", action="store_true", help='the full grid (CONFIG "full")')
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/study/NAME)")
     parser.add_argument(
@@ -35,22 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress lines")
 
 
-def _study_dirs() -> list[Path]:
-    # configs/study/ of the current directory, then of the source checkout this package lives in.
-    return [Path("configs") / "study", Path(__file__).resolve().parents[3] / "configs" / "study"]
-
-
 def resolve_study(name: str) -> Path:
-    """A study file path from a path or a name in ``configs/study/``."""
+    """A study file path from a path or the name of a packaged grid (see ``study_names``)."""
     from ..errors import ConfigError
+    from ..study.grid import study_names, study_path
 
     if Path(name).is_file():
         return Path(name)
-    for folder in _study_dirs():
-        if (folder / f"{name}.toml").is_file():
-            return folder / f"{name}.toml"
-    known = sorted({p.stem for d in _study_dirs() if d.is_dir() for p in d.glob("*.toml")})
-    raise ConfigError(f"study {name!r} not found (a file, or one of: {', '.join(known) or 'none'})")
+    if name in study_names():
+        return study_path(name)
+    raise ConfigError(f"study {name!r} not found (a file, or one of: {', '.join(study_names()) or 'none'})")
 
 
 def _fmt_s(seconds: float) -> str:
@@ -59,15 +53,17 @@ def _fmt_s(seconds: float) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from .aggregate import write_results
-    from .grid import load_study
-    from .runner import done_summary, group_cells, run_cells
+    from ..study.aggregate import write_results
+    from ..study.grid import load_study
+    from ..study.runner import done_summary, group_cells, run_cells
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     if args.full and args.config is not None:
         raise ConfigError("give either CONFIG or --full, not both")
-    path = resolve_study("full" if args.full else args.config or "default")
+    given = "full" if args.full else args.config or "default"
+    path = resolve_study(given)
+    shown = str(path) if Path(given).is_file() else given  # a packaged grid by its name
     grid = load_study(path)
     root = Path(args.out) if args.out else grid.default_out()
     cells = grid.cells()
@@ -76,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
         if not cells:
             raise ConfigError(f"--only {' '.join(args.only)} matches no cell of {path}")
     command = " ".join(
-        ["fedsqueeze", "study", shlex.quote(str(path)), "--out", shlex.quote(str(root))]
+        ["fedsqueeze", "study", shlex.quote(shown), "--out", shlex.quote(str(root))]
         + [f"--only {shlex.quote(p)}" for p in args.only]
         + ([f"--jobs {args.jobs}"] if args.jobs > 1 else [])
     )

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from .cli_common import add_job_arguments, refuse_existing_run, settings_from_args
+from .flower_common import add_job_arguments, refuse_existing_run, settings_from_args
 
 __all__ = ["add_arguments", "main"]
 
@@ -38,13 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..fl.console import final_line
     from ..fl.health import describe
-    from .deploy import RUN_CONFIG_ENV, child_env
+    from ..flower.deploy import RUN_CONFIG_ENV, child_env
 
     t0 = time.perf_counter()
     settings = settings_from_args(args)
     refuse_existing_run(Path(settings.out_dir))
     os.environ.update(child_env({RUN_CONFIG_ENV: json.dumps(settings.to_run_config())}))
-    from .simulate import simulate
+    from ..flower.simulate import simulate
 
     summary = simulate(
         settings,

@@ -21,7 +21,7 @@ MODEL = "ae.safetensors"  # the model's name inside --out (as in a run's OUT/tga
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .tgap import TGAPConfig
+    from ..learned.tgap import TGAPConfig
 
     parser.add_argument("captures", help="captures.safetensors from `fedsqueeze run --capture-updates ...`")
     parser.add_argument(
@@ -48,10 +48,10 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..fl.console import size
     from ..fl.report import StepProgress
+    from ..learned.autoencoder import AEConfig
+    from ..learned.store import save, sidecar_path
+    from ..learned.tgap import TGAPConfig, load_captures, tgap_pretrain
     from ..out_paths import check_out_file
-    from .autoencoder import AEConfig
-    from .store import save, sidecar_path
-    from .tgap import TGAPConfig, load_captures, tgap_pretrain
 
     path = model_path(args.out)
     check_out_file(path, "--out", example="ae.safetensors")

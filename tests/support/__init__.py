@@ -1,0 +1,1 @@
+"""Helpers shared by the test files: codec inputs, fuzzing, the toy federation, the fake Flower grid."""

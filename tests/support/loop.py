@@ -1,0 +1,49 @@
+"""The toy federation of the loop tests: a config, reading rows back, a workload that crashes on cue."""
+
+from __future__ import annotations
+
+import json
+
+from fedsqueeze.fl import RunConfig
+from fedsqueeze.fl.config import CodecConfig, FLConfig
+from fedsqueeze.fl.toy import ToyWorkload
+from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig
+
+N = 6
+
+
+def make_config(codec="topk", options=None, *, downlink="identity", **fl) -> RunConfig:
+    fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, "server_lr": 1.0, "server_momentum": 0.0, **fl}
+    return RunConfig(
+        data=DataConfig(num_clients=N),
+        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
+        fl=FLConfig(**fl),
+        codec=CodecConfig(codec, {"density": 0.1} if options is None and codec == "topk" else options or {}),
+        downlink=CodecConfig(downlink, {"density": 0.2} if downlink == "topk" else {}),
+    )
+
+
+def rows_of(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "train_s", "client_s")} for r in rows]
+
+
+class CrashError(RuntimeError):
+    pass
+
+
+class CrashingToy(ToyWorkload):
+    """Dies at the first training call of round ``crash_round`` (``calls_per_round`` calls per round)."""
+
+    def __init__(self, crash_after_calls: int) -> None:
+        super().__init__(N)
+        self.left = crash_after_calls
+
+    def train_client(self, *args, **kwargs):
+        if self.left == 0:
+            raise CrashError
+        self.left -= 1
+        return super().train_client(*args, **kwargs)
