@@ -17,7 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
-OUTSIDE = (b"../shared", b"shared/docs/")  # the research notes live outside the repository
+# The research notes live outside the repository; the needles are joined here so this file names no path
+# outside it either, and needs no exemption from its own check.
+SHARED = b"shared"
+OUTSIDE = (b"../" + SHARED, SHARED + b"/docs/")
 LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 DOCS_PATH = re.compile(r"(?<![\w./-])docs/[\w./-]*?\.md\b")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
@@ -69,8 +72,6 @@ def test_the_checkers_find_what_they_should(tmp_path: Path) -> None:
 def test_no_tracked_file_cites_the_research_folder() -> None:
     hits = []
     for rel in tracked_files():
-        if rel == THIS:
-            continue
         data = (ROOT / rel).read_bytes()
         for i, line in enumerate(data.splitlines(), 1):
             if any(needle in line for needle in OUTSIDE):
