@@ -236,7 +236,6 @@ class WfEcq(Codec):
         plans = {r: search_step(rms, bidx, lens, r, avail) for r in rho_codes}
         rho = min(plans, key=lambda r: plans[r].est_dist)
         plan, kappa, best, best_plan = plans[rho], 1.0, None, None
-        model_plan = None  # the model-driven plan that was sent or beaten by the fill: TCQ starts from it
         fit_at, fail_at = math.inf, -math.inf  # log2 steps known to fit / to overflow with the real coder
         for attempt in range(self.max_encodes):
             body, ans_bits, sent = self._body(x, plan, rho, starts, lens, u, self.block)
@@ -258,17 +257,19 @@ class WfEcq(Codec):
                 ratio = ans_bits / max(plan.est_bits * kappa, 1.0) if plan.est_bits else 1.0
                 kappa *= float(np.clip(ratio, 0.25, 4.0))
                 plan = search_step(rms, bidx, lens, rho, avail * (1.0 - 0.002 * (attempt + 1)), kappa)
+        model_plan = best_plan  # TCQ starts from the model's coded set even when the fill wins below
+        best_err = None  # squared error of ``best``, measured (by decoding) at most once
         if best is None or 8 * len(best) < FILL_BELOW * avail:
             # the model missed the budget (data far from every GGD): fill it from measured costs instead
-            model_plan = best_plan
             step0 = (plans[rho] if best_plan is None else best_plan).log2_step
             filled = self._fill(x, spec, seed, rho, avail, step0, u)
-            if filled is not None and (
-                best is None or filled[1] < _sqerr(x, self.decode_flat(best, spec, seed=seed))
-            ):
-                best, best_plan = filled[0], filled[2]
-                if filled[3] != self.block:  # other intervals: the TCQ search below needs the codec's own
-                    return best
+            if filled is not None:
+                if best is not None:
+                    best_err = _sqerr(x, self.decode_flat(best, spec, seed=seed))
+                if best is None or filled[1] < best_err:
+                    best, best_plan, best_err = filled[0], filled[2], filled[1]
+                    if filled[3] != self.block:  # other intervals: the TCQ search needs the codec's own
+                        return best
         if best is None or best_plan is None or not np.any(best_plan.codes):
             raise ConfigError(
                 f"wf_ecq: a budget of {self.budget(d)} bits for d={d} leaves no room to code any value "
@@ -280,7 +281,9 @@ class WfEcq(Codec):
             coded = model_plan or best_plan
             tcq = self._encode_tcq(x, coded, rms, bidx, starts, lens, avail)
             if tcq is not None:
-                scalar_err = _sqerr(x, self.decode_flat(best, spec, seed=seed))
+                scalar_err = (
+                    best_err if best_err is not None else _sqerr(x, self.decode_flat(best, spec, seed=seed))
+                )
                 # forced TCQ still never sends a frame that is no better than sending nothing
                 if tcq[1] < scalar_err or (self.quantizer == "tcq" and tcq[1] < float(np.dot(x, x))):
                     return tcq[0]
@@ -291,8 +294,9 @@ class WfEcq(Codec):
 
         Tries the codec's block and shorter ones (finer granularity for data whose intervals cost a bit per
         value once coded, such as constant magnitudes), keeping the lowest predicted error. The selection
-        targets the body bits left after a small ANS slack; if the real coder still overflows, the target
-        shrinks by the measured ratio and the selection is redone at the same step.
+        targets the body bits left after a small ANS slack, then follows the real coder's size (shrinking on
+        overflow, growing on underuse) with the selection redone at the same step; the largest fitting frame
+        is kept.
         """
         best = None
         for blk in _fill_blocks(self.block, max(spec.sizes)):
