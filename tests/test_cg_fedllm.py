@@ -17,6 +17,7 @@ from fedsqueeze.learned import store
 from fedsqueeze.learned.autoencoder import AEConfig, CGAutoEncoder
 from fedsqueeze.learned.controls import score, shuffle_control, train_mean_predictor
 from fedsqueeze.learned.layout import FactorLayout
+from fedsqueeze.learned.store import ModelStore
 from fedsqueeze.learned.tgap import Captures, TGAPConfig, load_captures, tgap_pretrain, tgap_traffic
 
 CG, CGQ = codec_class("cg_fedllm"), codec_class("cg_fedllm_q")
@@ -94,9 +95,9 @@ def test_fingerprint_mismatch_and_unknown_are_payload_errors(tiny_model: CGAutoE
     other = CGAutoEncoder(AEConfig(depth=3, res_blocks=1))
     fp = tiny_model.fingerprint().hex()
     with pytest.raises(PayloadError, match="another fingerprint"):
-        decode_flat(bytes(blob), spec, context={"cg_fedllm": {fp: other}})
-    # the right model via context works, and truncation is refused
-    assert decode_flat(bytes(blob), spec, context={"cg_fedllm": {fp: tiny_model}}).shape == (spec.numel,)
+        decode_flat(bytes(blob), spec, models={fp: other})
+    # the right model through a resolver works, and truncation is refused
+    assert decode_flat(bytes(blob), spec, models=ModelStore({fp: tiny_model})).shape == (spec.numel,)
     with pytest.raises(PayloadError):
         decode_flat(pack_frame(30, spec, 0, bytes(blob[32:-2])), spec)
 

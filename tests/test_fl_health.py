@@ -139,7 +139,7 @@ def test_replay_equals_observing_and_logging_levels(caplog):
 def zero_decoder(monkeypatch):
     """topk frames decode to zeros (client error feedback and server alike): an empty reconstruction."""
 
-    def zeros(cls, body, spec, *, seed, context=None):
+    def zeros(cls, body, spec, *, seed):
         return torch.zeros(spec.numel, dtype=torch.float32)
 
     monkeypatch.setattr(TopK, "decode_flat", classmethod(zeros))
@@ -197,7 +197,7 @@ CLI_SCRIPT = """
 import sys, torch
 from fedsqueeze.codecs.baselines.topk import TopK
 from fedsqueeze.cli import main
-TopK.decode_flat = classmethod(lambda cls, body, spec, *, seed, context=None: torch.zeros(spec.numel))
+TopK.decode_flat = classmethod(lambda cls, body, spec, *, seed: torch.zeros(spec.numel))
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -72,7 +72,7 @@ def test_flower_rows_and_summary_carry_the_same_warnings(tmp_path, task_identity
     assert [r["warnings"] for r in rows(tmp_path / "ok")] == [[]] * 3 and summary["warnings"] == []
 
     # topk frames decode to zeros on the clients (error feedback) and the server: an empty reconstruction.
-    def zeros(cls, body, spec, *, seed, context=None):
+    def zeros(cls, body, spec, *, seed):
         return torch.zeros(spec.numel, dtype=torch.float32)
 
     monkeypatch.setattr(TopK, "decode_flat", classmethod(zeros))

@@ -19,9 +19,12 @@ from ..errors import ConfigError, UpdateError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE, pack_frame
 
-__all__ = ["FP32_MAX", "Codec", "DecodeContext", "all_finite"]
+__all__ = ["FP32_MAX", "Codec", "ModelSource", "all_finite"]
 
-DecodeContext = Mapping[str, Any]
+# What a decoder of a trained-model codec may be given to find its model by fingerprint: a mapping
+# ``{fingerprint_hex: model or path}`` or any object with ``resolve(fingerprint_hex) -> model | None``
+# (e.g. :class:`fedsqueeze.learned.store.ModelStore`); ``None`` means the process-wide store.
+ModelSource = Any
 # Largest finite float32: decoders saturate reconstructed values to it so a decoded update stays finite.
 FP32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -61,7 +64,10 @@ class Codec(ABC):
         state lives in :attr:`state` and round-trips through :meth:`state_dict`.
     uses_trained_model
         True when the codec encodes and decodes with a trained model (e.g. CG-FedLLM's autoencoder) that a
-        run can train before its first round (TGAP pre-training) and hand to the codec.
+        run can train before its first round (TGAP pre-training) and hand to the codec. Such a codec's
+        :meth:`decode_flat` takes one more keyword, ``models`` (a :data:`ModelSource`), which
+        :func:`fedsqueeze.decode` passes to these codecs only: the one seam by which a decoder receives a
+        trained model.
     needs_trained_model
         True when the codec cannot encode at all without such a model (it implies
         ``uses_trained_model``). A codec that uses a model but falls back to a fixed transform without
@@ -70,6 +76,9 @@ class Codec(ABC):
         Name of the run phase that trains the model (``"tgap"`` for the CG-FedLLM codecs), or ``None``. A
         run with that phase enabled builds it from :func:`fedsqueeze.fl.hooks.register_phase`'s registry
         and hands the trained model to the codec.
+    training_variant
+        The variant of that phase the codec is trained with when the run says ``auto`` (``"paper"`` for
+        the paper's ``cg_fedllm``, ``"sound"`` otherwise).
     """
 
     name: ClassVar[str]
@@ -80,6 +89,7 @@ class Codec(ABC):
     uses_trained_model: ClassVar[bool] = False
     needs_trained_model: ClassVar[bool] = False
     trained_by: ClassVar[str | None] = None
+    training_variant: ClassVar[str] = "sound"
 
     state: dict[str, Any] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
@@ -129,7 +139,7 @@ class Codec(ABC):
     @classmethod
     @abstractmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         """Decode a body into a float32 vector of length ``spec.numel``.
 

@@ -13,8 +13,9 @@ Body (little-endian)::
     f32×k normalisation scales (k from the model: 0, 1 or one per tensor)
     C·h·w latent values in the named dtype, (C, h, w) row-major
 
-The decoder finds the model by fingerprint (``context={"cg_fedllm": {fp_hex: model}}`` or the process-wide
-store, :mod:`fedsqueeze.learned.store`); an unknown fingerprint is a :class:`~fedsqueeze.PayloadError`.
+The decoder finds the model by fingerprint (``fedsqueeze.decode(blob, spec, models={fp_hex: model})`` or
+the process-wide store, :mod:`fedsqueeze.learned.store`); an unknown fingerprint is a
+:class:`~fedsqueeze.PayloadError`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..learned.codec_util import (
 from ..learned.store import register, resolve
 from ..learned.transform import analyse, layout_for, synthesise
 from ..spec import UpdateSpec
-from .base import Codec, DecodeContext
+from .base import Codec, ModelSource
 from .registry import register as register_codec
 
 __all__ = ["CGFedLLM"]
@@ -69,6 +70,7 @@ class CGFedLLM(Codec):
     summary: ClassVar[str] = "CG-FedLLM: ResNet-3 autoencoder latent (fp32/fp16), needs a TGAP-trained model"
     uses_trained_model: ClassVar[bool] = True
     trained_by: ClassVar[str | None] = "tgap"
+    training_variant: ClassVar[str] = "paper"  # the paper's TGAP recipe is the default for the paper's codec
     needs_trained_model: ClassVar[bool] = True  # no model, no latent: encode_flat cannot run without one
 
     model_path: str | None = None
@@ -106,13 +108,13 @@ class CGFedLLM(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int, models: ModelSource = None
     ) -> torch.Tensor:
         fp, code = read_prefix_byte(body, _VERSION, cls.name, "the latent dtype")
         if code not in _BY_CODE:
             raise PayloadError(f"cg_fedllm latent dtype code {code} is unknown")
         np_t = _BY_CODE[code][1]
-        model = resolve(fp, context)
+        model = resolve(fp, models)
         c, h, w = model.latent_shape(*_image_hw(model, spec))
         k = scales_count(spec, model)
         off = PREFIX.size + 1

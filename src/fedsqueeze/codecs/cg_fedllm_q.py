@@ -55,7 +55,7 @@ from ..learned.transform import (
 )
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
-from .base import Codec, DecodeContext
+from .base import Codec, ModelSource
 from .budget import check_rate, check_rate_fits
 from .registry import register as register_codec
 
@@ -159,7 +159,7 @@ class CGFedLLMQ(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int, models: ModelSource = None
     ) -> torch.Tensor:
         fp, kind = read_prefix_byte(body, _VERSION, cls.name, "its kind byte")
         off = PREFIX.size + 1
@@ -179,7 +179,7 @@ class CGFedLLMQ(Codec):
         if bytes.fromhex(fp) == FALLBACK_FINGERPRINT:
             k, shape = len(spec.entries), blockmean_latent_shape(spec)
         else:
-            model = resolve(fp, context)
+            model = resolve(fp, models)
             k = scales_count(spec, model)
             lay = layout_for(model, spec)
             shape = model.latent_shape(lay.height, lay.width)

@@ -7,13 +7,13 @@ import torch
 from ..errors import PayloadError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER, HEADER_SIZE, parse_frame
-from .base import DecodeContext, all_finite
+from .base import ModelSource, all_finite
 from .registry import by_id
 
 __all__ = ["decode", "decode_flat"]
 
 
-def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = None) -> torch.Tensor:
+def decode_flat(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) -> torch.Tensor:
     """Decode a frame into a flat float32 vector of ``spec.numel`` values.
 
     Raises
@@ -21,6 +21,8 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None 
     PayloadError
         Malformed, truncated, extended, oversized, corrupted, of another spec, of an unknown codec, or
         decoding to non-finite values.
+
+    ``models`` reaches only codecs that declare ``uses_trained_model`` (see :func:`decode`).
     """
     if isinstance(blob, bytes | bytearray | memoryview) and len(blob) >= HEADER_SIZE:
         codec_id = HEADER.unpack_from(bytes(blob[:HEADER_SIZE]))[2]
@@ -33,7 +35,8 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None 
     header, body = parse_frame(blob, spec, max_body=limit)
     assert cls is not None
     try:
-        flat = cls.decode_flat(body, spec, seed=header.seed, context=context)
+        extra = {"models": models} if cls.uses_trained_model else {}
+        flat = cls.decode_flat(body, spec, seed=header.seed, **extra)
     except PayloadError:
         raise
     except (ValueError, IndexError, OverflowError, RuntimeError) as exc:
@@ -48,7 +51,7 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None 
     return flat
 
 
-def decode(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = None) -> dict[str, torch.Tensor]:
+def decode(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) -> dict[str, torch.Tensor]:
     """Decode a frame made by any registered codec into named tensors of ``spec``.
 
     Parameters
@@ -57,7 +60,10 @@ def decode(blob: bytes, spec: UpdateSpec, *, context: DecodeContext | None = Non
         The payload exactly as received.
     spec
         The receiver's :class:`~fedsqueeze.UpdateSpec`; a payload for another spec is refused.
-    context
-        Extra decoder inputs for learned codecs (e.g. decoder weights keyed by fingerprint).
+    models
+        Where codecs with a trained model (``uses_trained_model``: CG-FedLLM) find it by the fingerprint in
+        the frame: ``{fingerprint_hex: model or path}``, or an object with ``resolve(fingerprint_hex)``.
+        ``None`` (default) looks in the process-wide store, which holds every model saved, loaded or used
+        in this process. Other codecs never see it.
     """
-    return spec.unflatten(decode_flat(blob, spec, context=context))
+    return spec.unflatten(decode_flat(blob, spec, models=models))

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import PayloadError
 from ..spec import UpdateSpec
-from .base import Codec, DecodeContext
+from .base import Codec
 from .registry import register
 
 __all__ = ["BF16", "FP16", "Identity"]
@@ -33,7 +33,7 @@ class _Dense(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         if len(body) != cls.width * spec.numel:
             raise PayloadError(f"{cls.name} body has {len(body)} bytes, expected {cls.width * spec.numel}")

@@ -251,10 +251,12 @@ class RunConfig:
 
     @property
     def tgap_variant(self) -> str:
-        """``tgap.variant`` with ``auto`` resolved: ``paper`` for ``cg_fedllm``, else ``sound``."""
+        """``tgap.variant`` with ``auto`` resolved by the codec's ``training_variant`` declaration."""
         if self.tgap.variant != "auto":
             return self.tgap.variant
-        return "paper" if self.codec.name == "cg_fedllm" else "sound"
+        from ..codecs import codec_class
+
+        return codec_class(self.codec.name).training_variant
 
     def differences(self, saved: Mapping[str, Any], *, except_rounds: bool = True) -> list[str]:
         """The ``section.key`` names where ``saved`` (a stored :meth:`to_dict`) differs from this config.

@@ -1,10 +1,12 @@
 """Trained autoencoders: save/load (``.safetensors`` + ``.json``) and a process-wide store by fingerprint.
 
 The decoder of ``cg_fedllm`` / ``cg_fedllm_q`` finds the model named by the 8-byte fingerprint in the body
-in, first, ``context={"cg_fedllm": {fingerprint_hex: model_or_path}}`` passed to :func:`fedsqueeze.decode`,
-then this store. A model enters the store when it is saved, loaded (:func:`load`), registered
-(:func:`register`) or used by a codec, so in a single-process simulation the server finds the clients'
-model with no context at all; a separate server process calls :func:`load` once with the same file.
+through the one seam of trained-model codecs, ``fedsqueeze.decode(blob, spec, models=...)``: ``models`` is a
+mapping ``{fingerprint_hex: model_or_path}`` or any object with ``resolve(fingerprint_hex)`` (a
+:class:`ModelStore`); without it the decoder looks in the process-wide store. A model enters that store
+when it is saved, loaded (:func:`load`), registered (:func:`register`) or used by a codec, so in a
+single-process simulation the server finds the clients' model with nothing passed; a separate server
+process calls :func:`load` once with the same file, or passes its own store.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from ..safetensors_errors import reading_safetensors
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder
 
-__all__ = ["CONTEXT_KEY", "load", "lookup", "register", "resolve", "save", "sidecar_path"]
+__all__ = ["ModelStore", "load", "lookup", "register", "resolve", "save", "sidecar_path"]
 
-CONTEXT_KEY = "cg_fedllm"
 FORMAT = "fedsqueeze-cg-fedllm-ae/1"
 
 _LOCK = threading.Lock()
@@ -119,28 +120,60 @@ def load(path: str | Path) -> CGAutoEncoder:
     return model
 
 
-def resolve(fingerprint_hex: str, context: Mapping[str, Any] | None) -> CGAutoEncoder:
-    """The decoder's model: from ``context[CONTEXT_KEY]`` (a model or a path), else the store.
+class ModelStore:
+    """A set of models by fingerprint, for ``fedsqueeze.decode(..., models=store)``.
+
+    For a server that keeps the models of several runs apart (the process-wide store, which
+    :func:`register` and :func:`load` fill, is the default).
+    """
+
+    def __init__(self, models: Mapping[str, CGAutoEncoder | str | Path] | None = None) -> None:
+        self._models: dict[str, CGAutoEncoder | str | Path] = dict(models or {})
+
+    def add(self, model: CGAutoEncoder | str | Path) -> str:
+        """Add a model (or the path of a saved one, loaded now) and return its fingerprint in hex."""
+        if isinstance(model, str | Path):
+            model = load(model)
+        fp = model.fingerprint().hex()
+        self._models[fp] = model
+        return fp
+
+    def resolve(self, fingerprint_hex: str) -> CGAutoEncoder | None:
+        """The model with this fingerprint, or ``None``."""
+        return _as_model(self._models.get(fingerprint_hex), fingerprint_hex)
+
+
+def _as_model(given: Any, fingerprint_hex: str) -> CGAutoEncoder | None:
+    if given is None:
+        return None
+    model = load(given) if isinstance(given, str | Path) else given
+    if not isinstance(model, CGAutoEncoder):
+        raise PayloadError(f"the model given for {fingerprint_hex} is not a CGAutoEncoder")
+    if model.fingerprint().hex() != fingerprint_hex:
+        raise PayloadError(f"the autoencoder given for {fingerprint_hex} has another fingerprint")
+    return model
+
+
+def resolve(fingerprint_hex: str, models: Any = None) -> CGAutoEncoder:
+    """The decoder's model: from ``models`` (a mapping or a resolver) if given, else the process store.
 
     Raises
     ------
     PayloadError
         No model with this fingerprint is known, or the given one hashes differently.
     """
-    models = (context or {}).get(CONTEXT_KEY) or {}
-    given = models.get(fingerprint_hex) if isinstance(models, Mapping) else None
-    if given is not None:
-        model = load(given) if isinstance(given, str | Path) else given
-        if not isinstance(model, CGAutoEncoder):
-            raise PayloadError(f"context[{CONTEXT_KEY!r}][{fingerprint_hex!r}] is not a CGAutoEncoder")
-        if model.fingerprint().hex() != fingerprint_hex:
-            raise PayloadError(f"the autoencoder given for {fingerprint_hex} has another fingerprint")
-        return model
-    found = lookup(fingerprint_hex)
+    if models is None:
+        found = lookup(fingerprint_hex)
+    elif hasattr(models, "resolve"):
+        found = _as_model(models.resolve(fingerprint_hex), fingerprint_hex)
+    elif isinstance(models, Mapping):
+        found = _as_model(models.get(fingerprint_hex), fingerprint_hex)
+    else:
+        raise PayloadError(f"models= must be a mapping or have resolve(), got {type(models).__name__}")
     if found is None:
         raise PayloadError(
             f"payload needs autoencoder {fingerprint_hex}, which is unknown here: pass "
-            f"context={{'{CONTEXT_KEY}': {{'{fingerprint_hex}': model}}}} or call "
+            f"models={{'{fingerprint_hex}': model_or_path}} to fedsqueeze.decode or call "
             "fedsqueeze.learned.store.load(path) first"
         )
     return found

@@ -32,7 +32,7 @@ from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
 from ...wire.index_coding import INDEX_CODERS, fixed_width, index_bits, read_indices, write_indices
-from ..base import FP32_MAX, Codec, DecodeContext
+from ..base import FP32_MAX, Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
 from ._util import (
@@ -134,7 +134,7 @@ class ComPEFT(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)

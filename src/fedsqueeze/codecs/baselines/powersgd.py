@@ -32,7 +32,7 @@ import torch
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
-from ..base import FP32_MAX, Codec, DecodeContext
+from ..base import FP32_MAX, Codec
 from ..budget import check_one_budget, check_rate
 from ..registry import register
 from ._util import (
@@ -178,7 +178,7 @@ class PowerSGD(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         r = BitReader(body)
         fb = r.read_uint(8, "factor_bits")

@@ -35,7 +35,7 @@ import torch
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
-from ..base import FP32_MAX, Codec, DecodeContext
+from ..base import FP32_MAX, Codec
 from ..budget import check_one_budget, check_rate
 from ..registry import register
 from ._util import (
@@ -183,7 +183,7 @@ class QSGD(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)

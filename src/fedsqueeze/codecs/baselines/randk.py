@@ -26,7 +26,7 @@ import torch
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
-from ..base import Codec, DecodeContext
+from ..base import Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
 from ._util import (
@@ -119,7 +119,7 @@ class RandK(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)

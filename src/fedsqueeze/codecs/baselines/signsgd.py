@@ -21,7 +21,7 @@ import torch
 from ...errors import PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
-from ..base import Codec, DecodeContext
+from ..base import Codec
 from ..registry import register
 from ._util import (
     expect_body_bits,
@@ -58,7 +58,7 @@ class SignSGD(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         expect_body_bits(cls.name, body, _body_bits(spec))
         r = BitReader(body)

@@ -25,7 +25,7 @@ from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
 from ...wire.index_coding import INDEX_CODERS, fixed_width, index_bits, read_indices, write_indices
-from ..base import Codec, DecodeContext
+from ..base import Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
 from ._util import (
@@ -148,7 +148,7 @@ class TopK(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)

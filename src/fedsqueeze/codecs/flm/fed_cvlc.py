@@ -16,7 +16,7 @@ import torch
 
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
-from ..base import Codec, DecodeContext
+from ..base import Codec
 from ..budget import budget_bits, check_density, check_one_budget, check_rate
 from ..registry import register
 from ._packets import MAX_B, MODE_EVEN, BudgetTooSmallError, ceil_log2, decode_body, empty_body, encode_body
@@ -75,7 +75,7 @@ class FedCVLC(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         d = spec.numel
         if len(body) and (body[0] >> 3) < max(1, ceil_log2(d)):

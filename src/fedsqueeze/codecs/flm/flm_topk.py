@@ -27,7 +27,7 @@ import torch
 
 from ...errors import ConfigError
 from ...spec import UpdateSpec
-from ..base import Codec, DecodeContext
+from ..base import Codec
 from ..budget import budget_bits, check_density, check_one_budget, check_rate
 from ..registry import register
 from ._packets import (
@@ -136,7 +136,7 @@ class FLMTopK(Codec):
 
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         idx, vals = decode_body(body, spec.numel)
         out = torch.zeros(spec.numel, dtype=torch.float32)

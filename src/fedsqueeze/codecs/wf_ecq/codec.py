@@ -71,7 +71,7 @@ import torch
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
-from ..base import FP32_MAX, Codec, DecodeContext
+from ..base import FP32_MAX, Codec
 from ..budget import HEADER_BITS, budget_bits, check_density, check_one_budget, check_rate
 from ..registry import register
 from . import _fill, _tcq
@@ -460,7 +460,7 @@ class WfEcq(Codec):
     # -- decoding ----------------------------------------------------------------------------------------
     @classmethod
     def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
+        cls, body: bytes, spec: UpdateSpec, *, seed: int
     ) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)
