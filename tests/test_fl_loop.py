@@ -72,17 +72,19 @@ def test_ledger_counts_every_payload(tmp_path, monkeypatch):
     run(make_config(rounds=3), tmp_path, workload=wl)
     rows = rows_of(tmp_path)
     cum = 0
-    dense_down = 32 + 4 * wl.lora_spec.numel + 32 + 4 * wl.head_spec.numel
+    lora_down, head_down = 32 + 4 * wl.lora_spec.numel, 32 + 4 * wl.head_spec.numel
+    dense_down = lora_down + head_down
     for row in rows:
         assert row["uplink_bytes"] == sum(sent[row["round"]])
         assert row["uplink_bytes"] == row["uplink_lora_bytes"] + row["uplink_head_bytes"]
         assert row["uplink_head_bytes"] == 2 * (32 + 4 * wl.head_spec.numel)
-        assert row["downlink_bytes"] == 2 * dense_down
+        # round 1: every client already holds the initial head; later the trained head is new to all
+        assert row["downlink_bytes"] == 2 * (lora_down if row["round"] == 1 else dense_down)
         cum += row["uplink_bytes"]
         assert row["cum_uplink_bytes"] == cum
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["total_uplink_bytes"] == cum
-    assert summary["total_downlink_bytes"] == 3 * 2 * dense_down
+    assert summary["total_downlink_bytes"] == 3 * 2 * dense_down - 2 * head_down
 
 
 def test_error_feedback_persists_while_a_client_sits_out():

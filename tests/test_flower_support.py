@@ -10,12 +10,12 @@ from fedsqueeze.fl.toy import ToyWorkload
 
 
 class _HangingToy(ToyWorkload):
-    def train_client(self, client, lora, head, cfg, *, seed):  # type: ignore[override]
+    def train_client(self, client, lora, head, cfg, *, seed, train_head=True):  # type: ignore[override]
         marker = os.environ.get("FSQ_TEST_HANG_MARKER")
         if marker:  # only the SuperNode the test wants to kill has this set
             Path(marker).write_text(str(os.getpid()))
             time.sleep(300)
-        return super().train_client(client, lora, head, cfg, seed=seed)
+        return super().train_client(client, lora, head, cfg, seed=seed, train_head=train_head)
 
 
 def hanging_toy(config):

@@ -69,6 +69,7 @@ def client_step(
     *,
     train_seed: int,
     encode_seed: int,
+    train_head: bool = True,
 ) -> ClientReply:
     """Train ``client`` from the global ``(lora, head)`` and encode its update.
 
@@ -79,6 +80,8 @@ def client_step(
         state persist across the rounds the client takes part in; ``enabled=False`` for no feedback).
     train_seed, encode_seed
         Seeds of local training (shuffling, dropout) and of the codec's random choices.
+    train_head
+        Whether the head trains this round (``model.head``); a fixed head sends no head frame.
 
     Returns
     -------
@@ -87,7 +90,7 @@ def client_step(
     """
     lspec, hspec = workload.lora_spec, workload.head_spec
     new_lora, new_head, loss = workload.train_client(
-        client, dict(lora), dict(head), train_cfg, seed=train_seed & ((1 << 63) - 1)
+        client, dict(lora), dict(head), train_cfg, seed=train_seed & ((1 << 63) - 1), train_head=train_head
     )
     u = lspec.flatten(lora) - lspec.flatten(new_lora)
     u_head = hspec.flatten(head) - hspec.flatten(new_head)
@@ -101,7 +104,7 @@ def client_step(
         client=client,
         num_examples=int(workload.client_num_examples(client)),
         lora_payload=lora_payload,
-        head_payload=encode_dense(u_head, hspec, seed=encode_seed),
+        head_payload=encode_dense(u_head, hspec, seed=encode_seed) if train_head else b"",
         train_loss=float(loss),
         raw_update=u,
         rel_error=rel,

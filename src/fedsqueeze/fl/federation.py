@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..spec import UpdateSpec
 from .client import ClientReply, encode_dense, relative_error
 from .config import RunConfig
 from .health import RunHealth, log_warnings
@@ -38,6 +39,7 @@ from .workload import Workload
 __all__ = ["Federation", "RoundPlan"]
 
 log = logging.getLogger(__name__)
+_EMPTY = UpdateSpec(())  # the spec a fixed head's (empty) frames are screened against
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,8 @@ class RoundPlan:
         ``fl.seed``; :meth:`train_seed` / :meth:`encode_seed` derive each client's seeds from it.
     downlink_seed
         The seed of this round's downlink frames.
+    train_head
+        Whether the clients train (and send) the head this round (``model.head``).
     """
 
     round: int
@@ -67,6 +71,7 @@ class RoundPlan:
     downlink_bytes: dict[int, int]
     seed: int
     downlink_seed: int
+    train_head: bool = True
 
     def train_seed(self, client: int) -> int:
         """The seed of ``client``'s local training this round."""
@@ -116,7 +121,7 @@ class Federation:
         self.momentum = ServerMomentum(config.fl.server_momentum)
         self.codec_options = (codec if codec is not None else config.codec.build()).options()
         self.downlink = Downlink(
-            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n
+            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n, self.head
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []
@@ -142,7 +147,11 @@ class Federation:
         clients = sample_clients(seed, r, self.n, self.config.fl.clients_per_round)
         dseed = derive_seed(seed, r, -1, "downlink")
         lora0, head0, down = self.downlink.broadcast(r, self.lora, self.head, clients, seed=dseed)
-        return RoundPlan(r, clients, lora0, head0, down, seed, dseed)
+        return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r))
+
+    def trains_head(self, r: int) -> bool:
+        """Whether round ``r``'s clients train the head (``model.head``: every round, round 1 or never)."""
+        return self.workload.head_spec.numel > 0 and self.config.model.trains_head(r)
 
     def broadcast_frames(self, plan: RoundPlan) -> tuple[bytes, bytes]:
         """``plan``'s LoRA and head tensors as identity (fp32) frames, for drivers that send bytes."""
@@ -185,7 +194,7 @@ class Federation:
         ok = sorted(by_client)  # ascending client order, whatever order the replies came in
         reps = [by_client[c] for c in ok]
         weights = [rep.num_examples for rep in reps]
-        kept_idx, mean_lora, dense, screened = self._aggregate(reps, weights)
+        kept_idx, mean_lora, dense, screened = self._aggregate(reps, weights, train_head=plan.train_head)
         dropped = [dict(d) for d in dropped] + screened
         for d in dropped:
             self.log.warning("round %d: dropped the reply of client %s: %s", r, d["client"], d["reason"])
@@ -239,7 +248,7 @@ class Federation:
         return row
 
     def _aggregate(
-        self, replies: list[ClientReply], weights: list[int]
+        self, replies: list[ClientReply], weights: list[int], *, train_head: bool = True
     ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None, list[dict[str, Any]]]:
         """Screen the replies (:mod:`.robust`), aggregate the kept ones and apply the update.
 
@@ -249,22 +258,27 @@ class Federation:
         """
         fl, wl = self.config.fl, self.workload
         clients = [rep.client for rep in replies]
+        parts = (("lora_payload", wl.lora_spec), ("head_payload", wl.head_spec))
+        if not train_head:  # a fixed head: its frames must be empty, and nothing of it is aggregated
+            parts = (("lora_payload", wl.lora_spec), ("head_payload", _EMPTY))
         screens = [
             screen_replies(
                 [getattr(rep, part) for rep in replies], weights, spec,
                 norm_bound_factor=fl.norm_bound_factor, clients=clients,
             )
-            for part, spec in (("lora_payload", wl.lora_spec), ("head_payload", wl.head_spec))
+            for part, spec in parts
         ]  # fmt: skip
         kept, (lora_vecs, head_vecs), dropped = merge_screens(len(replies), screens, clients)
         if len(kept) < self.min_replies:  # too few valid replies: the model stays as it is
             return kept, None, None, dropped
         kw = [weights[i] for i in kept]
         mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
-        mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
-        step_lora, step_head = self.momentum.step("lora", mean_lora), self.momentum.step("head", mean_head)
+        step_lora = self.momentum.step("lora", mean_lora)
         self.lora = apply_update(self.lora, step_lora, wl.lora_spec, fl.server_lr)
-        self.head = apply_update(self.head, step_head, wl.head_spec, fl.server_lr)
+        if train_head:
+            mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
+            step_head = self.momentum.step("head", mean_head)
+            self.head = apply_update(self.head, step_head, wl.head_spec, fl.server_lr)
         dense = weighted_mean([replies[i].raw_update for i in kept], kw) if self.raw_updates else None
         return kept, mean_lora, dense, dropped
 

@@ -100,7 +100,7 @@ class _Federation(Federation):
             tc = time.perf_counter()
             rep = client_step(
                 self.workload, c, plan.lora, plan.head, self.config.train, self.efs[c],
-                train_seed=plan.train_seed(c), encode_seed=plan.encode_seed(c),
+                train_seed=plan.train_seed(c), encode_seed=plan.encode_seed(c), train_head=plan.train_head,
             )  # fmt: skip
             rep.seconds = took = time.perf_counter() - tc
             replies.append(rep)

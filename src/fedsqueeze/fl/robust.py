@@ -77,6 +77,9 @@ def screen_replies(
             dropped.append({"client": ids[i], "reason": f"invalid weight {w!r}"})
             continue
         if spec.numel == 0:
+            if len(blob):  # nothing is expected here (e.g. a fixed head): bytes mean a confused sender
+                dropped.append({"client": ids[i], "reason": f"{len(blob)} bytes where nothing is expected"})
+                continue
             ok.append((i, torch.zeros(0), 0.0))
             continue
         try:

@@ -15,7 +15,11 @@ any other codec: the FLASC protocol (sparse download of the global delta)
     feedback for free). A client holds the broadcast state of the last round it took part in (every client
     starts from the shared initial model, which costs nothing to obtain), so a client sampled again after
     missing rounds downloads all the delta frames it missed, or the dense fp32 ``θ̃`` when that is smaller:
-    both give it exactly ``θ̃``, and it is charged the smaller. The head is always downloaded densely.
+    both give it exactly ``θ̃``, and it is charged the smaller.
+
+The head (the trainable tensors outside LoRA) is downloaded densely, and only by a client whose copy is
+stale: every client holds the seeded initial head, so a fixed head (``model.head = "frozen"``) is never
+downloaded and one trained in round 1 only is downloaded once per client.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ class Downlink:
     codec
         ``None`` (or the identity codec) for the dense protocol, else the codec of the FLASC delta.
     lora, head
-        The initial global tensors, which every client holds before round 1.
+        The initial global tensors, which every client holds before round 1 (``head`` defaults to zeros).
     num_clients
         Clients in the federation (for the FLASC per-client sync rounds).
     """
@@ -75,12 +79,17 @@ class Downlink:
         head_spec: UpdateSpec,
         lora: Mapping[str, torch.Tensor],
         num_clients: int,
+        head: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        head = head if head is not None else {n: torch.zeros(s) for n, s in head_spec.entries}
         self.codec = None if codec is None or codec.name == "identity" else codec
         self.lora_spec, self.head_spec = lora_spec, head_spec
         self.held = lora_spec.flatten(lora).clone()  # θ̃ (FLASC only)
         self.last_sync = [0] * num_clients
         self.frame_bytes: list[int] = []  # length of round r's delta frame at index r - 1
+        # Head versions: 0 is the initial head every client holds; a new version when the head changes.
+        self.head_version, self.head_last = 0, head_spec.flatten(head).clone()
+        self.head_held = [0] * num_clients
         self.dense_lora_bytes = 0 if lora_spec.numel == 0 else HEADER_SIZE + 4 * lora_spec.numel
 
     @property
@@ -100,12 +109,19 @@ class Downlink:
 
         Every tensor returned was decoded from bytes that were counted.
         """
-        head_frame = encode_dense(self.head_spec.flatten(head), self.head_spec, seed=seed)
+        head_flat = self.head_spec.flatten(head)
+        head_frame = encode_dense(head_flat, self.head_spec, seed=seed)
         head_out = self._decode(head_frame, self.head_spec)
+        if not torch.equal(head_flat, self.head_last):
+            self.head_version, self.head_last = self.head_version + 1, head_flat.clone()
+        head_cost = {}
+        for c in clients:  # only a stale copy is downloaded
+            head_cost[c] = 0 if self.head_held[c] == self.head_version else len(head_frame)
+            self.head_held[c] = self.head_version
         if self.codec is None:
             frame = encode_dense(self.lora_spec.flatten(lora), self.lora_spec, seed=seed)
             lora_out = self._decode(frame, self.lora_spec)
-            return lora_out, head_out, {c: len(frame) + len(head_frame) for c in clients}
+            return lora_out, head_out, {c: len(frame) + head_cost[c] for c in clients}
 
         delta = self.lora_spec.flatten(lora) - self.held
         if self.lora_spec.numel:
@@ -117,7 +133,7 @@ class Downlink:
         cost = {}
         for c in clients:
             missed = sum(self.frame_bytes[self.last_sync[c] : server_round])
-            cost[c] = min(missed, self.dense_lora_bytes) + len(head_frame)
+            cost[c] = min(missed, self.dense_lora_bytes) + head_cost[c]
             self.last_sync[c] = server_round
         lora_out = {k: v.clone() for k, v in self.lora_spec.unflatten(self.held.clone()).items()}
         return lora_out, head_out, cost
@@ -133,12 +149,18 @@ class Downlink:
             "last_sync": list(self.last_sync),
             "frame_bytes": list(self.frame_bytes),
             "codec_state": None if self.codec is None else self.codec.state_dict(),
+            "head_version": self.head_version,
+            "head_last": self.head_last.clone(),
+            "head_held": list(self.head_held),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.held = state["held"].clone()
         self.last_sync = list(state["last_sync"])
         self.frame_bytes = list(state["frame_bytes"])
+        if "head_version" in state:  # older checkpoints charged the head every round
+            self.head_version, self.head_held = int(state["head_version"]), list(state["head_held"])
+            self.head_last = state["head_last"].clone()
         if self.codec is not None and state.get("codec_state") is not None:
             self.codec.load_state_dict(state["codec_state"])
 

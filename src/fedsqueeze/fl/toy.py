@@ -117,11 +117,17 @@ class ToyWorkload:
         cfg: LocalTrainConfig,
         *,
         seed: int,
+        train_head: bool = True,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
         x, y = self.clients[client]
         params = {k: v.detach().clone().requires_grad_(True) for k, v in {**lora, **head}.items()}
         head_lr = cfg.head_lr or cfg.lr
-        groups = [{"params": [params[k] for k in lora]}, {"params": [params[k] for k in head], "lr": head_lr}]
+        groups = [{"params": [params[k] for k in lora]}]
+        if train_head:
+            groups.append({"params": [params[k] for k in head], "lr": head_lr})
+        else:
+            for k in head:
+                params[k].requires_grad_(False)
         opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
         gen = torch.Generator().manual_seed(seed & ((1 << 63) - 1))
         bias = torch.zeros(self.num_classes)

@@ -15,13 +15,14 @@ import torch
 from ..spec import UpdateSpec
 from .fields import Range, setting, validate
 
-__all__ = ["DataConfig", "LocalTrainConfig", "ModelConfig", "Workload", "log_label_prior"]
+__all__ = ["HEAD_MODES", "DataConfig", "LocalTrainConfig", "ModelConfig", "Workload", "log_label_prior"]
 
 MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "toy")  # toy: fl.toy.ToyWorkload (tests)
 DATASETS = ("rotten_tomatoes", "bbc_news", "gsm8k")
 PARTITIONS = ("iid", "dirichlet")
 POOLINGS = ("auto", "cls", "mean")
 DEVICES = ("cpu", "cuda", "auto")  # classification heads: see fedsqueeze.models.pooling
+HEAD_MODES = ("train", "first_round", "frozen")
 
 
 POSITIVE = Range(0, low_closed=False)  # "> 0"
@@ -52,6 +53,12 @@ class ModelConfig:
     device
         Where local training and evaluation run: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when available);
         updates, codecs and aggregation always stay on the CPU.
+    head
+        What happens to the trainable tensors outside LoRA (a classification head): ``train`` (trained by
+        the clients every round and sent densely both ways), ``first_round`` (trained in round 1 only, then
+        frozen, the FLM-TopK authors' protocol, so from round 2 on the LoRA update carries all learning) or
+        ``frozen`` (never trained: the head keeps its seeded initial values, which every client can make
+        itself, so it is never sent). A frozen head costs no bytes.
     """
 
     name: str = setting("minilm", choices=MODELS)
@@ -63,9 +70,14 @@ class ModelConfig:
     num_layers: int | None = setting(None, range=POSITIVE)
     pooling: str = setting("auto", choices=POOLINGS)
     device: str = setting("cpu", choices=DEVICES)
+    head: str = setting("train", choices=HEAD_MODES)
 
     def __post_init__(self) -> None:
         validate(self, "model")
+
+    def trains_head(self, r: int) -> bool:
+        """Whether the clients of round ``r`` train the head (per :attr:`head`)."""
+        return self.head == "train" or (self.head == "first_round" and r == 1)
 
 
 @dataclass(frozen=True)
@@ -186,10 +198,12 @@ class Workload(Protocol):
         cfg: LocalTrainConfig,
         *,
         seed: int,
+        train_head: bool = True,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
         """Train ``client`` from ``(lora, head)``; return the new ``(lora, head)`` and the mean train loss.
 
-        Must be deterministic given the inputs and ``seed`` and must not modify its inputs.
+        With ``train_head=False`` the head stays fixed (it is returned unchanged). Must be deterministic
+        given the inputs and ``seed`` and must not modify its inputs.
         """
         ...
 

@@ -137,6 +137,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         wl, client, lora, head, cfg.train, ef,
         train_seed=derive_seed(seed, rnd, client, "train"),
         encode_seed=derive_seed(seed, rnd, client, "encode"),
+        train_head=wl.head_spec.numel > 0 and cfg.model.trains_head(rnd),
     )  # fmt: skip
     _save_ef(context, settings, client, ef, rnd)
 

@@ -118,11 +118,13 @@ class PeftWorkload:
         cfg: LocalTrainConfig,
         *,
         seed: int,
+        train_head: bool = True,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
         """Local training of ``client``: Adam (``amsgrad`` per ``cfg``) over its shard, shuffled each epoch.
 
         Stops after ``cfg.epochs`` epochs or ``cfg.max_steps`` optimizer steps, whichever comes first.
-        Returns the new ``(lora, head)`` and the mean training loss over the steps taken.
+        With ``train_head=False`` the head takes no gradient and comes back unchanged. Returns the new
+        ``(lora, head)`` and the mean training loss over the steps taken.
         """
         if not 0 <= client < len(self.parts):
             raise ConfigError(f"client {client} out of range (0..{len(self.parts) - 1})")
@@ -131,7 +133,9 @@ class PeftWorkload:
         gen = torch.Generator().manual_seed(shuffle_seed)
         self.load(lora, head)
         groups = [{"params": list(self._lora_params.values())}]
-        if self._head_params:
+        for p in self._head_params.values():
+            p.requires_grad_(train_head)  # a fixed head takes no gradient (nor the time to compute it)
+        if self._head_params and train_head:
             groups.append({"params": list(self._head_params.values()), "lr": cfg.head_lr or cfg.lr})
         opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
         loss_kwargs: dict[str, torch.Tensor] = {}
