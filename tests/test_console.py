@@ -54,8 +54,8 @@ SUMMARY = {
 def test_final_line_formats_every_number_the_same_way():
     line = final_line(SUMMARY)
     assert line == (
-        "1 round, final accuracy 0.5156, best 0.45 (round 1), target 0.72 not reached, uplink 1.23 kB, "
-        "downlink 2.95 MB, 5 min 32 s (model load 21 s) -> runs/x"
+        "1 round, final accuracy 0.5156, best 0.45 (round 1), target 0.72 not reached, total 2.95 MB "
+        "(uplink 1.23 kB, downlink 2.95 MB), 5 min 32 s (model load 21 s) -> runs/x"
     )
     flower = final_line(
         {**SUMMARY, "rounds": 3, "load_s": None, "elapsed_s": None}, engine="Flower", elapsed_s=9
@@ -66,5 +66,5 @@ def test_final_line_formats_every_number_the_same_way():
 def test_round_line():
     row = {"round": 2, "eval_metric": 0.7361, "eval_metric_name": "accuracy", "cum_uplink_bytes": 321_000,
            "cum_downlink_bytes": 2_950_000, "wall_s": 12.3}  # fmt: skip
-    assert round_line(row, 11) == "round 2/11  accuracy 0.7361  up 321 kB  down 2.95 MB  12 s"
+    assert round_line(row, 11) == "round 2/11  accuracy 0.7361  total 3.27 MB (up 321 kB, down 2.95 MB)  12 s"
     assert "(no eval)" in round_line({**row, "eval_metric": None}, 11)

@@ -70,7 +70,8 @@ def test_accuracy_plot_draws_the_target(tmp_path):
     flat = [line for line in ax.get_lines() if set(line.get_ydata()) == {0.72}]
     assert len(flat) == 1 and flat[0].get_label() == "target 0.72"
     fig = plot_metric_vs_uplink(rows, tmp_path / "q.png", title="t")
-    assert len(fig.axes[0].get_lines()) == 1  # no target: the curve only
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["total (uplink + downlink)", "uplink only"]  # no target: the two curves only
 
 
 def _is_grey(color) -> bool:

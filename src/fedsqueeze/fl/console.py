@@ -55,13 +55,15 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 
 def round_line(row: Mapping[str, Any], total: int) -> str:
-    """One ``metrics.jsonl`` row as a line, traffic cumulative:
-    ``round 3/11  accuracy 0.7361  up 321 kB  down 2.95 MB  12 s``."""
+    """One ``metrics.jsonl`` row as a line, traffic cumulative, total first:
+    ``round 3/11  accuracy 0.7361  total 3.27 MB (up 321 kB, down 2.95 MB)  12 s``."""
     value = row.get("eval_metric")
     shown = f"{row.get('eval_metric_name', 'metric')} {metric(value)}" if value is not None else "(no eval)"
     return (
-        f"round {row['round']}/{total}  {shown}  up {size(row['cum_uplink_bytes'])}  "
-        f"down {size(row['cum_downlink_bytes'])}  {duration(row.get('wall_s', 0.0))}"
+        f"round {row['round']}/{total}  {shown}  "
+        f"total {size(row['cum_uplink_bytes'] + row['cum_downlink_bytes'])} "
+        f"(up {size(row['cum_uplink_bytes'])}, down {size(row['cum_downlink_bytes'])})  "
+        f"{duration(row.get('wall_s', 0.0))}"
     )
 
 
@@ -84,8 +86,10 @@ def final_line(summary: Mapping[str, Any], *, engine: str = "", elapsed_s: float
             f"target {metric(summary['target_metric'])} "
             + ("not reached" if hit is None else f"reached in round {hit}")
         )
-    parts.append(f"uplink {size(summary.get('total_uplink_bytes', 0))}")
-    parts.append(f"downlink {size(summary.get('total_downlink_bytes', 0))}")
+    up, down = summary.get("total_uplink_bytes", 0), summary.get("total_downlink_bytes", 0)
+    ratio = summary.get("dense_fp32_ratio_total")
+    saving = f", {ratio:.1f}x less than dense fp32" if ratio else ""
+    parts.append(f"total {size(up + down)} (uplink {size(up)}, downlink {size(down)}{saving})")
     elapsed = elapsed_s if elapsed_s is not None else summary.get("elapsed_s")
     load = summary.get("load_s")
     if elapsed is not None:

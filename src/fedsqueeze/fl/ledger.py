@@ -42,6 +42,8 @@ class RoundTraffic:
             "uplink_head_bytes": sum(self.uplink_head.values()),
             "downlink_bytes": self.downlink_bytes,
             "cum_downlink_bytes": prev_down + self.downlink_bytes,
+            "total_bytes": self.uplink_bytes + self.downlink_bytes,
+            "cum_total_bytes": prev_up + prev_down + self.uplink_bytes + self.downlink_bytes,
             "lora_bits_per_param": 8 * lora / (max(lora_numel, 1) * replies) if replies else None,
         }
 

@@ -30,6 +30,7 @@ TGAP_INCLUDED = (
     "total_downlink_bytes",
     "uplink_bytes_to_target",
     "downlink_bytes_to_target",
+    "total_bytes_to_target",
     "wall_s",
 )
 
@@ -80,6 +81,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float
         "rounds_to_target": None if hit is None else hit["round"],
         "uplink_bytes_to_target": None if hit is None else hit["cum_uplink_bytes"],
         "downlink_bytes_to_target": None if hit is None else hit["cum_downlink_bytes"],
+        "total_bytes_to_target": None if hit is None else hit["cum_uplink_bytes"] + hit["cum_downlink_bytes"],
         "rounds": len(rows),
         "total_uplink_bytes": last.get("cum_uplink_bytes", 0),
         "total_downlink_bytes": last.get("cum_downlink_bytes", 0),
@@ -151,7 +153,11 @@ def include_tgap(summary: dict[str, Any], tgap: Mapping[str, Any] | None) -> dic
     summary["faf_wall_s"] = summary["wall_s"]
     summary["total_uplink_bytes"] += up
     summary["total_downlink_bytes"] += down
-    for key, extra in (("uplink_bytes_to_target", up), ("downlink_bytes_to_target", down)):
+    for key, extra in (
+        ("uplink_bytes_to_target", up),
+        ("downlink_bytes_to_target", down),
+        ("total_bytes_to_target", up + down),
+    ):
         if summary.get(key) is not None:
             summary[key] += extra
     summary["wall_s"] += float(tgap.get("wall_s", 0.0))
@@ -181,15 +187,19 @@ def plot_metric_vs_uplink(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     name = evals[0]["eval_metric_name"] if evals else "metric"
-    xs = [(offset_bytes + r["cum_uplink_bytes"]) / 1e6 for r in evals]
-    ax.plot(xs, [r["eval_metric"] for r in evals], marker="o", ms=3)
+    ys = [r["eval_metric"] for r in evals]
+    # Total traffic (uplink + downlink) is the cost; the uplink alone is the dashed line.
+    total = [(offset_bytes + r["cum_uplink_bytes"] + r.get("cum_downlink_bytes", 0)) / 1e6 for r in evals]
+    ax.plot(total, ys, marker="o", ms=3, label="total (uplink + downlink)")
+    uplink = [(offset_bytes + r["cum_uplink_bytes"]) / 1e6 for r in evals]
+    ax.plot(uplink, ys, ls="--", lw=1, label="uplink only")
     if target is not None:
         ax.axhline(target, color="0.45", ls=":", lw=1, label=f"target {target:g}")
     if offset_bytes:
         ax.axvline(offset_bytes / 1e6, color="0.5", ls="--", lw=1, label="TGAP uplink")
-    if target is not None or offset_bytes:
-        ax.legend(fontsize=8)
-    ax.set_xlabel("cumulative uplink (MB, payload bytes)" + (", TGAP included" if offset_bytes else ""))
+    ax.legend(fontsize=8)
+    tgap = ", TGAP uplink included" if offset_bytes else ""
+    ax.set_xlabel(f"cumulative traffic (MB, payload bytes){tgap}")
     ax.set_ylabel(f"held-out {name}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
