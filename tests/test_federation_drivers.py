@@ -38,17 +38,26 @@ def same_shape(a, b) -> bool:
 
 
 @pytest.mark.usefixtures("task_identity")
-@pytest.mark.parametrize("fl", [{}, {"server_momentum": 0.9, "norm_bound_factor": 3.0}])
+@pytest.mark.parametrize(
+    "fl",
+    [
+        {},
+        {"server_momentum": 0.9, "norm_bound_factor": 3.0},
+        # a compressed downlink: Flower clients rebuild the state from the frames they missed
+        {"downlink": ("topk", {"density": 0.2}), "rounds": 5, "downlink_window": 2},
+    ],
+)
 def test_local_and_flower_drivers_write_the_same_rows_and_adapter(tmp_path, fl):
     from fedsqueeze.flower.server_app import run_rounds
 
-    cfg = make_config(rounds=3, **fl)
+    fl = {"rounds": 3, **fl}
+    cfg = make_config(**fl)
     local = run(cfg, tmp_path / "local")
     settings = FlowerSettings(cfg, round_timeout=5)
     flower = run_rounds(FakeGrid(settings, 4), settings, tmp_path / "flower")
 
     a, b = rows(tmp_path / "local"), rows(tmp_path / "flower")
-    assert len(a) == len(b) == 3
+    assert len(a) == len(b) == cfg.fl.rounds
     for ra, rb in zip(a, b, strict=True):
         assert list(ra) == list(rb)  # same fields, in the same order
         for key in ra.keys() - RAW_UPDATE_FIELDS - TIMING:

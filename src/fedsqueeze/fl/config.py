@@ -81,6 +81,10 @@ class FLConfig:
         ``"mean"`` (sample-weighted FedAvg), ``"median"`` or ``"trimmed_mean"`` (coordinate-wise, robust).
     trim_fraction
         Fraction of clients trimmed at each end of every coordinate by ``"trimmed_mean"``, in ``[0, 0.5)``.
+    downlink_window
+        With a compressed downlink: how many rounds of broadcast frames the server keeps so that a client
+        that missed rounds can catch up frame by frame. A client whose copy is older (or lost) gets one
+        dense resync instead. Server memory grows with this window, not with the number of clients.
     """
 
     rounds: int = setting(11, range=Range(1))
@@ -95,6 +99,7 @@ class FLConfig:
     norm_bound_factor: float | None = setting(10.0, allowed="0 (off) or >= 1")
     aggregation: str = setting("mean", choices=AGGREGATIONS)
     trim_fraction: float = setting(0.1, range=Range(0, 0.5))
+    downlink_window: int = setting(32, range=Range(1))
 
     def __post_init__(self) -> None:
         validate(self, "fl")

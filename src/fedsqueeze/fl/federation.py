@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 from ..spec import UpdateSpec
-from .client import ClientReply, encode_dense, relative_error
+from .client import ClientReply, relative_error
 from .config import RunConfig
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
@@ -121,7 +121,8 @@ class Federation:
         self.momentum = ServerMomentum(config.fl.server_momentum)
         self.codec_options = (codec if codec is not None else config.codec.build()).options()
         self.downlink = Downlink(
-            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n, self.head
+            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n, self.head,
+            window=config.fl.downlink_window,
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []
@@ -152,14 +153,6 @@ class Federation:
     def trains_head(self, r: int) -> bool:
         """Whether round ``r``'s clients train the head (``model.head``: every round, round 1 or never)."""
         return self.workload.head_spec.numel > 0 and self.config.model.trains_head(r)
-
-    def broadcast_frames(self, plan: RoundPlan) -> tuple[bytes, bytes]:
-        """``plan``'s LoRA and head tensors as identity (fp32) frames, for drivers that send bytes."""
-        wl = self.workload
-        return (
-            encode_dense(wl.lora_spec.flatten(plan.lora), wl.lora_spec, seed=plan.downlink_seed),
-            encode_dense(wl.head_spec.flatten(plan.head), wl.head_spec, seed=plan.downlink_seed),
-        )
 
     def finish_round(
         self,

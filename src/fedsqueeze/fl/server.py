@@ -24,6 +24,8 @@ downloaded and one trained in round 1 only is downloaded once per client.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +37,12 @@ from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
 from .client import encode_dense
 
-__all__ = ["Downlink", "apply_update", "weighted_mean"]
+__all__ = ["Delivery", "Downlink", "apply_update", "state_sha256", "weighted_mean"]
+
+
+def state_sha256(flat: torch.Tensor) -> str:
+    """SHA-256 of a flat state as little-endian fp32 (both ends of the downlink compute it)."""
+    return hashlib.sha256(flat.to(torch.float32).numpy().astype("<f4").tobytes()).hexdigest()
 
 
 def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[int | float]) -> torch.Tensor:
@@ -59,6 +66,33 @@ def apply_update(
     return {k: v.clone() for k, v in spec.unflatten(flat.to(torch.float32)).items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """What one sampled client downloads in one round (a driver that sends bytes sends exactly these).
+
+    Attributes
+    ----------
+    since
+        The round whose broadcast state the client must hold for ``frames`` (0: the initial state).
+    frames
+        The delta frames to add to that state, in round order; ``None`` when the state comes dense.
+    dense
+        The identity frame of the whole broadcast LoRA state, or ``None`` when ``frames`` are sent.
+    head
+        The head's identity frame, or ``None`` when the client's head is current.
+    """
+
+    since: int
+    frames: list[bytes] | None
+    dense: bytes | None
+    head: bytes | None
+
+    @property
+    def nbytes(self) -> int:
+        lora = len(self.dense) if self.frames is None else sum(map(len, self.frames))
+        return lora + (len(self.head) if self.head is not None else 0)
+
+
 class Downlink:
     """Server-to-client transfer of the global state, with exact byte counts (see the module docstring).
 
@@ -66,10 +100,19 @@ class Downlink:
     ----------
     codec
         ``None`` (or the identity codec) for the dense protocol, else the codec of the FLASC delta.
-    lora, head
-        The initial global tensors, which every client holds before round 1 (``head`` defaults to zeros).
+    lora_spec, head_spec
+        The specs of the two parts.
+    lora
+        The initial global LoRA, which every client holds before round 1.
     num_clients
-        Clients in the federation (for the FLASC per-client sync rounds).
+        Clients in the federation (one int of sync state each).
+    head
+        The initial head (``None``: zeros), which every client holds before round 1.
+    window
+        Rounds of delta frames kept for catch-up; a client whose copy is older is resynced densely.
+
+    Memory: the broadcast state ``θ̃`` (``d`` floats), the last ``window`` frames, the head and two ints
+    per client; never a ``d``-sized copy per client.
     """
 
     def __init__(
@@ -80,21 +123,49 @@ class Downlink:
         lora: Mapping[str, torch.Tensor],
         num_clients: int,
         head: Mapping[str, torch.Tensor] | None = None,
+        *,
+        window: int = 32,
     ) -> None:
+        if window < 1:
+            raise ConfigError(f"the downlink window must be >= 1 round, got {window}")
         head = head if head is not None else {n: torch.zeros(s) for n, s in head_spec.entries}
         self.codec = None if codec is None or codec.name == "identity" else codec
-        self.lora_spec, self.head_spec = lora_spec, head_spec
+        self.lora_spec, self.head_spec, self.window = lora_spec, head_spec, int(window)
         self.held = lora_spec.flatten(lora).clone()  # θ̃ (FLASC only)
-        self.last_sync = [0] * num_clients
+        self.last_sync = [0] * num_clients  # round whose θ̃ the client holds; -1: lost, resync densely
+        self.frames: dict[int, bytes] = {}  # round -> its delta frame, the last `window` rounds only
         self.frame_bytes: list[int] = []  # length of round r's delta frame at index r - 1
+        self.dense_lora_bytes = 0 if lora_spec.numel == 0 else HEADER_SIZE + 4 * lora_spec.numel
         # Head versions: 0 is the initial head every client holds; a new version when the head changes.
         self.head_version, self.head_last = 0, head_spec.flatten(head).clone()
         self.head_held = [0] * num_clients
-        self.dense_lora_bytes = 0 if lora_spec.numel == 0 else HEADER_SIZE + 4 * lora_spec.numel
+        # What the last broadcast sends each sampled client: (synced round, frames or None for dense, head?)
+        self.deliveries: dict[int, Delivery] = {}
 
     @property
     def protocol(self) -> str:
         return "dense" if self.codec is None else f"flasc:{self.codec.name}"
+
+    def state_sha256(self) -> str:
+        """:func:`state_sha256` of the broadcast LoRA state ``θ̃``: what a client checks after applying
+        its frames (the server sends it beside them)."""
+        return state_sha256(self.held)
+
+    def lost(self, client: int) -> None:
+        """``client`` no longer holds a usable copy (restart, new machine, a bad frame): resync it densely."""
+        self.last_sync[client] = -1
+        self.head_held[client] = -1
+
+    def catch_up(self, client: int, server_round: int) -> list[bytes] | None:
+        """The frames that bring ``client``'s copy to round ``server_round``'s ``θ̃`` (after
+        :meth:`broadcast` of that round), or ``None`` when it needs the dense state instead (lost, older
+        than the window, or the frames would cost more than the dense state)."""
+        since = self.last_sync[client]
+        rounds = range(since + 1, server_round + 1)
+        if self.codec is None or since < 0 or any(r not in self.frames for r in rounds):
+            return None  # dense protocol, a lost copy, or older than the window (or than a checkpoint)
+        frames = [self.frames[r] for r in rounds if self.frames[r]]
+        return frames if sum(map(len, frames)) <= self.dense_lora_bytes else None
 
     def broadcast(
         self,
@@ -114,26 +185,35 @@ class Downlink:
         head_out = self._decode(head_frame, self.head_spec)
         if not torch.equal(head_flat, self.head_last):
             self.head_version, self.head_last = self.head_version + 1, head_flat.clone()
-        head_cost = {}
+        head_cost, head_sent = {}, {}
         for c in clients:  # only a stale copy is downloaded
-            head_cost[c] = 0 if self.head_held[c] == self.head_version else len(head_frame)
+            head_sent[c] = self.head_held[c] != self.head_version
+            head_cost[c] = len(head_frame) if head_sent[c] else 0
             self.head_held[c] = self.head_version
+        self.deliveries = {}
         if self.codec is None:
             frame = encode_dense(self.lora_spec.flatten(lora), self.lora_spec, seed=seed)
             lora_out = self._decode(frame, self.lora_spec)
+            for c in clients:
+                self.deliveries[c] = Delivery(-1, None, frame, head_frame if head_sent[c] else None)
             return lora_out, head_out, {c: len(frame) + head_cost[c] for c in clients}
 
         delta = self.lora_spec.flatten(lora) - self.held
+        frame = b""
         if self.lora_spec.numel:
             frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
             self.held = self.held + decode_flat(frame, self.lora_spec)
-            self.frame_bytes.append(len(frame))
-        else:
-            self.frame_bytes.append(0)
-        cost = {}
+        self.frame_bytes.append(len(frame))
+        self.frames[server_round] = frame
+        self.frames.pop(server_round - self.window, None)  # bounded: the last `window` rounds only
+        cost, dense = {}, None
         for c in clients:
-            missed = sum(self.frame_bytes[self.last_sync[c] : server_round])
-            cost[c] = min(missed, self.dense_lora_bytes) + head_cost[c]
+            frames = self.catch_up(c, server_round)
+            if frames is None and dense is None:
+                dense = encode_dense(self.held, self.lora_spec, seed=seed)
+            cost[c] = (len(dense) if frames is None else sum(map(len, frames))) + head_cost[c]
+            head_part, dense_part = head_frame if head_sent[c] else None, dense if frames is None else None
+            self.deliveries[c] = Delivery(self.last_sync[c], frames, dense_part, head_part)
             self.last_sync[c] = server_round
         lora_out = {k: v.clone() for k, v in self.lora_spec.unflatten(self.held.clone()).items()}
         return lora_out, head_out, cost
@@ -148,6 +228,7 @@ class Downlink:
             "held": self.held.clone(),
             "last_sync": list(self.last_sync),
             "frame_bytes": list(self.frame_bytes),
+            "frames": {str(r): f for r, f in self.frames.items()},
             "codec_state": None if self.codec is None else self.codec.state_dict(),
             "head_version": self.head_version,
             "head_last": self.head_last.clone(),
@@ -158,6 +239,7 @@ class Downlink:
         self.held = state["held"].clone()
         self.last_sync = list(state["last_sync"])
         self.frame_bytes = list(state["frame_bytes"])
+        self.frames = {int(r): bytes(f) for r, f in state.get("frames", {}).items()}
         if "head_version" in state:  # older checkpoints charged the head every round
             self.head_version, self.head_held = int(state["head_version"]), list(state["head_held"])
             self.head_last = state["head_last"].clone()

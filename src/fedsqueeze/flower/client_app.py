@@ -1,11 +1,17 @@
 """The Flower ``ClientApp``: one SuperNode = one data partition (client id = ``partition-id``).
 
-``train`` runs :func:`fedsqueeze.fl.client.client_step` (the very step and codec of ``fedsqueeze run``) from
-the global frames it received and replies with the LoRA and head payloads as ``uint8`` arrays plus their
+``train`` rebuilds the global state from its downlink delivery (the dense state, or the delta frames it
+missed added to the copy it holds; the head when it changed), checks it against the SHA-256 the server
+sent, runs :func:`fedsqueeze.fl.client.client_step` (the very step and codec of ``fedsqueeze run``) and
+replies with the LoRA and head payloads as ``uint8`` arrays plus their
 SHA-256. ``query`` tells the server which partition this node serves (how the server maps its seeded sample of
 client ids onto Flower node ids).
 
-Per-client error-feedback state (residual + codec state) survives across rounds:
+A node that cannot rebuild the state (it lost its copy, a frame is corrupt, the hash differs) refuses to
+train and replies with an error; the server then resyncs it densely the next time it is sampled.
+
+Per-client state (the error-feedback residual + codec state, and the downlink copy it holds) survives
+across rounds:
 
 * with ``state-dir`` in the SuperNode's ``--node-config``: in
   ``STATE_DIR/ef-<config digest>-run<run id>-p<id>.pt`` (atomic writes), so it also survives a SuperNode
@@ -23,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from ..codecs import ErrorFeedback, decode_flat
-from ..errors import ConfigError
+from ..errors import ConfigError, FedsqueezeError
 from ..fl.checkpoint import atomic_write
 from ..fl.client import client_step
 from ..fl.seeding import derive_seed
@@ -61,11 +68,6 @@ def handle_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node": info}), reply_to=msg)
 
 
-def _decode_tensors(frame: bytes, spec: UpdateSpec) -> dict[str, torch.Tensor]:
-    flat = torch.zeros(0) if spec.numel == 0 else decode_flat(frame, spec)
-    return {k: v.clone() for k, v in spec.unflatten(flat).items()}
-
-
 def _state_file(context: Context, settings: FlowerSettings, client: int) -> Path | None:
     root = context.node_config.get("state-dir")
     if not root:
@@ -73,7 +75,7 @@ def _state_file(context: Context, settings: FlowerSettings, client: int) -> Path
     return Path(str(root)) / f"ef-{settings.digest}-run{context.run_id}-p{client}.pt"
 
 
-def _load_ef(context: Context, settings: FlowerSettings, client: int, ef: ErrorFeedback) -> str:
+def _load_state(context: Context, settings: FlowerSettings, client: int) -> tuple[dict[str, Any] | None, str]:
     path = _state_file(context, settings, client)
     blob: bytes | None = None
     if path is not None and path.is_file():
@@ -81,16 +83,54 @@ def _load_ef(context: Context, settings: FlowerSettings, client: int, ef: ErrorF
     elif STATE_KEY in context.state.array_records:
         blob, where = array_bytes(context.state.array_records[STATE_KEY], "state"), "context"
     if blob is None:
-        return "fresh"
+        return None, "fresh"
     state = blob_to_state(blob)
     if state.get("digest") != settings.digest or state.get("client") != client:
-        return "fresh"  # another run's or another partition's state: start clean
-    ef.load_state_dict(state["ef"])
-    return where
+        return None, "fresh"  # another run's or another partition's state: start clean
+    return state, where
 
 
-def _save_ef(context: Context, settings: FlowerSettings, client: int, ef: ErrorFeedback, rnd: int) -> None:
-    blob = state_to_blob({"digest": settings.digest, "client": client, "round": rnd, "ef": ef.state_dict()})
+def _rebuild(glob: ArrayRecord, req: Any, wl: Any, held: dict[str, Any] | None) -> tuple[torch.Tensor, ...]:
+    """The global ``(lora, head)`` flats this delivery gives, checked by hash (else an error: no training)."""
+    from ..errors import PayloadError
+    from ..fl.server import state_sha256
+
+    lspec, hspec = wl.lora_spec, wl.head_spec
+    init_lora, init_head = (s.flatten(t) for s, t in zip((lspec, hspec), wl.initial_params(), strict=True))
+    nframes, since = int(req["frames"]), int(req["since"])
+    if nframes < 0:
+        lora = _flat(array_bytes(glob, "lora"), lspec)
+    else:
+        if since == 0:
+            lora = init_lora  # every client can make the initial state
+        elif held is not None and held.get("round") == since:
+            lora = held["lora"]
+        else:
+            raise ConfigError(f"this node lacks the downlink state of round {since}; it needs a resync")
+        for i in range(nframes):
+            lora = lora + _flat(array_bytes(glob, f"lora-{i}"), lspec)  # the server's own additions, in order
+    if "head" in glob:
+        head = _flat(array_bytes(glob, "head"), hspec)
+    elif int(req["head-version"]) == 0:
+        head = init_head
+    elif held is not None and held.get("head_version") == int(req["head-version"]):
+        head = held["head"]
+    else:
+        raise ConfigError("this node does not hold the current head; it needs a resync")
+    if state_sha256(lora) != req["lora-sha256"] or state_sha256(head) != req["head-sha256"]:
+        raise PayloadError("the rebuilt global state differs from the server's (SHA-256); refusing to train")
+    return lora, head
+
+
+def _flat(frame: bytes, spec: UpdateSpec) -> torch.Tensor:
+    return torch.zeros(0) if spec.numel == 0 else decode_flat(frame, spec)
+
+
+def _save_state(
+    context: Context, settings: FlowerSettings, client: int, ef: ErrorFeedback, rnd: int, held: dict[str, Any]
+) -> None:
+    state = {"digest": settings.digest, "client": client, "round": rnd, "ef": ef.state_dict(), **held}
+    blob = state_to_blob(state)
     path = _state_file(context, settings, client)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +167,18 @@ def handle_train(msg: Message, context: Context) -> Message:
     cfg = settings.config
     wl = make_workload(settings)
     glob = msg.content.array_records["global"]
-    lora = _decode_tensors(array_bytes(glob, "lora"), wl.lora_spec)
-    head = _decode_tensors(array_bytes(glob, "head"), wl.head_spec)
+    state, state_from = _load_state(context, settings, client)
+    held = None if state is None else state.get("held")
+    try:
+        lora_flat, head_flat = _rebuild(glob, req, wl, held)
+    except FedsqueezeError as exc:  # never train on a state that is not the server's: say so instead
+        log.warning("round %s: refusing to train client %s: %s", rnd, client, exc)
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)
+    lora, head = wl.lora_spec.unflatten(lora_flat), wl.head_spec.unflatten(head_flat)
 
     ef = ErrorFeedback(cfg.codec.build(), enabled=cfg.fl.error_feedback)
-    state_from = _load_ef(context, settings, client, ef)
+    if state is not None:
+        ef.load_state_dict(state["ef"])
     seed = cfg.fl.seed
     rep = client_step(
         wl, client, lora, head, cfg.train, ef,
@@ -139,7 +186,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         encode_seed=derive_seed(seed, rnd, client, "encode"),
         train_head=wl.head_spec.numel > 0 and cfg.model.trains_head(rnd),
     )  # fmt: skip
-    _save_ef(context, settings, client, ef, rnd)
+    version = int(req["head-version"])
+    copy = {"round": rnd, "lora": lora_flat.clone(), "head": head_flat.clone(), "head_version": version}
+    _save_state(context, settings, client, ef, rnd, {"held": copy})
 
     meta = {
         "client": client,

@@ -2,13 +2,16 @@
 
 Each round: :meth:`~fedsqueeze.fl.federation.Federation.configure_round` samples ``K`` of the ``N`` client
 ids (the engine's seeded sampling) and broadcasts the global state; the driver maps the ids to SuperNodes by
-``partition-id`` (asked once per node with a ``query`` message), sends each the global LoRA/head as identity
-frames (``uint8`` arrays) through ``grid.send_and_receive``, waits up to ``round-timeout`` seconds and checks
-each reply's SHA-256; :meth:`~fedsqueeze.fl.federation.Federation.finish_round` then screens, decodes,
-aggregates and applies the replies, evaluates and returns the row. The outputs are those of
-``fedsqueeze run`` (:func:`fedsqueeze.fl.summary.write_run_outputs`), except ``rel_error`` and
-``mean_update_norm``, which need the raw updates that never leave the clients (``None`` here). With fewer
-valid replies than ``fl.min_replies`` the model is left unchanged for that round."""
+``partition-id`` (asked once per node with a ``query`` message), sends each exactly its downlink
+:class:`~fedsqueeze.fl.server.Delivery` (the delta frames it missed, or the dense state, and the head when
+its copy is stale, as ``uint8`` arrays, with the SHA-256 of the state they must rebuild) through
+``grid.send_and_receive``, waits up to ``round-timeout`` seconds and checks each reply's SHA-256. A client
+that errs or does not reply may hold a stale copy, so it gets a dense resync the next time it is sampled.
+:meth:`~fedsqueeze.fl.federation.Federation.finish_round` then screens, decodes, aggregates and applies
+the replies, evaluates and returns the row. The outputs are those of ``fedsqueeze run``
+(:func:`fedsqueeze.fl.summary.write_run_outputs`), except ``rel_error`` and ``mean_update_norm``, which
+need the raw updates that never leave the clients (``None`` here). With fewer valid replies than
+``fl.min_replies`` the model is left unchanged for that round."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ..fl.client import ClientReply
 from ..fl.console import round_line
 from ..fl.federation import Federation
 from ..fl.final import FINAL_PARAMS
+from ..fl.server import state_sha256
 from ..fl.summary import write_run_outputs
 from .env import apply_offline_env
 from .records import array_bytes, bytes_array, sha256
@@ -105,9 +109,13 @@ class _FlowerFederation:
         timeout = self.settings.round_timeout
         self.nodes.refresh(grid, timeout)
         plan = self.fed.configure_round(r)
-        # Clients receive exactly the tensors the local engine hands its clients, as fp32 identity frames
-        # (for a FLASC downlink the ledger still charges the protocol's cost, see docs/flower.md).
-        lora_frame, head_frame = self.fed.broadcast_frames(plan)
+        wl, downlink = self.wl, self.fed.downlink
+        # Each client gets exactly the bytes the ledger charges it, and the hashes of what they rebuild.
+        expect = {
+            "lora-sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
+            "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
+            "head-version": downlink.head_version,
+        }
 
         dropped: list[dict[str, Any]] = []
         msgs, node_of = [], {}
@@ -117,12 +125,14 @@ class _FlowerFederation:
                 dropped.append({"client": c, "reason": "no SuperNode serves this partition"})
                 continue
             node_of[node] = c
-            content = RecordDict(
-                {
-                    "global": ArrayRecord({"lora": bytes_array(lora_frame), "head": bytes_array(head_frame)}),
-                    "round": ConfigRecord({"server-round": r, "client": c, "digest": self.settings.digest}),
-                }
-            )
+            d = downlink.deliveries[c]
+            arrays = {"lora": bytes_array(d.dense)} if d.frames is None else {}
+            arrays.update({f"lora-{i}": bytes_array(f) for i, f in enumerate(d.frames or ())})
+            if d.head is not None:
+                arrays["head"] = bytes_array(d.head)
+            meta = {"server-round": r, "client": c, "digest": self.settings.digest, **expect}
+            meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
+            content = RecordDict({"global": ArrayRecord(arrays), "round": ConfigRecord(meta)})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         answers = list(grid.send_and_receive(msgs, timeout=timeout)) if msgs else []
 
@@ -140,6 +150,8 @@ class _FlowerFederation:
             if c not in got:
                 dropped.append({"client": c, "reason": f"no reply within {timeout:g} s"})
         replies = [rep for rep in got.values() if rep is not None]
+        for c in {int(d["client"]) for d in dropped}:
+            downlink.lost(c)  # it may not hold this round's state: resync it densely next time
         # the downlink is charged to the clients a frame was sent to
         return self.fed.finish_round(plan, replies, dropped=dropped, reached=node_of.values())
 
