@@ -14,11 +14,11 @@ import fedsqueeze
 from fedsqueeze import ConfigError, ErrorFeedback, PayloadError, SpecMismatchError, UpdateSpec
 from fedsqueeze.codecs import codec_class, get
 from fedsqueeze.wire.frame import HEADER_SIZE, parse_frame
-from support.codec_cases import BASELINES, gaussian_update, plain_codecs, refresh_crc, updates
+from support.codec_cases import BASELINES, BLOCKWISE, gaussian_update, plain_codecs, refresh_crc, updates
 
 CODECS = plain_codecs()
 RATED = [n for n in CODECS if codec_class(n).rate_option is not None]
-MINE = [n for n in BASELINES if n in CODECS]
+MINE = [n for n in (*BASELINES, *BLOCKWISE) if n in CODECS]
 
 
 def _decode(blob: bytes, spec: UpdateSpec) -> dict[str, torch.Tensor]:

@@ -45,6 +45,15 @@ def _f32(w: BitWriter, *values: float) -> BitWriter:
     return w
 
 
+def _blockwise_body(spec: UpdateSpec, bits: int, first_scale: float, code: int = 0) -> bytes:
+    """A body of the right length for block 64: the first scale ``first_scale``, the others 1, every code
+    ``code``."""
+    nb = sum(-(-n // 64) for n in spec.sizes)
+    w = _f32(_u((64, 32)), first_scale, *[1.0] * (nb - 1))
+    w.write_uints(np.full(spec.numel, code, dtype=np.uint64), bits)
+    return w.getvalue()
+
+
 def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
     """``{codec: [(what, body), ...]}``: header fields with absurd claims (the tail is zeros or 0xFF)."""
     d, t = spec.numel, len(spec.sizes)
@@ -116,6 +125,18 @@ def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
             ("tcq step Inf", _f32(_u((2, 8), (128, 8), (16, 32)), inf).getvalue()),
         ],
     }
+    for name, bits, bad_code in (("blockwise8", 8, 0x80), ("nf4", 4, None), ("fp4", 4, 8)):
+        cases = [
+            ("block 0", _u((0, 32)).getvalue()),
+            ("block 2^24+1", _u((2**24 + 1, 32)).getvalue()),
+            ("block 2^32-1", _u((U32, 32)).getvalue()),
+            ("scale NaN", _blockwise_body(spec, bits, nan)),
+            ("scale Inf", _blockwise_body(spec, bits, inf)),
+            ("scale -1", _blockwise_body(spec, bits, -1.0)),
+        ]
+        if bad_code is not None:  # a code outside the levels the encoder writes
+            cases.append((f"code {bad_code}", _blockwise_body(spec, bits, 1.0, bad_code)))
+        out[name] = cases
     packets = []
     for name, mode in (("fed_cvlc", 0), ("flm_topk", 0), ("flm_topk", 1)):
         s_one = max(1, (d - 1).bit_length())

@@ -84,6 +84,11 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
     "wf_ecq": ("wf_ecq", {}, 24),
     "wf_ecq-rate-dither-block256": ("wf_ecq", {"rate": 3.0, "dither": True, "block": 256}, 25),
     "wf_ecq-tcq-block256": ("wf_ecq", {"rate": 2.0, "quantizer": "tcq", "block": 256}, 26),
+    "blockwise8": ("blockwise8", {}, 27),
+    "blockwise8-block4096": ("blockwise8", {"block": 4096}, 28),
+    "nf4": ("nf4", {}, 29),
+    "nf4-block100": ("nf4", {"block": 100}, 30),
+    "fp4": ("fp4", {}, 31),
 }
 
 

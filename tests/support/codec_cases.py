@@ -18,6 +18,8 @@ KINDS = ("gauss", "zero", "const", "tiny", "huge", "mixed", "sparse", "heavy")
 
 # The classical baselines of this package (their body headers are tampered with in the property tests).
 BASELINES = ("topk", "randk", "qsgd", "signsgd", "powersgd", "compeft")
+# The blockwise absmax quantizers (bitsandbytes-style); their body headers are tampered with too.
+BLOCKWISE = ("blockwise8", "nf4", "fp4")
 
 
 def plain_codecs() -> list[str]:

@@ -4,7 +4,7 @@ Layout: the shared parts sit at the top (``base`` the codec contract, ``budget``
 option checks of every budget codec, ``registry`` with its :data:`~.registry.BUILTIN` list, ``decode``,
 ``error_feedback``); each codec is one module (``dense``, ``cg_fedllm``, ``cg_fedllm_q``) or one folder per
 family (``baselines/``: topk, randk, qsgd, signsgd, powersgd, compeft; ``flm/``: flm_topk, fed_cvlc and their
-packet format; ``wf_ecq/``).
+packet format; ``wf_ecq/``; ``blockwise/``: blockwise8, nf4, fp4).
 """
 
 from .base import Codec

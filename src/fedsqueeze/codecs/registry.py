@@ -24,6 +24,7 @@ BUILTIN: tuple[str, ...] = (
     "flm.flm_topk",
     "flm.fed_cvlc",
     "wf_ecq.codec",
+    "blockwise.codec",
     "cg_fedllm",
     "cg_fedllm_q",
 )
