@@ -33,7 +33,7 @@ import torch
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
 from ...wire.bitpack import BitReader, BitWriter
-from ..base import Codec, DecodeContext
+from ..base import Codec
 from ..registry import register
 from ._levels import FP4_CODES, MAX_BLOCK, NF4_CODES, LevelTable, block_lengths, num_blocks
 
@@ -93,9 +93,7 @@ class _Blockwise(Codec):
 
     # -- decoding -----------------------------------------------------------------------------------------
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int, context: DecodeContext | None = None
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         r = BitReader(body)
         block = r.read_uint(32, "block")
         if not 1 <= block <= MAX_BLOCK:
