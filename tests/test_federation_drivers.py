@@ -20,8 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # Driver-specific by design: the aggregate's error needs the raw updates, which never leave Flower clients.
 RAW_UPDATE_FIELDS = {"rel_error", "mean_update_norm"}
-TIMING = {"wall_s", "train_s", "client_s"}  # wall-clock seconds
+TIMING = {"wall_s", "train_s", "client_s", "sim_round_s", "sim_time_s"}  # wall-clock seconds, and from them
 SUMMARY_DIFFERS = {"engine", "flower", "versions", "out_dir", "load_s", "elapsed_s", "wall_s"}
+SUMMARY_DIFFERS |= {"sim_time_s", "sim_time_to_target_s"}  # simulated from the measured client seconds
 
 
 def rows(out: Path) -> list[dict]:

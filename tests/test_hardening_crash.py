@@ -49,7 +49,7 @@ options = {{ density = 0.25 }}
 name = "topk"
 options = {{ density = 0.5 }}
 """
-TIMING = ("wall_s", "train_s", "client_s")
+TIMING = ("wall_s", "train_s", "client_s", "sim_round_s", "sim_time_s")
 
 
 def _cmd(cfg: Path, out: Path, *extra: str) -> list[str]:

@@ -21,6 +21,9 @@ TRAFFIC = (
     "lora_bits_per_param",
     "bits_per_param_uplink",
     "bits_per_param_total",
+    "client_rounds",
+    "total_bits_per_param",
+    "total_bytes_to_target",
     "dense_fp32_uplink_bytes",
     "dense_fp32_total_bytes",
     "dense_fp32_ratio_uplink",
@@ -50,11 +53,15 @@ def test_summary_has_run_level_totals_bits_per_param_and_ratio_to_dense(tmp_path
         params = s["lora_numel"] + s["head_numel"]
         assert s["dense_fp32_uplink_bytes"] == 4 * params * 4
         assert s["bits_per_param_uplink"] == pytest.approx(8 * s["total_uplink_bytes"] / (4 * params))
+        # both directions per parameter per client-round (2 rounds x 2 clients)
+        assert s["client_rounds"] == 4
+        assert s["total_bits_per_param"] == pytest.approx(8 * s["total_bytes"] / (4 * params))
         assert s["dense_fp32_ratio_uplink"] == pytest.approx(
             s["dense_fp32_uplink_bytes"] / s["total_uplink_bytes"]
         )
     # dense fp32 costs 32 bits per parameter plus frame headers (large on the 448-parameter toy): ratio < 1
     assert 32 <= dense["lora_bits_per_param"] < 36 and 0.9 < dense["dense_fp32_ratio_uplink"] <= 1
+    assert 64 <= dense["total_bits_per_param"] < 72  # dense fp32 both ways, plus the frame headers
     assert 0.9 < dense["dense_fp32_ratio_total"] <= 1
     assert sparse["lora_bits_per_param"] < 8 and sparse["dense_fp32_ratio_uplink"] > 2
     assert sparse["dense_fp32_ratio_total"] < sparse["dense_fp32_ratio_uplink"]  # the downlink is dense

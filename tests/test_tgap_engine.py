@@ -231,7 +231,7 @@ def test_resume_reuses_the_tgap_model_and_equals_the_uninterrupted_run(tmp_path)
     assert model_file.stat().st_mtime_ns == stamp  # reused, not retrained
     straight = run(make_config(rounds=2), b, workload=ToyWorkload(N, seed=1))
     assert resumed["tgap_traffic"]["fingerprint"] == straight["tgap_traffic"]["fingerprint"]
-    drop = ("wall_s", "train_s", "client_s")
+    drop = ("wall_s", "train_s", "client_s", "sim_round_s", "sim_time_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_of(a / "metrics.jsonl")] == [
         {k: v for k, v in r.items() if k not in drop} for r in rows_of(b / "metrics.jsonl")
     ]

@@ -27,8 +27,12 @@ def rows_of(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+# wall-clock columns, and the simulated times made from the clients' measured seconds (fl/network.py)
+TIMES = ("wall_s", "train_s", "client_s", "sim_round_s", "sim_time_s")
+
+
 def strip_times(rows):
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "train_s", "client_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMES} for r in rows]
 
 
 class CrashError(RuntimeError):

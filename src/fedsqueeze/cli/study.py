@@ -3,7 +3,8 @@
 CONFIG is a study TOML file or the name of a packaged grid (default: "default", the CPU-sized grid;
 --full: "full", every task and codec, 3 seeds). Each cell goes to OUT/<task>/<partition>/<codec>/seed<k>/;
 cells whose summary.json holds the cell's config are skipped (rerunning resumes; a changed cell reruns), a
-failing cell leaves error.txt. Then OUT/results.{json,csv,md} and OUT/plots/<task>__<partition>.png.
+failing cell leaves error.txt. Then OUT/results.{json,csv,md}, OUT/bd_rate.json and OUT/plots/ (accuracy
+against traffic, accuracy-rate curves). `[study] rates = [...]` sweeps codecs over target rates.
   fedsqueeze study --dry-run                       # list the default grid's cells and a time estimate
   fedsqueeze study default --only 'minilm-rt/iid/*'
   fedsqueeze study --full --jobs 2 --out runs/study/full
@@ -90,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         print("per task: " + ", ".join(f"{t} {_fmt_s(s)}" for t, s in per_task.items()))
         print(
             f"{len(cells)} cells ({len(grid.tasks)} tasks × {len(grid.partitions)} partitions × "
-            f"{len(grid.codecs)} codecs × {len(grid.seeds)} seeds{', filtered' if args.only else ''}); "
+            f"{len(grid.columns)} codecs × {len(grid.seeds)} seeds{', filtered' if args.only else ''}); "
             f"estimated {_fmt_s(total)} left at the tasks' timing (idle machine, one job) -> {root}"
         )
         return 0

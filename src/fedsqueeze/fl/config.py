@@ -3,7 +3,8 @@
 A config file has the sections ``[model]`` (:class:`ModelConfig`), ``[data]`` (:class:`DataConfig`),
 ``[train]`` (:class:`LocalTrainConfig`), ``[fl]`` (:class:`FLConfig`), ``[codec]`` and ``[downlink]``
 (:class:`CodecConfig`: ``name`` plus an ``options`` table checked by :func:`fedsqueeze.codecs.get`) and
-``[tgap]`` (:class:`TGAPConfig`: CG-FedLLM pre-training before the main rounds, off by default). A file
+``[tgap]`` (:class:`TGAPConfig`: CG-FedLLM pre-training before the main rounds, off by default) and
+``[network]`` (:class:`NetworkConfig`: the simulated client links, for the simulated round time). A file
 is applied on top of the ``default`` preset unless its top-level ``base`` names another preset, another file
 or ``"none"`` (:func:`load_config_data`); keys missing from the whole chain take the dataclass defaults.
 Unknown keys and bad values raise :class:`~fedsqueeze.ConfigError` naming the key and what is allowed.
@@ -31,6 +32,7 @@ from .workload import POSITIVE, DataConfig, LocalTrainConfig, ModelConfig
 __all__ = [
     "CodecConfig",
     "FLConfig",
+    "NetworkConfig",
     "RunConfig",
     "TGAPConfig",
     "apply_overrides",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
-SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap")
+SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap", "network")
 BASE_KEY = "base"  # a config file's top-level key naming what it is applied on top of
 NO_BASE = "none"  # ``base = "none"``: on top of the code defaults (the packaged presets)
 
@@ -187,6 +189,81 @@ class TGAPConfig:
             raise ConfigError(f"tgap.device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
+NETWORK_KEYS = ("uplink_mbps", "downlink_mbps", "latency_ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The clients' simulated links, from which :mod:`fedsqueeze.fl.network` makes each round's wall time.
+
+    Nothing of the training depends on it: it only turns a round's measured compute seconds and counted
+    bytes into the ``sim_round_s`` / ``sim_time_s`` columns of ``metrics.jsonl`` (and
+    ``sim_time_to_target_s`` of ``summary.json``).
+
+    Parameters
+    ----------
+    uplink_mbps
+        Every client's upload bandwidth, in Mbit/s (10**6 bits per second).
+    downlink_mbps
+        Every client's download bandwidth, in Mbit/s.
+    latency_ms
+        Every client's round-trip time, in milliseconds; each transfer (the client's download of the round's
+        model and its upload of the update) costs one.
+    overrides
+        Per-client links: a table of client id (an integer >= 0, written as a TOML key) to a table of any of
+        ``uplink_mbps``, ``downlink_mbps`` and ``latency_ms``, which replace the defaults above for that
+        client, e.g. ``overrides = { "3" = { uplink_mbps = 1 } }``
+        (``--set network.overrides.3.uplink_mbps=1``).
+    """
+
+    uplink_mbps: float = setting(20.0, range=POSITIVE)
+    downlink_mbps: float = setting(100.0, range=POSITIVE)
+    latency_ms: float = setting(30.0, range=Range(0))
+    overrides: Mapping[str, Mapping[str, float]] = setting(
+        default_factory=dict, allowed='{ "ID" = { KEY = number } }, ID >= 0, KEY: ' + ", ".join(NETWORK_KEYS)
+    )
+
+    def __post_init__(self) -> None:
+        validate(self, "network")
+        object.__setattr__(self, "overrides", _network_overrides(self.overrides))
+
+    def link(self, client: int) -> tuple[float, float, float]:
+        """``(uplink_mbps, downlink_mbps, latency_ms)`` of ``client``: its overrides, else the defaults."""
+        mine = self.overrides.get(str(client), {})
+        return tuple(mine.get(k, getattr(self, k)) for k in NETWORK_KEYS)  # type: ignore[return-value]
+
+
+def _network_overrides(raw: Any) -> dict[str, dict[str, float]]:
+    """``network.overrides`` checked and normalised: ``{"ID": {key: float}}`` in ascending client order."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"network.overrides must be a table of client id = {{ {', '.join(NETWORK_KEYS)} }}, got {raw!r}"
+        )
+    out: dict[int, dict[str, float]] = {}
+    for key, table in raw.items():
+        text = str(key).strip()
+        if isinstance(key, bool) or not (isinstance(key, int) or text.isdigit()):
+            raise ConfigError(f"network.overrides: client id {key!r} must be an integer >= 0")
+        client = int(text)
+        if client in out:
+            raise ConfigError(f"network.overrides: client {client} is given twice")
+        where = f"network.overrides.{client}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where} must be a table of {', '.join(NETWORK_KEYS)}, got {table!r}")
+        values: dict[str, float] = {}
+        for name, value in table.items():
+            if name not in NETWORK_KEYS:
+                raise ConfigError(f"unknown key {where}.{name}; allowed: {', '.join(NETWORK_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}.{name} must be a number, got {value!r}")
+            rule = Range(0) if name == "latency_ms" else POSITIVE
+            if not rule.ok(value):
+                raise ConfigError(rule.message(f"{where}.{name}", value))
+            values[name] = float(value)
+        out[client] = values
+    return {str(c): out[c] for c in sorted(out)}
+
+
 @dataclasses.dataclass(frozen=True)
 class CodecConfig:
     """A codec by registry name and its options (validated by :func:`fedsqueeze.codecs.get`).
@@ -234,6 +311,7 @@ class RunConfig:
     codec: CodecConfig = dataclasses.field(default_factory=CodecConfig)
     downlink: CodecConfig = dataclasses.field(default_factory=lambda: CodecConfig("identity"))
     tgap: TGAPConfig = dataclasses.field(default_factory=TGAPConfig)
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
         if self.fl.clients_per_round > self.data.num_clients:
@@ -303,6 +381,7 @@ class RunConfig:
             "train": LocalTrainConfig,
             "fl": FLConfig,
             "tgap": TGAPConfig,
+            "network": NetworkConfig,
         }
         built: dict[str, Any] = {}
         for name, kind in kinds.items():
@@ -396,6 +475,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key} must be a list, got {value!r}")
         inner = typing.get_args(tp)[0]
         return tuple(_coerce(key, v, inner) for v in value)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)  # the section's own __post_init__ checks the entries
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")

@@ -22,7 +22,7 @@ from typing import Any
 from .._docstring import parameters, plain
 from ..errors import UsageError
 from ..keyvalue import NULL
-from .config import BASE_KEY, NO_BASE, SECTIONS, CodecConfig, FLConfig, RunConfig, TGAPConfig
+from .config import BASE_KEY, NO_BASE, SECTIONS, CodecConfig, FLConfig, NetworkConfig, RunConfig, TGAPConfig
 from .fields import allowed_text
 from .workload import DataConfig, LocalTrainConfig, ModelConfig
 
@@ -36,6 +36,7 @@ KINDS: dict[str, type] = {
     "codec": CodecConfig,
     "downlink": CodecConfig,
     "tgap": TGAPConfig,
+    "network": NetworkConfig,
 }
 
 #: Allowed values of the keys that have a fixed set or a range, from the fields' metadata (the same the

@@ -30,6 +30,7 @@ from .client import ClientReply, relative_error
 from .config import RunConfig
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
+from .network import sim_columns
 from .report import eval_columns
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
@@ -233,6 +234,14 @@ class Federation:
             "client_s": {str(rep.client): rep.seconds for rep in reps},
             "train_s": train_s,
             "wall_s": time.perf_counter() - t0,
+            # simulated time over the clients' links ([network]): compute + transfers of the slowest reply
+            **sim_columns(
+                cfg.network,
+                self.rows[-1] if self.rows else None,
+                {rep.client: rep.seconds for rep in reps},
+                traffic.downlink,
+                {c: n + traffic.uplink_head.get(c, 0) for c, n in traffic.uplink_lora.items()},
+            ),
         }
         row["warnings"] = self.health.observe(row)
         log_warnings(self.log, r, row["warnings"], self.health)

@@ -67,7 +67,13 @@ def eval_columns(ev: Mapping[str, float] | None, metric_name: str) -> dict[str, 
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float | None) -> dict[str, Any]:
-    """Final/best metric and the rounds and uplink bytes to reach ``target`` (``None`` if never reached)."""
+    """Final/best metric and the rounds, bytes and simulated time to reach ``target`` (``None`` if never
+    reached).
+
+    ``total_bytes_to_target`` is uplink + downlink to the target; ``sim_time_to_target_s`` and
+    ``sim_time_s`` are the rows' simulated time over the clients' links (:mod:`.network`) at the target and
+    at the end (``None`` for rows without it).
+    """
     evals = [r for r in rows if r.get("eval_metric") is not None]
     best = max(evals, key=lambda r: r["eval_metric"], default=None)
     hit = None if target is None else next((r for r in evals if r["eval_metric"] >= target), None)
@@ -82,6 +88,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float
         "uplink_bytes_to_target": None if hit is None else hit["cum_uplink_bytes"],
         "downlink_bytes_to_target": None if hit is None else hit["cum_downlink_bytes"],
         "total_bytes_to_target": None if hit is None else hit["cum_uplink_bytes"] + hit["cum_downlink_bytes"],
+        "sim_time_to_target_s": None if hit is None else hit.get("sim_time_s"),
+        "sim_time_s": last.get("sim_time_s"),
         "rounds": len(rows),
         "total_uplink_bytes": last.get("cum_uplink_bytes", 0),
         "total_downlink_bytes": last.get("cum_downlink_bytes", 0),
@@ -100,6 +108,9 @@ def traffic_totals(
 
     - ``total_bytes``: uplink + downlink;
     - ``uploads``, ``downloads``: transfers in the main rounds;
+    - ``client_rounds``: the (round, client) pairs with a transfer either way in the main rounds;
+    - ``total_bits_per_param``: 8 · ``total_bytes`` / (``client_rounds`` · trained parameters), the bits
+      both ways per parameter per client-round (dense fp32 both ways: 64 plus headers);
     - ``lora_bits_per_param``: 8 · LoRA uplink bytes / (uploads · ``lora_numel``), the run-level form of the
       rows' column of that name;
     - ``bits_per_param_uplink``, ``bits_per_param_total``: 8 · bytes / (transfers · trained parameters),
@@ -113,6 +124,7 @@ def traffic_totals(
     rounds = list(ledger.rounds)
     uploads = sum(len(r.uplink_lora) for r in rounds)
     downloads = sum(len(r.downlink) for r in rounds)
+    client_rounds = sum(len(set(r.uplink_lora) | set(r.uplink_head) | set(r.downlink)) for r in rounds)
     lora = sum(sum(r.uplink_lora.values()) for r in rounds)
     params = lora_numel + head_numel
     dense_up, dense_down = 4 * params * uploads, 4 * params * downloads
@@ -128,6 +140,8 @@ def traffic_totals(
         "lora_bits_per_param": div(8 * lora, uploads * lora_numel),
         "bits_per_param_uplink": div(8 * total_uplink, uploads * params),
         "bits_per_param_total": div(8 * total, (uploads + downloads) * params),
+        "client_rounds": client_rounds,
+        "total_bits_per_param": div(8 * total, client_rounds * params),
         "dense_fp32_uplink_bytes": dense_up,
         "dense_fp32_total_bytes": dense_up + dense_down,
         "dense_fp32_ratio_uplink": div(dense_up, total_uplink),

@@ -1,17 +1,40 @@
-"""Aggregate a study's cell folders into ``results.json``, ``results.csv`` and ``results.md``.
+"""Aggregate a study's cell folders into ``results.{json,csv,md}`` and ``bd_rate.json``.
 
-Per task × partition and codec: mean ± std over seeds of the final and best metric, the total uplink MB and
-the LoRA uplink bits per parameter. The target of a task × partition is the best metric the weakest codec
-reaches (the codec with the lowest seed-mean best metric), unless the task sets ``target``. For every run the
-rounds and cumulative uplink bytes until the held-out metric first reaches the target are read from its
-``metrics.jsonl``; means are over the seeds that reach it. Traffic reduction is
-``1 − bytes_to_target(codec) / bytes_to_target(baseline)`` with the study's baseline codec (dense fp32).
+Per task × partition and codec column (one column per swept rate, see :mod:`.grid`): mean ± std over seeds
+(``{"mean", "std", "n"}``; ``std`` needs 2 seeds) of the final and best metric, the uplink, downlink and total
+(uplink + downlink) MB, the bits per parameter (``total_bits_per_param``: both directions per trained
+parameter per client-round, the headline; ``uplink_bits_per_param``: the LoRA uplink frames per LoRA
+parameter, the quantity a codec's ``rate`` targets) and the simulated time (``[network]``, see
+:mod:`fedsqueeze.fl.network`).
+
+**Target.** The target of a task × partition is the best metric the weakest column reaches (the lowest
+seed-mean best metric), unless the task sets ``target`` (advisable with a rate sweep, whose lowest rate is
+often the weakest column). For every run the rounds, cumulative uplink / downlink / total bytes and the
+simulated time until the held-out metric first reaches the target are read from its ``metrics.jsonl``;
+means are over the seeds that reach it. The traffic reductions are against the study's baseline column
+(dense fp32 uplink; with the default identity downlink, dense fp32 both ways):
+``traffic_reduction_total = 1 − total_bytes_to_target(codec) / total_bytes_to_target(baseline)`` is the
+headline, ``traffic_reduction`` (its historical name) and ``traffic_reduction_uplink`` the same on the
+uplink alone.
+
+**Rate curves and BD-rate.** Each family (``[[codecs]]`` entry) is a curve of its columns' seed means:
+x the bits per parameter (total, and uplink), y the final or best metric. ``bd_rate.json`` holds one row per
+task × partition × metric (``final``/``best``) × rate basis (``total``/``uplink``) × reference family
+(``study.bd_references``) × other family, from :func:`fedsqueeze.analysis.bd_rate.compare` (pchip; a
+single-point family, e.g. a fixed-rate codec or dense fp32, compares by the rate ratio at its accuracy).
+
+**Seed spread.** For each pair of columns at the same swept rate, and for each pair of unswept columns (each
+at its own fixed or default rate), the difference of the mean final metrics is said to exceed the seed spread
+when ``|Δmean| > 2·sqrt(std_a²/n_a + std_b²/n_b)``: about two standard errors of the difference. It needs at
+least 2 finished seeds on both sides; with so few seeds it is a screen, not a significance test.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -23,9 +46,21 @@ from ..strict_json import finite_or_none
 from .grid import Cell, StudyGrid
 from .runner import ERROR_FILE, cpu_count, done_summary
 
-__all__ = ["aggregate", "load_cell", "machine_info", "reach_target", "write_results"]
+__all__ = [
+    "aggregate",
+    "bd_rows",
+    "family_curves",
+    "load_cell",
+    "machine_info",
+    "reach_target",
+    "seed_differences",
+    "write_results",
+]
 
 _EPS = 1e-12  # a run "reaches" a target that is a seed mean of floats it equals up to rounding
+METRICS = ("final", "best")  # the metrics of the rate curves and BD-rates: final_metric, best_metric
+BASES = {"total": "total_bits_per_param", "uplink": "uplink_bits_per_param"}  # rate basis -> x field
+BD_METHOD = "pchip"
 
 
 def machine_info() -> dict[str, Any]:
@@ -47,14 +82,32 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def _total_bits_per_param(summary: dict[str, Any], total_bytes: int) -> float | None:
+    """The summary's ``total_bits_per_param``; for a summary written before it existed, from its transfer
+    counts (a client-round taken as the larger of uploads and downloads)."""
+    if summary.get("total_bits_per_param") is not None:
+        return float(summary["total_bits_per_param"])
+    params = (summary.get("lora_numel") or 0) + (summary.get("head_numel") or 0)
+    client_rounds = max(summary.get("uploads") or 0, summary.get("downloads") or 0)
+    return 8 * total_bytes / (client_rounds * params) if params and client_rounds else None
+
+
 def load_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
-    """A cell's status (``done``/``failed``/``missing``), summary numbers and eval curve from its folder."""
+    """A cell's status (``done``/``failed``/``missing``), summary numbers and eval curves from its folder.
+
+    ``curve``, ``curve_total`` and ``curve_sim`` are ``[round, x, metric]`` per evaluation with x the
+    cumulative uplink bytes, uplink + downlink bytes and simulated seconds (``curve_sim`` is empty for rows
+    without ``sim_time_s``).
+    """
     out = cell.out_dir(root)
     rec: dict[str, Any] = {
         "id": cell.id,
         "task": cell.task,
         "partition": cell.partition,
         "codec": cell.codec,
+        "family": cell.family or cell.codec,
+        "rate": cell.rate,
+        "codec_name": cell.config.codec.name,
         "seed": cell.seed,
         "dir": str(out),
         "config": cell.config.to_dict(),
@@ -63,25 +116,42 @@ def load_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
     if summary is not None:
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         bits = [r["lora_bits_per_param"] for r in rows if r.get("lora_bits_per_param") is not None]
-        # A CG-FedLLM run with its TGAP phase spent uplink before round 1; the summary's totals include it,
-        # the per-round cumulative bytes do not, so the curve starts at that offset.
-        offset = int((summary.get("tgap_traffic") or {}).get("uplink_bytes", 0))
+        # A CG-FedLLM run with its TGAP phase spent traffic before round 1; the summary's totals include it,
+        # the per-round cumulative bytes do not, so the curves start at that offset.
+        tgap = summary.get("tgap_traffic") or {}
+        offset, offset_down = int(tgap.get("uplink_bytes", 0)), int(tgap.get("downlink_bytes", 0))
+        up = int(summary["total_uplink_bytes"])
+        last_down = rows[-1].get("cum_downlink_bytes", 0) if rows else 0
+        down = int(summary.get("total_downlink_bytes", offset_down + (last_down or 0)))
+        evals = [r for r in rows if r.get("eval_metric") is not None]
         rec.update(
             status="done",
             metric_name=summary["metric_name"],
             final_metric=summary["final_metric"],
             best_metric=summary["best_metric"],
-            total_uplink_bytes=summary["total_uplink_bytes"],
+            total_uplink_bytes=up,
+            total_downlink_bytes=down,
+            total_bytes=up + down,
             pre_round_uplink_bytes=offset,
+            pre_round_downlink_bytes=offset_down,
             uplink_bits_per_param=sum(bits) / len(bits) if bits else None,
+            total_bits_per_param=_total_bits_per_param(summary, up + down),
+            sim_time_s=summary.get("sim_time_s"),
             rounds=summary["rounds"],
             wall_s=summary["wall_s"],
             platform=summary.get("versions", {}).get("platform"),
-            curve=[
-                [r["round"], offset + r["cum_uplink_bytes"], r["eval_metric"]]
-                for r in rows
-                if r.get("eval_metric") is not None
+            curve=[[r["round"], offset + r["cum_uplink_bytes"], r["eval_metric"]] for r in evals],
+            curve_total=[
+                [
+                    r["round"],
+                    offset + offset_down + r["cum_uplink_bytes"] + (r.get("cum_downlink_bytes") or 0),
+                    r["eval_metric"],
+                ]
+                for r in evals
             ],
+            curve_sim=[[r["round"], r["sim_time_s"], r["eval_metric"]] for r in evals]
+            if all(r.get("sim_time_s") is not None for r in evals)
+            else [],
         )
     elif (out / ERROR_FILE).is_file():
         lines = (out / ERROR_FILE).read_text(encoding="utf-8").strip().splitlines()
@@ -92,10 +162,11 @@ def load_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
 
 
 def reach_target(curve: Sequence[Sequence[float]], target: float) -> tuple[int | None, int | None]:
-    """``(round, cumulative uplink bytes)`` of the first evaluation with metric >= target, else Nones."""
-    for rnd, cum_bytes, metric in curve:
+    """``(round, x)`` of the first evaluation ``[round, x, metric]`` with metric >= target, else Nones (x:
+    the cumulative bytes, or the simulated seconds, of the curve)."""
+    for rnd, x, metric in curve:
         if metric >= target - _EPS:
-            return int(rnd), int(cum_bytes)
+            return int(rnd), x
     return None, None
 
 
@@ -108,21 +179,32 @@ def _stats(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
+def _reduction(mine: float | None, base: float | None) -> float | None:
+    return None if mine is None or not base else 1.0 - mine / base
+
+
 def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in recs if r["status"] == "done"]
     codecs: dict[str, dict[str, Any]] = {}
-    for codec in (c.label for c in grid.codecs):
-        mine = [r for r in recs if r["codec"] == codec]
+    for col in grid.columns:
+        mine = [r for r in recs if r["codec"] == col.label]
         ok = [r for r in mine if r["status"] == "done"]
-        codecs[codec] = {
-            "codec": codec,
+        codecs[col.label] = {
+            "codec": col.label,
+            "family": col.family,
+            "rate": col.rate,
+            "codec_name": col.name,
             "seeds_done": len(ok),
             "seeds_failed": sum(r["status"] == "failed" for r in mine),
             "seeds_missing": sum(r["status"] == "missing" for r in mine),
             "final_metric": _stats([r["final_metric"] for r in ok]),
             "best_metric": _stats([r["best_metric"] for r in ok]),
             "uplink_mb": _stats([r["total_uplink_bytes"] / 1e6 for r in ok]),
+            "downlink_mb": _stats([r["total_downlink_bytes"] / 1e6 for r in ok]),
+            "total_mb": _stats([r["total_bytes"] / 1e6 for r in ok]),
             "uplink_bits_per_param": _stats([r["uplink_bits_per_param"] for r in ok]),
+            "total_bits_per_param": _stats([r["total_bits_per_param"] for r in ok]),
+            "sim_time_s": _stats([r["sim_time_s"] for r in ok]),
         }
     ranked = [c for c in codecs.values() if c["best_metric"]["mean"] is not None]
     weakest = min(ranked, key=lambda c: c["best_metric"]["mean"], default=None)
@@ -131,18 +213,31 @@ def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) ->
     for c in codecs.values():
         hits = []
         for r in (r for r in done if r["codec"] == c["codec"]):
-            rnd, nbytes = (None, None) if target is None else reach_target(r["curve"], target)
-            r["rounds_to_target"], r["uplink_bytes_to_target"] = rnd, nbytes
-            hits.append((rnd, nbytes))
+            rnd, up = (None, None) if target is None else reach_target(r["curve"], target)
+            total = None if target is None else reach_target(r["curve_total"], target)[1]
+            sim = None if target is None or not r["curve_sim"] else reach_target(r["curve_sim"], target)[1]
+            r["rounds_to_target"], r["uplink_bytes_to_target"] = rnd, up
+            r["total_bytes_to_target"] = total
+            r["downlink_bytes_to_target"] = None if total is None else total - up
+            r["sim_time_to_target_s"] = sim
+            hits.append((rnd, up, total, sim))
         reached = [h for h in hits if h[0] is not None]
         c["seeds_reached"] = len(reached)
         c["rounds_to_target"] = _stats([h[0] for h in reached])
         c["uplink_mb_to_target"] = _stats([h[1] / 1e6 for h in reached])
-    base = codecs.get(grid.baseline, {}).get("uplink_mb_to_target", {}).get("mean")
+        c["downlink_mb_to_target"] = _stats([(h[2] - h[1]) / 1e6 for h in reached])
+        c["mb_to_target_total"] = _stats([h[2] / 1e6 for h in reached])
+        c["total_bytes_to_target"] = _stats([h[2] for h in reached])
+        c["sim_time_to_target_s"] = _stats([h[3] for h in reached])
+    base = codecs.get(grid.baseline, {})
+    base_up = base.get("uplink_mb_to_target", {}).get("mean")
+    base_total = base.get("mb_to_target_total", {}).get("mean")
     for c in codecs.values():
-        mine = c["uplink_mb_to_target"]["mean"]
-        c["traffic_reduction"] = None if mine is None or not base else 1.0 - mine / base
-    return {
+        c["traffic_reduction"] = _reduction(c["uplink_mb_to_target"]["mean"], base_up)
+        c["traffic_reduction_uplink"] = c["traffic_reduction"]
+        c["traffic_reduction_total"] = _reduction(c["mb_to_target_total"]["mean"], base_total)
+    base_cells = [r for r in recs if r["codec"] == grid.baseline]
+    group = {
         "task": task,
         "partition": part,
         "metric_name": done[0]["metric_name"] if done else None,
@@ -150,12 +245,133 @@ def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) ->
         "target_source": "task.target" if fixed is not None else "weakest codec's best (seed mean)",
         "weakest": None if weakest is None else weakest["codec"],
         "baseline": grid.baseline,
+        "baseline_downlink": base_cells[0]["config"]["downlink"]["name"] if base_cells else None,
         "codecs": list(codecs.values()),
     }
+    group["families"] = family_curves(group)
+    group["seed_differences"] = seed_differences(group)
+    return group
+
+
+def family_curves(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each family's rate curve: its columns' seed means, ordered by total bits per parameter.
+
+    A point: ``codec`` (the column), ``rate``, ``seeds``, ``total_bits_per_param`` / ``uplink_bits_per_param``
+    (seed means), ``final`` / ``best`` (seed means) and ``final_std`` / ``best_std``. Columns without a
+    finished seed are left out.
+    """
+    fams: dict[str, dict[str, Any]] = {}
+    for c in group["codecs"]:
+        fam = fams.setdefault(
+            c["family"], {"family": c["family"], "codec_name": c["codec_name"], "points": []}
+        )
+        if not c["seeds_done"]:
+            continue
+        fam["points"].append(
+            {
+                "codec": c["codec"],
+                "rate": c["rate"],
+                "seeds": c["seeds_done"],
+                "total_bits_per_param": c["total_bits_per_param"]["mean"],
+                "uplink_bits_per_param": c["uplink_bits_per_param"]["mean"],
+                "final": c["final_metric"]["mean"],
+                "final_std": c["final_metric"]["std"],
+                "best": c["best_metric"]["mean"],
+                "best_std": c["best_metric"]["std"],
+            }
+        )
+    for fam in fams.values():
+        fam["points"].sort(key=lambda p: (p["total_bits_per_param"] is None, p["total_bits_per_param"] or 0))
+    return list(fams.values())
+
+
+def seed_differences(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pairs of columns at the same rate whose mean final metrics differ by more than the seed spread.
+
+    The pairs: columns that share a swept ``rate``, and the unswept columns among themselves. Each entry:
+    ``a``, ``b``, ``rate``, ``delta`` (mean a − mean b), ``threshold`` (``2·sqrt(std_a²/n_a + std_b²/n_b)``)
+    and ``exceeds`` (``|delta| > threshold``), ``None`` with a ``reason`` when a side has fewer than 2
+    finished seeds. Pairs without a mean on both sides are left out.
+    """
+    by_rate: dict[float | None, list[dict[str, Any]]] = {}
+    for c in group["codecs"]:
+        if c["final_metric"]["mean"] is not None:
+            by_rate.setdefault(c["rate"], []).append(c)
+    out = []
+    for rate, cols in by_rate.items():
+        for a, b in itertools.combinations(cols, 2):
+            sa, sb = a["final_metric"], b["final_metric"]
+            entry: dict[str, Any] = {
+                "a": a["codec"],
+                "b": b["codec"],
+                "rate": rate,
+                "metric": "final",
+                "mean_a": sa["mean"],
+                "mean_b": sb["mean"],
+                "std_a": sa["std"],
+                "std_b": sb["std"],
+                "n_a": sa["n"],
+                "n_b": sb["n"],
+                "delta": sa["mean"] - sb["mean"],
+            }
+            if sa["n"] < 2 or sb["n"] < 2:
+                entry.update(threshold=None, exceeds=None, reason="fewer than 2 finished seeds on a side")
+            else:
+                thr = 2.0 * math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
+                entry.update(threshold=thr, exceeds=abs(entry["delta"]) > thr, reason=None)
+            out.append(entry)
+    return out
+
+
+def bd_rows(grid: StudyGrid, groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``bd_rate.json``: every family against every reference family (see the module doc).
+
+    Fields: ``task``, ``partition``, ``codec`` (the test family), ``reference``, ``bd_rate_percent``,
+    ``accuracy_range`` (``[lo, hi]``), ``metric`` (``final``/``best``), ``metric_name``, ``rate_basis``
+    (``total``/``uplink``), ``method``, ``mode`` (``curve``/``point``), ``points``, ``reference_points``,
+    ``reason`` (why ``bd_rate_percent`` is ``None``).
+    """
+    from ..analysis.bd_rate import compare
+
+    refs = grid.references()
+    rows = []
+    for g in groups:
+        fams = {f["family"]: f for f in g["families"]}
+        for ref, metric, basis in itertools.product(refs, METRICS, BASES):
+            xkey = BASES[basis]
+
+            def xy(fam: dict[str, Any], xkey: str = xkey, metric: str = metric) -> tuple[list, list]:
+                pts = [p for p in fam["points"] if p[xkey] is not None and p[metric] is not None]
+                return [p[xkey] for p in pts], [p[metric] for p in pts]
+
+            if ref not in fams:
+                continue
+            rx, ry = xy(fams[ref])
+            for name, fam in fams.items():
+                if name == ref:
+                    continue
+                tx, ty = xy(fam)
+                res = compare(rx, ry, tx, ty, method=BD_METHOD).to_dict()
+                rows.append(
+                    {
+                        "task": g["task"],
+                        "partition": g["partition"],
+                        "codec": name,
+                        "reference": ref,
+                        "bd_rate_percent": res.pop("bd_rate_percent"),
+                        "accuracy_range": res.pop("accuracy_range"),
+                        "metric": metric,
+                        "metric_name": g["metric_name"],
+                        "rate_basis": basis,
+                        **res,
+                    }
+                )
+    return rows
 
 
 def aggregate(grid: StudyGrid, root: str | Path, *, command: str = "") -> dict[str, Any]:
-    """Everything ``results.json`` holds: per-group tables, every cell's numbers, command and machine."""
+    """Everything ``results.json`` holds: per-group tables, curves, BD-rates, every cell's numbers, command
+    and machine."""
     cells = grid.cells()
     recs = [load_cell(c, root) for c in cells]
     groups = [
@@ -170,8 +386,11 @@ def aggregate(grid: StudyGrid, root: str | Path, *, command: str = "") -> dict[s
         "run_platforms": sorted({r["platform"] for r in recs if r.get("platform")}),
         "baseline": grid.baseline,
         "seeds": list(grid.seeds),
+        "rates": list(grid.rates),
+        "bd_references": list(grid.references()),
         "status": {s: sum(r["status"] == s for r in recs) for s in ("done", "failed", "missing")},
         "groups": groups,
+        "bd_rate": bd_rows(grid, groups),
         "cells": recs,
     }
 
@@ -184,21 +403,103 @@ def _pm(stat: dict[str, Any], fmt: str = ".4f", scale: float = 1.0) -> str:
     return text if stat["std"] is None else f"{text} ± {format(stat['std'] * scale, fmt)}"
 
 
+_CSV_STATS = (
+    "final_metric",
+    "best_metric",
+    "uplink_mb",
+    "downlink_mb",
+    "total_mb",
+    "uplink_bits_per_param",
+    "total_bits_per_param",
+    "sim_time_s",
+)
+_CSV_TARGET_STATS = (
+    "rounds_to_target",
+    "uplink_mb_to_target",
+    "downlink_mb_to_target",
+    "mb_to_target_total",
+    "sim_time_to_target_s",
+)
+
+
 def _csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per task × partition × codec (means and stds as separate columns)."""
+    """One flat row per task × partition × codec column (means and stds as separate columns)."""
     rows = []
     for g in results["groups"]:
         for c in g["codecs"]:
             row = {k: g[k] for k in ("task", "partition", "metric_name", "target")}
-            row.update({k: c[k] for k in ("codec", "seeds_done", "seeds_failed", "seeds_missing")})
-            for key in ("final_metric", "best_metric", "uplink_mb", "uplink_bits_per_param"):
+            row.update({k: c[k] for k in ("codec", "family", "rate", "codec_name")})
+            row.update({k: c[k] for k in ("seeds_done", "seeds_failed", "seeds_missing")})
+            for key in _CSV_STATS:
                 row[f"{key}_mean"], row[f"{key}_std"] = c[key]["mean"], c[key]["std"]
             row["seeds_reached"] = c["seeds_reached"]
-            for key in ("rounds_to_target", "uplink_mb_to_target"):
+            for key in _CSV_TARGET_STATS:
                 row[f"{key}_mean"], row[f"{key}_std"] = c[key]["mean"], c[key]["std"]
-            row["traffic_reduction"] = c["traffic_reduction"]
+            for key in ("traffic_reduction", "traffic_reduction_total"):
+                row[key] = c[key]
             rows.append(row)
     return rows
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _bd_tables(results: dict[str, Any], g: dict[str, Any]) -> list[str]:
+    mine = [
+        r for r in results.get("bd_rate", []) if r["task"] == g["task"] and r["partition"] == g["partition"]
+    ]
+    out: list[str] = []
+    combos = [(m, b) for b in BASES for m in METRICS]
+    for ref in results.get("bd_references", []):
+        rows = {(r["codec"], r["metric"], r["rate_basis"]): r for r in mine if r["reference"] == ref}
+        names = list(dict.fromkeys(r["codec"] for r in mine if r["reference"] == ref))
+        if not names:
+            continue
+        head = " | ".join(f"{m}, {b} bits" for m, b in combos)
+        out += [
+            "",
+            f"BD-rate vs `{ref}` (negative: less rate for the same {g['metric_name'] or 'metric'}):",
+            "",
+        ]
+        out += [f"| codec | {head} |", "|---|" + "---|" * len(combos)]
+        for name in names:
+            vals = []
+            for m, b in combos:
+                r = rows.get((name, m, b))
+                v = None if r is None else r["bd_rate_percent"]
+                vals.append(
+                    "–" if v is None else f"{v:+.1f} %" + (" (point)" if r["mode"] == "point" else "")
+                )
+            out.append(f"| {name} | " + " | ".join(vals) + " |")
+    if out:
+        out += [
+            "",
+            "`–`: not computable (no overlap in accuracy, too few points, no finished cell); `bd_rate.json` "
+            "gives the reason. `(point)`: one side is a single point, the rate ratio at its accuracy.",
+        ]
+    return out
+
+
+def _differences(g: dict[str, Any]) -> list[str]:
+    hits = [d for d in g["seed_differences"] if d["exceeds"]]
+    assessed = sum(d["exceeds"] is not None for d in g["seed_differences"])
+    out = [
+        "",
+        f"Differences that exceed the seed spread (|Δ mean final| > 2·sqrt(std_a²/n_a + std_b²/n_b), pairs "
+        f"at the same rate; {len(hits)} of the {assessed} pairs with 2 or more seeds on both sides):",
+        "",
+    ]
+    if not hits:
+        return [*out, "- none"]
+    for d in sorted(hits, key=lambda d: -abs(d["delta"])):
+        at = "unswept" if d["rate"] is None else f"rate {d['rate']:g}"
+        out.append(
+            f"- `{d['a']}` vs `{d['b']}` ({at}): Δ {d['delta']:+.4f} "
+            f"({d['mean_a']:.4f} ± {d['std_a']:.4f} vs {d['mean_b']:.4f} ± {d['std_b']:.4f}, "
+            f"n {d['n_a']}/{d['n_b']}; threshold {d['threshold']:.4f})"
+        )
+    return out
 
 
 def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
@@ -214,9 +515,13 @@ def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
         f"Cells: {st['done']} done, {st['failed']} failed, {st['missing']} missing; seeds "
         f"{', '.join(map(str, results['seeds']))}. Values are mean ± std over the seeds that finished.",
         "",
-        "Target = the best metric the weakest codec reaches (seed mean) unless the task fixes one; rounds "
-        "and MB to target are means over the seeds that reach it (`reached`); reduction = 1 − MB to target "
-        f"/ MB to target of `{results['baseline']}`.",
+        "Target = the best metric the weakest codec reaches (seed mean) unless the task fixes one; rounds, "
+        "MB and simulated time to target are means over the seeds that reach it (`reached`). Traffic is "
+        "uplink + downlink (`total`) unless a column says uplink or downlink; reduction = 1 − total MB to "
+        f"target / total MB to target of `{results['baseline']}` (uplink reduction: the same on the uplink). "
+        "bits/param: total = uplink + downlink bits per trained parameter per client-round; uplink = LoRA "
+        "uplink bits per LoRA parameter (what a codec's `rate` targets). Time to target: simulated over the "
+        "clients' links (`[network]`: compute + transfers, the slowest client per round).",
     ]
     for g in results["groups"]:
         target = "–" if g["target"] is None else f"{g['target']:.4f}"
@@ -225,23 +530,32 @@ def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
             f"## {g['task']} / {g['partition']}",
             "",
             f"Metric: {g['metric_name'] or '–'}; target {target} ({g['target_source']}; weakest: "
-            f"{g['weakest'] or '–'}).",
+            f"{g['weakest'] or '–'}); baseline `{g['baseline']}` with downlink "
+            f"`{g['baseline_downlink'] or '–'}`.",
             "",
-            "| codec | seeds | final | best | uplink MB | bits/param | rounds to target | MB to target "
-            "| reached | reduction |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| codec | seeds | rate | final | best | uplink MB | downlink MB | total MB | bits/param total "
+            "| bits/param uplink | rounds to target | MB to target (total) | time to target (s) | reached "
+            "| reduction (total) | reduction (uplink) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in g["codecs"]:
             n = len(results["seeds"])
             seeds = f"{c['seeds_done']}/{n}" + (f" ({c['seeds_failed']} failed)" if c["seeds_failed"] else "")
-            red = c["traffic_reduction"]
+            rate = "–" if c["rate"] is None else f"{c['rate']:g}"
             out.append(
-                f"| {c['codec']} | {seeds} | {_pm(c['final_metric'])} | {_pm(c['best_metric'])} "
-                f"| {_pm(c['uplink_mb'], '.3f')} | {_pm(c['uplink_bits_per_param'], '.3f')} "
-                f"| {_pm(c['rounds_to_target'], '.1f')} | {_pm(c['uplink_mb_to_target'], '.3f')} "
-                f"| {c['seeds_reached']}/{c['seeds_done']} | {'–' if red is None else f'{100 * red:.1f} %'} |"
+                f"| {c['codec']} | {seeds} | {rate} | {_pm(c['final_metric'])} | {_pm(c['best_metric'])} "
+                f"| {_pm(c['uplink_mb'], '.3f')} | {_pm(c['downlink_mb'], '.3f')} "
+                f"| {_pm(c['total_mb'], '.3f')} "
+                f"| {_pm(c['total_bits_per_param'], '.3f')} | {_pm(c['uplink_bits_per_param'], '.3f')} "
+                f"| {_pm(c['rounds_to_target'], '.1f')} | {_pm(c['mb_to_target_total'], '.3f')} "
+                f"| {_pm(c['sim_time_to_target_s'], '.1f')} | {c['seeds_reached']}/{c['seeds_done']} "
+                f"| {_pct(c['traffic_reduction_total'])} | {_pct(c['traffic_reduction'])} |"
             )
-        out += ["", f"![{g['task']} {g['partition']}](plots/{g['task']}__{g['partition']}.png)"]
+        out += _bd_tables(results, g)
+        out += _differences(g)
+        stem = f"{g['task']}__{g['partition']}"
+        out += ["", f"![{g['task']} {g['partition']}](plots/{stem}.png)"]
+        out += ["", f"![{g['task']} {g['partition']} rate curves](plots/{stem}__rate.png)"]
     failed = [r for r in results["cells"] if r["status"] == "failed"]
     if failed:
         out += ["", "## Failed cells", ""] + [f"- `{r['id']}`: {r['error']}" for r in failed]
@@ -257,11 +571,13 @@ def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
 
 
 def write_results(grid: StudyGrid, root: str | Path, *, command: str = "", plots: bool = True) -> dict:
-    """Aggregate and write ``results.json``, ``results.csv``, ``results.md`` and ``plots/`` under ``root``."""
+    """Aggregate and write ``results.json``, ``results.csv``, ``results.md``, ``bd_rate.json`` and ``plots/``
+    under ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     results = finite_or_none(aggregate(grid, root, command=command))
     (root / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (root / "bd_rate.json").write_text(json.dumps(results["bd_rate"], indent=1) + "\n", encoding="utf-8")
     with open(root / "results.csv", "w", newline="", encoding="utf-8") as fh:
         rows = _csv_rows(results)
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["task"])
@@ -269,7 +585,8 @@ def write_results(grid: StudyGrid, root: str | Path, *, command: str = "", plots
         writer.writerows(rows)
     (root / "results.md").write_text(_markdown(results, grid), encoding="utf-8")
     if plots:
-        from .plots import plot_groups
+        from .plots import plot_groups, plot_rate_curves
 
         plot_groups(results, root / "plots")
+        plot_rate_curves(results, root / "plots")
     return results

@@ -22,6 +22,7 @@ A study file::
     name = "flm_topk"
     options = { mode = "even" }      # replaces the base config's codec options
     set = ["fl.error_feedback=false"]
+    rates = [0.25, 1]                # optional: this entry's own rate sweep (see below); [] for none
 
     [[partitions]]
     label = "dir0.1"
@@ -31,12 +32,30 @@ A study file::
 A cell's config is: base, then inline ``config`` tables, then ``study.set``, ``task.set``, the partition, the
 codec (name + options), ``codec.set`` and the task's ``codec_set`` for that codec, then the seed. Every cell
 config is validated on load.
+
+**Rate sweeps.** ``[study] rates = [0.05, 0.1, 0.25, 0.5, 1, 2]`` (target bits per parameter of the whole
+uplink frame, the codec's ``rate`` option: see ``Codec.rate_option``) sweeps every ``[[codecs]]`` entry whose
+codec declares a rate option: the entry becomes one column per rate, labelled ``<label>@r<rate>``
+(``topk@r0.25``, the rate written with ``%g``), with ``codec.options.<rate_option>`` set to the rate on top of
+the entry's options. An entry's own ``rates`` replaces the study's list for it (``rates = []``: no sweep, one
+column at its options); giving ``rates`` to a codec without a rate option (fixed-rate codecs such as
+identity, fp16, signsgd) is an error. Entries that take no rate option, and entries whose ``options`` already
+set it, stay one column under the study's list. An entry whose options fix its budget another way
+(``density = ...``) conflicts with a rate: the cell config says so on load. Each column keeps its ``family``
+(the entry label) and its ``rate`` (``None`` for an unswept column), and the results carry both, so curves can
+be drawn per family. ``study.baseline`` and ``codec_set`` keys name a column (``topk@r1``); ``codec_set`` may
+also name a family, for every column of it. The ``@`` is reserved for these labels.
+
+**BD-rate references.** ``[study] bd_references = ["topk", "identity"]`` names the families every other
+family's rate–accuracy curve is compared against in ``bd_rate.json`` (:mod:`.aggregate`); the default is
+``topk`` (when the grid has that family) and the baseline.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -55,6 +74,7 @@ __all__ = [
     "StudyGrid",
     "TaskEntry",
     "load_study",
+    "rate_label",
     "study_names",
     "study_path",
 ]
@@ -110,14 +130,43 @@ class TaskEntry:
     codec_overrides: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
+def rate_label(label: str, rate: float) -> str:
+    """The column label of ``label`` swept to ``rate``: ``topk@r0.25``."""
+    return f"{label}@r{rate:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class CodecEntry:
-    """A codec column of the table: a label, the registry name, its options and extra overrides."""
+    """A ``[[codecs]]`` entry (``rates`` its sweep) or one column of the table (see :meth:`columns`).
+
+    ``family`` is the entry label a column comes from (the label itself for an entry), ``rate`` the target
+    rate a column sets (``None``: the codec's own options decide).
+    """
 
     label: str
     name: str
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     overrides: tuple[str, ...] = ()
+    rates: tuple[float, ...] = ()
+    family: str = ""
+    rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.label)
+
+    def columns(self) -> list[CodecEntry]:
+        """One column per rate of :attr:`rates` (with the rate option set), or the entry itself."""
+        if not self.rates:
+            return [self]
+        option = _rate_option(f"codecs.{self.label}", self.name)
+        return [
+            CodecEntry(
+                rate_label(self.label, r), self.name, {**self.options, option: r}, self.overrides, (),
+                self.label, r,
+            )
+            for r in self.rates
+        ]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +194,8 @@ class Cell:
     seed: int
     config: RunConfig
     timing: Mapping[str, float]
+    family: str = ""  # the [[codecs]] entry the column comes from (its label; ``codec`` when not swept)
+    rate: float | None = None  # the column's target rate (a rate sweep), else None
 
     @property
     def id(self) -> str:
@@ -176,11 +227,14 @@ class StudyGrid:
     seed_keys: tuple[str, ...] = ("fl.seed",)
     overrides: tuple[str, ...] = ()
     out: str | None = None
+    rates: tuple[float, ...] = ()
+    bd_references: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for what, items, attr in (
             ("tasks", self.tasks, "name"),
             ("codecs", self.codecs, "label"),
+            ("codec columns", self.columns, "label"),
             ("partitions", self.partitions, "label"),
         ):
             labels = [getattr(i, attr) for i in items]
@@ -191,23 +245,52 @@ class StudyGrid:
                 raise ConfigError(f"duplicate {what} label(s): {', '.join(sorted(dup))}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"study.seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        labels = [c.label for c in self.codecs]
+        labels = [c.label for c in self.columns]
+        families = [c.label for c in self.codecs]
         if self.baseline not in labels:
-            raise ConfigError(f"study.baseline = {self.baseline!r} is not a codec label of [[codecs]]")
+            swept = self.baseline in families
+            raise ConfigError(
+                f"study.baseline = {self.baseline!r} is "
+                + (
+                    "swept over rates; name one of its columns ("
+                    + ", ".join(c.label for c in self.columns if c.family == self.baseline)
+                    + ") or give it rates = []"
+                    if swept
+                    else "not a codec label of [[codecs]]"
+                )
+            )
         for task in self.tasks:
             for label in task.codec_overrides:
-                if label not in labels:
+                if label not in labels and label not in families:
                     raise ConfigError(f"tasks.{task.name}.codec_set.{label}: no codec has this label")
+        for ref in self.bd_references or ():
+            if ref not in families:
+                raise ConfigError(f"study.bd_references: {ref!r} is not a codec label of [[codecs]]")
+
+    @property
+    def columns(self) -> tuple[CodecEntry, ...]:
+        """The codec columns: every entry of :attr:`codecs`, each swept rate of an entry a column."""
+        return tuple(col for entry in self.codecs for col in entry.columns())
+
+    def references(self) -> tuple[str, ...]:
+        """The families BD-rates are computed against: ``bd_references``, else ``topk`` (if the grid has that
+        family) and the baseline's family."""
+        if self.bd_references is not None:
+            return self.bd_references
+        families = [c.label for c in self.codecs]
+        base = next(c.family for c in self.columns if c.label == self.baseline)
+        return tuple(dict.fromkeys(f for f in ("topk", base) if f in families))
 
     def default_out(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / "study" / self.name
 
     def cells(self) -> list[Cell]:
-        """Every cell in task, partition, codec, seed order (each config built and validated)."""
+        """Every cell in task, partition, codec column, seed order (each config built and validated)."""
         out = []
+        columns = self.columns
         for task in self.tasks:
             for part in self.partitions:
-                for codec in self.codecs:
+                for codec in columns:
                     for seed in self.seeds:
                         out.append(self._cell(task, part, codec, seed))
         return out
@@ -225,6 +308,7 @@ class StudyGrid:
                 data,
                 [
                     *codec.overrides,
+                    *(task.codec_overrides.get(codec.family, ()) if codec.family != codec.label else ()),
                     *task.codec_overrides.get(codec.label, ()),
                     *(f"{key}={seed}" for key in self.seed_keys),
                 ],
@@ -232,7 +316,9 @@ class StudyGrid:
             config = RunConfig.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"cell {cell_id}: {exc}") from None
-        return Cell(task.name, part.label, codec.label, seed, config, dict(task.timing))
+        return Cell(
+            task.name, part.label, codec.label, seed, config, dict(task.timing), codec.family, codec.rate
+        )
 
 
 # -- reading a study file -----------------------------------------------------------------------------------
@@ -253,7 +339,8 @@ def _task(i: int, raw: Any, here: Path) -> TaskEntry:
     name = _label(f"{where}.name", raw.get("name"))
     where = f"tasks.{name}"
     base = _read_base(where, raw.get("base"), here)
-    _merge(base, _keys(f"{where}.config", raw.get("config", {}), ("model", "data", "train", "fl", "codec")))
+    sections = ("model", "data", "train", "fl", "codec", "downlink", "tgap", "network")
+    _merge(base, _keys(f"{where}.config", raw.get("config", {}), sections))
     timing = _keys(f"{where}.timing", raw.get("timing", {}), tuple(TIMING_DEFAULTS))
     for key, value in timing.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -276,8 +363,28 @@ def _task(i: int, raw: Any, here: Path) -> TaskEntry:
     )
 
 
-def _codec(i: int, raw: Any) -> CodecEntry:
-    raw = _keys(f"codecs[{i}]", raw, ("label", "name", "options", "set"))
+def _rate_option(where: str, name: str) -> str | None:
+    """The codec's rate option (``Codec.rate_option``), ``None`` for a fixed-rate codec."""
+    from ..codecs import codec_class
+
+    try:
+        return codec_class(name).rate_option
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _rates(where: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value
+    ):
+        raise ConfigError(f"{where} must be a list of rates > 0 (bits per parameter), got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} lists a rate twice: {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _codec(i: int, raw: Any, study_rates: tuple[float, ...] = ()) -> CodecEntry:
+    raw = _keys(f"codecs[{i}]", raw, ("label", "name", "options", "set", "rates"))
     name = raw.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"codecs[{i}].name must be a codec name, got {name!r}")
@@ -285,7 +392,20 @@ def _codec(i: int, raw: Any) -> CodecEntry:
     options = raw.get("options", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"codecs.{label}.options must be a table, got {options!r}")
-    return CodecEntry(label, name, dict(options), _strings(f"codecs.{label}.set", raw.get("set", [])))
+    option = _rate_option(f"codecs.{label}", name)
+    if "rates" in raw:
+        rates = _rates(f"codecs.{label}.rates", raw["rates"])
+        if rates and option is None:
+            raise ConfigError(
+                f"codecs.{label}.rates: codec {name} has no rate option (its rate is fixed); drop rates"
+            )
+        if rates and option in options:
+            raise ConfigError(
+                f"codecs.{label}: options.{option} and rates both set the rate; give one of them"
+            )
+    else:  # the study's sweep, for codecs that take a rate and do not fix it in their options
+        rates = study_rates if option is not None and option not in options else ()
+    return CodecEntry(label, name, dict(options), _strings(f"codecs.{label}.set", raw.get("set", [])), rates)
 
 
 def _partition(i: int, raw: Any) -> PartitionEntry:
@@ -301,7 +421,15 @@ def _partition(i: int, raw: Any) -> PartitionEntry:
 def study_from_dict(data: Mapping[str, Any], *, here: str | Path = ".", name: str = "study") -> StudyGrid:
     """Build a :class:`StudyGrid` from a parsed study TOML; ``here`` resolves relative ``base`` paths."""
     _keys("study file", data, ("study", "tasks", "codecs", "partitions"))
-    head = _keys("study", data.get("study", {}), ("name", "out", "seeds", "baseline", "seed_keys", "set"))
+    head = _keys(
+        "study",
+        data.get("study", {}),
+        ("name", "out", "seeds", "baseline", "seed_keys", "set", "rates", "bd_references"),
+    )
+    rates = _rates("study.rates", head.get("rates", []))
+    refs = head.get("bd_references")
+    if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
+        raise ConfigError(f"study.bd_references must be a list of codec labels, got {refs!r}")
     seeds = head.get("seeds", [0, 1])
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"study.seeds must be a list of integers, got {seeds!r}")
@@ -314,13 +442,15 @@ def study_from_dict(data: Mapping[str, Any], *, here: str | Path = ".", name: st
     grid = StudyGrid(
         name=_label("study.name", head.get("name", name)),
         tasks=tuple(_task(i, t, Path(here)) for i, t in enumerate(data.get("tasks", []))),
-        codecs=tuple(_codec(i, c) for i, c in enumerate(data.get("codecs", []))),
+        codecs=tuple(_codec(i, c, rates) for i, c in enumerate(data.get("codecs", []))),
         partitions=tuple(_partition(i, p) for i, p in enumerate(data.get("partitions", []))),
         seeds=tuple(seeds),
         baseline=head.get("baseline", "identity"),
         seed_keys=_strings("study.seed_keys", head.get("seed_keys", ["fl.seed"])),
         overrides=_strings("study.set", head.get("set", [])),
         out=out,
+        rates=rates,
+        bd_references=None if refs is None else tuple(refs),
     )
     grid.cells()  # validate every cell config now, not hours into the study
     return grid

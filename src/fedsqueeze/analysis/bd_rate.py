@@ -1,0 +1,250 @@
+"""Bjøntegaard delta rate (BD-rate) of rate–accuracy curves: how much more (or less) rate a test codec needs
+than a reference codec for the same accuracy, averaged over the accuracy range both curves cover.
+
+Accuracy plays the role PSNR plays for video codecs (Bjøntegaard, VCEG-M33, 2001). For each curve the log
+rate is interpolated as a function of accuracy, the difference of the two interpolants is averaged over the
+overlapping accuracy interval ``[lo, hi]`` and turned into a percentage::
+
+    mean_diff = (∫_lo^hi ln r_test(a) da − ∫_lo^hi ln r_ref(a) da) / (hi − lo)
+    BD-rate % = (exp(mean_diff) − 1) · 100
+
+Negative is better: the test codec needs that many percent less rate for the same accuracy. The base of the
+logarithm cancels out (``log10`` with ``10**`` gives the same number).
+
+Interpolation (``method``):
+
+- ``"pchip"`` (default): the shape-preserving piecewise cubic Hermite interpolant through the points
+  (``scipy.interpolate.PchipInterpolator``), integrated exactly; needs 2 points per curve. It does not
+  overshoot between points, which the classic cubic fit can do on curves with few, uneven points.
+- ``"cubic"``: the classic BD-rate, a least-squares cubic polynomial of log rate in accuracy (exact through 4
+  points), integrated exactly; needs 4 points per curve.
+
+Preparing a curve (:func:`front`): points with a non-finite value or a rate ``<= 0`` are dropped, then the
+curve is reduced to its Pareto front: sorted by rate, a point is kept only if it is strictly more accurate
+than every cheaper point. A point that costs more and is no more accurate than a cheaper one (noise over
+seeds, a saturated metric) is dominated, and it would make log rate a non-function of accuracy. The front
+has strictly increasing rate and accuracy, which the interpolation needs.
+
+A result that cannot be computed is ``percent=None`` with a ``reason``, never an exception: too few points
+on a front, or accuracy ranges that do not overlap (or touch in one value only).
+
+Single points (:func:`compare`): a fixed-rate codec, or dense fp32, has one point, and a curve can reduce
+to one point on its front. Against a single point the BD-rate is the rate ratio at equal accuracy: the other
+curve's rate interpolated at that point's accuracy ``a0``, ``(r_test(a0) / r_ref(a0) − 1) · 100``, if ``a0``
+lies within the other curve's accuracy range (else ``None`` with the reason); two single points compare
+only at equal accuracy. Such results have ``mode="point"`` and ``accuracy_range = [a0, a0]``.
+:func:`bd_rate` itself compares curves only and answers ``None`` for a curve with fewer points than the
+method needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+
+__all__ = ["METHODS", "BDRate", "bd_rate", "compare", "front", "log_rate_at"]
+
+#: Interpolation methods and the points each needs per curve.
+METHODS: dict[str, int] = {"pchip": 2, "cubic": 4}
+_EQUAL = 1e-12  # two single points "at the same accuracy" up to float rounding
+
+
+@dataclasses.dataclass(frozen=True)
+class BDRate:
+    """A BD-rate result.
+
+    Attributes
+    ----------
+    percent
+        The BD-rate in percent (negative: the test needs less rate), or ``None`` with :attr:`reason`.
+    accuracy_range
+        ``(lo, hi)``, the accuracy interval averaged over (``(a0, a0)`` for a single point), or ``None``.
+    reason
+        Why :attr:`percent` is ``None`` (else ``None``).
+    mode
+        ``"curve"`` (two curves) or ``"point"`` (one side a single point: the rate ratio at its accuracy).
+    method
+        The interpolation method.
+    points, reference_points
+        Points on the test's and the reference's Pareto front.
+    """
+
+    percent: float | None
+    accuracy_range: tuple[float, float] | None
+    reason: str | None
+    mode: str
+    method: str
+    points: int
+    reference_points: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bd_rate_percent": self.percent,
+            "accuracy_range": None if self.accuracy_range is None else list(self.accuracy_range),
+            "reason": self.reason,
+            "mode": self.mode,
+            "method": self.method,
+            "points": self.points,
+            "reference_points": self.reference_points,
+        }
+
+
+def _check_method(method: str) -> int:
+    if method not in METHODS:
+        raise UsageError(f"unknown BD-rate method {method!r}; use one of {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def front(rates: Sequence[float], accuracies: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's Pareto front as ``(rates, accuracies)``, both strictly increasing (see the module doc).
+
+    Points with a non-finite rate or accuracy, or a rate ``<= 0``, are dropped first.
+    """
+    r = np.asarray(rates, dtype=np.float64).reshape(-1)
+    a = np.asarray(accuracies, dtype=np.float64).reshape(-1)
+    if r.shape != a.shape:
+        raise UsageError(f"a curve needs as many rates as accuracies, got {r.size} and {a.size}")
+    ok = np.isfinite(r) & np.isfinite(a) & (r > 0)
+    r, a = r[ok], a[ok]
+    order = np.lexsort((-a, r))  # by rate, the most accurate first among equal rates
+    keep_r: list[float] = []
+    keep_a: list[float] = []
+    for i in order:
+        if not keep_a or a[i] > keep_a[-1]:  # a later point at an equal rate is never more accurate
+            keep_r.append(float(r[i]))
+            keep_a.append(float(a[i]))
+    return np.array(keep_r), np.array(keep_a)
+
+
+def _interpolant(acc: np.ndarray, log_rate: np.ndarray, method: str) -> Any:
+    """An object with ``__call__(a)`` and ``integrate(lo, hi)`` for log rate as a function of accuracy."""
+    if method == "pchip":
+        from scipy.interpolate import PchipInterpolator
+
+        return PchipInterpolator(acc, log_rate, extrapolate=False)
+    poly = np.polynomial.Polynomial.fit(acc, log_rate, 3)  # domain-scaled: well conditioned
+    prim = poly.integ()
+
+    class _Cubic:
+        def __call__(self, x: float) -> float:
+            return float(poly(x))
+
+        def integrate(self, lo: float, hi: float) -> float:
+            return float(prim(hi) - prim(lo))
+
+    return _Cubic()
+
+
+def log_rate_at(
+    rates: Sequence[float], accuracies: Sequence[float], accuracy: float, *, method: str = "pchip"
+) -> float | None:
+    """``ln`` of the curve's rate at ``accuracy`` (interpolated on its front), ``None`` outside its accuracy
+    range or with fewer points than ``method`` needs."""
+    need = _check_method(method)
+    r, a = front(rates, accuracies)
+    if len(r) == 1 and accuracy == a[0]:
+        return float(np.log(r[0]))
+    if len(r) < need or not a[0] <= accuracy <= a[-1]:
+        return None
+    return float(_interpolant(a, np.log(r), method)(accuracy))
+
+
+def _span(a: np.ndarray) -> str:
+    return f"[{a[0]:.6g}, {a[-1]:.6g}]"
+
+
+def _none(reason: str, mode: str, method: str, n: int, n_ref: int) -> BDRate:
+    return BDRate(None, None, reason, mode, method, n, n_ref)
+
+
+def bd_rate(
+    ref_rates: Sequence[float],
+    ref_accuracies: Sequence[float],
+    test_rates: Sequence[float],
+    test_accuracies: Sequence[float],
+    *,
+    method: str = "pchip",
+) -> BDRate:
+    """BD-rate of the test curve against the reference curve (both as rates and accuracies; any order).
+
+    Both curves are reduced to their Pareto fronts (:func:`front`) and need :data:`METHODS` ``[method]``
+    points each; otherwise, or when their accuracy ranges do not overlap, the result is ``None`` with a
+    reason. For a single-point side use :func:`compare`.
+    """
+    need = _check_method(method)
+    rr, ra = front(ref_rates, ref_accuracies)
+    tr, ta = front(test_rates, test_accuracies)
+    for what, n in (("reference", len(rr)), ("test", len(tr))):
+        if n < need:
+            return _none(
+                f"the {what} curve has {n} point(s) on its Pareto front; {method} needs {need}",
+                "curve", method, len(tr), len(rr),
+            )  # fmt: skip
+    lo, hi = max(ra[0], ta[0]), min(ra[-1], ta[-1])
+    if not hi > lo:
+        return _none(
+            f"the accuracy ranges do not overlap (reference {_span(ra)}, test {_span(ta)})",
+            "curve", method, len(tr), len(rr),
+        )  # fmt: skip
+    f_ref = _interpolant(ra, np.log(rr), method)
+    f_test = _interpolant(ta, np.log(tr), method)
+    mean_diff = (float(f_test.integrate(lo, hi)) - float(f_ref.integrate(lo, hi))) / (hi - lo)
+    return BDRate(
+        100.0 * math.expm1(mean_diff), (float(lo), float(hi)), None, "curve", method, len(tr), len(rr)
+    )
+
+
+def compare(
+    ref_rates: Sequence[float],
+    ref_accuracies: Sequence[float],
+    test_rates: Sequence[float],
+    test_accuracies: Sequence[float],
+    *,
+    method: str = "pchip",
+) -> BDRate:
+    """:func:`bd_rate`, or the rate ratio at equal accuracy when one front is a single point (module doc).
+
+    An empty front (no valid point) gives ``None`` with the reason.
+    """
+    need = _check_method(method)
+    rr, ra = front(ref_rates, ref_accuracies)
+    tr, ta = front(test_rates, test_accuracies)
+    n, n_ref = len(tr), len(rr)
+    if n == 0 or n_ref == 0:
+        what = "test" if n == 0 else "reference"
+        return _none(f"the {what} curve has no valid point", "point", method, n, n_ref)
+    if n > 1 and n_ref > 1:
+        return bd_rate(rr, ra, tr, ta, method=method)
+    if n == 1 and n_ref == 1:
+        if abs(ta[0] - ra[0]) > _EQUAL:
+            return _none(
+                f"two single points at different accuracies (reference {ra[0]:.6g}, test {ta[0]:.6g})",
+                "point", method, n, n_ref,
+            )  # fmt: skip
+        a0, log_ref, log_test = float(ra[0]), float(np.log(rr[0])), float(np.log(tr[0]))
+    else:
+        single_is_ref = n_ref == 1
+        a0 = float(ra[0] if single_is_ref else ta[0])
+        cr, ca = (tr, ta) if single_is_ref else (rr, ra)
+        other = "test" if single_is_ref else "reference"
+        if len(cr) < need:
+            return _none(
+                f"the {other} curve has {len(cr)} point(s) on its Pareto front; {method} needs {need}",
+                "point", method, n, n_ref,
+            )  # fmt: skip
+        if not ca[0] <= a0 <= ca[-1]:
+            side = "below" if a0 < ca[0] else "above"
+            return _none(
+                f"the single point's accuracy {a0:.6g} is {side} the {other} curve's range {_span(ca)}",
+                "point", method, n, n_ref,
+            )  # fmt: skip
+        log_curve = float(_interpolant(ca, np.log(cr), method)(a0))
+        log_point = float(np.log(rr[0] if single_is_ref else tr[0]))
+        log_ref, log_test = (log_point, log_curve) if single_is_ref else (log_curve, log_point)
+    return BDRate(100.0 * math.expm1(log_test - log_ref), (a0, a0), None, "point", method, n, n_ref)
