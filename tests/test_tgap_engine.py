@@ -12,6 +12,7 @@ import fedsqueeze.fl.loop as loop
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import RunConfig, run
 from fedsqueeze.fl.config import CodecConfig, FLConfig, TGAPConfig, load_config
+from fedsqueeze.fl.federation import check_same_config
 from fedsqueeze.fl.toy import ToyWorkload
 from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.learned import store
@@ -145,9 +146,9 @@ def test_bad_tgap_keys_and_values_raise_config_error(tgap, codec, match) -> None
 def test_old_checkpoints_without_a_tgap_section_still_resume() -> None:
     now = RunConfig().to_dict()
     saved = {k: v for k, v in now.items() if k != "tgap"}
-    loop._check_same_config(saved, now)  # no error
+    check_same_config(saved, now)  # no error
     with pytest.raises(ConfigError, match="tgap.enabled"):
-        loop._check_same_config(saved, {**now, "tgap": {**now["tgap"], "enabled": True}})
+        check_same_config(saved, {**now, "tgap": {**now["tgap"], "enabled": True}})
 
 
 # -- the phase in the engine ------------------------------------------------------------------------------
@@ -273,10 +274,10 @@ def test_pretrain_device_argument() -> None:
 def test_cli_parsers_accept_device() -> None:
     import argparse
 
+    from fedsqueeze.cli import bench_cg
     from fedsqueeze.cli import tgap as cli_tgap
-    from fedsqueeze.learned import evaluate
 
-    for mod in (cli_tgap, evaluate):
+    for mod in (cli_tgap, bench_cg):
         p = argparse.ArgumentParser()
         mod.add_arguments(p)
         extra = ["--out", "x.safetensors"] if mod is cli_tgap else []

@@ -25,6 +25,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("bench", "rd"), "fedsqueeze.cli.bench_rd"),
     (("bench", "speed"), "fedsqueeze.cli.bench_speed"),
     (("bench", "intervals"), "fedsqueeze.cli.bench_intervals"),
+    (("bench", "cg"), "fedsqueeze.cli.bench_cg"),
     (("flower", "simulate"), "fedsqueeze.cli.flower_simulate"),
     (("flower", "superlink"), "fedsqueeze.cli.flower_superlink"),
     (("flower", "supernode"), "fedsqueeze.cli.flower_supernode"),

@@ -26,7 +26,7 @@ from ..safetensors_errors import reading_safetensors
 from .checkpoint import append_jsonl, load_checkpoint, save_captures, save_checkpoint, write_jsonl
 from .client import ClientReply, client_step
 from .config import RunConfig
-from .federation import Federation, check_same_config
+from .federation import Federation
 from .hooks import RunContext, hooks_for
 from .report import Progress
 from .summary import write_run_outputs
@@ -119,7 +119,6 @@ class _Federation(Federation):
             ef.load_state_dict(st)
 
 
-_check_same_config = check_same_config  # the resume check (kept under its old name for callers)
 
 
 def simulate(config: RunConfig, workload: Workload, *, progress: bool = False) -> Federation:

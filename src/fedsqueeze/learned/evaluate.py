@@ -1,6 +1,6 @@
 """Evaluate CG-FedLLM on captured updates against its controls and TopK/FLM-TopK at equal bits.
 
-    python -m fedsqueeze.learned.evaluate runs/X/captures.safetensors --json docs/cg-fedllm-eval.json
+    fedsqueeze bench cg runs/X/captures.safetensors --json docs/cg-fedllm-eval.json
 
 Held out: the later rounds (last ``--holdout-rounds`` fraction) of the training clients, and every round of
 ``--holdout-clients`` unseen clients. TGAP trains on the rest: the paper's autoencoder (``normalize=none``,
@@ -10,12 +10,8 @@ ReLU ends, Tanh) for ``cg_fedllm`` and the sound one (``tensor_rms``, no ReLU en
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +22,9 @@ from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig
 from .controls import identity_is_exact, score, shuffle_control, train_mean_predictor, zero_predictor
-from .tgap import Captures, TGAPConfig, load_captures, tgap_pretrain
+from .tgap import Captures, TGAPConfig, tgap_pretrain
 
-__all__ = ["add_arguments", "evaluate", "main", "measure", "split_captures"]
+__all__ = ["evaluate", "measure", "split_captures"]
 
 PAPER_AE = AEConfig()
 SOUND_AE = AEConfig(normalize="tensor_rms", relu_ends=False, tanh_head=False)
@@ -133,44 +129,3 @@ def evaluate(
                 rows[f"{base} at {bpp:.3f} bpp"] = measure(get(base, **{opt: bpp}), u, spec)
         out["results"][name] = rows
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("captures", help="captures.safetensors from `fedsqueeze run --capture-updates all`")
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--steps", type=int, default=TGAPConfig.steps, help="TGAP Adam steps per model")
-    parser.add_argument("--batch-size", type=int, default=TGAPConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TGAPConfig.lr)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--holdout-rounds", type=float, default=0.3, help="fraction of later rounds held out")
-    parser.add_argument("--holdout-clients", type=float, default=0.2, help="fraction of clients held out")
-    parser.add_argument("--device", default="cpu", help="where TGAP trains: cpu (default), cuda or cuda:N")
-
-
-def main(args: argparse.Namespace) -> int:
-    caps = load_captures(args.captures)
-    cfg = TGAPConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    res = evaluate(
-        caps, tgap=cfg, holdout_rounds=args.holdout_rounds, holdout_clients=args.holdout_clients,
-        log=lambda m: print(m, file=sys.stderr), device=args.device,
-    )  # fmt: skip
-    res["captures"] = str(args.captures)
-    for split, rows in res["results"].items():
-        print(f"\n{split}")
-        for name, row in rows.items():
-            if isinstance(row, dict):
-                bpp = row.get("bits_per_param")
-                shown = "" if bpp is None else f"{bpp:7.4f} bpp  "
-                print(f"  {name:48s} {shown}rel_error {row['rel_error']:.4f}  cosine {row['cosine']:+.4f}")
-            else:
-                print(f"  {name:48s} {row}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m fedsqueeze.learned.evaluate", description=__doc__)
-    add_arguments(_p)
-    raise SystemExit(main(_p.parse_args()))

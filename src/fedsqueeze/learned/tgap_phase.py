@@ -13,7 +13,7 @@
 4. Count the one-time encoder download of every client as downlink.
 
 Everything lands in ``OUT/tgap/``: ``captures.safetensors`` (the snapshots, the format
-``python -m fedsqueeze.learned.evaluate`` reads), ``ae.safetensors`` + ``ae.json``, ``metrics.jsonl``
+``fedsqueeze bench cg`` reads), ``ae.safetensors`` + ``ae.json``, ``metrics.jsonl``
 (federated collection rounds) and ``tgap.json`` (the traffic, the training log and the run config).
 """
 

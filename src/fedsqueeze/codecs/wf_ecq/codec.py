@@ -166,7 +166,8 @@ class WfEcq(Codec):
         Interval length (tensors are cut into chunks of ``block`` values; >= 16), or ``None`` for one
         interval per tensor. The budget fill may use 1/4, 1/16 or 1/64 of it (at least 64) in a frame.
     dither
-        Seeded subtractive dither (unbiased, data-independent error; costs ~0.1–0.5 dB).
+        Seeded subtractive dither (unbiased, data-independent error; its R-D cost is measured by
+        `fedsqueeze bench rd`, see docs/benchmarks.md).
     max_encodes
         Real ANS encodes allowed to hit the budget (>= 1), per quantizer.
     quantizer
