@@ -14,7 +14,8 @@ ArrayRecord key), ``codec`` (name) and ``spec`` (hex digest of the frame's
 :class:`~fedsqueeze.UpdateSpec`). The server rebuilds the dense record from the arrays it sent.
 
 The codec travels the other way in the train ConfigRecord: ``fedsqueeze-codec`` (name),
-``fedsqueeze-codec-options`` (JSON object) and ``fedsqueeze-round``. See ``docs/flower-dropin.md``.
+``fedsqueeze-codec-options`` (JSON object), ``fedsqueeze-round`` and ``fedsqueeze-error-feedback``. See
+``docs/flower-dropin.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..spec import UpdateSpec
 
 __all__ = [
     "CODEC_KEY",
+    "EF_KEY",
     "FORMAT",
     "FRAME_KEY",
     "FRAME_STYPE",
@@ -64,6 +66,7 @@ NUMPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY
 CODEC_KEY = "fedsqueeze-codec"
 OPTIONS_KEY = "fedsqueeze-codec-options"
 ROUND_KEY = "fedsqueeze-round"
+EF_KEY = "fedsqueeze-error-feedback"
 
 
 # -- the codec and the train config: server -> client -----------------------------------------------------
@@ -93,17 +96,21 @@ def make_codec(name: object, options: Mapping[str, Any]) -> Codec:
     return codec
 
 
-def codec_config(name: str, options: Mapping[str, Any], server_round: int) -> dict[str, str | int]:
+def codec_config(
+    name: str, options: Mapping[str, Any], server_round: int, error_feedback: bool
+) -> dict[str, str | int | bool]:
     """The keys :class:`~fedsqueeze.flower.strategy.Compressed` adds to every train ConfigRecord."""
     return {
         CODEC_KEY: name,
         OPTIONS_KEY: json.dumps(dict(options), sort_keys=True),
         ROUND_KEY: int(server_round),
+        EF_KEY: bool(error_feedback),
     }
 
 
-def read_codec_config(content: RecordDict) -> tuple[str, dict[str, Any], int | None] | None:
-    """``(codec name, options, round)`` from the message's ConfigRecords, or ``None`` when none carries one.
+def read_codec_config(content: RecordDict) -> tuple[str, dict[str, Any], int | None, bool] | None:
+    """``(codec name, options, round, error feedback)`` from the message's ConfigRecords, or ``None`` when
+    none carries a codec.
 
     Raises
     ------
@@ -121,7 +128,8 @@ def read_codec_config(content: RecordDict) -> tuple[str, dict[str, Any], int | N
         if not isinstance(options, dict):
             raise ConfigError(f"{OPTIONS_KEY} must be a JSON object, got {raw!r}")
         rnd = record.get(ROUND_KEY, record.get("server-round"))
-        return str(record[CODEC_KEY]), options, int(rnd) if isinstance(rnd, int) else None
+        ef = record.get(EF_KEY, True)
+        return str(record[CODEC_KEY]), options, int(rnd) if isinstance(rnd, int) else None, ef is not False
     return None
 
 

@@ -50,7 +50,7 @@ NO_CODEC = (
 )
 
 
-def compress_mod(codec: str | None = None, **options: Any) -> Mod:
+def compress_mod(codec: str | None = None, *, error_feedback: bool = True, **options: Any) -> Mod:
     """A Flower ``Mod`` that replaces a ``train`` reply's float arrays by one fedsqueeze frame.
 
     On a ``train`` message it keeps the float arrays it received, calls the app, forms
@@ -64,6 +64,9 @@ def compress_mod(codec: str | None = None, **options: Any) -> Mod:
         Codec name (``fedsqueeze codecs`` lists them). The codec named in the train config by
         :class:`~fedsqueeze.flower.Compressed` wins (one source of truth); this one is used when the server
         names none. With neither, the mod replies with a Flower error that says so.
+    error_feedback
+        Keep this node's residual (what the codec dropped) and add it to its next update. Used with
+        ``codec`` when the server names none; otherwise ``Compressed(..., error_feedback=...)`` decides.
     **options
         Options of ``codec`` (e.g. ``density=0.01``).
 
@@ -78,10 +81,12 @@ def compress_mod(codec: str | None = None, **options: Any) -> Mod:
     ConfigError
         ``codec`` or ``options`` are invalid (checked here, when the ClientApp is built).
     """
+    if not isinstance(error_feedback, bool):
+        raise ConfigError(f"compress_mod: error_feedback must be True or False, got {error_feedback!r}")
     local = None
     if codec is not None:
         make_codec(codec, options)
-        local = (codec, json.loads(json.dumps(options, sort_keys=True)))
+        local = (codec, json.loads(json.dumps(options, sort_keys=True)), bool(error_feedback))
     elif options:
         raise ConfigError(f"compress_mod got codec options {sorted(options)} but no codec=")
     codecs: dict[str, Codec] = {}
@@ -95,13 +100,13 @@ def compress_mod(codec: str | None = None, **options: Any) -> Mod:
         except FedsqueezeError as exc:
             return _error(msg, f"compress_mod: {exc}")
         if asked is not None:
-            name, opts, rnd = asked
-            if local is not None and (name, opts) != local and "differs" not in warned:
+            name, opts, rnd, ef = asked
+            if local is not None and (name, opts, ef) != local and "differs" not in warned:
                 warned.add("differs")
                 log.warning("compress_mod: the server asks for %s %s; codec=%s given here is ignored",
                             name, opts, local[0])  # fmt: skip
         elif local is not None:
-            (name, opts), rnd = local, _server_round(msg.content)
+            (name, opts, ef), rnd = local, _server_round(msg.content)
         else:
             return _error(msg, NO_CODEC)
         sig = json.dumps([name, opts], sort_keys=True)
@@ -110,14 +115,14 @@ def compress_mod(codec: str | None = None, **options: Any) -> Mod:
                 codecs[sig] = make_codec(name, opts)
             except FedsqueezeError as exc:
                 return _error(msg, f"compress_mod: {exc}")
-        return _train(msg, context, call_next, codecs[sig], rnd)
+        return _train(msg, context, call_next, codecs[sig], rnd, ef)
 
     compress.__name__ = compress.__qualname__ = "compress_mod"
     return compress
 
 
 def _train(
-    msg: Message, context: Context, call_next: ClientAppCallable, codec: Codec, rnd: int | None
+    msg: Message, context: Context, call_next: ClientAppCallable, codec: Codec, rnd: int | None, ef_on: bool
 ) -> Message:
     if len(msg.content.array_records) != 1:
         return _error(msg, f"compress_mod expects one ArrayRecord in a train message, got "
@@ -150,14 +155,15 @@ def _train(
     spec = spec_of(received, keys)
 
     flat = torch.cat([(to_float64(sent[k]) - to_float64(local[k])).reshape(-1) for k in keys])
-    ef = ErrorFeedback(codec)
-    state_from = _load_ef(context, ef, codec, spec)
+    ef = ErrorFeedback(codec, enabled=ef_on)
+    state_from = _load_ef(context, ef, codec, spec) if ef_on else "off"
     seed = derive_seed(context.run_id, rnd or 0, context.node_id, "encode")
     try:
         frame = ef.encode_flat(flat, spec, seed=seed)
     except FedsqueezeError as exc:
         return _error(msg, f"compress_mod: cannot encode this update: {exc}")
-    _save_ef(context, ef, codec, spec, rnd)
+    if ef_on:
+        _save_ef(context, ef, codec, spec, rnd)
 
     out = {FRAME_KEY: frame_array(frame)}
     framed = set(keys)

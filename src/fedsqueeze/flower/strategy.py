@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..codecs import decode_flat
-from ..errors import FedsqueezeError, PayloadError, SpecMismatchError, UsageError
+from ..errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError, UsageError
 from .frames import (
     META_KEY,
     FrameReply,
@@ -97,6 +97,10 @@ class Compressed(Strategy):
         ``aggregate_train`` receives dense ArrayRecords ``θ_sent − û`` in the sent dtypes and key order.
     codec
         Codec name (``fedsqueeze codecs`` lists them); sent to the clients in the train config.
+    error_feedback
+        Whether each client keeps the part of its update the codec dropped and adds it to its next update
+        (the default). Turn it off where every round's update must stay within a bound, e.g. under
+        client-side DP clipping (see ``docs/flower-dropin.md``).
     **options
         The codec's options (JSON scalars), e.g. ``density=0.01``.
 
@@ -115,26 +119,35 @@ class Compressed(Strategy):
         ``strategy`` is not a Flower ``Strategy``.
     """
 
-    def __init__(self, strategy: Strategy, codec: str = "flm_topk", **options: Any) -> None:
+    def __init__(
+        self, strategy: Strategy, codec: str = "flm_topk", *, error_feedback: bool = True, **options: Any
+    ) -> None:
         super().__init__()
         if not isinstance(strategy, Strategy):
             raise UsageError(
                 f"Compressed wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}"
             )
+        if not isinstance(error_feedback, bool):
+            raise ConfigError(f"Compressed: error_feedback must be True or False, got {error_feedback!r}")
         make_codec(codec, options)
         self.strategy = strategy
         self.codec_name = codec
+        self.error_feedback = bool(error_feedback)
         self.codec_options: dict[str, Any] = json.loads(json.dumps(options, sort_keys=True))
         self.history: list[RoundBytes] = []
         self._sent: dict[int, dict[int, ArrayRecord | None]] = {}
         self._down: dict[int, dict[int, int]] = {}
 
     def __repr__(self) -> str:
-        return f"Compressed({self.strategy!r}, codec={self.codec_name!r}, **{self.codec_options!r})"
+        return (
+            f"Compressed({self.strategy!r}, codec={self.codec_name!r}, error_feedback={self.error_feedback}, "
+            f"**{self.codec_options!r})"
+        )
 
     def summary(self) -> None:
         """Log the codec, then the wrapped strategy's summary."""
-        log(INFO, "\t├──> fedsqueeze compression: codec %s %s", self.codec_name, self.codec_options)
+        log(INFO, "\t├──> fedsqueeze compression: codec %s %s, error feedback %s",
+            self.codec_name, self.codec_options, "on" if self.error_feedback else "off")  # fmt: skip
         self.strategy.summary()
 
     # -- training ----------------------------------------------------------------------------------------
@@ -147,7 +160,7 @@ class Compressed(Strategy):
         shared one RecordDict share the copy); the arrays are the same objects and are kept for decoding.
         """
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        extra = codec_config(self.codec_name, self.codec_options, server_round)
+        extra = codec_config(self.codec_name, self.codec_options, server_round, self.error_feedback)
         copies: dict[int, RecordDict] = {}
         sent: dict[int, ArrayRecord | None] = {}
         down: dict[int, int] = {}
