@@ -23,6 +23,7 @@ BASE = "fedsqueeze.errors.FedsqueezeError"
 ALLOWED_CLASSES = {
     "builtins.SystemExit": "the exit status of a `python -m` entry point (checked: only under `__main__`)",
     "argparse.ArgumentTypeError": "argparse's own error from a `type=` converter",
+    "builtins.AttributeError": "the module `__getattr__` protocol (fedsqueeze.flower's names loaded on use)",
 }
 # Raises of a local value the static walk cannot type: (module, name) -> what it holds.
 ALLOWED_LOCALS = {

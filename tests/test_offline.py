@@ -76,8 +76,11 @@ def test_importing_every_module_changes_no_environment_or_global_state():
     assert sorted(map(tuple, out["needs_extra"])) == [
         ("fedsqueeze.cli.codecs", "rich"),
         ("fedsqueeze.flower.client_app", "flwr"),
+        ("fedsqueeze.flower.frames", "flwr"),
+        ("fedsqueeze.flower.mods", "flwr"),
         ("fedsqueeze.flower.records", "flwr"),
         ("fedsqueeze.flower.server_app", "flwr"),
+        ("fedsqueeze.flower.strategy", "flwr"),
         ("fedsqueeze.models.pooling", "transformers"),
     ]
     public = [n for n in out["dir"] if not n.startswith("_")]

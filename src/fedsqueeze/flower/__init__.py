@@ -1,13 +1,42 @@
-"""Flower adapter: run the same federated job as ``fedsqueeze run`` on Flower (simulation or deployment).
+"""Flower adapter: fedsqueeze's own Flower job, and compression as a drop-in for any Flower app.
+
+* ``fedsqueeze flower ...`` runs the same federated job as ``fedsqueeze run`` on Flower (simulation or
+  deployment): the numerics are those of :mod:`fedsqueeze.fl` (:func:`~fedsqueeze.fl.client.client_step` on
+  the clients, :class:`~fedsqueeze.fl.federation.Federation` on the server). See ``docs/flower.md``.
+* :func:`compress_mod` (a client mod) and :class:`Compressed` (a strategy wrapper) compress the ``train``
+  replies of any Flower app: ``ClientApp(mods=[compress_mod()])`` and ``Compressed(FedAvg(...),
+  codec="flm_topk")``. See ``docs/flower-dropin.md``.
 
 This package is the only place that imports ``flwr`` (``flwr[simulation]==1.41.0``), and only inside the
-modules that need it (:mod:`.client_app`, :mod:`.server_app`, :mod:`.records`, the CLI ``main`` functions).
-The numerics are those of :mod:`fedsqueeze.fl`: :func:`~fedsqueeze.fl.client.client_step` on the clients,
-:class:`~fedsqueeze.fl.federation.Federation` (``configure_round`` / ``finish_round``) on the server, the same
-seeded sampling and the same ``metrics.jsonl`` / ``summary.json``. See ``docs/flower.md``.
+modules that need it; importing ``fedsqueeze.flower`` itself does not (``compress_mod`` and ``Compressed``
+are loaded on first use).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .env import FLOWER_ENV, OFFLINE_ENV, apply_offline_env
 from .settings import FlowerSettings
 
-__all__ = ["FLOWER_ENV", "OFFLINE_ENV", "FlowerSettings", "apply_offline_env"]
+if TYPE_CHECKING:
+    from .mods import compress_mod
+    from .strategy import Compressed
+
+__all__ = ["FLOWER_ENV", "OFFLINE_ENV", "Compressed", "FlowerSettings", "apply_offline_env", "compress_mod"]
+
+_LAZY = {"compress_mod": "mods", "Compressed": "strategy"}
+
+
+def __getattr__(name: str) -> Any:
+    """``compress_mod`` and ``Compressed``, imported with Flower on first access."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .._extras import require
+
+    require("flwr", "flower", f"fedsqueeze.flower.{name}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

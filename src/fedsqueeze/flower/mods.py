@@ -1,0 +1,225 @@
+"""``compress_mod``: a Flower client mod that compresses any ClientApp's ``train`` reply with a codec.
+
+Add it to a stock ClientApp (``ClientApp(mods=[compress_mod()])``) and wrap the server's strategy with
+:class:`~fedsqueeze.flower.strategy.Compressed`, which names the codec in the train config and decodes the
+replies. The reply layout is in :mod:`.frames`; the design and its caveats in ``docs/flower-dropin.md``.
+
+Per-node error-feedback state (residual + codec state) lives in ``context.state`` under ``"fedsqueeze.ef"``:
+it survives across rounds for as long as the SuperNode keeps the run's Context, and a restarted SuperNode
+starts again from a zero residual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common.constant import ErrorCode
+
+from ..codecs import Codec, ErrorFeedback
+from ..errors import ConfigError, FedsqueezeError
+from ..fl.seeding import derive_seed
+from ..spec import UpdateSpec
+from .frames import (
+    FRAME_KEY,
+    META_KEY,
+    float_keys,
+    frame_array,
+    frame_meta,
+    is_float,
+    make_codec,
+    read_codec_config,
+    spec_of,
+    to_float64,
+)
+from .records import array_bytes, blob_to_state, bytes_array, state_to_blob
+
+__all__ = ["EF_STATE_KEY", "NO_CODEC", "compress_mod", "load_ef_state"]
+
+log = logging.getLogger("fedsqueeze.flower")
+
+EF_STATE_KEY = "fedsqueeze.ef"
+NO_CODEC = (
+    "compress_mod has no codec: wrap the ServerApp's strategy with fedsqueeze.flower.Compressed(strategy, "
+    "codec=...) or pass compress_mod(codec=...)"
+)
+
+
+def compress_mod(codec: str | None = None, *, error_feedback: bool = True, **options: Any) -> Mod:
+    """A Flower ``Mod`` that replaces a ``train`` reply's float arrays by one fedsqueeze frame.
+
+    On a ``train`` message it keeps the float arrays it received, calls the app, forms
+    ``u = θ_received − θ_local`` over those arrays (in the order received), encodes ``u`` plus this node's
+    error-feedback residual and puts the frame, plus the reply's other arrays unchanged, in place of the
+    reply's ArrayRecord (layout: :mod:`fedsqueeze.flower.frames`). Other messages pass through untouched.
+
+    Parameters
+    ----------
+    codec
+        Codec name (``fedsqueeze codecs`` lists them). The codec named in the train config by
+        :class:`~fedsqueeze.flower.Compressed` wins (one source of truth); this one is used when the server
+        names none. With neither, the mod replies with a Flower error that says so.
+    error_feedback
+        Keep this node's residual (what the codec dropped) and add it to its next update. Used with
+        ``codec`` when the server names none; otherwise ``Compressed(..., error_feedback=...)`` decides.
+    **options
+        Options of ``codec`` (e.g. ``density=0.01``).
+
+    Returns
+    -------
+    Mod
+        ``(msg, context, call_next) -> Message``. Put it *first* in ``ClientApp(mods=[...])`` (the outermost
+        mod) so that it compresses what the other mods, e.g. Flower's DP clipping mods, produced.
+
+    Raises
+    ------
+    ConfigError
+        ``codec`` or ``options`` are invalid (checked here, when the ClientApp is built).
+    """
+    if not isinstance(error_feedback, bool):
+        raise ConfigError(f"compress_mod: error_feedback must be True or False, got {error_feedback!r}")
+    local = None
+    if codec is not None:
+        make_codec(codec, options)
+        local = (codec, json.loads(json.dumps(options, sort_keys=True)), bool(error_feedback))
+    elif options:
+        raise ConfigError(f"compress_mod got codec options {sorted(options)} but no codec=")
+    codecs: dict[str, Codec] = {}
+    warned: set[str] = set()
+
+    def compress(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN:
+            return call_next(msg, context)
+        try:
+            asked = read_codec_config(msg.content)
+        except FedsqueezeError as exc:
+            return _error(msg, f"compress_mod: {exc}")
+        if asked is not None:
+            name, opts, rnd, ef = asked
+            if local is not None and (name, opts, ef) != local and "differs" not in warned:
+                warned.add("differs")
+                log.warning("compress_mod: the server asks for %s %s; codec=%s given here is ignored",
+                            name, opts, local[0])  # fmt: skip
+        elif local is not None:
+            (name, opts, ef), rnd = local, _server_round(msg.content)
+        else:
+            return _error(msg, NO_CODEC)
+        sig = json.dumps([name, opts], sort_keys=True)
+        if sig not in codecs:
+            try:
+                codecs[sig] = make_codec(name, opts)
+            except FedsqueezeError as exc:
+                return _error(msg, f"compress_mod: {exc}")
+        return _train(msg, context, call_next, codecs[sig], rnd, ef)
+
+    compress.__name__ = compress.__qualname__ = "compress_mod"
+    return compress
+
+
+def _train(
+    msg: Message, context: Context, call_next: ClientAppCallable, codec: Codec, rnd: int | None, ef_on: bool
+) -> Message:
+    if len(msg.content.array_records) != 1:
+        return _error(msg, f"compress_mod expects one ArrayRecord in a train message, got "
+                           f"{len(msg.content.array_records)}")  # fmt: skip
+    received = next(iter(msg.content.array_records.values()))
+    floats = float_keys(received)
+    if not floats:
+        return call_next(msg, context)  # nothing to compress
+    sent = {k: received[k] for k in floats}  # Arrays hold immutable bytes: these are the values received
+
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    content = reply.content
+    if len(content.array_records) != 1:
+        return _error(msg, f"compress_mod expects one ArrayRecord in a train reply, got "
+                           f"{len(content.array_records)}")  # fmt: skip
+    record_key, local = next(iter(content.array_records.items()))
+    if FRAME_KEY in local or META_KEY in content:
+        return _error(msg, f"compress_mod: the reply already uses the key {FRAME_KEY!r}")
+    missing = [k for k in floats if k not in local]
+    if missing:
+        return _error(msg, f"compress_mod: the reply lacks the received float arrays {missing[:5]} (it must "
+                           "return every float array it received)")  # fmt: skip
+    # The frame carries the received float arrays that come back as floats of the same shape; the others
+    # (e.g. an integer buffer the server averaged into a float) travel unchanged, so the server can tell.
+    keys = [k for k in floats if is_float(local[k]) and tuple(local[k].shape) == tuple(sent[k].shape)]
+    if not keys:
+        return reply  # no float array came back as sent: nothing to compress, a plain reply
+    spec = spec_of(received, keys)
+
+    flat = torch.cat([(to_float64(sent[k]) - to_float64(local[k])).reshape(-1) for k in keys])
+    ef = ErrorFeedback(codec, enabled=ef_on)
+    state_from = _load_ef(context, ef, codec, spec) if ef_on else "off"
+    seed = derive_seed(context.run_id, rnd or 0, context.node_id, "encode")
+    try:
+        frame = ef.encode_flat(flat, spec, seed=seed)
+    except FedsqueezeError as exc:
+        return _error(msg, f"compress_mod: cannot encode this update: {exc}")
+    if ef_on:
+        _save_ef(context, ef, codec, spec, rnd)
+
+    out = {FRAME_KEY: frame_array(frame)}
+    framed = set(keys)
+    out.update((k, a) for k, a in local.items() if k not in framed)
+    content[record_key] = ArrayRecord(out)
+    content[META_KEY] = frame_meta(record_key, codec.name, spec)
+    log.info("compress_mod: round %s, %s frame of %d bytes for %d values (error feedback: %s)",
+             rnd, codec.name, len(frame), spec.numel, state_from)  # fmt: skip
+    return reply
+
+
+def _server_round(content: RecordDict) -> int | None:
+    """The ``server-round`` a Flower strategy puts in its train config (``FedAvg`` does), if any."""
+    for record in content.config_records.values():
+        value = record.get("server-round")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _error(msg: Message, reason: str) -> Message:
+    log.error("%s", reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+# -- error-feedback state in context.state -------------------------------------------------------------------
+def _state_id(codec: Codec, spec: UpdateSpec) -> str:
+    """Which state a residual belongs to: the codec, its options and the spec (another one starts fresh)."""
+    blob = json.dumps([codec.name, codec.options(), spec.digest.hex()], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_ef_state(context: Context) -> dict[str, Any] | None:
+    """The error-feedback state this mod keeps in ``context.state`` (``None`` before the first round).
+
+    Keys: ``id`` (codec, options and spec digest), ``round`` and ``ef``
+    (:meth:`fedsqueeze.ErrorFeedback.state_dict`: ``residual`` float64, ``spec``, ``codec_state``).
+    """
+    record = context.state.array_records.get(EF_STATE_KEY)
+    return None if record is None else blob_to_state(array_bytes(record, "state"))
+
+
+def _load_ef(context: Context, ef: ErrorFeedback, codec: Codec, spec: UpdateSpec) -> str:
+    try:
+        state = load_ef_state(context)
+    except (FedsqueezeError, RuntimeError, OSError, EOFError) as exc:  # unreadable: start clean
+        log.warning("compress_mod: error-feedback state unreadable (%s); starting from zero", exc)
+        return "fresh"
+    if state is None or state.get("id") != _state_id(codec, spec):
+        return "fresh"  # first round, or another codec / model: the old residual does not apply
+    ef.load_state_dict(state["ef"])
+    return "context"
+
+
+def _save_ef(context: Context, ef: ErrorFeedback, codec: Codec, spec: UpdateSpec, rnd: int | None) -> None:
+    blob = state_to_blob(
+        {"id": _state_id(codec, spec), "round": -1 if rnd is None else rnd, "ef": ef.state_dict()}
+    )
+    context.state[EF_STATE_KEY] = ArrayRecord({"state": bytes_array(blob)})
