@@ -26,6 +26,7 @@ BUILTIN: tuple[str, ...] = (
     "wf_ecq.codec",
     "cg_fedllm",
     "cg_fedllm_q",
+    "predictive",
 )
 
 _BY_NAME: dict[str, type[Codec]] = {}
