@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsqueeze import PayloadError
 from fedsqueeze.codecs import by_id, codec_class, decode_flat
 from fedsqueeze.wire.frame import HEADER, HEADER_SIZE, MAGIC, VERSION
 
@@ -45,6 +46,8 @@ def test_golden_input_is_unchanged() -> None:
     assert MANIFEST["input"]["spec"] == SPEC.to_json()
     assert MANIFEST["input"]["spec_digest"] == SPEC.digest.hex()
     assert regen.input_sha256(regen.golden_input()) == MANIFEST["input"]["sha256"]
+    # the reference of the predictive cases too
+    assert regen.input_sha256(regen.golden_reference()) == MANIFEST["input"]["reference_sha256"]
 
 
 def test_every_codec_has_a_golden_case() -> None:
@@ -100,8 +103,8 @@ def test_reencoding_is_byte_identical(name: str) -> None:
 def test_decoding_stored_frame_is_pinned(name: str) -> None:
     e = CASES[name]
     blob = (GOLDEN / e["file"]).read_bytes()
-    flat = decode_flat(blob, SPEC)
-    again = decode_flat(blob, SPEC)
+    flat = regen.decode_case(e["codec"], blob)
+    again = regen.decode_case(e["codec"], blob)
     assert regen.decoded_sha256(flat) == regen.decoded_sha256(again), "decoding is not deterministic"
     assert flat.shape == (SPEC.numel,)
     nnz = int((flat != 0).sum())
@@ -117,5 +120,20 @@ def test_decoding_uses_no_codec_options(name: str) -> None:
     e = CASES[name]
     blob = (GOLDEN / e["file"]).read_bytes()
     seed = HEADER.unpack_from(blob)[5]
-    flat = codec_class(e["codec"]).decode_flat(blob[HEADER_SIZE:], SPEC, seed=seed)
+    cls = codec_class(e["codec"])
+    extra = {"reference": regen.golden_reference()} if cls.uses_reference else {}
+    flat = cls.decode_flat(blob[HEADER_SIZE:], SPEC, seed=seed, **extra)
     assert regen.decoded_sha256(flat.contiguous()) == e["decoded_sha256"]
+
+
+def test_predictive_golden_needs_its_reference() -> None:
+    # a predictive frame is pinned against golden_reference(); without it (or with the input) it is refused
+    names = [n for n, e in CASES.items() if regen.uses_reference(e["codec"])]
+    assert names
+    for name in names:
+        blob = (GOLDEN / CASES[name]["file"]).read_bytes()
+        assert by_id(HEADER.unpack_from(blob)[2]).uses_reference, f"{name} is not a predictive frame"
+        with pytest.raises(PayloadError):
+            decode_flat(blob, SPEC)
+        with pytest.raises(PayloadError):
+            decode_flat(blob, SPEC, reference=regen.golden_input())

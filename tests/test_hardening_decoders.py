@@ -52,6 +52,50 @@ def _blockwise_body(spec: UpdateSpec, bits: int, first_scale: float, code: int =
     w = _f32(_u((64, 32)), first_scale, *[1.0] * (nb - 1))
     w.write_uints(np.full(spec.numel, code, dtype=np.uint64), bits)
     return w.getvalue()
+def hostile_reference(spec: UpdateSpec):
+    """The reference hostile frames are decoded with (predictive bodies carry its hash, so their later
+    fields are reached)."""
+    import torch
+
+    return (torch.arange(spec.numel) % 7 - 3).to(torch.float32)
+
+
+def _predictive_bodies(spec: UpdateSpec) -> list[tuple[str, bytes]]:
+    from fedsqueeze.codecs.predictive import reference_digest
+
+    t = len(spec.sizes)
+    nan, inf = float("nan"), float("inf")
+    digest = reference_digest(hostile_reference(spec), spec)
+    scalar_modes = _u(*[(1, 2)] * t)
+    scalar_modes.align()
+    modes = scalar_modes.getvalue()
+
+    def head(version: int = 1, inner: int = 10, ref: bytes = digest, m: bytes = modes) -> bytes:
+        return bytes([version, inner]) + ref + m
+
+    def coefs(*values: float) -> bytes:
+        return _f32(BitWriter(), *values).getvalue()
+
+    ok = coefs(*[0.5] * t)
+    topk_k_huge = _u((2**31, 32), (32, 8), (0, 8)).getvalue()
+    columns = _u(*[(3, 2)] * t)
+    columns.align()
+    return [
+        ("version 0", head(version=0) + ok),
+        ("version 2", head(version=2) + ok),
+        ("inner id 0", head(inner=0) + ok),
+        ("inner id 255", head(inner=255) + ok),
+        ("inner predictive", head(inner=60) + ok),
+        ("inner cg_fedllm", head(inner=30) + ok),
+        ("other reference", head(ref=b"\0" * 8) + ok),
+        ("coefficients missing", head(m=columns.getvalue())),
+        ("coefficient NaN", head() + coefs(nan, *[0.5] * (t - 1))),
+        ("coefficient Inf", head() + coefs(*[0.5] * (t - 1), inf)),
+        ("coefficient 1e7", head() + coefs(1e7, *[0.5] * (t - 1))),
+        ("coefficient -3e38", head() + coefs(-3e38, *[0.5] * (t - 1))),
+        ("inner topk k = 2^31", head() + ok + topk_k_huge),
+        ("inner identity short", head(inner=1) + ok + b"\0" * 12),
+    ]
 
 
 def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
@@ -163,6 +207,7 @@ def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
         if name == "fed_cvlc":
             cases.append(("fed_cvlc: threshold mode", _u((11, 5), (1, 1), (0, 2), (0, 32)).getvalue()))
         out.setdefault(name, []).extend(cases)
+    out["predictive"] = _predictive_bodies(spec)
     return out
 
 
@@ -179,6 +224,8 @@ def _expect_refused(codec: str, blob: bytes, spec: UpdateSpec) -> float:
     t0 = time.perf_counter()
     tracemalloc.start()
     try:
+        with pytest.raises(PayloadError):
+            fedsqueeze.decode(blob, spec, reference=hostile_reference(spec))
         with pytest.raises(PayloadError):
             fedsqueeze.decode(blob, spec)
     finally:
@@ -214,7 +261,8 @@ import fedsqueeze, torch
 from fedsqueeze import PayloadError
 from fedsqueeze.codecs import get
 from fedsqueeze.wire.frame import pack_frame
-from test_hardening_decoders import BIG, _tails, hostile_bodies
+from test_hardening_decoders import BIG, _tails, hostile_bodies, hostile_reference
+REF = hostile_reference(BIG)
 
 def peak_kib():  # VmHWM (resettable via clear_refs on Linux), else ru_maxrss
     try:
@@ -246,14 +294,16 @@ frames = [(c, w, pack_frame(get(c).codec_id, BIG, 3, b))
           for c, cases in hostile_bodies(BIG).items() for w, body in cases for b in _tails(c, BIG, body)]
 # warm up every decoder on a valid frame first, so lazily built tables do not count as hostile growth
 for c in sorted({c for c, _, _ in frames}):
-    fedsqueeze.decode(get(c).encode(BIG.unflatten(torch.randn(BIG.numel) * 0.01), seed=1), BIG)
+    u = BIG.unflatten(torch.randn(BIG.numel) * 0.01 + 0.01 * REF)
+    extra = {"reference": REF} if get(c).uses_reference else {}
+    fedsqueeze.decode(get(c).encode(u, seed=1, **extra), BIG, **extra)
 reset_peak()
 base = current_kib()
 slow, bad = (0.0, ""), []
 for c, w, blob in frames:
     t0 = time.perf_counter()
     try:
-        fedsqueeze.decode(blob, BIG)
+        fedsqueeze.decode(blob, BIG, reference=REF)
         bad.append(f"{c}/{w}: accepted")
     except PayloadError:
         pass

@@ -55,12 +55,14 @@ def test_register_refuses_a_taken_id_or_name_and_bad_spellings(name: str, cid: i
 def test_every_codec_works_with_defaults() -> None:
     u = {"a": torch.randn(64, 8), "b": torch.randn(8, 64)}
     spec = fedsqueeze.UpdateSpec.from_tensors(u)
+    ref = {k: 0.5 * v + 0.1 for k, v in u.items()}  # what a predictive codec predicts from
     for n in codecs.available():
         if codecs.codec_class(n).needs_trained_model:
             continue  # cannot encode without a trained model (its own tests)
         codec = codecs.get(n)
-        blob = codec.encode(u, seed=1)
-        out = fedsqueeze.decode(blob, spec)
+        extra = {"reference": ref} if codec.uses_reference else {}
+        blob = codec.encode(u, seed=1, **extra)
+        out = fedsqueeze.decode(blob, spec, **extra)
         assert set(out) == set(u), n
         assert codec.summary and isinstance(codec.summary, str)
 

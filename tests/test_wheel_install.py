@@ -164,19 +164,21 @@ assert dict(os.environ) == before, "importing fedsqueeze changed the environment
 torch.manual_seed(0)
 u = {"a": torch.randn(64, 8), "b": torch.randn(8, 64)}
 spec = UpdateSpec.from_tensors(u)
+ref = {k: 0.5 * v + 0.1 for k, v in u.items()}  # the reference of the predictive codec (others ignore it)
 done, refused = [], []
 for name in codecs.available():
     codec = codecs.get(name)
+    extra = {"reference": ref} if codec.uses_reference else {}
     try:
-        blob = codec.encode(u, seed=1)
+        blob = codec.encode(u, seed=1, **extra)
     except ConfigError as exc:
         refused.append(name)  # cg_fedllm needs a trained autoencoder
         assert "trained autoencoder" in str(exc), exc
         continue
-    out = decode(blob, spec)
+    out = decode(blob, spec, reference=ref)
     assert set(out) == set(u) and all(out[k].shape == u[k].shape for k in u), name
     ef = ErrorFeedback(codecs.get(name))  # the client-side path, residual included
-    assert set(decode(ef.encode(u, seed=2), spec)) == set(u), name
+    assert set(decode(ef.encode(u, seed=2, reference=ref), spec, reference=ref)) == set(u), name
     done.append(name)
 print(json.dumps({
     "file": fedsqueeze.__file__,
@@ -191,9 +193,8 @@ print(json.dumps({
 def _check_codec_run(out: dict) -> None:
     assert out["modules"] == []  # no transformers, peft, flwr, matplotlib, rich, ... imported
     assert out["refused"] == ["cg_fedllm"]
-    assert {"identity", "fp16", "topk", "flm_topk", "wf_ecq", "cg_fedllm_q", "qsgd", "powersgd"} <= set(
-        out["done"]
-    )
+    expected = {"identity", "fp16", "topk", "flm_topk", "wf_ecq", "cg_fedllm_q", "qsgd", "powersgd"}
+    assert expected | {"predictive"} <= set(out["done"])
 
 
 def test_core_install_encodes_and_decodes_every_plain_codec(core_venv):

@@ -7,7 +7,7 @@ command and fedsqueeze's Flower apps turn the Hugging Face hub off when they sta
 
 from importlib import metadata as _metadata
 
-from .codecs import Codec, ErrorFeedback, decode
+from .codecs import Codec, ErrorFeedback, Predictive, decode
 from .errors import (
     ConfigError,
     FedsqueezeError,
@@ -34,6 +34,7 @@ __all__ = [
     "MeasurementError",
     "MissingExtraError",
     "PayloadError",
+    "Predictive",
     "SpecMismatchError",
     "UpdateError",
     "UpdateSpec",

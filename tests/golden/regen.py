@@ -89,6 +89,16 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
     "nf4": ("nf4", {}, 29),
     "nf4-block100": ("nf4", {"block": 100}, 30),
     "fp4": ("fp4", {}, 31),
+    # predictive frames are encoded and decoded against golden_reference()
+    "predictive-topk": (
+        "predictive",
+        {
+            "inner": "topk",
+            "inner_options": {"rate": 3.0, "value_bits": 8, "positions": "elias_fano"},
+            "predictor": "auto",
+        },
+        27,
+    ),
 }
 
 
@@ -130,6 +140,34 @@ def golden_input() -> dict[str, torch.Tensor]:
     return out
 
 
+def golden_reference() -> dict[str, torch.Tensor]:
+    """The fixed reference of the predictive cases: per tensor a multiple of the golden input (5/4, 3/4, 1/2,
+    ...) plus a second bell-shaped stream at 1/8 of its scale, so the predictor has something to fit.
+
+    Built like :func:`golden_input` (integer ops and exact float64 sums; one rounding to float32).
+    """
+    mult = (1.25, 0.75, 0.5, 1.0, 0.875, 1.5)
+    out: dict[str, torch.Tensor] = {}
+    base = 1 << 20  # another part of the SplitMix64 stream than the input's
+    for (name, shape), e, m in zip(SPEC_SHAPES, SCALE_EXP, mult, strict=True):
+        n = int(np.prod(shape))
+        i = np.arange(base, base + n, dtype=np.uint64)
+        u = np.zeros(n, dtype=np.float64)
+        for j in range(4):
+            h = _splitmix64(i * np.uint64(4) + np.uint64(j))
+            u += (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        x = golden_input()[name].numpy().reshape(-1).astype(np.float64)
+        v = m * x + (u - 2.0) * 2.0 ** (e - 2)
+        out[name] = torch.from_numpy(v.astype(np.float32).reshape(shape))
+        base += n
+    return out
+
+
+def uses_reference(codec: str) -> bool:
+    """True for codecs whose golden frames are encoded and decoded against :func:`golden_reference`."""
+    return bool(codec_class(codec).uses_reference)
+
+
 def input_sha256(update: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for t in update.values():
@@ -142,8 +180,17 @@ def decoded_sha256(flat: torch.Tensor) -> str:
 
 
 def encode_case(codec: str, options: dict[str, Any], seed: int) -> bytes:
-    """Encode the golden input with a fresh codec instance (stateful codecs start from empty state)."""
+    """Encode the golden input with a fresh codec instance (stateful codecs start from empty state); a
+    predictive codec against :func:`golden_reference`."""
+    if uses_reference(codec):
+        return get(codec, **options).encode(golden_input(), reference=golden_reference(), seed=seed)
     return get(codec, **options).encode(golden_input(), seed=seed)
+
+
+def decode_case(codec: str, blob: bytes) -> torch.Tensor:
+    """Decode a golden frame as the server would (a predictive one with :func:`golden_reference`)."""
+    reference = golden_reference() if uses_reference(codec) else None
+    return decode_flat(blob, golden_spec(), reference=reference)
 
 
 def golden_codecs() -> list[str]:
@@ -160,7 +207,7 @@ def load_manifest() -> dict[str, Any]:
 
 def make_entry(name: str, codec: str, options: dict[str, Any], seed: int) -> tuple[dict[str, Any], bytes]:
     blob = encode_case(codec, options, seed)
-    flat = decode_flat(blob, golden_spec())
+    flat = decode_case(codec, blob)
     entry = {
         "codec": codec,
         "options": options,
@@ -188,6 +235,8 @@ def write(manifest: dict[str, Any]) -> None:
         "spec_digest": golden_spec().digest.hex(),
         "sha256": input_sha256(golden_input()),
         "builder": "tests/golden/regen.py:golden_input",
+        "reference_sha256": input_sha256(golden_reference()),
+        "reference_builder": "tests/golden/regen.py:golden_reference",
     }
     manifest["cases"] = dict(sorted(manifest["cases"].items()))
     MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")

@@ -23,8 +23,11 @@ BLOCKWISE = ("blockwise8", "nf4", "fp4")
 
 
 def plain_codecs() -> list[str]:
-    """Registered codecs that decode without extra context (learned codecs need decoder weights)."""
-    return [n for n in available() if not codec_class(n).uses_trained_model]
+    """Registered codecs that encode and decode without extra context (learned codecs need decoder weights;
+    the predictive wrapper a reference: tests/test_predictive.py has its property tests)."""
+    return [
+        n for n in available() if not (codec_class(n).uses_trained_model or codec_class(n).uses_reference)
+    ]
 
 
 def make_values(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:

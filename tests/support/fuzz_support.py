@@ -24,11 +24,21 @@ from fedsqueeze.wire.frame import HEADER_SIZE
 from .codec_cases import refresh_crc
 
 FUZZ_SPEC = UpdateSpec.from_shapes({"l0.A": (8, 48), "l0.B": (48, 8), "l1.A": (8, 48), "l1.B": (48, 8)})
+# The inner codec of the predictive frames, by frame seed (valid_frame's seeds 0..3).
+PREDICTIVE_INNERS = ("topk", "wf_ecq", "flm_topk", "qsgd")
 
 
 def fuzz_codecs() -> list[str]:
-    """Codecs that decode without extra context (learned codecs need their decoder weights)."""
+    """Codecs that decode without a trained model (learned codecs need their decoder weights); predictive
+    frames are made and decoded against :func:`fuzz_reference`."""
     return [n for n in available() if not codec_class(n).uses_trained_model]
+
+
+@functools.cache
+def fuzz_reference(spec: UpdateSpec = FUZZ_SPEC) -> torch.Tensor:
+    """The reference every fuzzed predictive frame is predicted from (flat, float32)."""
+    g = torch.Generator().manual_seed(12345)
+    return torch.randn(spec.numel, generator=g)
 
 
 @functools.cache  # a few frames per codec, mutated many times: encode each once
@@ -39,6 +49,11 @@ def valid_frame(codec: str, seed: int) -> bytes:
         name: torch.randn(*shape, generator=g) * scales[i]
         for i, (name, shape) in enumerate(FUZZ_SPEC.entries)
     }
+    if codec_class(codec).uses_reference:  # an update that follows the reference, so it is predicted
+        ref = FUZZ_SPEC.unflatten(fuzz_reference())
+        upd = {k: v + 0.8 * scales[i] * ref[k] for i, (k, v) in enumerate(upd.items())}
+        inner = PREDICTIVE_INNERS[seed % len(PREDICTIVE_INNERS)]
+        return get(codec, inner=inner).encode(upd, reference=fuzz_reference(), seed=seed)
     return get(codec).encode(upd, seed=seed)
 
 
@@ -83,11 +98,19 @@ def mutate(blob: bytes, rng: np.random.Generator) -> bytes:
 
 
 def check_decode(blob: bytes, spec: UpdateSpec = FUZZ_SPEC) -> str:
-    """Decode hostile bytes; return "ok" or "rejected"; raise AssertionError on any other outcome."""
+    """Decode hostile bytes with the fuzz reference (what predictive frames need; other frames ignore it)
+    and without one; return the first outcome, "ok" or "rejected"; raise AssertionError on any other
+    outcome of either."""
+    outcome = _decode_once(blob, spec, fuzz_reference(spec))
+    _decode_once(blob, spec, None)
+    return outcome
+
+
+def _decode_once(blob: bytes, spec: UpdateSpec, reference: torch.Tensor | None) -> str:
     limit = 64 * spec.numel * 4 + (1 << 20)  # numpy allocations allowed: a small multiple of the spec
     tracemalloc.start()
     try:
-        out = fedsqueeze.decode(blob, spec)
+        out = fedsqueeze.decode(blob, spec, reference=reference)
     except PayloadError:
         return "rejected"
     except Exception as exc:

@@ -40,10 +40,13 @@ UNDERFILL_FRACTION = 0.5  # a point whose measured rate is below this fraction o
 
 
 def default_codecs() -> list[str]:
-    """Every registered codec except the learned CG-FedLLM ones (they need pre-training first)."""
+    """Every registered codec except the learned CG-FedLLM ones (they need pre-training first) and the
+    predictive wrapper (it needs a reference: ``--predictive`` measures it on captured updates)."""
     from ..codecs import available, codec_class
 
-    return [n for n in available() if not codec_class(n).uses_trained_model]
+    return [
+        n for n in available() if not (codec_class(n).uses_trained_model or codec_class(n).uses_reference)
+    ]
 
 
 # -- references ----------------------------------------------------------------------------------------
@@ -92,7 +95,14 @@ def _db(num: float, den: float) -> float | None:
 
 
 def measure(
-    codec, source: Source, ref: RDReference, *, seed: int = 0, target_rate: float | None = None
+    codec,
+    source: Source,
+    ref: RDReference,
+    *,
+    seed: int = 0,
+    target_rate: float | None = None,
+    reference=None,
+    on_frame: Callable[[bytes], None] | None = None,
 ) -> dict:
     """Encode, decode (through ``fedsqueeze.decode``) and score one codec on one source.
 
@@ -106,6 +116,11 @@ def measure(
         Seed of the codec.
     target_rate
         The bits/param the codec was asked for (``None``: a codec at its defaults).
+    reference
+        For a predictive codec (``codec.encode(tensors, reference=..., seed=...)``): the reference both ends
+        hold, also given to ``fedsqueeze.decode``. ``None`` for every other codec.
+    on_frame
+        Called with the frame (e.g. to inspect what a predictive frame chose).
 
     Returns
     -------
@@ -121,10 +136,15 @@ def measure(
     spec = UpdateSpec.from_tensors(source.tensors)
     d = spec.numel
     t0 = time.perf_counter()
-    blob = codec.encode(source.tensors, seed=seed)
+    if reference is None:
+        blob = codec.encode(source.tensors, seed=seed)
+    else:
+        blob = codec.encode(source.tensors, reference=reference, seed=seed)
     t1 = time.perf_counter()
-    out = decode(blob, spec)
+    out = decode(blob, spec, reference=reference)
     t2 = time.perf_counter()
+    if on_frame is not None:
+        on_frame(blob)
     u = spec.flatten(source.tensors, torch.float64)
     uh = spec.flatten(out, torch.float64)
     energy = float(u.square().sum())

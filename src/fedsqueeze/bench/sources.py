@@ -45,6 +45,7 @@ __all__ = [
     "SYNTHETIC",
     "Source",
     "block_stats",
+    "load_captures",
     "load_source",
     "make_source",
 ]
@@ -160,27 +161,34 @@ def _split_selector(spec: str) -> tuple[Path, str | None]:
     return Path(path), (sel.strip("/") or None)
 
 
+def _group_keys(keys: list[str]) -> tuple[dict[tuple[int, int, str], list[tuple[str, str]]], list[str]]:
+    """Keys with a round/client prefix grouped by ``(round, client, prefix)``; the other keys."""
+    groups: dict[tuple[int, int, str], list[tuple[str, str]]] = {}
+    plain: list[str] = []
+    for k in keys:
+        for pat in _PREFIXES:
+            m = pat.match(k)
+            if m:
+                prefix = k[: len(k) - len(m["name"]) - 1]
+                key = (int(m["round"]), int(m["client"]), prefix)
+                groups.setdefault(key, []).append((k, m["name"]))
+                break
+        else:
+            plain.append(k)
+    return groups, plain
+
+
+_HINT = "give one written by `fedsqueeze run ... --capture-updates` or safetensors.torch.save_file"
+
+
 def _load_file(spec: str) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     path, selector = _split_selector(spec)
     if not path.is_file():
         raise ConfigError(f"source file {str(path)!r} does not exist")
-    hint = "give one written by `fedsqueeze run ... --capture-updates` or safetensors.torch.save_file"
-    with reading_safetensors(path, hint), safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-        groups: dict[tuple[int, int, str], list[tuple[str, str]]] = {}
-        plain: list[str] = []
-        for k in keys:
-            for pat in _PREFIXES:
-                m = pat.match(k)
-                if m:
-                    prefix = k[: len(k) - len(m["name"]) - 1]
-                    key = (int(m["round"]), int(m["client"]), prefix)
-                    groups.setdefault(key, []).append((k, m["name"]))
-                    break
-            else:
-                plain.append(k)
+    with reading_safetensors(path, _HINT), safe_open(str(path), framework="pt") as f:
+        groups, plain = _group_keys(list(f.keys()))
         if not groups:
             if selector is not None:
                 raise ConfigError(
@@ -200,6 +208,57 @@ def _load_file(spec: str) -> dict[str, torch.Tensor]:
         if not chosen:
             raise ConfigError(f"{path} holds no tensors")
         return {name: f.get_tensor(k).to(torch.float32).contiguous() for k, name in chosen}
+
+
+def load_captures(spec: str) -> dict[int, dict[int, Source]]:
+    """Every update of a captures file, by round and client: ``{round: {client: Source}}``.
+
+    Parameters
+    ----------
+    spec
+        ``file:PATH`` or ``PATH`` of a safetensors file with keys ``r{round}/c{client}/{tensor}`` (what
+        ``fedsqueeze run --capture-updates`` writes) or ``client{c}/round{r}/{tensor}``; no ``#selector``.
+
+    Returns
+    -------
+    dict
+        Each update as a :class:`Source` named ``file:PATH#r{round}/c{client}`` (the prefix as stored), its
+        tensors in sorted name order as in :func:`load_source`, rounds and clients ascending.
+
+    Raises
+    ------
+    ConfigError
+        A missing or unreadable file, a selector, a file without round/client prefixes, or updates of one file
+        with different tensor names or shapes.
+    """
+    from safetensors import safe_open
+
+    text = spec[len("file:") :] if spec.startswith("file:") else spec
+    path, selector = _split_selector(text)
+    if selector is not None:
+        raise ConfigError(
+            f"captures {text!r}: give the whole file (drop '#{selector}'), every update is read"
+        )
+    if not path.is_file():
+        raise ConfigError(f"source file {str(path)!r} does not exist")
+    out: dict[int, dict[int, Source]] = {}
+    shapes: dict[str, tuple[int, ...]] | None = None
+    with reading_safetensors(path, _HINT), safe_open(str(path), framework="pt") as f:
+        groups, _ = _group_keys(list(f.keys()))
+        if not groups:
+            raise ConfigError(f"{path} holds no r{{round}}/c{{client}}/ captures (one update only?)")
+        for (rnd, client, prefix), keys in sorted(groups.items()):
+            tensors = {
+                name: f.get_tensor(k).to(torch.float32).contiguous()
+                for k, name in sorted(keys, key=lambda kv: kv[1])
+            }
+            got = {n: tuple(t.shape) for n, t in tensors.items()}
+            if shapes is None:
+                shapes = got
+            elif got != shapes:
+                raise ConfigError(f"{path}: update {prefix} has other tensors or shapes than the first one")
+            out.setdefault(rnd, {})[client] = Source(f"file:{path}#{prefix}", tensors, None)
+    return out
 
 
 def load_source(name: str, d: int | None = None, seed: int = 0) -> Source:

@@ -19,12 +19,15 @@ from ..errors import ConfigError, UpdateError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE, pack_frame
 
-__all__ = ["FP32_MAX", "Codec", "ModelSource", "all_finite"]
+__all__ = ["FP32_MAX", "Codec", "ModelSource", "Reference", "all_finite"]
 
 # What a decoder of a trained-model codec may be given to find its model by fingerprint: a mapping
 # ``{fingerprint_hex: model or path}`` or any object with ``resolve(fingerprint_hex) -> model | None``
 # (e.g. :class:`fedsqueeze.learned.store.ModelStore`); ``None`` means the process-wide store.
 ModelSource = Any
+# What a codec that predicts from a reference (``uses_reference``) is given on both ends: a mapping with the
+# update's names and shapes, or a flat tensor of its length.
+Reference = Mapping[str, torch.Tensor] | torch.Tensor
 # Largest finite float32: decoders saturate reconstructed values to it so a decoded update stays finite.
 FP32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -68,6 +71,11 @@ class Codec(ABC):
         :meth:`decode_flat` takes one more keyword, ``models`` (a :data:`ModelSource`), which
         :func:`fedsqueeze.decode` passes to these codecs only: the one seam by which a decoder receives a
         trained model.
+    uses_reference
+        True when the codec predicts the update from a *reference* both ends hold (``predictive``: the
+        previous round's global step). Its ``encode`` / ``encode_with_spec`` take a ``reference`` keyword and
+        its :meth:`decode_flat` one more keyword, ``reference``, which :func:`fedsqueeze.decode` passes to
+        these codecs only (other frames ignore a reference).
     needs_trained_model
         True when the codec cannot encode at all without such a model (it implies
         ``uses_trained_model``). A codec that uses a model but falls back to a fixed transform without
@@ -87,6 +95,7 @@ class Codec(ABC):
     rate_option: ClassVar[str | None] = None
     stateful: ClassVar[bool] = False
     uses_trained_model: ClassVar[bool] = False
+    uses_reference: ClassVar[bool] = False
     needs_trained_model: ClassVar[bool] = False
     trained_by: ClassVar[str | None] = None
     training_variant: ClassVar[str] = "sound"

@@ -7,22 +7,25 @@ import torch
 from ..errors import PayloadError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER, HEADER_SIZE, parse_frame
-from .base import ModelSource, all_finite
+from .base import ModelSource, Reference, all_finite
 from .registry import by_id
 
 __all__ = ["decode", "decode_flat"]
 
 
-def decode_flat(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) -> torch.Tensor:
+def decode_flat(
+    blob: bytes, spec: UpdateSpec, *, models: ModelSource = None, reference: Reference | None = None
+) -> torch.Tensor:
     """Decode a frame into a flat float32 vector of ``spec.numel`` values.
 
     Raises
     ------
     PayloadError
         Malformed, truncated, extended, oversized, corrupted, of another spec, of an unknown codec, or
-        decoding to non-finite values.
+        decoding to non-finite values; a predictive frame without its reference (or with another one).
 
-    ``models`` reaches only codecs that declare ``uses_trained_model`` (see :func:`decode`).
+    ``models`` reaches only codecs that declare ``uses_trained_model``, ``reference`` only codecs that
+    declare ``uses_reference`` (see :func:`decode`).
     """
     if isinstance(blob, bytes | bytearray | memoryview) and len(blob) >= HEADER_SIZE:
         codec_id = HEADER.unpack_from(bytes(blob[:HEADER_SIZE]))[2]
@@ -35,7 +38,9 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) ->
     header, body = parse_frame(blob, spec, max_body=limit)
     assert cls is not None
     try:
-        extra = {"models": models} if cls.uses_trained_model else {}
+        extra: dict[str, object] = {"models": models} if cls.uses_trained_model else {}
+        if cls.uses_reference:
+            extra["reference"] = reference
         flat = cls.decode_flat(body, spec, seed=header.seed, **extra)
     except PayloadError:
         raise
@@ -51,7 +56,9 @@ def decode_flat(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) ->
     return flat
 
 
-def decode(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) -> dict[str, torch.Tensor]:
+def decode(
+    blob: bytes, spec: UpdateSpec, *, models: ModelSource = None, reference: Reference | None = None
+) -> dict[str, torch.Tensor]:
     """Decode a frame made by any registered codec into named tensors of ``spec``.
 
     Parameters
@@ -65,5 +72,11 @@ def decode(blob: bytes, spec: UpdateSpec, *, models: ModelSource = None) -> dict
         the frame: ``{fingerprint_hex: model or path}``, or an object with ``resolve(fingerprint_hex)``.
         ``None`` (default) looks in the process-wide store, which holds every model saved, loaded or used
         in this process. Other codecs never see it.
+    reference
+        What a predictive frame (``uses_reference``: :class:`~fedsqueeze.Predictive`) was predicted from:
+        the receiver's copy of the reference, as a mapping of ``spec``'s tensors or a flat tensor of its
+        length. A predictive frame without it, with one of another spec or with another one than the frame
+        names (8-byte hash) is refused with :class:`~fedsqueeze.PayloadError`. Other frames ignore it, so a
+        server can pass it for every frame.
     """
-    return spec.unflatten(decode_flat(blob, spec, models=models))
+    return spec.unflatten(decode_flat(blob, spec, models=models, reference=reference))

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ..spec import UpdateSpec
-from .base import Codec
+from .base import Codec, Reference
 from .decode import decode_flat
 
 __all__ = ["ErrorFeedback"]
@@ -21,6 +21,11 @@ class ErrorFeedback:
     The residual is held in float64, so ``û + e_new == u + e_old`` holds exactly in float64 for float32
     inputs (the difference of two float32 numbers less than 2**29 apart in scale is exact in float64).
     The residual is decoded from the very bytes sent, so it also absorbs stochastic rounding.
+
+    With a codec that predicts from a reference (``uses_reference``: ``ErrorFeedback(Predictive(codec))``),
+    give :meth:`encode` the round's ``reference``: the codec predicts ``u + e`` from it, and the residual is
+    ``e <- (u + e) - decode(frame, reference)``, the reconstruction the server makes from the same reference.
+    Other codecs ignore a reference.
 
     Parameters
     ----------
@@ -37,12 +42,28 @@ class ErrorFeedback:
         self.spec: UpdateSpec | None = None
         self.last_decoded: torch.Tensor | None = None
 
-    def encode(self, update: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
-        """Compress ``update`` plus the residual; update the residual from the bytes produced."""
-        spec = UpdateSpec.from_tensors(update)
-        return self.encode_flat(spec.flatten(update, torch.float64), spec, seed=seed)
+    def encode(
+        self, update: Mapping[str, torch.Tensor], *, seed: int = 0, reference: Reference | None = None
+    ) -> bytes:
+        """Compress ``update`` plus the residual; update the residual from the bytes produced.
 
-    def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int = 0) -> bytes:
+        Parameters
+        ----------
+        update
+            Named tensors of one client's update.
+        seed
+            Seed of the codec's random choices (frame header).
+        reference
+            The reference both ends hold, for a codec with ``uses_reference`` (a mapping of the update's
+            tensors or a flat tensor); ``None`` makes such a codec send a plain frame. Other codecs ignore
+            it.
+        """
+        spec = UpdateSpec.from_tensors(update)
+        return self.encode_flat(spec.flatten(update, torch.float64), spec, seed=seed, reference=reference)
+
+    def encode_flat(
+        self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int = 0, reference: Reference | None = None
+    ) -> bytes:
         """Like :meth:`encode` for a flat vector of ``spec``."""
         if self.spec is not None and self.spec != spec:
             raise ConfigError("ErrorFeedback: the update's spec changed between rounds")
@@ -51,8 +72,11 @@ class ErrorFeedback:
         if self.enabled and self.residual is not None:
             p = p + self.residual
         p32 = p.to(torch.float32)
-        blob = self.codec.encode_with_spec(p32, spec, seed=seed)
-        decoded = decode_flat(blob, spec)
+        if self.codec.uses_reference:
+            blob = self.codec.encode_with_spec(p32, spec, seed=seed, reference=reference)
+        else:
+            blob = self.codec.encode_with_spec(p32, spec, seed=seed)
+        decoded = decode_flat(blob, spec, reference=reference)
         self.last_decoded = decoded
         if self.enabled:
             self.residual = p - decoded.to(torch.float64)

@@ -27,6 +27,7 @@ BUILTIN: tuple[str, ...] = (
     "blockwise.codec",
     "cg_fedllm",
     "cg_fedllm_q",
+    "predictive",
 )
 
 _BY_NAME: dict[str, type[Codec]] = {}

@@ -283,7 +283,13 @@ class CodecConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", dict(self.options))
-        self.build()  # raises ConfigError for an unknown codec, option or value
+        codec = self.build()  # raises ConfigError for an unknown codec, option or value
+        if codec.uses_reference:
+            raise ConfigError(
+                f"codec {self.name!r} codes the update against a reference both ends hold (the previous "
+                "global step), which runs do not pass to codecs yet; measure it on captured updates with "
+                "`fedsqueeze bench rd --predictive --source file:CAPTURES`"
+            )
 
     def build(self) -> Any:
         """A fresh codec instance."""

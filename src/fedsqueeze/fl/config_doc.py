@@ -117,9 +117,10 @@ def _cell(text: str) -> str:
 
 def config_reference() -> str:
     """The Markdown key reference of every config section (``docs/config.md``)."""
-    from ..codecs import available
+    from ..codecs import available, codec_class
 
-    allowed = {**ALLOWED, "codec.name": ", ".join(available()), "downlink.name": ", ".join(available())}
+    names = ", ".join(n for n in available() if not codec_class(n).uses_reference)  # runs refuse the others
+    allowed = {**ALLOWED, "codec.name": names, "downlink.name": names}
     out = [
         "# Run config reference",
         "",
