@@ -46,6 +46,12 @@ def same_shape(a, b) -> bool:
         {"server_momentum": 0.9, "norm_bound_factor": 3.0},
         # a compressed downlink: Flower clients rebuild the state from the frames they missed
         {"downlink": ("topk", {"density": 0.2}), "rounds": 5, "downlink_window": 2},
+        # predictive uplink: both ends predict from the last delta frame the node received
+        {
+            "downlink": ("topk", {"density": 0.2}),
+            "codec": ("predictive", {"inner": "topk", "inner_options": {"rate": 8.0}, "predictor": "scalar"}),
+            "rounds": 4,
+        },
     ],
 )
 def test_local_and_flower_drivers_write_the_same_rows_and_adapter(tmp_path, fl):

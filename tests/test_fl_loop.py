@@ -142,8 +142,13 @@ def test_outputs_fields_eval_schedule_and_target(tmp_path):
 
 @pytest.mark.parametrize(
     ("codec", "options", "downlink"),
-    # stateful codecs (flm_topk keeps NumPy values in its state); the FLASC downlink
-    [("flm_topk", {"reoptimize_every": 2}, "identity"), ("powersgd", {"rank": 1}, "topk")],
+    # stateful codecs (flm_topk keeps NumPy values in its state); the FLASC downlink; a predictive uplink
+    # (its reference, the last delta frame, is rebuilt from the checkpointed downlink state)
+    [
+        ("flm_topk", {"reoptimize_every": 2}, "identity"),
+        ("powersgd", {"rank": 1}, "topk"),
+        ("predictive", {"inner": "topk", "inner_options": {"rate": 8.0}, "predictor": "scalar"}, "topk"),
+    ],
 )
 def test_resume_equals_uninterrupted(tmp_path, codec, options, downlink):
     cfg = make_config(codec, options, downlink=downlink, rounds=4)

@@ -95,7 +95,7 @@ def test_shipped_study_grids_load_and_cover_the_codecs() -> None:
     assert {p.label for p in default.partitions} == {"iid", "dir1.0", "dir0.1"} and len(default.seeds) >= 2
     assert len(default.cells()) == len(default.tasks) * 3 * len(default.codecs) * len(default.seeds)
     full = load_study(study_path("full"))
-    # runs refuse the codecs that need a reference (predictive)
+    # predictive codecs need a compressed downlink to run (the full grid keeps the dense one)
     runnable = {n for n in codecs.available() if not codecs.codec_class(n).uses_reference}
     assert runnable <= {c.name for c in full.codecs}
     assert {c.config.data.dataset for c in full.cells()} == {"rotten_tomatoes", "bbc_news", "gsm8k"}

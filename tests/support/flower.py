@@ -13,14 +13,14 @@ from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.flower import FlowerSettings
 
 
-def make_config(n=4, k=2, rounds=3, downlink=None, **fl) -> RunConfig:
+def make_config(n=4, k=2, rounds=3, downlink=None, codec=None, **fl) -> RunConfig:
     return RunConfig(
         downlink=CodecConfig(*downlink) if downlink else CodecConfig("identity"),
         model=ModelConfig(name="toy"),
         data=DataConfig(num_clients=n),
         train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
         fl=FLConfig(rounds=rounds, clients_per_round=k, seed=1, **fl),
-        codec=CodecConfig("topk", {"density": 0.1}),
+        codec=CodecConfig(*codec) if codec else CodecConfig("topk", {"density": 0.1}),
     )
 
 

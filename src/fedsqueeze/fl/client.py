@@ -70,6 +70,7 @@ def client_step(
     train_seed: int,
     encode_seed: int,
     train_head: bool = True,
+    reference: torch.Tensor | None = None,
 ) -> ClientReply:
     """Train ``client`` from the global ``(lora, head)`` and encode its update.
 
@@ -82,6 +83,8 @@ def client_step(
         Seeds of local training (shuffling, dropout) and of the codec's random choices.
     train_head
         Whether the head trains this round (``model.head``); a fixed head sends no head frame.
+    reference
+        What a predictive codec codes the update against (the round's :attr:`RoundPlan.references` entry).
 
     Returns
     -------
@@ -96,7 +99,7 @@ def client_step(
     u_head = hspec.flatten(head) - hspec.flatten(new_head)
 
     before = None if (ef.residual is None or not ef.enabled) else ef.residual.clone()
-    lora_payload = ef.encode_flat(u, lspec, seed=encode_seed)
+    lora_payload = ef.encode_flat(u, lspec, seed=encode_seed, reference=reference)
     p = u.to(torch.float64) if before is None else u.to(torch.float64) + before
     assert ef.last_decoded is not None
     rel = relative_error(p, ef.last_decoded)

@@ -283,13 +283,7 @@ class CodecConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", dict(self.options))
-        codec = self.build()  # raises ConfigError for an unknown codec, option or value
-        if codec.uses_reference:
-            raise ConfigError(
-                f"codec {self.name!r} codes the update against a reference both ends hold (the previous "
-                "global step), which runs do not pass to codecs yet; measure it on captured updates with "
-                "`fedsqueeze bench rd --predictive --source file:CAPTURES`"
-            )
+        self.build()  # raises ConfigError for an unknown codec, option or value
 
     def build(self) -> Any:
         """A fresh codec instance."""
@@ -324,6 +318,15 @@ class RunConfig:
             raise ConfigError(
                 f"fl.clients_per_round ({self.fl.clients_per_round}) exceeds data.num_clients "
                 f"({self.data.num_clients})"
+            )
+        from ..codecs import codec_class
+
+        if codec_class(self.downlink.name).uses_reference:
+            raise ConfigError(f"downlink.name = {self.downlink.name!r} needs a reference; use a plain codec")
+        if codec_class(self.codec.name).uses_reference and self.downlink.name == "identity":
+            raise ConfigError(
+                f"codec {self.codec.name!r} predicts each update from the last broadcast delta frame, which "
+                "a dense downlink has none of: set downlink.name to a codec (see docs/downlink.md)"
             )
         if self.tgap.enabled:
             if self.codec.name not in tgap_codecs():

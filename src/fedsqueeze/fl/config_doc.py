@@ -119,8 +119,10 @@ def config_reference() -> str:
     """The Markdown key reference of every config section (``docs/config.md``)."""
     from ..codecs import available, codec_class
 
-    names = ", ".join(n for n in available() if not codec_class(n).uses_reference)  # runs refuse the others
-    allowed = {**ALLOWED, "codec.name": names, "downlink.name": names}
+    names = ", ".join(available())
+    # a downlink has no reference to predict from
+    down = ", ".join(n for n in available() if not codec_class(n).uses_reference)
+    allowed = {**ALLOWED, "codec.name": names, "downlink.name": down}
     out = [
         "# Run config reference",
         "",

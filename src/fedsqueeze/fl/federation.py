@@ -63,6 +63,9 @@ class RoundPlan:
         The seed of this round's downlink frames.
     train_head
         Whether the clients train (and send) the head this round (``model.head``).
+    references
+        Per client, the reference a predictive uplink codec codes its update against (the decoded last
+        broadcast delta frame it received), or ``None``.
     """
 
     round: int
@@ -73,6 +76,7 @@ class RoundPlan:
     seed: int
     downlink_seed: int
     train_head: bool = True
+    references: dict[int, torch.Tensor | None] = dataclasses.field(default_factory=dict)
 
     def train_seed(self, client: int) -> int:
         """The seed of ``client``'s local training this round."""
@@ -149,7 +153,8 @@ class Federation:
         clients = sample_clients(seed, r, self.n, self.config.fl.clients_per_round)
         dseed = derive_seed(seed, r, -1, "downlink")
         lora0, head0, down = self.downlink.broadcast(r, self.lora, self.head, clients, seed=dseed)
-        return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r))
+        refs = {c: self.downlink.reference(c) for c in clients}
+        return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r), refs)
 
     def trains_head(self, r: int) -> bool:
         """Whether round ``r``'s clients train the head (``model.head``: every round, round 1 or never)."""
@@ -188,7 +193,10 @@ class Federation:
         ok = sorted(by_client)  # ascending client order, whatever order the replies came in
         reps = [by_client[c] for c in ok]
         weights = [rep.num_examples for rep in reps]
-        kept_idx, mean_lora, dense, screened = self._aggregate(reps, weights, train_head=plan.train_head)
+        refs = [plan.references.get(rep.client) for rep in reps]
+        kept_idx, mean_lora, dense, screened = self._aggregate(
+            reps, weights, train_head=plan.train_head, references=refs
+        )
         dropped = [dict(d) for d in dropped] + screened
         for d in dropped:
             self.log.warning("round %d: dropped the reply of client %s: %s", r, d["client"], d["reason"])
@@ -250,7 +258,12 @@ class Federation:
         return row
 
     def _aggregate(
-        self, replies: list[ClientReply], weights: list[int], *, train_head: bool = True
+        self,
+        replies: list[ClientReply],
+        weights: list[int],
+        *,
+        train_head: bool = True,
+        references: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None, list[dict[str, Any]]]:
         """Screen the replies (:mod:`.robust`), aggregate the kept ones and apply the update.
 
@@ -267,6 +280,7 @@ class Federation:
             screen_replies(
                 [getattr(rep, part) for rep in replies], weights, spec,
                 norm_bound_factor=fl.norm_bound_factor, clients=clients,
+                references=references if part == "lora_payload" else None,
             )
             for part, spec in parts
         ]  # fmt: skip

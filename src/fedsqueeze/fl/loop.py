@@ -101,6 +101,7 @@ class _Federation(Federation):
             rep = client_step(
                 self.workload, c, plan.lora, plan.head, self.config.train, self.efs[c],
                 train_seed=plan.train_seed(c), encode_seed=plan.encode_seed(c), train_head=plan.train_head,
+                reference=plan.references.get(c),
             )  # fmt: skip
             rep.seconds = took = time.perf_counter() - tc
             replies.append(rep)

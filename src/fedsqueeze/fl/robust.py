@@ -46,6 +46,7 @@ def screen_replies(
     *,
     norm_bound_factor: float | None = 10.0,
     clients: Sequence[int] | None = None,
+    references: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[list[int], list[torch.Tensor], list[dict[str, Any]]]:
     """Decode every payload and drop the faulty ones.
 
@@ -60,6 +61,9 @@ def screen_replies(
         disables the bound.
     clients
         Client ids for the ``dropped`` records (default: the reply indices).
+    references
+        Per payload, the reference a predictive frame is decoded against (``None``: none); plain frames
+        ignore it, and a predictive frame without the right one is dropped as undecodable.
 
     Returns
     -------
@@ -83,7 +87,7 @@ def screen_replies(
             ok.append((i, torch.zeros(0), 0.0))
             continue
         try:
-            flat = decode_flat(blob, spec)
+            flat = decode_flat(blob, spec, reference=None if references is None else references[i])
         except FedsqueezeError as exc:  # PayloadError, SpecMismatchError
             dropped.append({"client": ids[i], "reason": f"undecodable: {exc}"})
             continue

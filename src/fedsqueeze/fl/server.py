@@ -141,6 +141,7 @@ class Downlink:
         self.head_held = [0] * num_clients
         # What the last broadcast sends each sampled client: (synced round, frames or None for dense, head?)
         self.deliveries: dict[int, Delivery] = {}
+        self.last_step: torch.Tensor | None = None  # the last broadcast delta frame, decoded
 
     @property
     def protocol(self) -> str:
@@ -200,9 +201,11 @@ class Downlink:
 
         delta = self.lora_spec.flatten(lora) - self.held
         frame = b""
+        self.last_step = None
         if self.lora_spec.numel:
             frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
-            self.held = self.held + decode_flat(frame, self.lora_spec)
+            self.last_step = decode_flat(frame, self.lora_spec)
+            self.held = self.held + self.last_step
         self.frame_bytes.append(len(frame))
         self.frames[server_round] = frame
         self.frames.pop(server_round - self.window, None)  # bounded: the last `window` rounds only
@@ -217,6 +220,15 @@ class Downlink:
             self.last_sync[c] = server_round
         lora_out = {k: v.clone() for k, v in self.lora_spec.unflatten(self.held.clone()).items()}
         return lora_out, head_out, cost
+
+    def reference(self, client: int) -> torch.Tensor | None:
+        """The reference a predictive uplink codes ``client``'s update against this round: the last
+        broadcast delta frame, decoded, which the client received (it is the last of its catch-up frames);
+        ``None`` when its delivery is dense (then it codes without prediction)."""
+        d = self.deliveries.get(client)
+        if d is None or not d.frames or self.last_step is None:
+            return None
+        return self.last_step
 
     @staticmethod
     def _decode(frame: bytes, spec: UpdateSpec) -> dict[str, torch.Tensor]:

@@ -175,6 +175,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         log.warning("round %s: refusing to train client %s: %s", rnd, client, exc)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)
     lora, head = wl.lora_spec.unflatten(lora_flat), wl.head_spec.unflatten(head_flat)
+    # A predictive uplink codes against the last delta frame received (the server uses the same one).
+    nframes = int(req["frames"])
+    reference = _flat(array_bytes(glob, f"lora-{nframes - 1}"), wl.lora_spec) if nframes > 0 else None
 
     ef = ErrorFeedback(cfg.codec.build(), enabled=cfg.fl.error_feedback)
     if state is not None:
@@ -185,6 +188,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         train_seed=derive_seed(seed, rnd, client, "train"),
         encode_seed=derive_seed(seed, rnd, client, "encode"),
         train_head=wl.head_spec.numel > 0 and cfg.model.trains_head(rnd),
+        reference=reference,
     )  # fmt: skip
     version = int(req["head-version"])
     copy = {"round": rnd, "lora": lora_flat.clone(), "head": head_flat.clone(), "head_version": version}
