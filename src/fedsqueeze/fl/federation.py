@@ -37,7 +37,7 @@ from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, weighted_mean
 from .workload import Workload
 
-__all__ = ["Federation", "RoundPlan"]
+__all__ = ["Federation", "RoundPlan", "check_same_config", "trains_head"]
 
 log = logging.getLogger(__name__)
 _EMPTY = UpdateSpec(())  # the spec a fixed head's (empty) frames are screened against
@@ -157,8 +157,8 @@ class Federation:
         return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r), refs)
 
     def trains_head(self, r: int) -> bool:
-        """Whether round ``r``'s clients train the head (``model.head``: every round, round 1 or never)."""
-        return self.workload.head_spec.numel > 0 and self.config.model.trains_head(r)
+        """Whether round ``r``'s clients train the head (see :func:`trains_head`)."""
+        return trains_head(self.config, self.workload, r)
 
     def finish_round(
         self,
@@ -336,6 +336,12 @@ class Federation:
         for row in self.rows:
             row.setdefault("warnings", self.health.observe(row))
         torch.set_rng_state(state["torch_rng"])
+
+
+def trains_head(config: RunConfig, workload: Workload, r: int) -> bool:
+    """Whether round ``r``'s clients train the head (``model.head``: every round, round 1 or never); the
+    server and a Flower node both ask this."""
+    return workload.head_spec.numel > 0 and config.model.trains_head(r)
 
 
 def check_same_config(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:

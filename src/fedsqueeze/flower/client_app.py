@@ -37,6 +37,7 @@ from ..codecs import ErrorFeedback, decode_flat
 from ..errors import ConfigError, FedsqueezeError
 from ..fl.checkpoint import atomic_write
 from ..fl.client import client_step
+from ..fl.federation import trains_head
 from ..fl.seeding import derive_seed
 from ..spec import UpdateSpec
 from .env import apply_offline_env
@@ -90,14 +91,18 @@ def _load_state(context: Context, settings: FlowerSettings, client: int) -> tupl
     return state, where
 
 
-def _rebuild(glob: ArrayRecord, req: Any, wl: Any, held: dict[str, Any] | None) -> tuple[torch.Tensor, ...]:
-    """The global ``(lora, head)`` flats this delivery gives, checked by hash (else an error: no training)."""
+def _rebuild(
+    glob: ArrayRecord, req: Any, wl: Any, held: dict[str, Any] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The global ``(lora, head)`` flats this delivery gives, checked by hash (else an error: no training),
+    and its last delta frame decoded (``None`` for a dense delivery): a predictive uplink's reference."""
     from ..errors import PayloadError
     from ..fl.server import state_sha256
 
     lspec, hspec = wl.lora_spec, wl.head_spec
     init_lora, init_head = (s.flatten(t) for s, t in zip((lspec, hspec), wl.initial_params(), strict=True))
     nframes, since = int(req["frames"]), int(req["since"])
+    step = None
     if nframes < 0:
         lora = _flat(array_bytes(glob, "lora"), lspec)
     else:
@@ -108,7 +113,8 @@ def _rebuild(glob: ArrayRecord, req: Any, wl: Any, held: dict[str, Any] | None) 
         else:
             raise ConfigError(f"this node lacks the downlink state of round {since}; it needs a resync")
         for i in range(nframes):
-            lora = lora + _flat(array_bytes(glob, f"lora-{i}"), lspec)  # the server's own additions, in order
+            step = _flat(array_bytes(glob, f"lora-{i}"), lspec)
+            lora = lora + step  # the server's own additions, in order
     if "head" in glob:
         head = _flat(array_bytes(glob, "head"), hspec)
     elif int(req["head-version"]) == 0:
@@ -119,7 +125,7 @@ def _rebuild(glob: ArrayRecord, req: Any, wl: Any, held: dict[str, Any] | None) 
         raise ConfigError("this node does not hold the current head; it needs a resync")
     if state_sha256(lora) != req["lora-sha256"] or state_sha256(head) != req["head-sha256"]:
         raise PayloadError("the rebuilt global state differs from the server's (SHA-256); refusing to train")
-    return lora, head
+    return lora, head, step
 
 
 def _flat(frame: bytes, spec: UpdateSpec) -> torch.Tensor:
@@ -170,14 +176,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     state, state_from = _load_state(context, settings, client)
     held = None if state is None else state.get("held")
     try:
-        lora_flat, head_flat = _rebuild(glob, req, wl, held)
+        lora_flat, head_flat, reference = _rebuild(glob, req, wl, held)
     except FedsqueezeError as exc:  # never train on a state that is not the server's: say so instead
         log.warning("round %s: refusing to train client %s: %s", rnd, client, exc)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)
     lora, head = wl.lora_spec.unflatten(lora_flat), wl.head_spec.unflatten(head_flat)
-    # A predictive uplink codes against the last delta frame received (the server uses the same one).
-    nframes = int(req["frames"])
-    reference = _flat(array_bytes(glob, f"lora-{nframes - 1}"), wl.lora_spec) if nframes > 0 else None
 
     ef = ErrorFeedback(cfg.codec.build(), enabled=cfg.fl.error_feedback)
     if state is not None:
@@ -187,8 +190,8 @@ def handle_train(msg: Message, context: Context) -> Message:
         wl, client, lora, head, cfg.train, ef,
         train_seed=derive_seed(seed, rnd, client, "train"),
         encode_seed=derive_seed(seed, rnd, client, "encode"),
-        train_head=wl.head_spec.numel > 0 and cfg.model.trains_head(rnd),
-        reference=reference,
+        train_head=trains_head(cfg, wl, rnd),
+        reference=reference,  # the last delta frame received: the server predicts from the same one
     )  # fmt: skip
     version = int(req["head-version"])
     copy = {"round": rnd, "lora": lora_flat.clone(), "head": head_flat.clone(), "head_version": version}
