@@ -15,7 +15,7 @@ import pytest
 from fedsqueeze.analysis.bd_rate import log_rate_at
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.study.aggregate import aggregate, write_results
+from fedsqueeze.study.aggregate import aggregate, paired_differences, seed_differences, write_results
 from fedsqueeze.study.grid import load_study, study_from_dict, study_path
 from fedsqueeze.study.plots import rate_figure
 
@@ -393,3 +393,47 @@ name = "topk"
         "topk@r16",
     ]
     assert json.loads((out / "bd_rate.json").read_text()) == res["bd_rate"]
+
+
+def test_paired_differences_cancel_the_spread_the_seed_causes(swept) -> None:
+    grid, root = swept
+    (g,) = aggregate(grid, root)["groups"]
+    pairs = {(d["a"], d["b"], d["metric"]): d for d in g["paired_differences"]}
+    assert {m for (_, _, m) in pairs} == {"final", "best"}
+    d = pairs[("identity", "fp16", "final")]
+    a = next(c for c in g["codecs"] if c["codec"] == "identity")["per_seed"]
+    b = next(c for c in g["codecs"] if c["codec"] == "fp16")["per_seed"]
+    diffs = [a[s]["final"] - b[s]["final"] for s in sorted(a)]
+    assert d["seeds"] == sorted(a) and d["differences"] == pytest.approx(diffs)
+    assert d["delta"] == pytest.approx(statistics.fmean(diffs))
+    assert d["threshold"] == pytest.approx(2 * statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    assert d["exceeds"] is (abs(d["delta"]) > d["threshold"])
+
+
+def test_paired_differences_detect_a_shift_the_unpaired_screen_misses(tmp_path: Path) -> None:
+    # Two columns whose seeds differ a lot (std 0.1) but whose per-seed gap is a steady +0.02: the unpaired
+    # screen cannot see it, the paired one does.
+    group = {
+        "codecs": [
+            {
+                "codec": "a",
+                "rate": None,
+                "per_seed": {s: {"final": v + 0.02, "best": v + 0.03} for s, v in enumerate([0.5, 0.6, 0.7])},
+                "final_metric": {"mean": 0.62, "std": 0.1, "n": 3},
+            },
+            {
+                "codec": "b",
+                "rate": None,
+                "per_seed": {s: {"final": v, "best": v} for s, v in enumerate([0.5, 0.6, 0.7])},
+                "final_metric": {"mean": 0.60, "std": 0.1, "n": 3},
+            },
+        ]
+    }
+    (unpaired,) = seed_differences(group)
+    assert unpaired["exceeds"] is False
+    final, best = paired_differences(group)
+    assert final["metric"] == "final" and final["delta"] == pytest.approx(0.02)
+    assert final["std"] == pytest.approx(0.0, abs=1e-12) and final["exceeds"] is True
+    assert best["delta"] == pytest.approx(0.03) and best["exceeds"] is True
+    one = paired_differences({"codecs": [dict(c, per_seed={0: c["per_seed"][0]}) for c in group["codecs"]]})
+    assert all(d["exceeds"] is None and d["reason"] for d in one)

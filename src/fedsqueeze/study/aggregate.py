@@ -27,6 +27,8 @@ single-point family, e.g. a fixed-rate codec or dense fp32, compares by the rate
 at its own fixed or default rate), the difference of the mean final metrics is said to exceed the seed spread
 when ``|Δmean| > 2·sqrt(std_a²/n_a + std_b²/n_b)``: about two standard errors of the difference. It needs at
 least 2 finished seeds on both sides; with so few seeds it is a screen, not a significance test.
+:func:`paired_differences` compares the same pairs seed by seed (columns run with one seed share its
+sampling, partition and initial state), which cancels the part of the spread the seed itself causes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "family_curves",
     "load_cell",
     "machine_info",
+    "paired_differences",
     "reach_target",
     "seed_differences",
     "write_results",
@@ -205,6 +208,9 @@ def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) ->
             "uplink_bits_per_param": _stats([r["uplink_bits_per_param"] for r in ok]),
             "total_bits_per_param": _stats([r["total_bits_per_param"] for r in ok]),
             "sim_time_s": _stats([r["sim_time_s"] for r in ok]),
+            "per_seed": {
+                int(r["seed"]): {"final": r["final_metric"], "best": r["best_metric"]} for r in ok
+            },
         }
     ranked = [c for c in codecs.values() if c["best_metric"]["mean"] is not None]
     weakest = min(ranked, key=lambda c: c["best_metric"]["mean"], default=None)
@@ -250,6 +256,7 @@ def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) ->
     }
     group["families"] = family_curves(group)
     group["seed_differences"] = seed_differences(group)
+    group["paired_differences"] = paired_differences(group)
     return group
 
 
@@ -320,6 +327,48 @@ def seed_differences(group: dict[str, Any]) -> list[dict[str, Any]]:
                 thr = 2.0 * math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
                 entry.update(threshold=thr, exceeds=abs(entry["delta"]) > thr, reason=None)
             out.append(entry)
+    return out
+
+
+def paired_differences(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seed-paired differences of the columns :func:`seed_differences` compares, for ``final`` and ``best``.
+
+    Two columns run with the same seed share the client sampling, the data partition and the initial
+    adapter and head, so much of the spread across seeds cancels in their per-seed difference
+    ``d_s = a_s − b_s``. Each entry: ``a``, ``b``, ``rate``, ``metric``, ``seeds`` (the seeds both finished),
+    ``n``, ``delta`` (mean of ``d_s``), ``std`` (of ``d_s``), ``threshold`` (``2·std/sqrt(n)``, about two
+    standard errors of the mean difference) and ``exceeds`` (``|delta| > threshold``); ``threshold`` and
+    ``exceeds`` are ``None`` with a ``reason`` below 2 shared seeds. Pairs without a shared seed are left out.
+    """
+    by_rate: dict[float | None, list[dict[str, Any]]] = {}
+    for c in group["codecs"]:
+        if c.get("per_seed"):
+            by_rate.setdefault(c["rate"], []).append(c)
+    out = []
+    for rate, cols in by_rate.items():
+        for a, b in itertools.combinations(cols, 2):
+            seeds = sorted(set(a["per_seed"]) & set(b["per_seed"]))
+            if not seeds:
+                continue
+            for metric in METRICS:
+                diffs = [a["per_seed"][s][metric] - b["per_seed"][s][metric] for s in seeds]
+                entry: dict[str, Any] = {
+                    "a": a["codec"],
+                    "b": b["codec"],
+                    "rate": rate,
+                    "metric": metric,
+                    "seeds": seeds,
+                    "n": len(seeds),
+                    "differences": diffs,
+                    "delta": statistics.fmean(diffs),
+                    "std": statistics.stdev(diffs) if len(diffs) > 1 else None,
+                }
+                if len(diffs) < 2:
+                    entry.update(threshold=None, exceeds=None, reason="fewer than 2 shared seeds")
+                else:
+                    thr = 2.0 * entry["std"] / math.sqrt(len(diffs))
+                    entry.update(threshold=thr, exceeds=abs(entry["delta"]) > thr, reason=None)
+                out.append(entry)
     return out
 
 
@@ -502,6 +551,27 @@ def _differences(g: dict[str, Any]) -> list[str]:
     return out
 
 
+def _paired(g: dict[str, Any]) -> list[str]:
+    pairs = [d for d in g.get("paired_differences", []) if d["exceeds"] is not None]
+    if not pairs:
+        return []
+    out = [
+        "",
+        "Seed-paired differences (the same seeds on both sides share sampling, partition and initial state; "
+        "Δ = mean of the per-seed differences a − b, threshold 2·std/sqrt(n); ✓ exceeds it):",
+        "",
+        "| a | b | rate | metric | seeds | Δ | std | threshold | exceeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in sorted(pairs, key=lambda d: (d["metric"], -abs(d["delta"]))):
+        at = "–" if d["rate"] is None else f"{d['rate']:g}"
+        out.append(
+            f"| {d['a']} | {d['b']} | {at} | {d['metric']} | {d['n']} | {d['delta']:+.4f} | {d['std']:.4f} "
+            f"| {d['threshold']:.4f} | {'✓' if d['exceeds'] else ''} |"
+        )
+    return out
+
+
 def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
     m = results["machine"]
     st = results["status"]
@@ -553,6 +623,7 @@ def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
             )
         out += _bd_tables(results, g)
         out += _differences(g)
+        out += _paired(g)
         stem = f"{g['task']}__{g['partition']}"
         out += ["", f"![{g['task']} {g['partition']}](plots/{stem}.png)"]
         out += ["", f"![{g['task']} {g['partition']} rate curves](plots/{stem}__rate.png)"]
