@@ -34,7 +34,9 @@ def test_presets_load_and_default_is_the_embedded_default():
     cfg = load_config()
     assert (cfg.model.name, cfg.data.dataset, cfg.data.num_clients) == ("minilm", "rotten_tomatoes", 20)
     assert (cfg.data.partition, cfg.data.alpha, cfg.fl.clients_per_round) == ("dirichlet", 0.5, 5)
-    assert cfg.codec.name in ("flm_topk", "topk") and cfg.downlink.name == "identity"
+    assert cfg.codec.name in ("flm_topk", "topk")
+    assert (cfg.downlink.name, cfg.downlink.options) == ("wf_ecq", {"rate": 0.25})  # delta frames
+    assert load_config("paper").downlink.name == "identity"  # the papers' dense broadcast
     paper = load_config("paper")
     assert (paper.data.num_clients, paper.fl.clients_per_round, paper.fl.rounds) == (100, 10, 200)
     assert (paper.train.epochs, paper.train.batch_size, paper.model.lora_r) == (5, 64, 16)
@@ -179,3 +181,13 @@ def test_null_unsets_a_key_in_a_file_and_with_set(tmp_path) -> None:
     cfg = load_config(path)
     assert cfg.fl.target_metric is None and cfg.train.max_steps is None
     assert load_config(None, ["fl.target_metric=null"]).fl.target_metric is None
+
+
+def test_downlink_options_without_a_name_refine_the_default_downlink(tmp_path):
+    assert load_config(None, ["downlink.options.rate=0.1"]).downlink.options == {"rate": 0.1}
+    assert load_config(None, ["downlink.name=flm_topk"]).downlink.options == {}  # a new codec: its defaults
+    path = tmp_path / "c.toml"
+    path.write_text("[downlink]\n", encoding="utf-8")  # an empty table is the default downlink
+    assert load_config(path).downlink == RunConfig().downlink
+    path.write_text("[downlink]\noptions = { block = 2048 }\n", encoding="utf-8")
+    assert load_config(path).downlink.options == {"rate": 0.25, "block": 2048}

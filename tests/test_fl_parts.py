@@ -157,3 +157,25 @@ def test_loop_imports_no_transformers_or_flower():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_default_downlink_falls_back_to_dense_where_it_cannot_code_the_lora(caplog):
+    import logging
+
+    from fedsqueeze.errors import ConfigError
+    from fedsqueeze.fl.config import CodecConfig, RunConfig
+    from fedsqueeze.fl.server import downlink_codec
+    from fedsqueeze.spec import UpdateSpec
+
+    tiny = UpdateSpec((("a", (4, 12)), ("b", (16, 4))))  # d = 112: 0.25 bits/param cannot hold a header
+    big = UpdateSpec((("a", (64, 1024)),))
+    log = logging.getLogger("test-downlink")
+    cfg = RunConfig()
+    with caplog.at_level(logging.WARNING, logger="test-downlink"):
+        assert downlink_codec(cfg, tiny, log) is None
+    assert "broadcast is dense fp32" in caplog.text
+    assert downlink_codec(cfg, big, log).name == "wf_ecq"
+    explicit = RunConfig(downlink=CodecConfig("wf_ecq", {"rate": 0.05}))
+    with pytest.raises(ConfigError, match="^downlink: wf_ecq: budget"):
+        downlink_codec(explicit, tiny, log)
+    assert downlink_codec(RunConfig(downlink=CodecConfig("identity")), tiny, log).name == "identity"

@@ -292,6 +292,19 @@ class CodecConfig:
         return get(self.name, **self.options)
 
 
+# The default broadcast: wf_ecq delta frames at 0.25 bits per parameter, with clients catching up frame by
+# frame (docs/downlink.md; docs/default-run.md has the 3-seed comparison with the dense fp32 broadcast).
+DOWNLINK_DEFAULT: tuple[str, Mapping[str, Any]] = ("wf_ecq", {"rate": 0.25})
+
+
+def default_codec(section: str) -> CodecConfig:
+    """The codec a config without a ``[codec]`` / ``[downlink]`` section gets."""
+    if section == "downlink":
+        name, options = DOWNLINK_DEFAULT
+        return CodecConfig(name, dict(options))
+    return CodecConfig()
+
+
 def tgap_codecs() -> tuple[str, ...]:
     """The registered codecs whose model the TGAP phase trains (they declare it: ``trained_by``)."""
     from ..codecs import available, codec_class
@@ -309,7 +322,7 @@ class RunConfig:
     train: LocalTrainConfig = dataclasses.field(default_factory=LocalTrainConfig)
     fl: FLConfig = dataclasses.field(default_factory=FLConfig)
     codec: CodecConfig = dataclasses.field(default_factory=CodecConfig)
-    downlink: CodecConfig = dataclasses.field(default_factory=lambda: CodecConfig("identity"))
+    downlink: CodecConfig = dataclasses.field(default_factory=lambda: default_codec("downlink"))
     tgap: TGAPConfig = dataclasses.field(default_factory=TGAPConfig)
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
 
@@ -424,7 +437,7 @@ def _plain(value: Any) -> Any:
 
 def _build_codec(section: str, raw: Any) -> CodecConfig:
     if raw is None:
-        return CodecConfig("identity") if section == "downlink" else CodecConfig()
+        return default_codec(section)
     if isinstance(raw, str):  # `downlink = "identity"` shorthand
         raw = {"name": raw}
     if not isinstance(raw, Mapping):
@@ -432,12 +445,15 @@ def _build_codec(section: str, raw: Any) -> CodecConfig:
     unknown = [k for k in raw if k not in ("name", "options")]
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]}; allowed: name, options")
-    name = raw.get("name", "identity" if section == "downlink" else CodecConfig.name)
+    default = default_codec(section)
+    name = raw.get("name", default.name)
     if not isinstance(name, str):
         raise ConfigError(f"{section}.name must be a codec name (string), got {name!r}")
     options = raw.get("options", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"{section}.options must be a table, got {options!r}")
+    if "name" not in raw:  # options for the default codec: on top of the default's own
+        options = {**default.options, **options}
     try:
         return CodecConfig(name, options)
     except ConfigError as exc:
@@ -532,7 +548,7 @@ def _codec_name(data: Mapping[str, Any], section: str) -> str:
         return raw
     if isinstance(raw, Mapping) and "name" in raw:
         return raw["name"]
-    return "identity" if section == "downlink" else CodecConfig.name
+    return DOWNLINK_DEFAULT[0] if section == "downlink" else CodecConfig.name
 
 
 def _drop_options(data: dict[str, Any], section: str) -> None:

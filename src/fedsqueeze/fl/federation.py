@@ -34,7 +34,7 @@ from .network import sim_columns
 from .report import eval_columns
 from .robust import aggregate, merge_screens, screen_replies
 from .seeding import derive_seed, sample_clients
-from .server import Downlink, ServerMomentum, apply_update, weighted_mean
+from .server import Downlink, ServerMomentum, apply_update, downlink_codec, weighted_mean
 from .workload import Workload
 
 __all__ = ["Federation", "RoundPlan", "check_same_config", "trains_head"]
@@ -125,8 +125,9 @@ class Federation:
         self.lora, self.head = workload.initial_params()
         self.momentum = ServerMomentum(config.fl.server_momentum)
         self.codec_options = (codec if codec is not None else config.codec.build()).options()
+        down = downlink_codec(config, workload.lora_spec, self.log)
         self.downlink = Downlink(
-            config.downlink.build(), workload.lora_spec, workload.head_spec, self.lora, self.n, self.head,
+            down, workload.lora_spec, workload.head_spec, self.lora, self.n, self.head,
             window=config.fl.downlink_window,
         )
         self.ledger = TrafficLedger()

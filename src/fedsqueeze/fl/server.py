@@ -37,7 +37,7 @@ from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
 from .client import encode_dense
 
-__all__ = ["Delivery", "Downlink", "apply_update", "state_sha256", "weighted_mean"]
+__all__ = ["Delivery", "Downlink", "apply_update", "downlink_codec", "state_sha256", "weighted_mean"]
 
 
 def state_sha256(flat: torch.Tensor) -> str:
@@ -257,6 +257,32 @@ class Downlink:
             self.head_last = state["head_last"].clone()
         if self.codec is not None and state.get("codec_state") is not None:
             self.codec.load_state_dict(state["codec_state"])
+
+
+def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
+    """The codec of ``config.downlink`` for a LoRA of ``spec``; ``None`` for the dense protocol.
+
+    A budget codec whose frame cannot hold its own header at this ``d`` (a miniature model at a low rate)
+    cannot carry the broadcast. The default downlink then falls back to the dense fp32 broadcast, and says
+    so in the log (the summary's ``downlink_protocol`` records it); a downlink the config names explicitly
+    is a :class:`~fedsqueeze.ConfigError` instead.
+    """
+    from .config import default_codec
+
+    codec = config.downlink.build()
+    if codec.name == "identity" or spec.numel == 0:
+        return codec
+    try:  # a fresh instance: encoding must not touch the state of the codec the run uses
+        config.downlink.build().encode_with_spec(torch.zeros(spec.numel), spec, seed=0)
+    except ConfigError as exc:
+        if config.downlink != default_codec("downlink"):
+            raise ConfigError(f"downlink: {exc}") from None
+        logger.warning(
+            "the default downlink (%s, %s) cannot code this LoRA (d = %d): the broadcast is dense fp32",
+            codec.name, config.downlink.options, spec.numel,
+        )  # fmt: skip
+        return None
+    return codec
 
 
 class ServerMomentum:
