@@ -137,6 +137,45 @@ def test_budget_downlink_cuts_bytes_and_training_progresses():
     assert losses[-1] < stock_losses[0] - 0.5 * (stock_losses[0] - stock_losses[-1])  # at least half the way
 
 
+def test_replies_are_rebuilt_on_the_global_state_not_on_the_lagging_broadcast():
+    # θ_i = θ_global − û_i, with û_i = θ̃ − θ_local_i (what the node trained from θ̃): FedAvg then aggregates
+    # θ_global − ū, as the engine does, and what the downlink frame dropped (θ_global − θ̃) is kept.
+    # Node 104 has no compress_mod: its plain reply is moved onto θ_global the same way.
+    strategy = Compressed(qs.fedavg(N), codec="identity", downlink="wf_ecq", downlink_options={"rate": 0.5})
+    ctx = contexts()
+    arrays, _ = strategy.aggregate_train(1, send(app(), configure(strategy, 1, qs.initial_arrays()), ctx))
+    got: dict[int, tuple] = {}
+
+    def spy(msg, c, call_next):
+        reply = call_next(msg, c)
+        got[msg.metadata.dst_node_id] = (
+            msg.content["arrays"],
+            reply.content["arrays"],
+            reply.content["metrics"],
+        )
+        return reply
+
+    msgs = configure(strategy, 2, arrays)
+    with_mod = qs.client_app([downlink_mod(), compress_mod(), spy])
+    plain = qs.client_app([downlink_mod(), spy])
+    replies = [
+        (plain if m.metadata.dst_node_id == 104 else with_mod)(m, ctx[m.metadata.dst_node_id]) for m in msgs
+    ]
+    agg, metrics = strategy.aggregate_train(2, replies)
+    assert metrics["fedsqueeze_plain_replies"] == 1 and metrics["fedsqueeze_compressed_replies"] == N - 1
+    lag = max(float(np.max(np.abs(got[101][0][k].numpy() - arrays[k].numpy()))) for k in FLOATS)
+    assert lag > 1e-4  # θ̃ really lags θ_global at this rate: the test can tell the two bases apart
+    weights = {n: float(m["num-examples"]) for n, (_, _, m) in got.items()}
+    total = sum(weights.values())
+    for k in FLOATS:
+        base = arrays[k].numpy().astype(np.float64)
+        parts = [
+            weights[n] * (base - theta[k].numpy() + local[k].numpy()) for n, (theta, local, _) in got.items()
+        ]
+        want = sum(parts) / total
+        assert float(np.max(np.abs(agg[k].numpy() - want))) < 1e-6, k
+
+
 def test_downlink_bytes_are_the_bytes_sent():
     strategy = Compressed(qs.fedavg(N), codec="identity", **BUDGET)
     ctx, arrays = contexts(), qs.initial_arrays()
@@ -336,3 +375,23 @@ def test_simulation_runtime_with_a_compressed_downlink(monkeypatch):
         assert m["fedsqueeze_downlink_bytes"] < 0.10 * m["fedsqueeze_dense_downlink_bytes"]
     assert [set(rb.delivery.values()) for rb in strategy.history] == [{-1}, {1}, {1}]
     assert sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]  # evaluate went through, dense
+
+
+def test_with_client_side_dp_clipping():
+    # downlink_mod first, then compress_mod, then Flower's clipping mod; Compressed outermost on the server
+    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    def dp():
+        return DifferentialPrivacyClientSideFixedClipping(
+            qs.fedavg(N), noise_multiplier=0.0, clipping_norm=0.05, num_sampled_clients=N
+        )
+
+    dense = Compressed(dp(), codec="identity")
+    want = run_rounds(dense, 2, application=qs.client_app([compress_mod(), fixedclipping_mod]))
+    strategy = Compressed(dp(), codec="identity", downlink="identity")
+    got = run_rounds(
+        strategy, 2, application=qs.client_app([downlink_mod(), compress_mod(), fixedclipping_mod])
+    )
+    for (w, _), (g, _) in zip(want, got, strict=True):
+        assert_close(g, w)

@@ -32,6 +32,7 @@ from .frames import (
     codec_config,
     content_bytes,
     float_keys,
+    is_float,
     make_codec,
     read_frame_reply,
     spec_of,
@@ -110,7 +111,9 @@ class Compressed(Strategy):
 
     With ``downlink`` the train messages go out compressed too, per node: the delta frames of the broadcast
     state ``θ̃`` that node missed, or the dense ``θ̃`` (the protocol of :class:`fedsqueeze.fl.server.Downlink`,
-    ``docs/downlink.md``). The clients train from ``θ̃``, and the replies are decoded against it. The
+    ``docs/downlink.md``). The clients train from ``θ̃`` and their frames hold ``û_i ≈ θ̃ − θ_local``; the
+    wrapped strategy receives ``θ_global − û_i`` (as the engine applies ``θ ← θ − ū``), so it sees each
+    client's own update and what the downlink frame dropped stays in ``θ_global`` for later rounds. The
     ClientApp then needs :func:`~fedsqueeze.flower.downlink_mod` before ``compress_mod``.
 
     Parameters
@@ -186,6 +189,7 @@ class Compressed(Strategy):
         self._down: dict[int, dict[int, int]] = {}
         self._dense_down: dict[int, dict[int, int]] = {}
         self._delivery: dict[int, dict[int, int]] = {}
+        self._as_sent: dict[int, tuple[ArrayRecord, ArrayRecord]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -267,6 +271,10 @@ class Compressed(Strategy):
         seed = derive_seed(0, server_round, -1, "downlink")
         as_sent, per_node = self.sender.deliver(server_round, record, nodes, seed=seed)
         (key,) = [k for k, r in ours[0].content.items() if r is record]
+        # The nodes train from θ̃ (as_sent); their frames decode against the same spec as θ_global's, and the
+        # replies are rebuilt on θ_global (sent[node] stays `record`): θ_i = θ_global − û_i, so the wrapped
+        # strategy sees each client's own update and what the downlink frame dropped stays in θ_global.
+        self._as_sent = {server_round: (as_sent, record)}
         delivery: dict[int, int] = {}
         for msg in ours:
             node = msg.metadata.dst_node_id
@@ -277,7 +285,6 @@ class Compressed(Strategy):
                 content[name] = arrays if name == key else value
             content[DOWN_META_KEY] = meta
             msg.content = content
-            sent[node] = as_sent  # what the node rebuilds (and trains from): θ̃ in the sent dtypes
             down[node] = arrays.count_bytes() + meta.count_bytes()
             delivery[node] = int(meta["frames"])
         return delivery
@@ -297,6 +304,7 @@ class Compressed(Strategy):
             delivery=self._delivery.pop(server_round, {}),
         )
         replies = list(replies)
+        rebase = self._as_sent.pop(server_round, None)
         cache: dict[tuple[int, str], np.ndarray] = {}
         kept: list[Message] = []
         for reply in replies:
@@ -310,6 +318,9 @@ class Compressed(Strategy):
                 if framed is None:
                     rb.plain.append(node)
                     rb.dense[node] = rb.uplink[node]
+                    if rebase is not None and node in rb.delivery and len(content.array_records) == 1:
+                        key, local = next(iter(content.array_records.items()))
+                        content[key] = _rebase(local, *rebase)  # trained from θ̃: onto θ_global
                     kept.append(reply)
                     continue
                 record = _rebuild(framed, sent.get(node), cache)
@@ -388,6 +399,22 @@ def _with_codec(content: RecordDict, extra: dict[str, str | int]) -> RecordDict:
     return out
 
 
+def _rebase(local: ArrayRecord, as_sent: ArrayRecord, base: ArrayRecord) -> ArrayRecord:
+    """A plain reply of a node that trained from ``as_sent`` (θ̃), moved onto ``base`` (θ_global):
+    ``θ_local + (θ_global − θ̃)`` for the float arrays of the state; the other arrays unchanged."""
+    out: dict[str, Array] = {}
+    for key, arr in local.items():
+        sent, glob = as_sent.get(key), base.get(key)
+        same = sent is None or glob is None or sent is glob or not is_float(arr) or not is_float(sent)
+        if same or tuple(arr.shape) != tuple(sent.shape):
+            out[key] = arr
+            continue
+        shift = np.asarray(glob.numpy(), dtype=np.float64) - np.asarray(sent.numpy(), dtype=np.float64)
+        value = np.asarray(np.asarray(arr.numpy(), dtype=np.float64) + shift)  # 0-d arithmetic gives a scalar
+        out[key] = Array(value.astype(np.dtype(arr.dtype)))
+    return ArrayRecord(out)
+
+
 def _rebuild(
     framed: FrameReply, sent: ArrayRecord | None, cache: dict[tuple[int, str], np.ndarray]
 ) -> ArrayRecord:
@@ -411,7 +438,7 @@ def _rebuild(
             if (id(sent), key) not in cache:
                 cache[(id(sent), key)] = np.asarray(arr.numpy(), dtype=np.float64)
             value = cache[(id(sent), key)] - decoded[key].numpy().astype(np.float64)
-            out[key] = Array(value.astype(np.dtype(arr.dtype)))
+            out[key] = Array(np.asarray(value).astype(np.dtype(arr.dtype)))  # 0-d arithmetic gives a scalar
         elif key in framed.others:
             out[key] = framed.others[key]
     for key, arr in framed.others.items():
