@@ -64,9 +64,19 @@ def test_the_head_is_empty_and_the_model_a_causal_lm(wl):
     assert wl.head_spec.numel == 0 and wl.head_spec.names == ()
     assert wl.lora_spec.numel > 0 and all(".lora_A." in n or ".lora_B." in n for n in wl.lora_spec.names)
     assert wl.metric_name == "accuracy" and wl.info["classifier"] == "verbalizer"
-    assert wl.model.config.architectures is None or "CausalLM" in wl.model.config.architectures[0]
     assert type(wl.model.base_model.model).__name__ == "LlamaForCausalLM"
     assert wl.initial_params()[1] == {}
+
+
+def test_bbc_news_has_five_label_words_in_its_label_order():
+    w = build_workload(
+        MODEL, DataConfig(dataset="bbc_news", num_clients=2, max_train_examples=10, test_examples=6), seed=0
+    )
+    tok = load_tokenizer("tiny-llama")
+    assert [tok.decode([int(i)]) for i in w.task.label_ids] == list(VERBALIZERS["bbc_news"].words)
+    assert w.head_spec.numel == 0 and w.task.num_classes == 5
+    assert all(len(x) <= MODEL.max_length for x in w.task.test_ids)
+    assert 0.0 <= w.evaluate(*w.initial_params())["accuracy"] <= 1.0
 
 
 def _hand_eval(wl, lora):
