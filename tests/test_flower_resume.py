@@ -3,6 +3,7 @@ state dirs the result equals the uninterrupted job bit for bit (rows without tim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -174,3 +175,49 @@ def test_resume_refusals_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="past fl.rounds = 1"):
         run_rounds(Grid(fewer, 4), fewer, tmp_path / "flower")
     assert FlowerSettings.from_run_config(resume.to_run_config()).resume is True
+
+
+@pytest.mark.slow
+def test_deployment_serverapp_killed_mid_round_resumes_bit_identically(tmp_path):
+    import subprocess
+    import time
+
+    from support.deployment import Stack, sent_log
+
+    cfg = make_config(n=2, k=2, rounds=3)
+    settings = FlowerSettings(
+        cfg, workload="test_flower_support:dying_toy", round_timeout=60, out_dir=str(tmp_path / "out")
+    )
+    marker = tmp_path / "died"  # the ServerApp SIGKILLs itself in round 2, after the nodes trained
+    stack = Stack(tmp_path, 2, link_env={"FSQ_TEST_DIE_MARKER": str(marker), "FSQ_TEST_DIE_AT_EVAL": "2"})
+    try:
+        first = subprocess.Popen(
+            stack.flwr_command(settings), env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 200
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert marker.exists(), "the ServerApp never reached round 2"
+        try:
+            first.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # the CLI may wait on a run whose ServerApp is gone
+            first.kill()
+            first.wait()
+        assert load_checkpoint(tmp_path / "out")["round"] == 1
+        assert not (tmp_path / "out" / "summary.json").exists()
+        res = stack.flwr_run(dataclasses.replace(settings, resume=True), timeout=300)
+        assert (tmp_path / "out" / "summary.json").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
+    finally:
+        stack.close()
+    for p in (0, 1):  # round 2 ran twice on each node, from the same saved state, with the same bytes
+        sent = sent_log(tmp_path, p)
+        assert [s["server-round"] for s in sent] == [1, 2, 2, 3]
+        assert len({s["job-id"] for s in sent}) == 1 and sent[1]["run_id"] != sent[2]["run_id"]
+        assert sent[1]["lora-sha256"] == sent[2]["lora-sha256"] and sent[2]["state-from"] == "file"
+    # equal to the uninterrupted job (in-process, with node state dirs)
+    whole = tmp_path / "whole"
+    plain = FlowerSettings(cfg, workload="test_flower_support:dying_toy", round_timeout=60)
+    run_rounds(Grid(plain, 2, tmp_path / "nodes-whole"), plain, whole)
+    assert strip_times(rows(whole)) == strip_times(rows(tmp_path / "out"))
+    a, b = final(whole), final(tmp_path / "out")
+    assert all(torch.equal(a[k], b[k]) for k in a)
