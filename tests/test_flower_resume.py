@@ -49,8 +49,9 @@ class Grid(FakeGrid):
         msgs = list(msgs)
         out = list(super().send_and_receive(msgs, timeout=timeout))
         train = [m for m in msgs if m.metadata.message_type == "train"]
-        for m, rep in zip(train, [x for x in out if x.metadata.message_type == "train"], strict=False):
-            req = m.content.config_records["round"]
+        replies = {x.metadata.src_node_id: x for x in out if x.metadata.message_type == "train"}
+        for m in train:
+            req, rep = m.content.config_records["round"], replies[m.metadata.dst_node_id]
             meta = rep.content.config_records.get("meta") if not rep.has_error() else None
             self.log.append(
                 {
@@ -221,3 +222,44 @@ def test_deployment_serverapp_killed_mid_round_resumes_bit_identically(tmp_path)
     assert strip_times(rows(whole)) == strip_times(rows(tmp_path / "out"))
     a, b = final(whole), final(tmp_path / "out")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nodes_without_a_state_dir_use_the_run_configs_node_state_dir(tmp_path):
+    cfg = make_config(n=4, k=2, rounds=3)
+    settings = FlowerSettings(cfg, round_timeout=5, node_state_dir=str(tmp_path / "nodes"))
+    run_rounds(Grid(settings, 4), settings, tmp_path / "whole")  # no state-dir in any node config
+    assert sorted(d.name for d in (tmp_path / "nodes").iterdir()) == ["p0", "p1", "p2", "p3"]
+    cut = FlowerSettings(cfg, round_timeout=5, node_state_dir=str(tmp_path / "nodes-cut"))
+    with pytest.raises(ServerKilledError):
+        run_rounds(Grid(cut, 4, kill_round=2), cut, tmp_path / "cut")
+    grid = Grid(cut, 4, run_id=8)
+    run_rounds(grid, dataclasses.replace(cut, resume=True), tmp_path / "cut")
+    assert "file" in [d["from"] for d in grid.log]
+    assert strip_times(rows(tmp_path / "whole")) == strip_times(rows(tmp_path / "cut"))
+
+
+def test_simulate_gives_the_nodes_a_state_dir_under_out_and_checks_out_first(tmp_path, monkeypatch):
+    import flwr.simulation
+
+    from fedsqueeze.flower.settings import RUN_CONFIG_ENV
+    from fedsqueeze.flower.simulate import simulate
+
+    seen = {}
+
+    def fake_run_simulation(**kwargs):
+        import os
+
+        seen.update(json.loads(os.environ[RUN_CONFIG_ENV]))
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "summary.json").write_text("{}")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
+    monkeypatch.delenv(RUN_CONFIG_ENV, raising=False)
+    settings = FlowerSettings(make_config(), out_dir=str(tmp_path / "out"))
+    assert simulate(settings) == {}
+    assert seen["node-state-dir"] == str((tmp_path / "out" / "nodes").resolve()) and seen["resume"] is False
+    (tmp_path / "out" / "checkpoint").mkdir()
+    with pytest.raises(ConfigError, match="pass --resume"):
+        simulate(settings)
+    with pytest.raises(ConfigError, match="no run to continue"):
+        simulate(dataclasses.replace(settings, resume=True, out_dir=str(tmp_path / "missing")))
