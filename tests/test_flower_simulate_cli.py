@@ -1,4 +1,5 @@
-"""`fedsqueeze flower simulate`: refuses a used --out, prints the lines of `run`, drops library noise."""
+"""`fedsqueeze flower simulate`: refuses a used --out without --resume (and --resume without one), prints the
+lines of `run`, drops library noise."""
 
 from __future__ import annotations
 
@@ -29,8 +30,20 @@ def test_simulate_refuses_an_out_that_holds_a_run(tmp_path, capsys, marker):
     (out / marker).mkdir() if marker == "checkpoint" else (out / marker).write_text("{}")
     assert cli_main(["flower", "simulate", "smoke", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    want = f"{out.resolve()} already holds a run; choose another --out (Flower runs do not resume)"
+    want = f"{out.resolve()} already holds a run; pass --resume to continue it or choose another --out"
     assert err == f"fedsqueeze: error: {want}"
+
+
+def test_simulate_resume_needs_an_existing_out(tmp_path, capsys):
+    out = tmp_path / "nothing-here"
+    assert cli_main(["flower", "simulate", "smoke", "--out", str(out), "--resume"]) == 2
+    want = f"--resume: {out.resolve()} does not exist, so there is no run to continue; "
+    want += "drop --resume to start one"
+    assert capsys.readouterr().err.strip() == f"fedsqueeze: error: {want}"
+    assert cli_main(["flower", "simulate", "smoke", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fedsqueeze: error: --resume needs --out DIR (the run to continue)"
+    assert not out.exists()
 
 
 @pytest.mark.usefixtures("task_identity")

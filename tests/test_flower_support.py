@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,5 +22,27 @@ class _HangingToy(ToyWorkload):
 def hanging_toy(config):
     """Like ``model.name = "toy"`` (same data and init), but hangs in training where the env says so."""
     return _HangingToy(
+        config.data.num_clients, rank=config.model.lora_r, alpha=config.data.alpha, seed=config.fl.seed
+    )
+
+
+class _DyingToy(ToyWorkload):
+    """Kills its own process (SIGKILL) in the ``FSQ_TEST_DIE_AT_EVAL``-th evaluation, once: a ServerApp
+    that dies after the nodes trained that round, before it checkpoints it (``FSQ_TEST_DIE_MARKER``)."""
+
+    evaluations = 0
+
+    def evaluate(self, lora, head):  # type: ignore[override]
+        marker, at = os.environ.get("FSQ_TEST_DIE_MARKER"), os.environ.get("FSQ_TEST_DIE_AT_EVAL")
+        _DyingToy.evaluations += 1
+        if marker and at and not Path(marker).exists() and _DyingToy.evaluations == int(at):
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().evaluate(lora, head)
+
+
+def dying_toy(config):
+    """Like ``model.name = "toy"``, but the process dies in an evaluation where the env says so."""
+    return _DyingToy(
         config.data.num_clients, rank=config.model.lora_r, alpha=config.data.alpha, seed=config.fl.seed
     )

@@ -5,6 +5,7 @@ unwrapped ``FedAvg``). Both runs measure every train reply the same way, on the 
 its ArrayRecords and ConfigRecords (Flower's ``count_bytes``; the MetricRecords are the same in both runs).
 
     python examples/quickstart-pytorch/run.py
+    python examples/quickstart-pytorch/run.py --downlink wf_ecq --downlink-rate 1.0  # + compressed downlink
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import ServerApp  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
+from fedsqueeze.flower import compress_mod, downlink_mod  # noqa: E402
 from fedsqueeze.flower.simulate import quiet_simulation  # noqa: E402
 
 NUM_NODES = 4
@@ -83,8 +85,8 @@ def simulate(client: ClientApp, make_strategy: Any) -> dict[str, Any]:
     return out
 
 
-def stock_client() -> ClientApp:
-    app = ClientApp()  # the same handlers, no mod
+def stock_client(mods: list[Any] | None = None) -> ClientApp:
+    app = ClientApp(mods=mods or [])  # the same handlers, no mod (or the given ones)
     app.train()(client_app.train)
     app.evaluate()(client_app.evaluate)
     return app
@@ -93,13 +95,23 @@ def stock_client() -> ClientApp:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", action="store_true", help="show Flower's INFO log")
+    parser.add_argument("--downlink", metavar="CODEC", help="compress the train messages too (e.g. wf_ecq)")
+    parser.add_argument("--downlink-rate", type=float, default=None, metavar="BITS",
+                        help="the downlink codec's rate in bits per parameter, e.g. 1.0")  # fmt: skip
     args = parser.parse_args()
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     print(f"stock Flower: {NUM_NODES} SuperNodes, {server_app.NUM_ROUNDS} rounds ...", flush=True)
     stock = simulate(stock_client(), lambda: server_app.make_strategy().strategy)
-    print("with fedsqueeze (compress_mod + Compressed, codec flm_topk) ...", flush=True)
-    ours = simulate(client_app.app, server_app.make_strategy)
+    if args.downlink is None:
+        print("with fedsqueeze (compress_mod + Compressed, codec flm_topk) ...", flush=True)
+        ours = simulate(client_app.app, server_app.make_strategy)
+    else:
+        opts = {} if args.downlink_rate is None else {"rate": args.downlink_rate}
+        print(f"with fedsqueeze (downlink_mod + compress_mod + Compressed, codec flm_topk, downlink "
+              f"{args.downlink} {opts}) ...", flush=True)  # fmt: skip
+        ours = simulate(stock_client([downlink_mod(), compress_mod()]),
+                        lambda: server_app.make_strategy(args.downlink, opts))  # fmt: skip
 
     print(f"\n{'round':>5} {'stock uplink B':>15} {'fedsqueeze uplink B':>20} {'ratio':>7} "
           f"{'stock downlink B':>17} {'fedsqueeze downlink B':>22} "

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..flower.settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, default_out_dir
+from ..flower.settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, check_job_out_dir, default_out_dir
 from ..out_paths import check_out_dir
 from .run import add_config_arguments
 
@@ -22,6 +22,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="output folder of the ServerApp (default runs/<time>-<codec>-flower)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the job in --out from its checkpoint; without CONFIG it keeps the run's own config "
+        "when --out is on this machine (--set fl.rounds=N extends it)",
     )
     parser.add_argument(
         "--round-timeout",
@@ -40,19 +46,36 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
+    """The job's settings: CONFIG and ``--set`` (with ``--resume`` and no CONFIG: the config in
+    ``--out``'s checkpoint when it is on this machine, ``--set`` on top), ``--out`` made absolute."""
+    from ..errors import ConfigError
     from ..fl.config import load_config
 
-    config = load_config(args.config, args.overrides)
-    settings = FlowerSettings(config, workload=args.workload, round_timeout=args.round_timeout)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR (the run to continue)")
+    config = _resume_config(args) or load_config(args.config, args.overrides)
+    settings = FlowerSettings(
+        config, workload=args.workload, round_timeout=args.round_timeout, resume=bool(args.resume)
+    )
     out = check_out_dir(args.out) if args.out else default_out_dir(settings)
     # Absolute: the ServerApp may run in another working directory (the SuperLink's).
     return dataclasses.replace(settings, out_dir=str(out.resolve()))
 
 
-def refuse_existing_run(out: Path) -> None:
-    """Refuse an ``--out`` that already holds a run, as ``fedsqueeze run`` does (Flower runs do not resume,
-    so the run would silently replace the earlier results)."""
-    from ..errors import ConfigError
+def _resume_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``--resume --out DIR`` without CONFIG: the checkpoint's config, ``--set`` on top (else ``None``)."""
+    if not args.resume or args.config is not None or not args.out:
+        return None
+    from ..fl.checkpoint import load_checkpoint
+    from ..fl.config import RunConfig, apply_overrides
 
-    if any((out / name).exists() for name in RUN_FILES):
-        raise ConfigError(f"{out} already holds a run; choose another --out (Flower runs do not resume)")
+    state = load_checkpoint(Path(args.out)) if Path(args.out).is_dir() else None
+    if state is None or not isinstance(state.get("config"), dict):
+        return None  # nothing here to continue (or it is on the SuperLink's machine): CONFIG decides
+    return RunConfig.from_dict(apply_overrides(dict(state["config"]), args.overrides))
+
+
+def refuse_existing_run(out: Path, resume: bool = False) -> None:
+    """As ``fedsqueeze run``: refuse ``--resume`` without ``out``, and an ``out`` that already holds a run
+    (any of :data:`RUN_FILES`) without ``--resume`` (it would silently replace the earlier results)."""
+    check_job_out_dir(out, resume, RUN_FILES)

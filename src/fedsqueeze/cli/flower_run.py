@@ -2,8 +2,11 @@
 
 Writes a small Flower app (pyproject.toml with the resolved config + a two-line shim importing
 fedsqueeze.flower) and calls `flwr run APP CONNECTION --stream`. The ServerApp writes metrics.jsonl and
-summary.json to --out on the SuperLink's machine. Example:
+summary.json (and a checkpoint after every round) to --out on the SuperLink's machine; --resume continues
+that job (give the same CONFIG and --set, unless --out is also on this machine). Example:
   fedsqueeze flower run smoke --superlink 127.0.0.1:9091 --insecure --round-timeout 120 --out /srv/runs/a
+  fedsqueeze flower run smoke --superlink 127.0.0.1:9091 --insecure --round-timeout 120 --out /srv/runs/a \
+      --resume
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 Same job, outputs and numbers as `fedsqueeze run` (same seeds, client step, codec and aggregation), driven by
 a Flower ServerApp/ClientApp pair through flwr.simulation.run_simulation. Needs flwr[simulation]==1.41.0.
-Telemetry, update checks and runtime installs are off. Example:
+Telemetry, update checks and runtime installs are off. A checkpoint is written to --out after every round
+and the nodes keep their state under --out/nodes, so an interrupted job continues bit for bit:
   fedsqueeze flower simulate smoke --set fl.rounds=3 --out runs/flower-smoke
+  fedsqueeze flower simulate --out runs/flower-smoke --resume                    # after an interruption
+  fedsqueeze flower simulate --out runs/flower-smoke --resume --set fl.rounds=5  # or extend it
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     settings = settings_from_args(args)
-    refuse_existing_run(Path(settings.out_dir))
+    refuse_existing_run(Path(settings.out_dir), settings.resume)
     os.environ.update(child_env({RUN_CONFIG_ENV: json.dumps(settings.to_run_config())}))
     from ..flower.simulate import simulate
 

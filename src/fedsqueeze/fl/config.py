@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..keyvalue import NULL, parse_assignment
 from .fields import Range, setting, validate
-from .workload import POSITIVE, DataConfig, LocalTrainConfig, ModelConfig
+from .workload import POSITIVE, DataConfig, LocalTrainConfig, ModelConfig, check_classifier
 
 __all__ = [
     "CodecConfig",
@@ -327,6 +327,7 @@ class RunConfig:
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
+        check_classifier(self.model, self.data)
         if self.fl.clients_per_round > self.data.num_clients:
             raise ConfigError(
                 f"fl.clients_per_round ({self.fl.clients_per_round}) exceeds data.num_clients "

@@ -224,6 +224,11 @@ def run(
     wl = ctx.workload
     fed = _Federation(config, wl, ctx.codec)
     if ckpt is not None:
+        if "flower" in ckpt:
+            raise ConfigError(
+                f"{out} holds a Flower job's checkpoint; continue it with `fedsqueeze flower simulate "
+                "--resume` (or `fedsqueeze flower run --resume`)"
+            )
         fed.load_state_dict(ckpt)
         if fed.done > config.fl.rounds:
             raise ConfigError(

@@ -40,6 +40,21 @@ from .client import encode_dense
 __all__ = ["Delivery", "Downlink", "apply_update", "downlink_codec", "state_sha256", "weighted_mean"]
 
 
+class _ById(dict[int, int]):
+    """Per-client ints for clients known only by id (e.g. Flower node ids): one never seen holds nothing
+    (``-1``: its first delivery is dense). Reading a missing id does not add it."""
+
+    def __missing__(self, key: int) -> int:
+        return -1
+
+
+def _table(values: Any) -> list[int] | _ById:
+    """A copy of a per-client table: a list (clients ``0..n-1``) or a :class:`_ById` (clients by id)."""
+    if isinstance(values, Mapping):
+        return _ById({int(k): int(v) for k, v in values.items()})
+    return [int(v) for v in values]
+
+
 def state_sha256(flat: torch.Tensor) -> str:
     """SHA-256 of a flat state as little-endian fp32 (both ends of the downlink compute it)."""
     return hashlib.sha256(flat.to(torch.float32).numpy().astype("<f4").tobytes()).hexdigest()
@@ -105,14 +120,16 @@ class Downlink:
     lora
         The initial global LoRA, which every client holds before round 1.
     num_clients
-        Clients in the federation (one int of sync state each).
+        Clients in the federation (one int of sync state each), numbered ``0..num_clients-1``, which all hold
+        the initial state. ``None``: clients are arbitrary ids (e.g. Flower node ids) known as they are
+        served, and a client never served holds nothing, so its first delivery is dense.
     head
         The initial head (``None``: zeros), which every client holds before round 1.
     window
         Rounds of delta frames kept for catch-up; a client whose copy is older is resynced densely.
 
     Memory: the broadcast state ``θ̃`` (``d`` floats), the last ``window`` frames, the head and two ints
-    per client; never a ``d``-sized copy per client.
+    per client (per client served, with ``num_clients=None``); never a ``d``-sized copy per client.
     """
 
     def __init__(
@@ -121,7 +138,7 @@ class Downlink:
         lora_spec: UpdateSpec,
         head_spec: UpdateSpec,
         lora: Mapping[str, torch.Tensor],
-        num_clients: int,
+        num_clients: int | None,
         head: Mapping[str, torch.Tensor] | None = None,
         *,
         window: int = 32,
@@ -132,13 +149,14 @@ class Downlink:
         self.codec = None if codec is None or codec.name == "identity" else codec
         self.lora_spec, self.head_spec, self.window = lora_spec, head_spec, int(window)
         self.held = lora_spec.flatten(lora).clone()  # θ̃ (FLASC only)
-        self.last_sync = [0] * num_clients  # round whose θ̃ the client holds; -1: lost, resync densely
+        # round whose θ̃ the client holds; -1: lost (or, by id, never served): resync densely
+        self.last_sync: list[int] | _ById = _ById() if num_clients is None else [0] * num_clients
         self.frames: dict[int, bytes] = {}  # round -> its delta frame, the last `window` rounds only
         self.frame_bytes: list[int] = []  # length of round r's delta frame at index r - 1
         self.dense_lora_bytes = 0 if lora_spec.numel == 0 else HEADER_SIZE + 4 * lora_spec.numel
         # Head versions: 0 is the initial head every client holds; a new version when the head changes.
         self.head_version, self.head_last = 0, head_spec.flatten(head).clone()
-        self.head_held = [0] * num_clients
+        self.head_held: list[int] | _ById = _ById() if num_clients is None else [0] * num_clients
         # What the last broadcast sends each sampled client: (synced round, frames or None for dense, head?)
         self.deliveries: dict[int, Delivery] = {}
         self.last_step: torch.Tensor | None = None  # the last broadcast delta frame, decoded
@@ -238,22 +256,22 @@ class Downlink:
     def state_dict(self) -> dict[str, Any]:
         return {
             "held": self.held.clone(),
-            "last_sync": list(self.last_sync),
+            "last_sync": _table(self.last_sync),
             "frame_bytes": list(self.frame_bytes),
             "frames": {str(r): f for r, f in self.frames.items()},
             "codec_state": None if self.codec is None else self.codec.state_dict(),
             "head_version": self.head_version,
             "head_last": self.head_last.clone(),
-            "head_held": list(self.head_held),
+            "head_held": _table(self.head_held),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.held = state["held"].clone()
-        self.last_sync = list(state["last_sync"])
+        self.last_sync = _table(state["last_sync"])
         self.frame_bytes = list(state["frame_bytes"])
         self.frames = {int(r): bytes(f) for r, f in state.get("frames", {}).items()}
         if "head_version" in state:  # older checkpoints charged the head every round
-            self.head_version, self.head_held = int(state["head_version"]), list(state["head_held"])
+            self.head_version, self.head_held = int(state["head_version"]), _table(state["head_held"])
             self.head_last = state["head_last"].clone()
         if self.codec is not None and state.get("codec_state") is not None:
             self.codec.load_state_dict(state["codec_state"])

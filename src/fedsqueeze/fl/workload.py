@@ -12,17 +12,31 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..data.verbalize import VERBALIZERS
+from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .fields import Range, setting, validate
 
-__all__ = ["HEAD_MODES", "DataConfig", "LocalTrainConfig", "ModelConfig", "Workload", "log_label_prior"]
+__all__ = [
+    "CAUSAL_MODELS",
+    "CLASSIFIERS",
+    "HEAD_MODES",
+    "DataConfig",
+    "LocalTrainConfig",
+    "ModelConfig",
+    "Workload",
+    "check_classifier",
+    "log_label_prior",
+]
 
 MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "toy")  # toy: fl.toy.ToyWorkload (tests)
+CAUSAL_MODELS = ("smollm2-135m", "tiny-llama")  # the causal LMs among MODELS (gsm8k, verbalizers)
 DATASETS = ("rotten_tomatoes", "bbc_news", "gsm8k")
 PARTITIONS = ("iid", "dirichlet")
 POOLINGS = ("auto", "cls", "mean")
 DEVICES = ("cpu", "cuda", "auto")  # classification heads: see fedsqueeze.models.pooling
 HEAD_MODES = ("train", "first_round", "frozen")
+CLASSIFIERS = ("head", "verbalizer")  # verbalizer: fedsqueeze.data.verbalize
 
 
 POSITIVE = Range(0, low_closed=False)  # "> 0"
@@ -58,7 +72,14 @@ class ModelConfig:
         the clients every round and sent densely both ways), ``first_round`` (trained in round 1 only, then
         frozen, the FLM-TopK authors' protocol, so from round 2 on the LoRA update carries all learning) or
         ``frozen`` (never trained: the head keeps its seeded initial values, which every client can make
-        itself, so it is never sent). A frozen head costs no bytes.
+        itself, so it is never sent). A frozen head costs no bytes. Irrelevant for the verbalizer (no head).
+    classifier
+        How a classification dataset is classified: ``head`` (a new linear head on the model, see
+        :attr:`head`) or ``verbalizer`` (a causal LM only: the prompt is the text and a question, the label
+        is the next token among one label word per class, e.g. `` positive`` / `` negative``; see
+        :mod:`fedsqueeze.data.verbalize`). The verbalizer has no trainable tensor outside LoRA, so LoRA
+        carries all the learning and nothing but the LoRA frame is sent; its training loss is the
+        cross-entropy over the label-word logits at the last prompt position.
     """
 
     name: str = setting("minilm", choices=MODELS)
@@ -71,9 +92,15 @@ class ModelConfig:
     pooling: str = setting("auto", choices=POOLINGS)
     device: str = setting("cpu", choices=DEVICES)
     head: str = setting("train", choices=HEAD_MODES)
+    classifier: str = setting("head", choices=CLASSIFIERS)
 
     def __post_init__(self) -> None:
         validate(self, "model")
+        if self.classifier == "verbalizer" and self.name not in CAUSAL_MODELS:
+            raise ConfigError(
+                f"model.classifier = 'verbalizer' needs a causal LM ({' or '.join(CAUSAL_MODELS)}), "
+                f"not {self.name!r}"
+            )
 
     def trains_head(self, r: int) -> bool:
         """Whether the clients of round ``r`` train the head (per :attr:`head`)."""
@@ -156,6 +183,16 @@ class LocalTrainConfig:
 
     def __post_init__(self) -> None:
         validate(self, "train")
+
+
+def check_classifier(model: ModelConfig, data: DataConfig) -> None:
+    """:class:`~fedsqueeze.ConfigError` when ``model.classifier`` does not fit ``data.dataset`` (the rule
+    that spans two sections; ``RunConfig`` and ``build_workload`` both call it)."""
+    if model.classifier == "verbalizer" and data.dataset not in VERBALIZERS:
+        raise ConfigError(
+            f"model.classifier = 'verbalizer' needs a classification dataset ({', '.join(VERBALIZERS)}), "
+            f"not {data.dataset!r}"
+        )
 
 
 def log_label_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

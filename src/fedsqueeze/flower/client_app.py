@@ -13,17 +13,26 @@ train and replies with an error; the server then resyncs it densely the next tim
 Per-client state (the error-feedback residual + codec state, and the downlink copy it holds) survives
 across rounds:
 
-* with ``state-dir`` in the SuperNode's ``--node-config``: in
-  ``STATE_DIR/ef-<config digest>-run<run id>-p<id>.pt`` (atomic writes), so it also survives a SuperNode
-  restart; every payload sent is also logged to ``STATE_DIR/sent.jsonl``;
-* otherwise in ``context.state`` (in memory: lost if the SuperNode restarts; the client then starts again
-  from a zero residual, like a new client).
+* with a state dir (``state-dir`` in the SuperNode's ``--node-config``, else the run config's
+  ``node-state-dir``/``p<id>``, which ``fedsqueeze flower simulate`` sets to ``OUT/nodes``): in
+  ``STATE_DIR/ef-<state digest>-<job id>-p<id>-r<round>.pt`` (atomic writes), one version per round the
+  node trained in, the newest :data:`KEEP_VERSIONS` kept. The job id comes with every train message (the
+  ServerApp draws it when a job starts and keeps it in its checkpoint), so the files survive a SuperNode
+  restart and a resumed job (a new ``flwr run``) finds them, while a new job starts clean. A train message
+  of round ``r`` loads the newest version of a round before ``r``: a round that a resumed job replays
+  (the server stopped after the nodes trained, before it checkpointed) starts from the same state as the
+  first time, so the resumed job equals the uninterrupted one bit for bit. Every payload sent is also
+  logged to ``STATE_DIR/sent.jsonl``;
+* otherwise in ``context.state`` (in memory: lost if the SuperNode restarts and not carried over to a
+  resumed job; the client then starts again from a zero residual, like a new client, and gets the dense
+  state).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,10 +53,12 @@ from .env import apply_offline_env
 from .records import array_bytes, blob_to_state, bytes_array, sha256, state_to_blob
 from .settings import FlowerSettings, make_workload, settings_from_context
 
-__all__ = ["app", "handle_query", "handle_train", "partition_id"]
+__all__ = ["KEEP_VERSIONS", "app", "handle_query", "handle_train", "partition_id", "state_dir"]
 
 log = logging.getLogger("fedsqueeze.flower")
 STATE_KEY = "fedsqueeze-ef"
+KEEP_VERSIONS = 2  # state versions a node keeps: the one a replayed round needs, and the newest
+_JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 
 app = ClientApp()
 
@@ -65,29 +76,56 @@ def handle_query(msg: Message, context: Context) -> Message:
     """Reply with this node's partition id and the digest of the run config it sees."""
     apply_offline_env()
     settings = settings_from_context(context.run_config)
-    info = ConfigRecord({"partition-id": partition_id(context), "digest": settings.digest})
+    pid = partition_id(context)
+    durable = state_dir(context, settings, pid) is not None
+    info = ConfigRecord({"partition-id": pid, "digest": settings.digest, "durable": durable})
     return Message(RecordDict({"node": info}), reply_to=msg)
 
 
-def _state_file(context: Context, settings: FlowerSettings, client: int) -> Path | None:
+def state_dir(context: Context, settings: FlowerSettings, client: int) -> Path | None:
+    """Where this node keeps its state on disk: ``state-dir`` of its node config, else the run config's
+    ``node-state-dir``/``p<client>``; ``None``: in ``context.state`` (memory)."""
     root = context.node_config.get("state-dir")
-    if not root:
-        return None
-    return Path(str(root)) / f"ef-{settings.digest}-run{context.run_id}-p{client}.pt"
+    if root:
+        return Path(str(root))
+    if settings.node_state_dir:
+        return Path(settings.node_state_dir) / f"p{client}"
+    return None
 
 
-def _load_state(context: Context, settings: FlowerSettings, client: int) -> tuple[dict[str, Any] | None, str]:
-    path = _state_file(context, settings, client)
+def _versions(root: Path, stem: str) -> dict[int, Path]:
+    """round -> file of the state versions ``root`` holds for ``stem`` (``ef-<digest>-<job>-p<id>``)."""
+    found = {}
+    for path in root.glob(f"{stem}-r*.pt"):
+        tail = path.name[len(stem) + 2 : -3]
+        if tail.isdigit():
+            found[int(tail)] = path
+    return found
+
+
+def _stem(settings: FlowerSettings, job: str, client: int) -> str:
+    return f"ef-{settings.state_digest}-{job}-p{client}"
+
+
+def _load_state(
+    context: Context, settings: FlowerSettings, client: int, job: str, rnd: int
+) -> tuple[dict[str, Any] | None, str]:
+    """The newest state saved after a round before ``rnd`` (the state this round starts from)."""
+    root = state_dir(context, settings, client)
     blob: bytes | None = None
-    if path is not None and path.is_file():
-        blob, where = path.read_bytes(), "file"
+    if root is not None:
+        older = {r: p for r, p in _versions(root, _stem(settings, job, client)).items() if r < rnd}
+        if older:
+            blob, where = older[max(older)].read_bytes(), "file"
     elif STATE_KEY in context.state.array_records:
         blob, where = array_bytes(context.state.array_records[STATE_KEY], "state"), "context"
     if blob is None:
         return None, "fresh"
     state = blob_to_state(blob)
-    if state.get("digest") != settings.digest or state.get("client") != client:
-        return None, "fresh"  # another run's or another partition's state: start clean
+    key = (state.get("digest"), state.get("client"), state.get("job"))
+    same = key == (settings.state_digest, client, job)
+    if not same or int(state.get("round", 0)) >= rnd:
+        return None, "fresh"  # another job's or another partition's state (or a later one): start clean
     return state, where
 
 
@@ -133,23 +171,37 @@ def _flat(frame: bytes, spec: UpdateSpec) -> torch.Tensor:
 
 
 def _save_state(
-    context: Context, settings: FlowerSettings, client: int, ef: ErrorFeedback, rnd: int, held: dict[str, Any]
+    context: Context,
+    settings: FlowerSettings,
+    client: int,
+    job: str,
+    ef: ErrorFeedback,
+    rnd: int,
+    held: dict[str, Any],
 ) -> None:
-    state = {"digest": settings.digest, "client": client, "round": rnd, "ef": ef.state_dict(), **held}
+    """Save the state after round ``rnd`` as a new version; keep the newest :data:`KEEP_VERSIONS`."""
+    state = {
+        "digest": settings.state_digest, "client": client, "job": job, "round": rnd, "ef": ef.state_dict(),
+        **held,
+    }  # fmt: skip
     blob = state_to_blob(state)
-    path = _state_file(context, settings, client)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
-    else:
+    root = state_dir(context, settings, client)
+    if root is None:
         context.state.array_records[STATE_KEY] = ArrayRecord({"state": bytes_array(blob)})
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    stem = _stem(settings, job, client)
+    atomic_write(root / f"{stem}-r{rnd}.pt", lambda tmp: Path(tmp).write_bytes(blob))
+    versions = _versions(root, stem)
+    for r in sorted(versions)[:-KEEP_VERSIONS]:
+        versions[r].unlink(missing_ok=True)
 
 
-def _log_sent(context: Context, row: dict[str, Any]) -> None:
+def _log_sent(context: Context, settings: FlowerSettings, client: int, row: dict[str, Any]) -> None:
     log.info("sent %s", row)
-    root = context.node_config.get("state-dir")
-    if root:
-        path = Path(str(root)) / "sent.jsonl"
+    root = state_dir(context, settings, client)
+    if root is not None:
+        path = root / "sent.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -167,13 +219,15 @@ def handle_train(msg: Message, context: Context) -> Message:
     req = msg.content.config_records["round"]
     if req["digest"] != settings.digest:
         raise ConfigError("the server's run config differs from this node's (config digest mismatch)")
-    client, rnd = int(req["client"]), int(req["server-round"])
+    client, rnd, job = int(req["client"]), int(req["server-round"]), str(req.get("job-id", ""))
+    if not _JOB_ID.fullmatch(job):
+        raise ConfigError(f"the train message has no valid job-id (got {job!r}); is the server older?")
     if client != partition_id(context):
         raise ConfigError(f"asked to train client {client} on the node of partition {partition_id(context)}")
     cfg = settings.config
     wl = make_workload(settings)
     glob = msg.content.array_records["global"]
-    state, state_from = _load_state(context, settings, client)
+    state, state_from = _load_state(context, settings, client, job, rnd)
     held = None if state is None else state.get("held")
     try:
         lora_flat, head_flat, reference = _rebuild(glob, req, wl, held)
@@ -195,7 +249,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     )  # fmt: skip
     version = int(req["head-version"])
     copy = {"round": rnd, "lora": lora_flat.clone(), "head": head_flat.clone(), "head_version": version}
-    _save_state(context, settings, client, ef, rnd, {"held": copy})
+    _save_state(context, settings, client, job, ef, rnd, {"held": copy})
 
     meta = {
         "client": client,
@@ -214,7 +268,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     }
     if rep.rel_error is not None:
         metrics["rel-error"] = rep.rel_error
-    _log_sent(context, {"run_id": context.run_id, **meta})
+    _log_sent(context, settings, client, {"run_id": context.run_id, "job-id": job, **meta})
     content = RecordDict(
         {
             "payload": ArrayRecord(

@@ -1,4 +1,5 @@
-"""``compress_mod``: a Flower client mod that compresses any ClientApp's ``train`` reply with a codec.
+"""``compress_mod``: a Flower client mod that compresses any ClientApp's ``train`` reply with a codec, and
+``downlink_mod``: one that rebuilds the dense train arrays from a compressed downlink delivery.
 
 Add it to a stock ClientApp (``ClientApp(mods=[compress_mod()])``) and wrap the server's strategy with
 :class:`~fedsqueeze.flower.strategy.Compressed`, which names the codec in the train config and decodes the
@@ -6,7 +7,9 @@ replies. The reply layout is in :mod:`.frames`; the design and its caveats in ``
 
 Per-node error-feedback state (residual + codec state) lives in ``context.state`` under ``"fedsqueeze.ef"``:
 it survives across rounds for as long as the SuperNode keeps the run's Context, and a restarted SuperNode
-starts again from a zero residual.
+starts again from a zero residual. ``downlink_mod`` keeps this node's copy of the broadcast state ``θ̃``
+there too, under ``"fedsqueeze.downlink"``; a node that lost it is resynced densely
+(``docs/flower-dropin.md``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..codecs import Codec, ErrorFeedback
 from ..errors import ConfigError, FedsqueezeError
 from ..fl.seeding import derive_seed
 from ..spec import UpdateSpec
+from .downlink import DOWN_META_KEY, rebuild
 from .frames import (
     FRAME_KEY,
     META_KEY,
@@ -39,11 +43,25 @@ from .frames import (
 )
 from .records import array_bytes, blob_to_state, bytes_array, state_to_blob
 
-__all__ = ["EF_STATE_KEY", "NO_CODEC", "compress_mod", "load_ef_state"]
+__all__ = [
+    "DOWNLINK_STATE_KEY",
+    "EF_STATE_KEY",
+    "NEEDS_DOWNLINK_MOD",
+    "NO_CODEC",
+    "compress_mod",
+    "downlink_mod",
+    "load_downlink_state",
+    "load_ef_state",
+]
 
 log = logging.getLogger("fedsqueeze.flower")
 
 EF_STATE_KEY = "fedsqueeze.ef"
+DOWNLINK_STATE_KEY = "fedsqueeze.downlink"
+NEEDS_DOWNLINK_MOD = (
+    "compress_mod: this train message carries a compressed downlink (fedsqueeze.downlink): add "
+    "fedsqueeze.flower.downlink_mod() before compress_mod: ClientApp(mods=[downlink_mod(), compress_mod()])"
+)
 NO_CODEC = (
     "compress_mod has no codec: wrap the ServerApp's strategy with fedsqueeze.flower.Compressed(strategy, "
     "codec=...) or pass compress_mod(codec=...)"
@@ -95,6 +113,8 @@ def compress_mod(codec: str | None = None, *, error_feedback: bool = True, **opt
     def compress(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN:
             return call_next(msg, context)
+        if DOWN_META_KEY in msg.content.config_records:  # no downlink_mod before: the arrays are frames
+            return _error(msg, NEEDS_DOWNLINK_MOD)
         try:
             asked = read_codec_config(msg.content)
         except FedsqueezeError as exc:
@@ -119,6 +139,64 @@ def compress_mod(codec: str | None = None, *, error_feedback: bool = True, **opt
 
     compress.__name__ = compress.__qualname__ = "compress_mod"
     return compress
+
+
+def downlink_mod() -> Mod:
+    """A Flower ``Mod`` that turns a compressed downlink delivery back into the dense train arrays.
+
+    On a ``train`` message sent by ``Compressed(..., downlink=...)`` it rebuilds the broadcast state ``θ̃``:
+    from the dense frame, or from the copy this node kept in ``context.state`` plus the delta frames it
+    missed (the server's own float32 additions, so the copy equals the server's ``θ̃`` bit for bit). It
+    checks the SHA-256 the server sent, puts the dense arrays in the message's ArrayRecord (original keys,
+    dtypes and order; the arrays that travelled unchanged stay), removes the downlink record, keeps the new
+    copy and calls the app. Other messages, and train messages without a compressed downlink, pass through.
+
+    If the delivery cannot be applied (this node lost its copy, a frame is corrupt, the hash differs) it
+    replies with a Flower error (``ErrorCode.MOD_FAILED_PRECONDITION``) and does not call the app; the
+    server then sends this node the dense state the next time it samples it.
+
+    Returns
+    -------
+    Mod
+        ``(msg, context, call_next) -> Message``. Put it *before* :func:`compress_mod`:
+        ``ClientApp(mods=[downlink_mod(), compress_mod()])``.
+    """
+
+    def downlink(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN:
+            return call_next(msg, context)
+        if DOWN_META_KEY not in msg.content.config_records:
+            return call_next(msg, context)
+        try:
+            held = load_downlink_state(context)
+        except (FedsqueezeError, RuntimeError, OSError, EOFError) as exc:  # unreadable: as good as lost
+            log.warning("downlink_mod: the held downlink state is unreadable (%s)", exc)
+            held = None
+        try:
+            key, record, copy = rebuild(msg.content, held)
+        except FedsqueezeError as exc:
+            return _error(msg, f"downlink_mod: {exc}")
+        content = RecordDict()
+        for name, value in msg.content.items():
+            if name != DOWN_META_KEY:
+                content[name] = record if name == key else value
+        msg.content = content
+        context.state[DOWNLINK_STATE_KEY] = ArrayRecord({"state": bytes_array(state_to_blob(copy))})
+        log.info("downlink_mod: round %s, state of %d values rebuilt and verified",
+                 copy["round"], int(copy["theta"].numel()))  # fmt: skip
+        return call_next(msg, context)
+
+    downlink.__name__ = downlink.__qualname__ = "downlink_mod"
+    return downlink
+
+
+def load_downlink_state(context: Context) -> dict[str, Any] | None:
+    """The copy of the broadcast state :func:`downlink_mod` keeps in ``context.state`` (``None``: none).
+
+    Keys: ``round``, ``theta`` (float32, flat), ``layout`` (JSON) and ``layout-digest``.
+    """
+    record = context.state.array_records.get(DOWNLINK_STATE_KEY)
+    return None if record is None else blob_to_state(array_bytes(record, "state"))
 
 
 def _train(

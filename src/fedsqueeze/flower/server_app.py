@@ -11,11 +11,24 @@ that errs or does not reply may hold a stale copy, so it gets a dense resync the
 the replies, evaluates and returns the row. The outputs are those of ``fedsqueeze run``
 (:func:`fedsqueeze.fl.summary.write_run_outputs`), except ``rel_error`` and ``mean_update_norm``, which
 need the raw updates that never leave the clients (``None`` here). With fewer valid replies than
-``fl.min_replies`` the model is left unchanged for that round."""
+``fl.min_replies`` the model is left unchanged for that round.
+
+After every round the server state (:meth:`~fedsqueeze.fl.federation.Federation.state_dict`, plus the
+job id the nodes key their state by) goes to ``OUT/checkpoint/state.pt`` (atomic, with its SHA-256); with
+``resume`` the job continues from it, like ``fedsqueeze run --resume``. Nodes with a state dir keep a
+version of their state per round (:mod:`.client_app`), so a resumed job equals the uninterrupted one bit for
+bit; a node without one (``durable = false`` in its ``query`` reply) starts from a zero residual and, when
+the job resumed, gets the dense state the first time it is sampled.
+
+Replies are untrusted: anything malformed (missing or mistyped records and fields, non-finite metrics,
+payloads that differ from their stated SHA-256/length, frames that do not decode, non-finite or outlying
+updates) is dropped with its reason in the row's ``dropped``; it never stops the job."""
 
 from __future__ import annotations
 
 import logging
+import math
+import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,8 +37,8 @@ from typing import Any, Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import ServerApp
 
-from ..errors import FedsqueezeError
-from ..fl.checkpoint import append_jsonl, write_jsonl
+from ..errors import ConfigError, FedsqueezeError, PayloadError
+from ..fl.checkpoint import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from ..fl.client import ClientReply
 from ..fl.console import round_line
 from ..fl.federation import Federation
@@ -34,7 +47,7 @@ from ..fl.server import state_sha256
 from ..fl.summary import write_run_outputs
 from .env import apply_offline_env
 from .records import array_bytes, bytes_array, sha256
-from .settings import FlowerSettings, default_out_dir, make_workload, settings_from_context
+from .settings import FlowerSettings, check_job_out_dir, default_out_dir, make_workload, settings_from_context
 
 __all__ = ["GridLike", "app", "run_rounds"]
 
@@ -70,20 +83,25 @@ def _wait_for_nodes(grid: GridLike, want: int, timeout: float) -> None:
 class _NodeMap:
     """partition id -> Flower node id, learned by asking every new node (``query`` message)."""
 
-    def __init__(self, digest: str) -> None:
-        self.digest = digest
+    def __init__(self, digest: str, n: int) -> None:
+        self.digest, self.n = digest, n
         self.by_partition: dict[int, int] = {}
+        self.durable: dict[int, bool] = {}  # partition -> its node keeps its state on disk
         self.rejected: set[int] = set()
 
-    def refresh(self, grid: GridLike, timeout: float) -> None:
+    def refresh(self, grid: GridLike, timeout: float) -> list[int]:
+        """Map the nodes not seen yet; returns the partitions (re)mapped to a new node."""
         live = set(grid.get_node_ids())
         self.by_partition = {p: n for p, n in self.by_partition.items() if n in live}
         new = sorted(live - set(self.by_partition.values()) - self.rejected)
         if not new:
-            return
+            return []
+        mapped = []
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
         for rep in grid.send_and_receive(msgs, timeout=timeout):
             node = rep.metadata.src_node_id
+            if node not in new:
+                continue
             if rep.has_error() or "node" not in rep.content.config_records:
                 continue  # try again next round
             info = rep.content.config_records["node"]
@@ -91,7 +109,15 @@ class _NodeMap:
                 log.warning("node %s runs another config (digest %s); ignoring it", node, info.get("digest"))
                 self.rejected.add(node)
                 continue
-            self.by_partition[int(info["partition-id"])] = node  # a restarted node replaces the old id
+            pid = info.get("partition-id")
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.n:
+                log.warning("node %s serves no partition of 0..%d (%r); ignoring it", node, self.n - 1, pid)
+                self.rejected.add(node)
+                continue
+            self.by_partition[pid] = node  # a restarted node replaces the old id
+            self.durable[pid] = info.get("durable") is True
+            mapped.append(pid)
+        return mapped
 
 
 class _FlowerFederation:
@@ -103,11 +129,36 @@ class _FlowerFederation:
         self.config = settings.config
         self.wl = make_workload(settings)
         self.fed = Federation(self.config, self.wl, raw_updates=False, logger=log)
-        self.nodes = _NodeMap(settings.digest)
+        self.nodes = _NodeMap(settings.digest, self.fed.n)
+        self.job_id = secrets.token_hex(8)  # what the nodes key their state by; kept in the checkpoint
+        self.resumed = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: the federation's state plus the job's Flower part (``"flower"``)."""
+        flower = {"job_id": self.job_id, "workload": self.settings.workload}
+        return {**self.fed.state_dict(), "flower": flower}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (:class:`~fedsqueeze.ConfigError` if it is not this job's)."""
+        flower = state.get("flower")
+        if not isinstance(flower, dict):
+            raise ConfigError(
+                "the checkpoint was written by `fedsqueeze run`, not a Flower job; continue it with "
+                "`fedsqueeze run --resume`"
+            )
+        if flower.get("workload") != self.settings.workload:
+            raise ConfigError(
+                f"--resume with another workload ({self.settings.workload!r}, the run used "
+                f"{flower.get('workload')!r})"
+            )
+        self.fed.load_state_dict(state)
+        self.job_id, self.resumed = str(flower["job_id"]), True
 
     def run_round(self, grid: GridLike, r: int) -> dict[str, Any]:
         timeout = self.settings.round_timeout
-        self.nodes.refresh(grid, timeout)
+        for c in self.nodes.refresh(grid, timeout):
+            if self.resumed and not self.nodes.durable[c]:
+                self.fed.downlink.lost(c)  # its state did not survive the restart: resync it densely
         plan = self.fed.configure_round(r)
         wl, downlink = self.wl, self.fed.downlink
         # Each client gets exactly the bytes the ledger charges it, and the hashes of what they rebuild.
@@ -130,7 +181,8 @@ class _FlowerFederation:
             arrays.update({f"lora-{i}": bytes_array(f) for i, f in enumerate(d.frames or ())})
             if d.head is not None:
                 arrays["head"] = bytes_array(d.head)
-            meta = {"server-round": r, "client": c, "digest": self.settings.digest, **expect}
+            meta = {"server-round": r, "client": c, "digest": self.settings.digest, "job-id": self.job_id}
+            meta.update(expect)
             meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
             content = RecordDict({"global": ArrayRecord(arrays), "round": ConfigRecord(meta)})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
@@ -157,9 +209,10 @@ class _FlowerFederation:
 
 
 def _read_reply(rep: Message, client: int, r: int) -> ClientReply:
-    """The payloads and metrics of one reply; :class:`~fedsqueeze.FedsqueezeError` if it is unusable."""
-    from ..errors import PayloadError
+    """The payloads and metrics of one reply; :class:`~fedsqueeze.PayloadError` if it is unusable.
 
+    The reply is untrusted: a missing or mistyped record or field, a non-finite metric or a payload that
+    differs from its stated SHA-256/length is refused with a one-line reason (decoding comes later)."""
     if rep.has_error():
         raise PayloadError(f"client error: {rep.error.reason}")
     content = rep.content
@@ -169,46 +222,92 @@ def _read_reply(rep: Message, client: int, r: int) -> ClientReply:
         payload = content.array_records["payload"]
     except KeyError as exc:
         raise PayloadError(f"reply lacks record {exc}") from None
-    if int(meta["client"]) != client or int(meta["server-round"]) != r:
-        raise PayloadError(
-            f"reply for client {meta['client']} round {meta['server-round']}, expected {client}/{r}"
-        )
-    blobs = {}
-    for part in ("lora", "head"):
-        blob = array_bytes(payload, part)
-        if sha256(blob) != meta[f"{part}-sha256"] or len(blob) != int(meta[f"{part}-bytes"]):
-            raise PayloadError(f"{part} payload differs from what the client says it sent (SHA-256/length)")
-        blobs[part] = blob
+    try:
+        said = (_int_field(meta, "client"), _int_field(meta, "server-round"))
+        if said != (client, r):
+            raise PayloadError(f"reply for client {said[0]} round {said[1]}, expected {client}/{r}")
+        blobs = {}
+        for part in ("lora", "head"):
+            blob = array_bytes(payload, part)
+            if sha256(blob) != meta[f"{part}-sha256"] or len(blob) != _int_field(meta, f"{part}-bytes"):
+                raise PayloadError(f"{part} payload differs from what the client stated (SHA-256/length)")
+            blobs[part] = blob
+        num_examples = _int_field(metrics, "num-examples")
+        if num_examples <= 0:
+            raise PayloadError(f"num-examples must be > 0, got {num_examples}")
+        floats = {k: _float_field(metrics, k) for k in ("train-loss", "residual-norm", "client-s")}
+        rel = _float_field(metrics, "rel-error") if "rel-error" in metrics else None
+    except KeyError as exc:
+        raise PayloadError(f"reply lacks field {exc}") from None
     return ClientReply(
         client=client,
-        num_examples=metrics["num-examples"],
+        num_examples=num_examples,
         lora_payload=blobs["lora"],
         head_payload=blobs["head"],
-        train_loss=float(metrics["train-loss"]),
+        train_loss=floats["train-loss"],
         raw_update=None,  # stays on the client
-        rel_error=float(metrics["rel-error"]) if "rel-error" in metrics else None,
-        residual_norm=float(metrics["residual-norm"]),
-        seconds=float(metrics["client-s"]),
+        rel_error=rel,
+        residual_norm=floats["residual-norm"],
+        seconds=floats["client-s"],
     )
 
 
+def _int_field(record: Any, key: str) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{key} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _float_field(record: Any, key: str) -> float:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PayloadError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run ``fl.rounds`` rounds over ``grid``; write ``metrics.jsonl`` / ``summary.json`` / the plot.
+    """Run ``fl.rounds`` rounds over ``grid``; write ``metrics.jsonl`` / ``summary.json`` / the plot, and
+    ``checkpoint/`` after every round.
+
+    With ``settings.resume`` the run in ``out_dir`` continues from its checkpoint (one without a checkpoint
+    yet starts from round 1), as ``fedsqueeze run --resume`` does.
 
     Returns the summary (like :func:`fedsqueeze.fl.run`, plus ``engine``, ``final_lora`` path).
+
+    Raises
+    ------
+    ConfigError
+        ``resume`` without an existing ``out_dir``; a checkpoint in it without ``resume``; a checkpoint of
+        another config, workload or driver, or past ``fl.rounds``.
     """
     t_start = time.perf_counter()
+    if out_dir is None and settings.resume and not settings.out_dir:
+        raise ConfigError("--resume needs --out DIR (the run to continue)")
     out = Path(out_dir or settings.out_dir or default_out_dir(settings))
     cfg = settings.config
+    check_job_out_dir(out, settings.resume)
+    ckpt = load_checkpoint(out) if settings.resume else None
     driver = _FlowerFederation(settings)
     fed = driver.fed
+    if ckpt is not None:
+        driver.load_state_dict(ckpt)
+        if fed.done > cfg.fl.rounds:
+            raise ConfigError(
+                f"the checkpoint is at round {fed.done}, past fl.rounds = {cfg.fl.rounds}; "
+                f"--set fl.rounds={fed.done} or more"
+            )
+        log.info("resuming %s after round %d", out, fed.done)
+    elif settings.resume:
+        log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
     load_s = time.perf_counter() - t_start
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "metrics.jsonl", [])
+    write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
     _wait_for_nodes(grid, min(cfg.fl.clients_per_round, fed.n), settings.round_timeout)
-    for r in range(1, cfg.fl.rounds + 1):
+    for r in range(fed.done + 1, cfg.fl.rounds + 1):
         row = driver.run_round(grid, r)
         append_jsonl(out / "metrics.jsonl", row)
+        save_checkpoint(out, driver.state_dict())
         log.info("%s", round_line(row, cfg.fl.rounds))  # the line `fedsqueeze run` prints for a round
         log.debug("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
     title = f"{cfg.model.name} / {cfg.data.dataset} / {cfg.codec.name} (Flower)"

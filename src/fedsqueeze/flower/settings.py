@@ -25,6 +25,7 @@ from ..fl.workload import Workload
 __all__ = [
     "DEFAULT_ROUND_TIMEOUT",
     "FlowerSettings",
+    "check_job_out_dir",
     "default_out_dir",
     "make_workload",
     "settings_from_context",
@@ -52,20 +53,33 @@ class FlowerSettings:
         Seconds the server waits for replies each round (Flower run-config key ``round-timeout``); clients
         that have not replied by then are dropped from that round.
     out_dir
-        Where the ServerApp writes ``metrics.jsonl`` / ``summary.json`` (on the machine running the
-        ServerApp, i.e. the SuperLink's in a deployment); ``""`` for ``runs/<time>-<codec>-flower``.
+        Where the ServerApp writes ``metrics.jsonl`` / ``summary.json`` / ``checkpoint/`` (on the machine
+        running the ServerApp, i.e. the SuperLink's in a deployment); ``""`` for
+        ``runs/<time>-<codec>-flower``.
+    resume
+        Continue the run in ``out_dir`` from its checkpoint (run-config key ``resume``), like
+        ``fedsqueeze run --resume``: the same config except that ``fl.rounds`` may grow.
+    node_state_dir
+        Where a node started without ``state-dir`` in its node config keeps its state
+        (``NODE_STATE_DIR/p<partition id>``; run-config key ``node-state-dir``). ``fedsqueeze flower
+        simulate`` sets ``OUT/nodes``, which makes a resumed simulation bit-identical; ``""``: such nodes
+        keep their state in ``context.state`` (memory).
     """
 
     config: RunConfig
     workload: str = ""
     round_timeout: float = DEFAULT_ROUND_TIMEOUT
     out_dir: str = ""
+    resume: bool = False
+    node_state_dir: str = ""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.round_timeout, int | float) and math.isfinite(self.round_timeout)) or (
             self.round_timeout <= 0
         ):
             raise ConfigError(f"round-timeout must be a number of seconds > 0, got {self.round_timeout!r}")
+        if not isinstance(self.resume, bool):
+            raise ConfigError(f"resume must be true or false, got {self.resume!r}")
         if self.workload and ":" not in self.workload:
             raise ConfigError(f'workload must be "" or "module:callable", got {self.workload!r}')
         if self.config.tgap.enabled:  # the TGAP phase runs in `fedsqueeze run` only
@@ -81,16 +95,27 @@ class FlowerSettings:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
+    def state_digest(self) -> str:
+        """Short SHA-256 of the config without ``fl.rounds``, and the workload: what names and guards a
+        node's state, which stays valid when a resumed run grows ``fl.rounds``."""
+        data = self.config.to_dict()
+        data["fl"] = {k: v for k, v in data["fl"].items() if k != "rounds"}
+        blob = json.dumps([data, self.workload], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
     def min_replies(self) -> int:
         return self.config.fl.min_replies or 1
 
-    def to_run_config(self) -> dict[str, str | float]:
+    def to_run_config(self) -> dict[str, str | float | bool]:
         """The flat Flower run config (``[tool.flwr.app.config]`` / ``context.run_config``)."""
         return {
             "fedsqueeze-config": json.dumps(self.config.to_dict(), sort_keys=True),
             "workload": self.workload,
             "round-timeout": float(self.round_timeout),
             "out-dir": self.out_dir,
+            "resume": self.resume,
+            "node-state-dir": self.node_state_dir,
         }
 
     @classmethod
@@ -110,7 +135,18 @@ class FlowerSettings:
             workload=str(run_config.get("workload", "")),
             round_timeout=float(run_config.get("round-timeout", DEFAULT_ROUND_TIMEOUT)),
             out_dir=str(run_config.get("out-dir", "")),
+            resume=_flag(run_config.get("resume", False), "resume"),
+            node_state_dir=str(run_config.get("node-state-dir", "")),
         )
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A run-config boolean: TOML ``true``/``false`` (``flwr run --run-config`` may also give a string)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"run-config key {key} must be true or false, got {value!r}")
 
 
 def settings_from_context(run_config: Mapping[str, Any]) -> FlowerSettings:
@@ -124,6 +160,32 @@ def default_out_dir(settings: FlowerSettings) -> Path:
     """``runs/<timestamp>-<codec>-flower`` under the current directory."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{settings.config.codec.name}-flower"
+
+
+def check_job_out_dir(out: Path, resume: bool, markers: tuple[str, ...] = ("checkpoint",)) -> None:
+    """Refuse what ``fedsqueeze run`` refuses: ``resume`` without ``out``, or a run in ``out`` without it.
+
+    Parameters
+    ----------
+    out
+        The job's output folder.
+    resume
+        Whether the job continues the run in ``out``.
+    markers
+        Names in ``out`` that mark it as holding a run (the ServerApp: ``checkpoint``; the CLI also counts
+        ``metrics.jsonl`` and ``summary.json``).
+
+    Raises
+    ------
+    ConfigError
+        With the one-line message of ``fedsqueeze run --resume``.
+    """
+    if resume and not out.is_dir():
+        raise ConfigError(
+            f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
+        )
+    if not resume and any((out / name).exists() for name in markers):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
 _CACHE: dict[str, Workload] = {}

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 from .._extras import require
 from .env import apply_offline_env
-from .settings import RUN_CONFIG_ENV, FlowerSettings
+from .settings import RUN_CONFIG_ENV, FlowerSettings, check_job_out_dir, default_out_dir
 
 __all__ = ["quiet_simulation", "simulate"]
 
@@ -71,11 +72,24 @@ def simulate(
 ) -> dict[str, Any]:
     """Run ``settings`` with ``data.num_clients`` virtual SuperNodes; returns the summary.
 
+    The nodes keep their state under ``OUT/nodes`` (unless ``settings.node_state_dir`` names another
+    folder), so ``settings.resume`` continues an interrupted job bit for bit.
+
     ``progress``: print the per-round lines of ``fedsqueeze run`` on stderr (see :func:`quiet_simulation`).
+
+    Raises
+    ------
+    ConfigError
+        ``resume`` without an existing ``out_dir``, or a checkpoint in ``out_dir`` without ``resume``.
     """
     apply_offline_env()
     require("flwr", "flower", "Flower simulations")
     require("ray", "flower", "Flower simulations (flwr[simulation])")
+    out = Path(settings.out_dir or default_out_dir(settings)).resolve()
+    check_job_out_dir(out, settings.resume)  # here: the ServerApp's refusal would end inside Ray
+    settings = dataclasses.replace(
+        settings, out_dir=str(out), node_state_dir=settings.node_state_dir or str(out / "nodes")
+    )
     os.environ[RUN_CONFIG_ENV] = json.dumps(settings.to_run_config())
     from flwr.simulation import run_simulation
 

@@ -3,14 +3,16 @@
 ``Compressed(FedAvg(...), codec="flm_topk")`` works like Flower's DP wrapper strategies: it delegates every
 call to the wrapped strategy and only touches the train messages on their way out (the codec goes into the
 train config) and the train replies on their way in (each frame is decoded against the arrays sent to that
-node and turned back into the dense ArrayRecord the wrapped strategy expects). See ``docs/flower-dropin.md``.
+node and turned back into the dense ArrayRecord the wrapped strategy expects). With ``downlink=<codec>`` the
+train messages' float arrays go out compressed too (:mod:`.downlink`; the ClientApp then needs
+:func:`~fedsqueeze.flower.downlink_mod` before ``compress_mod``). See ``docs/flower-dropin.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -22,12 +24,15 @@ from flwr.supercore import log
 
 from ..codecs import decode_flat
 from ..errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError, UsageError
+from ..fl.seeding import derive_seed
+from .downlink import DOWN_META_KEY, DownlinkSender
 from .frames import (
     META_KEY,
     FrameReply,
     codec_config,
     content_bytes,
     float_keys,
+    is_float,
     make_codec,
     read_frame_reply,
     spec_of,
@@ -45,7 +50,15 @@ class RoundBytes:
     server_round
         The round.
     downlink
-        Node -> bytes of the arrays sent to it (dense: the downlink is not compressed).
+        Node -> bytes of the train message's arrays sent to it (Flower's ``count_bytes``), plus the downlink
+        ConfigRecord with a compressed downlink.
+    dense_downlink
+        Node -> bytes of the arrays the wrapped strategy built for it (what a stock server sends).
+    delivery
+        Node -> its downlink delivery: the number of delta frames, or ``-1`` for the dense state (with a
+        compressed downlink only).
+    resync
+        Nodes that will get the dense state the next time they are sampled (an error reply or no reply).
     uplink
         Node -> bytes of its reply's arrays as received (compressed: the frame, the arrays passed through
         and the frame's ConfigRecord; plain: the dense arrays). Replies that were dropped are counted.
@@ -62,6 +75,9 @@ class RoundBytes:
 
     server_round: int
     downlink: dict[int, int] = dataclasses.field(default_factory=dict)
+    dense_downlink: dict[int, int] = dataclasses.field(default_factory=dict)
+    delivery: dict[int, int] = dataclasses.field(default_factory=dict)
+    resync: list[int] = dataclasses.field(default_factory=list)
     uplink: dict[int, int] = dataclasses.field(default_factory=dict)
     frame: dict[int, int] = dataclasses.field(default_factory=dict)
     dense: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -75,11 +91,14 @@ class RoundBytes:
             "fedsqueeze_frame_bytes": sum(self.frame.values()),
             "fedsqueeze_dense_uplink_bytes": sum(self.dense.values()),
             "fedsqueeze_downlink_bytes": sum(self.downlink.values()),
+            "fedsqueeze_dense_downlink_bytes": sum(self.dense_downlink.values()),
             "fedsqueeze_uplink_bytes_per_reply": list(self.uplink.values()),
             "fedsqueeze_downlink_bytes_per_node": list(self.downlink.values()),
             "fedsqueeze_compressed_replies": len(self.frame),
             "fedsqueeze_plain_replies": len(self.plain),
             "fedsqueeze_dropped_replies": len(self.dropped),
+            "fedsqueeze_downlink_dense_deliveries": sum(1 for v in self.delivery.values() if v < 0),
+            "fedsqueeze_downlink_resyncs": len(self.resync),
         }
 
 
@@ -89,6 +108,13 @@ class Compressed(Strategy):
     The ClientApp needs :func:`~fedsqueeze.flower.compress_mod` (first in its ``mods``). Replies from
     clients without it pass through unchanged; a compressed reply that cannot be decoded (corrupted,
     truncated, of another spec) is dropped with a log line and the round goes on with the others.
+
+    With ``downlink`` the train messages go out compressed too, per node: the delta frames of the broadcast
+    state ``θ̃`` that node missed, or the dense ``θ̃`` (the protocol of :class:`fedsqueeze.fl.server.Downlink`,
+    ``docs/downlink.md``). The clients train from ``θ̃`` and their frames hold ``û_i ≈ θ̃ − θ_local``; the
+    wrapped strategy receives ``θ_global − û_i`` (as the engine applies ``θ ← θ − ū``), so it sees each
+    client's own update and what the downlink frame dropped stays in ``θ_global`` for later rounds. The
+    ClientApp then needs :func:`~fedsqueeze.flower.downlink_mod` before ``compress_mod``.
 
     Parameters
     ----------
@@ -101,6 +127,14 @@ class Compressed(Strategy):
         Whether each client keeps the part of its update the codec dropped and adds it to its next update
         (the default). Turn it off where every round's update must stay within a bound, e.g. under
         client-side DP clipping (see ``docs/flower-dropin.md``).
+    downlink
+        ``None`` (the default): the train messages go out as the wrapped strategy built them (dense). A codec
+        name: the downlink codec, e.g. ``"wf_ecq"``; ``"identity"`` sends the dense fp32 state as one frame.
+    downlink_options
+        The downlink codec's options (JSON scalars), e.g. ``{"rate": 0.25}``.
+    downlink_window
+        Rounds of downlink frames the server keeps for catch-up; a node whose copy is older gets the dense
+        state.
     **options
         The codec's options (JSON scalars), e.g. ``density=0.01``.
 
@@ -114,13 +148,22 @@ class Compressed(Strategy):
     Raises
     ------
     ConfigError
-        Unknown codec or option, or an invalid value (checked here, so a bad codec fails at start-up).
+        Unknown codec or option, or an invalid value (checked here, so a bad codec fails at start-up), for
+        the uplink or the downlink; a downlink codec that predicts from a reference.
     UsageError
         ``strategy`` is not a Flower ``Strategy``.
     """
 
     def __init__(
-        self, strategy: Strategy, codec: str = "flm_topk", *, error_feedback: bool = True, **options: Any
+        self,
+        strategy: Strategy,
+        codec: str = "flm_topk",
+        *,
+        error_feedback: bool = True,
+        downlink: str | None = None,
+        downlink_options: Mapping[str, Any] | None = None,
+        downlink_window: int = 32,
+        **options: Any,
     ) -> None:
         super().__init__()
         if not isinstance(strategy, Strategy):
@@ -134,13 +177,24 @@ class Compressed(Strategy):
         self.codec_name = codec
         self.error_feedback = bool(error_feedback)
         self.codec_options: dict[str, Any] = json.loads(json.dumps(options, sort_keys=True))
+        self.downlink_name, self.downlink_options, self.downlink_window = _check_downlink(
+            downlink, downlink_options, downlink_window
+        )
+        self.sender: DownlinkSender | None = None
+        if self.downlink_name is not None:
+            codec = make_codec(self.downlink_name, self.downlink_options)
+            self.sender = DownlinkSender(codec, self.downlink_window)
         self.history: list[RoundBytes] = []
         self._sent: dict[int, dict[int, ArrayRecord | None]] = {}
         self._down: dict[int, dict[int, int]] = {}
+        self._dense_down: dict[int, dict[int, int]] = {}
+        self._delivery: dict[int, dict[int, int]] = {}
+        self._as_sent: dict[int, tuple[ArrayRecord, ArrayRecord]] = {}
 
     def __repr__(self) -> str:
         return (
             f"Compressed({self.strategy!r}, codec={self.codec_name!r}, error_feedback={self.error_feedback}, "
+            f"downlink={self.downlink_name!r}, downlink_options={self.downlink_options!r}, "
             f"**{self.codec_options!r})"
         )
 
@@ -148,6 +202,11 @@ class Compressed(Strategy):
         """Log the codec, then the wrapped strategy's summary."""
         log(INFO, "\t├──> fedsqueeze compression: codec %s %s, error feedback %s",
             self.codec_name, self.codec_options, "on" if self.error_feedback else "off")  # fmt: skip
+        if self.downlink_name is None:
+            log(INFO, "\t├──> fedsqueeze downlink: dense (as the wrapped strategy sends it)")
+        else:
+            log(INFO, "\t├──> fedsqueeze downlink: codec %s %s, window %d rounds",
+                self.downlink_name, self.downlink_options, self.downlink_window)  # fmt: skip
         self.strategy.summary()
 
     # -- training ----------------------------------------------------------------------------------------
@@ -158,15 +217,17 @@ class Compressed(Strategy):
 
         The messages' content is replaced by a copy whose ConfigRecord holds the codec keys (messages that
         shared one RecordDict share the copy); the arrays are the same objects and are kept for decoding.
+        With a compressed downlink each message gets its own RecordDict: its delivery in place of the float
+        arrays, plus the ``"fedsqueeze.downlink"`` ConfigRecord (:mod:`.downlink`).
         """
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         extra = codec_config(self.codec_name, self.codec_options, server_round, self.error_feedback)
         copies: dict[int, RecordDict] = {}
         sent: dict[int, ArrayRecord | None] = {}
         down: dict[int, int] = {}
-        for msg in messages:
-            if msg.has_error():  # pragma: no cover - a strategy does not send errors
-                continue
+        dense_down: dict[int, int] = {}
+        live = [m for m in messages if not m.has_error()]  # a strategy does not send errors
+        for msg in live:
             content = msg.content
             if id(content) not in copies:
                 copies[id(content)] = _with_codec(content, extra)
@@ -174,10 +235,59 @@ class Compressed(Strategy):
             records = content.array_records
             node = msg.metadata.dst_node_id
             sent[node] = next(iter(records.values())) if len(records) == 1 else None
-            down[node] = sum(r.count_bytes() for r in records.values())
+            down[node] = dense_down[node] = sum(r.count_bytes() for r in records.values())
+        delivery = self._compress_downlink(server_round, live, sent, down) if self.sender is not None else {}
         self._sent = {server_round: sent}  # only this round's arrays are kept
         self._down = {server_round: down}
+        self._dense_down = {server_round: dense_down}
+        self._delivery = {server_round: delivery}
         return messages
+
+    def _compress_downlink(
+        self,
+        server_round: int,
+        messages: list[Message],
+        sent: dict[int, ArrayRecord | None],
+        down: dict[int, int],
+    ) -> dict[int, int]:
+        """Replace each message's float arrays by its downlink delivery (in place; ``sent`` and ``down`` are
+        updated). Returns node -> frames delivered (``-1``: dense)."""
+        assert self.sender is not None
+        record = sent.get(messages[0].metadata.dst_node_id) if messages else None
+        ours = [] if record is None or not float_keys(record) else [
+            m for m in messages if sent.get(m.metadata.dst_node_id) is record
+        ]  # fmt: skip
+        mine = {id(m) for m in ours}
+        for msg in messages:
+            if id(msg) not in mine:  # other arrays than the broadcast (or none): sent as built, densely
+                node = msg.metadata.dst_node_id
+                log(WARNING, "configure_train: fedsqueeze sends node %s its arrays as built (not one "
+                    "ArrayRecord of floats shared by all messages)", node)  # fmt: skip
+                self.sender.lost(node)  # it will not hold this round's broadcast state
+        if not ours:
+            return {}
+        assert record is not None
+        nodes = [m.metadata.dst_node_id for m in ours]
+        seed = derive_seed(0, server_round, -1, "downlink")
+        as_sent, per_node = self.sender.deliver(server_round, record, nodes, seed=seed)
+        (key,) = [k for k, r in ours[0].content.items() if r is record]
+        # The nodes train from θ̃ (as_sent); their frames decode against the same spec as θ_global's, and the
+        # replies are rebuilt on θ_global (sent[node] stays `record`): θ_i = θ_global − û_i, so the wrapped
+        # strategy sees each client's own update and what the downlink frame dropped stays in θ_global.
+        self._as_sent = {server_round: (as_sent, record)}
+        delivery: dict[int, int] = {}
+        for msg in ours:
+            node = msg.metadata.dst_node_id
+            arrays, meta = per_node[node]
+            meta["record"] = key
+            content = RecordDict()
+            for name, value in msg.content.items():
+                content[name] = arrays if name == key else value
+            content[DOWN_META_KEY] = meta
+            msg.content = content
+            down[node] = arrays.count_bytes() + meta.count_bytes()
+            delivery[node] = int(meta["frames"])
+        return delivery
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -187,7 +297,14 @@ class Compressed(Strategy):
         The aggregated MetricRecord gets the ``fedsqueeze_*`` byte counts (:meth:`RoundBytes.metrics`).
         """
         sent = self._sent.pop(server_round, {})
-        rb = RoundBytes(server_round, downlink=self._down.pop(server_round, {}))
+        rb = RoundBytes(
+            server_round,
+            downlink=self._down.pop(server_round, {}),
+            dense_downlink=self._dense_down.pop(server_round, {}),
+            delivery=self._delivery.pop(server_round, {}),
+        )
+        replies = list(replies)
+        rebase = self._as_sent.pop(server_round, None)
         cache: dict[tuple[int, str], np.ndarray] = {}
         kept: list[Message] = []
         for reply in replies:
@@ -201,6 +318,9 @@ class Compressed(Strategy):
                 if framed is None:
                     rb.plain.append(node)
                     rb.dense[node] = rb.uplink[node]
+                    if rebase is not None and node in rb.delivery and len(content.array_records) == 1:
+                        key, local = next(iter(content.array_records.items()))
+                        content[key] = _rebase(local, *rebase)  # trained from θ̃: onto θ_global
                     kept.append(reply)
                     continue
                 record = _rebuild(framed, sent.get(node), cache)
@@ -215,6 +335,11 @@ class Compressed(Strategy):
             rb.frame[node] = len(framed.frame)
             rb.dense[node] = record.count_bytes()
             kept.append(reply)
+        if self.sender is not None:  # a node that failed or did not answer may not hold θ̃: resync it densely
+            answered = {r.metadata.src_node_id for r in replies if not r.has_error()}
+            rb.resync = [node for node in rb.delivery if node not in answered]
+            for node in rb.resync:
+                self.sender.lost(node)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         metrics = MetricRecord() if metrics is None else metrics
         for key, value in rb.metrics().items():
@@ -222,8 +347,10 @@ class Compressed(Strategy):
         self.history.append(rb)
         log(
             INFO,
-            "aggregate_train: fedsqueeze %d compressed, %d plain, %d dropped; uplink %d B (dense %d B)",
+            "aggregate_train: fedsqueeze %d compressed, %d plain, %d dropped; uplink %d B (dense %d B), "
+            "downlink %d B (dense %d B)",
             len(rb.frame), len(rb.plain), len(rb.dropped), sum(rb.uplink.values()), sum(rb.dense.values()),
+            sum(rb.downlink.values()), sum(rb.dense_downlink.values()),
         )  # fmt: skip
         return arrays, metrics
 
@@ -239,6 +366,25 @@ class Compressed(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
 
+def _check_downlink(
+    name: object, options: Mapping[str, Any] | None, window: object
+) -> tuple[str | None, dict[str, Any], int]:
+    """The checked ``(downlink codec name or None, its options, window)`` of :class:`Compressed`."""
+    if name is None:
+        if options:
+            raise ConfigError(f"Compressed got downlink_options {sorted(options)} but no downlink=")
+        return None, {}, 32 if not isinstance(window, int) else window
+    if not isinstance(options, Mapping | None):
+        raise ConfigError(f"downlink_options must be a mapping of option -> value, got {options!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"downlink_window must be an int >= 1 (rounds), got {window!r}")
+    opts = dict(options or {})
+    codec = make_codec(name, opts)
+    if type(codec).uses_reference:
+        raise ConfigError(f"downlink codec {name!r} predicts from a reference; use a plain codec")
+    return str(name), json.loads(json.dumps(opts, sort_keys=True)), int(window)
+
+
 def _with_codec(content: RecordDict, extra: dict[str, str | int]) -> RecordDict:
     """A copy of ``content`` whose (first) ConfigRecord also holds ``extra``; the other records are shared."""
     out = RecordDict()
@@ -251,6 +397,22 @@ def _with_codec(content: RecordDict, extra: dict[str, str | int]) -> RecordDict:
     if not added:
         out["config" if "config" not in out else "fedsqueeze.config"] = ConfigRecord(dict(extra))
     return out
+
+
+def _rebase(local: ArrayRecord, as_sent: ArrayRecord, base: ArrayRecord) -> ArrayRecord:
+    """A plain reply of a node that trained from ``as_sent`` (θ̃), moved onto ``base`` (θ_global):
+    ``θ_local + (θ_global − θ̃)`` for the float arrays of the state; the other arrays unchanged."""
+    out: dict[str, Array] = {}
+    for key, arr in local.items():
+        sent, glob = as_sent.get(key), base.get(key)
+        same = sent is None or glob is None or sent is glob or not is_float(arr) or not is_float(sent)
+        if same or tuple(arr.shape) != tuple(sent.shape):
+            out[key] = arr
+            continue
+        shift = np.asarray(glob.numpy(), dtype=np.float64) - np.asarray(sent.numpy(), dtype=np.float64)
+        value = np.asarray(np.asarray(arr.numpy(), dtype=np.float64) + shift)  # 0-d arithmetic gives a scalar
+        out[key] = Array(value.astype(np.dtype(arr.dtype)))
+    return ArrayRecord(out)
 
 
 def _rebuild(
@@ -276,7 +438,7 @@ def _rebuild(
             if (id(sent), key) not in cache:
                 cache[(id(sent), key)] = np.asarray(arr.numpy(), dtype=np.float64)
             value = cache[(id(sent), key)] - decoded[key].numpy().astype(np.float64)
-            out[key] = Array(value.astype(np.dtype(arr.dtype)))
+            out[key] = Array(np.asarray(value).astype(np.dtype(arr.dtype)))  # 0-d arithmetic gives a scalar
         elif key in framed.others:
             out[key] = framed.others[key]
     for key, arr in framed.others.items():

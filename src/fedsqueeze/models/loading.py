@@ -20,6 +20,7 @@ import torch
 from .._extras import check, require
 from ..data.sources import package_dir
 from ..errors import ConfigError
+from ..fl.workload import CAUSAL_MODELS
 
 __all__ = [
     "CAUSAL_MODELS",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 ENCODER_MODELS = ("minilm", "tiny-bert")
-CAUSAL_MODELS = ("smollm2-135m", "tiny-llama")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -22,7 +22,7 @@ from ..data.text import (
 )
 from ..fl.workload import log_label_prior
 
-__all__ = ["ClassificationTask", "GenerationTask", "to_device"]
+__all__ = ["ClassificationTask", "GenerationTask", "VerbalizerTask", "to_device"]
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -69,10 +69,16 @@ class ClassificationTask:
     def num_test(self) -> int:
         return len(self.test_ids)
 
+    def collate(self, ids: Sequence[Sequence[int]], labels: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A batch of ``ids`` with their ``labels`` (right-padded)."""
+        return collate_classification(ids, labels, self.pad_id)
+
+    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The ``[batch, num_classes]`` float32 class logits of ``batch``."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
     def train_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
-        return collate_classification(
-            [self.train_ids[i] for i in idx], self.train_labels[list(idx)].tolist(), self.pad_id
-        )
+        return self.collate([self.train_ids[i] for i in idx], self.train_labels[list(idx)].tolist())
 
     def log_prior(self, idx: Sequence[int]) -> torch.Tensor:
         """``log π`` of the labels of training examples ``idx``, add-one smoothed (never ``-inf``)."""
@@ -83,8 +89,7 @@ class ClassificationTask:
         self, model: Any, batch: dict[str, torch.Tensor], logit_bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Cross-entropy of the batch; ``logit_bias`` (``[num_classes]``) is added to the logits first."""
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = out.logits.float()
+        logits = self.logits(model, batch)
         if logit_bias is not None:
             logits = logits + logit_bias.to(logits.device)
         return cross_entropy(logits, batch["labels"])
@@ -94,20 +99,53 @@ class ClassificationTask:
         preds = np.zeros(self.num_test, dtype=np.int64)
         loss_sum = 0.0
         for idx in _by_length([len(x) for x in self.test_ids], self.eval_batch_size):
-            batch = collate_classification(
-                [self.test_ids[i] for i in idx], self.test_labels[idx].tolist(), self.pad_id
-            )
-            batch = to_device(batch, self.device)
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits.float()
-            loss_sum += float(cross_entropy(logits, batch["labels"], reduction="sum"))
+            batch = self.collate([self.test_ids[i] for i in idx], self.test_labels[idx].tolist())
+            logits = self.logits(model, to_device(batch, self.device))
+            loss_sum += float(cross_entropy(logits, batch["labels"].to(logits.device), reduction="sum"))
             preds[idx] = logits.argmax(-1).cpu().numpy()
         return {
             "accuracy": metrics.accuracy(preds, self.test_labels),
             "macro_f1": metrics.macro_f1(preds, self.test_labels, self.num_classes),
             "eval_loss": loss_sum / max(self.num_test, 1),
         }
+
+
+class VerbalizerTask(ClassificationTask):
+    """Classification by a causal LM's next token: the class logits are the LM's logits of the label words
+    at the last prompt position (:mod:`fedsqueeze.data.verbalize`); same metrics as
+    :class:`ClassificationTask`.
+
+    The training loss (:meth:`ClassificationTask.loss`) is thus the cross-entropy over the label-word logits
+    only, a softmax restricted to the ``num_classes`` label tokens, and not the full-vocabulary next-token
+    cross-entropy: it is the quantity the accuracy's argmax reads, spends no gradient on pushing down the
+    other ~49k tokens, and lets ``train.logit_adjust`` (FedLC) shift class logits as for a head.
+
+    Prompts are left-padded with position ids counted over the real tokens (as ``generate`` does), so the
+    last position of every row is its last prompt token and the LM head runs at that position only
+    (``logits_to_keep=1``).
+    """
+
+    def __init__(self, *args: Any, label_ids: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if len(label_ids) != self.num_classes:
+            raise ValueError(f"{len(label_ids)} label tokens for {self.num_classes} classes")
+        self.label_ids = torch.as_tensor(list(label_ids), dtype=torch.long)
+
+    def collate(self, ids: Sequence[Sequence[int]], labels: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts with ``position_ids`` (0 at each row's first real token) and ``labels``."""
+        batch = collate_prompts(ids, self.pad_id)
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        batch["labels"] = torch.as_tensor(labels, dtype=torch.long)
+        return batch
+
+    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()[:, self.label_ids.to(out.logits.device)]
 
 
 class GenerationTask:

@@ -20,12 +20,13 @@ from .._host import cpu_count
 from ..data.partition import partition, train_test_split
 from ..data.sources import load_dataset
 from ..data.text import encode_causal, encode_prompt, encode_texts
+from ..data.verbalize import VERBALIZERS, encode_verbalized, label_token_ids
 from ..errors import ConfigError
-from ..fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from ..fl.workload import CAUSAL_MODELS, DataConfig, LocalTrainConfig, ModelConfig, check_classifier
 from ..spec import UpdateSpec
-from .loading import CAUSAL_MODELS, load_base_model, load_tokenizer, require_llm
+from .loading import load_base_model, load_tokenizer, require_llm
 from .lora import apply_lora, read_tensors, split_trainable, write_tensors
-from .tasks import ClassificationTask, GenerationTask, to_device
+from .tasks import ClassificationTask, GenerationTask, VerbalizerTask, to_device
 
 __all__ = ["PeftWorkload", "build_workload", "configure_threads"]
 
@@ -184,20 +185,35 @@ class PeftWorkload:
 
 
 def _classification_task(
-    raw: Any, tok: Any, data: DataConfig, max_length: int
+    raw: Any, tok: Any, data: DataConfig, max_length: int, *, verbalizer: bool = False
 ) -> tuple[ClassificationTask, list]:
     train, test = train_test_split(
         len(raw), data.test_examples, seed=data.seed, max_train=data.max_train_examples
     )
     labels = np.asarray(raw.labels, dtype=np.int64)
     texts = raw.texts
-    task = ClassificationTask(
-        encode_texts(tok, [texts[i] for i in train], max_length),
+    kwargs: dict[str, Any] = {}
+    if verbalizer:
+        verb = VERBALIZERS[data.dataset]
+        if tuple(raw.label_names) != verb.labels:
+            raise ConfigError(f"{data.dataset}: labels {raw.label_names}, verbalizer labels {verb.labels}")
+        kwargs["label_ids"] = label_token_ids(tok, verb)
+
+        def encode(idx: np.ndarray) -> list[list[int]]:
+            return encode_verbalized(tok, [texts[i] for i in idx], verb, max_length)
+    else:
+
+        def encode(idx: np.ndarray) -> list[list[int]]:
+            return encode_texts(tok, [texts[i] for i in idx], max_length)
+
+    task = (VerbalizerTask if verbalizer else ClassificationTask)(
+        encode(train),
         labels[train],
-        encode_texts(tok, [texts[i] for i in test], max_length),
+        encode(test),
         labels[test],
         num_classes=len(raw.label_names),
         pad_id=int(tok.pad_token_id),
+        **kwargs,
     )
     parts = partition(
         len(train), data.num_clients, data.partition, labels=labels[train], alpha=data.alpha, seed=data.seed
@@ -240,7 +256,9 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
     Parameters
     ----------
     model, data
-        What to build. gsm8k needs a causal model (``smollm2-135m`` or ``tiny-llama``).
+        What to build. gsm8k needs a causal model (``smollm2-135m`` or ``tiny-llama``), and so does
+        ``model.classifier = "verbalizer"`` (which also needs a classification dataset); the verbalizer
+        builds a causal LM with LoRA only (empty ``head_spec``).
     seed
         Seeds the random parts of the model (LoRA ``A``, classifier head, tiny models' weights), so
         :meth:`PeftWorkload.initial_params` is a function of it. The split and partition use ``data.seed``.
@@ -252,23 +270,26 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
     MissingExtraError
         ``fedsqueeze[llm]`` is not installed (checked before any data or model loads).
     """
+    check_classifier(model, data)
     require_llm(model.name)
     configure_threads()
     raw = load_dataset(data.dataset)
     generation = not raw.is_classification
+    verbalizer = model.classifier == "verbalizer"
     if generation and model.name not in CAUSAL_MODELS:
         raise ConfigError(f"{data.dataset} needs a causal LM: set model.name to smollm2-135m or tiny-llama")
     tok = load_tokenizer(model.name)
     if generation:
         task, parts = _generation_task(raw, tok, data, model.max_length)
     else:
-        task, parts = _classification_task(raw, tok, data, model.max_length)
+        task, parts = _classification_task(raw, tok, data, model.max_length, verbalizer=verbalizer)
+    head = not (generation or verbalizer)  # a new classifier head (trained as PEFT's modules_to_save)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed & _SEED_MASK)
         base = load_base_model(
             model.name,
             tok,
-            num_labels=None if generation else len(raw.label_names),
+            num_labels=len(raw.label_names) if head else None,
             num_layers=model.num_layers,
             pooling=model.pooling,
         )
@@ -279,12 +300,13 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             alpha=model.lora_alpha,
             dropout=model.lora_dropout,
             target_modules=model.target_modules,
-            classification=not generation,
+            classification=head,
         )
     peft_model.eval()
     device = _resolve_device(model.device)
     info = {
         "model": model.name,
+        "classifier": "none" if generation else model.classifier,
         "dataset": data.dataset,
         "num_clients": data.num_clients,
         "device": str(device),
