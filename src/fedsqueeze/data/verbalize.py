@@ -41,7 +41,7 @@ class Verbalizer:
 
     def __post_init__(self) -> None:
         if len(self.words) != len(self.labels):
-            raise ValueError(f"{len(self.words)} label words for {len(self.labels)} labels")
+            raise ConfigError(f"{len(self.words)} label words for {len(self.labels)} labels")
 
 
 VERBALIZERS: dict[str, Verbalizer] = {

@@ -20,6 +20,7 @@ from ..data.text import (
     collate_classification,
     collate_prompts,
 )
+from ..errors import ConfigError
 from ..fl.workload import log_label_prior
 
 __all__ = ["ClassificationTask", "GenerationTask", "VerbalizerTask", "to_device"]
@@ -128,7 +129,7 @@ class VerbalizerTask(ClassificationTask):
     def __init__(self, *args: Any, label_ids: Sequence[int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if len(label_ids) != self.num_classes:
-            raise ValueError(f"{len(label_ids)} label tokens for {self.num_classes} classes")
+            raise ConfigError(f"{len(label_ids)} label tokens for {self.num_classes} classes")
         self.label_ids = torch.as_tensor(list(label_ids), dtype=torch.long)
 
     def collate(self, ids: Sequence[Sequence[int]], labels: Sequence[int]) -> dict[str, torch.Tensor]:
