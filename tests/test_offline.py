@@ -76,6 +76,7 @@ def test_importing_every_module_changes_no_environment_or_global_state():
     assert sorted(map(tuple, out["needs_extra"])) == [
         ("fedsqueeze.cli.codecs", "rich"),
         ("fedsqueeze.flower.client_app", "flwr"),
+        ("fedsqueeze.flower.downlink", "flwr"),
         ("fedsqueeze.flower.frames", "flwr"),
         ("fedsqueeze.flower.mods", "flwr"),
         ("fedsqueeze.flower.records", "flwr"),
