@@ -389,24 +389,12 @@ def test_with_client_side_dp_clipping():
 
 # -- Flower's simulation runtime: 3 SuperNodes, 2 rounds, FedAvg wrapped -------------------------------------
 def test_simulation_runtime_with_three_supernodes(monkeypatch):
-    from pathlib import Path
+    def make_strategy():
+        return Compressed(qs.fedavg(3), codec="topk", density=0.05)
 
-    from flwr.simulation import run_simulation
-
-    from fedsqueeze.flower import apply_offline_env
-    from fedsqueeze.flower.simulate import quiet_simulation
-
-    for key, value in apply_offline_env({}).items():
-        monkeypatch.setenv(key, value)
-    tests = Path(__file__).resolve().parent
-    monkeypatch.setenv("PYTHONPATH", f"{tests}:{tests.parent / 'src'}")  # the Ray actors import the apps
-    results: list = []
-    server = qs.server_app(lambda: Compressed(qs.fedavg(3), codec="topk", density=0.05), 2, results)
-    client = qs.client_app([qs.ef_probe_mod, compress_mod()])
-    ray = {"num_cpus": 2, "logging_level": "ERROR", "include_dashboard": False}
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": ray}
-    with quiet_simulation(progress=False):
-        run_simulation(server_app=server, client_app=client, num_supernodes=3, backend_config=backend)
+    results = qs.run_in_simulation(
+        monkeypatch, make_strategy, qs.client_app([qs.ef_probe_mod, compress_mod()]), 2
+    )
     ((strategy, result),) = results
     train = result.train_metrics_clientapp
     assert sorted(train) == [1, 2]

@@ -52,30 +52,37 @@ def rows(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def check_hostile_node_dropped(settings, out, kinds, tmp_path, *, replied=None):
+    """Every round drops the hostile node's reply for its kind's reason, and the model equals, bit for bit
+    and finite, the one of the same job with that node silent (its replies never counted)."""
+    from fedsqueeze.flower.server_app import run_rounds
+
+    for kind, row in zip(kinds, rows(out), strict=True):
+        if replied is not None:
+            assert row["replied"] == replied, kind
+        assert row["kept"] == [0, 1] and row["aggregated"], kind
+        (drop,) = row["dropped"]
+        assert drop["client"] == HOSTILE and REASONS[kind] in drop["reason"], (kind, drop)
+        assert math.isfinite(row["train_loss"]) and math.isfinite(row["eval_metric"])
+    grid = FakeGrid(settings, 3)
+    grid.down = {HOSTILE}
+    run_rounds(grid, settings, tmp_path / "silent")
+    a = load_file(str(out / "final_params.safetensors"))
+    b = load_file(str(tmp_path / "silent" / "final_params.safetensors"))
+    assert all(torch.equal(a[k], b[k]) and bool(torch.isfinite(a[k]).all()) for k in a)
+
+
 @pytest.mark.usefixtures("task_identity")
 def test_hostile_replies_are_dropped_and_the_job_equals_one_without_that_node(tmp_path):
     from fedsqueeze.flower.server_app import run_rounds
 
     settings = FlowerSettings(make_config(n=3, k=3, rounds=len(KINDS)), round_timeout=5)
     run_rounds(HostileGrid(settings, 3), settings, tmp_path / "hostile")
-    got = rows(tmp_path / "hostile")
-    for kind, row in zip(KINDS, got, strict=True):
-        assert row["kept"] == [0, 1] and row["aggregated"], kind
-        (drop,) = row["dropped"]
-        assert drop["client"] == HOSTILE and REASONS[kind] in drop["reason"], (kind, drop)
-        assert math.isfinite(row["train_loss"]) and math.isfinite(row["eval_metric"])
-    # The same job with that node silent: the same model, bit for bit (its replies never counted).
-    grid = FakeGrid(settings, 3)
-    grid.down = {HOSTILE}
-    run_rounds(grid, settings, tmp_path / "silent")
-    a = load_file(str(tmp_path / "hostile" / "final_params.safetensors"))
-    b = load_file(str(tmp_path / "silent" / "final_params.safetensors"))
-    assert all(torch.equal(a[k], b[k]) and bool(torch.isfinite(a[k]).all()) for k in a)
+    check_hostile_node_dropped(settings, tmp_path / "hostile", KINDS, tmp_path)
 
 
 @pytest.mark.slow
 def test_a_hostile_supernode_on_a_real_superlink(tmp_path, task_identity):
-    from fedsqueeze.flower.server_app import run_rounds
     from support.deployment import Stack
 
     cfg = make_config(n=3, k=3, rounds=len(FRAME_KINDS))
@@ -87,16 +94,4 @@ def test_a_hostile_supernode_on_a_real_superlink(tmp_path, task_identity):
         assert (tmp_path / "out" / "summary.json").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         stack.close()
-    got = rows(tmp_path / "out")
-    for kind, row in zip(FRAME_KINDS, got, strict=True):
-        assert row["replied"] == [0, 1, 2] and row["kept"] == [0, 1] and row["aggregated"], kind
-        (drop,) = row["dropped"]
-        assert drop["client"] == HOSTILE and REASONS[kind] in drop["reason"], (kind, drop)
-        assert math.isfinite(row["train_loss"]) and math.isfinite(row["eval_metric"])
-    # the model is the one of the honest nodes alone, bit for bit, and finite
-    grid = FakeGrid(settings, 3)
-    grid.down = {HOSTILE}
-    run_rounds(grid, settings, tmp_path / "silent")
-    a = load_file(str(tmp_path / "out" / "final_params.safetensors"))
-    b = load_file(str(tmp_path / "silent" / "final_params.safetensors"))
-    assert all(torch.equal(a[k], b[k]) and bool(torch.isfinite(a[k]).all()) for k in a)
+    check_hostile_node_dropped(settings, tmp_path / "out", FRAME_KINDS, tmp_path, replied=[0, 1, 2])

@@ -52,6 +52,8 @@ def _blockwise_body(spec: UpdateSpec, bits: int, first_scale: float, code: int =
     w = _f32(_u((64, 32)), first_scale, *[1.0] * (nb - 1))
     w.write_uints(np.full(spec.numel, code, dtype=np.uint64), bits)
     return w.getvalue()
+
+
 def hostile_reference(spec: UpdateSpec):
     """The reference hostile frames are decoded with (predictive bodies carry its hash, so their later
     fields are reached)."""

@@ -121,5 +121,3 @@ class Stack:
 def sent_log(root: Path, p: int) -> list[dict]:
     path = root / f"state{p}" / "sent.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-
-

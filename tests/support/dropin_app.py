@@ -111,3 +111,28 @@ def ef_probe_mod(msg: Message, context: Context, call_next) -> Message:
     if msg.metadata.message_type == "train" and not reply.has_error():
         reply.content["metrics"]["ef-prev-round"] = 0 if state is None else int(state["round"])
     return reply
+
+
+def run_in_simulation(monkeypatch, make_strategy, client: ClientApp, rounds: int, nodes: int = 3) -> list:
+    """Run ``make_strategy``'s server against ``client`` in Flower's simulation runtime (Ray, offline).
+
+    Returns the server app's ``[(strategy, result)]``.
+    """
+    from pathlib import Path
+
+    from flwr.simulation import run_simulation
+
+    from fedsqueeze.flower import apply_offline_env
+    from fedsqueeze.flower.simulate import quiet_simulation
+
+    for key, value in apply_offline_env({}).items():
+        monkeypatch.setenv(key, value)
+    tests = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", f"{tests}:{tests.parent / 'src'}")  # the Ray actors import the apps
+    results: list = []
+    server = server_app(make_strategy, rounds, results)
+    ray = {"num_cpus": 2, "logging_level": "ERROR", "include_dashboard": False}
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": ray}
+    with quiet_simulation(progress=False):
+        run_simulation(server_app=server, client_app=client, num_supernodes=nodes, backend_config=backend)
+    return results

@@ -41,6 +41,7 @@ from ..errors import PayloadError
 from ..fl.server import Downlink, state_sha256
 from ..spec import UpdateSpec
 from .frames import float_keys, is_float
+from .records import array_bytes
 
 __all__ = [
     "DENSE_KEY",
@@ -254,12 +255,7 @@ class DownlinkSender:
 
 # -- the client end ------------------------------------------------------------------------------------------
 def _frame_of(record: ArrayRecord, key: str) -> bytes:
-    if key not in record:
-        raise PayloadError(f"the downlink delivery lacks its frame {key!r}")
-    a = record[key]
-    if a.dtype != "uint8" or a.stype != DOWN_STYPE or tuple(a.shape) != (len(a.data),):
-        raise PayloadError(f"{key!r} is not a downlink frame (dtype {a.dtype}, stype {a.stype})")
-    return bytes(a.data)
+    return array_bytes(record, key, stype=DOWN_STYPE, what="downlink delivery")
 
 
 def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, ArrayRecord, dict[str, Any]]:

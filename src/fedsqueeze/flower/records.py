@@ -33,13 +33,18 @@ def bytes_array(data: bytes) -> Array:
     return Array(dtype="uint8", shape=(len(data),), stype=STYPE, data=bytes(data))
 
 
-def array_bytes(record: ArrayRecord, key: str) -> bytes:
-    """The bytes of ``record[key]``; :class:`~fedsqueeze.PayloadError` if missing or not a byte array."""
+def array_bytes(record: ArrayRecord, key: str, *, stype: str = STYPE, what: str = "reply") -> bytes:
+    """The bytes of ``record[key]``; :class:`~fedsqueeze.PayloadError` if missing or not a byte array.
+
+    ``stype`` is the storage type the array must carry (the downlink's frames use their own), ``what`` names
+    the record in the error.
+    """
     if key not in record:
-        raise PayloadError(f"reply has no {key!r} array")
+        raise PayloadError(f"the {what} has no {key!r} array")
     arr = record[key]
-    if arr.dtype != "uint8" or arr.stype != STYPE or tuple(arr.shape) != (len(arr.data),):
-        raise PayloadError(f"{key!r} is not a raw uint8 byte array (dtype {arr.dtype}, stype {arr.stype})")
+    if arr.dtype != "uint8" or arr.stype != stype or tuple(arr.shape) != (len(arr.data),):
+        raise PayloadError(f"{key!r} is not a raw uint8 byte array of stype {stype!r} in the {what} "
+                           f"(dtype {arr.dtype}, stype {arr.stype})")  # fmt: skip
     return bytes(arr.data)
 
 
