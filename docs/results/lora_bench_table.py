@@ -1,9 +1,10 @@
-"""The lora-bench table of docs/results.md: every finished cell of `fedsqueeze study lora-bench`.
+"""The lora-bench tables of docs/results.md: every finished cell of `fedsqueeze study lora-bench`.
 
-Reads ``DIR/<task>/<partition>/<column>/seed<k>/summary.json`` and ``metrics.jsonl`` (default DIR:
-docs/results/lora-bench, the copy of runs/study/lora-bench kept in the repository) and prints one row per
-cell: final and best accuracy, MB up / down / total, total bits per parameter per client-round, and the
-LoRA B tensors' sum of magnitudes in the final adapter when the final parameters are there.
+Reads ``DIR/<task>/<partition>/<column>/seed<k>/summary.json`` (default DIR: docs/results/lora-bench, the
+copy of runs/study/lora-bench kept in the repository) and prints one row per cell: final and best accuracy,
+MB up / down / total and total bits per parameter per client-round. Then one row per partition × column with
+the mean ± std over its seeds (sample std, n − 1), and the LoRA-frozen controls of ``docs/results/lora-gap``
+(``<partition>-frozenlora-seed<k>``) when they are there.
 
     python docs/results/lora_bench_table.py [DIR]
 """
@@ -11,22 +12,43 @@ LoRA B tensors' sum of magnitudes in the final adapter when the final parameters
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 
+def _ms(xs: list[float]) -> str:
+    return f"{xs[0]:.3f}" if len(xs) == 1 else f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+
+
 def main(root: Path) -> None:
-    print("| column | seed | final | best | up MB | down MB | total MB | total bits/param |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| partition | column | seed | final | best | up MB | down MB | total MB | total bits/param |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for f in sorted(root.glob("*/*/*/seed*/summary.json")):
         s = json.loads(f.read_text())
-        col, seed = f.parent.parent.name, f.parent.name.removeprefix("seed")
+        part, col, seed = f.parent.parent.parent.name, f.parent.parent.name, f.parent.name.removeprefix("seed")
         up, down = s["total_uplink_bytes"] / 1e6, s["total_downlink_bytes"] / 1e6
         bpp = s.get("total_bits_per_param")
+        bpp_text = "–" if bpp is None else f"{bpp:.3f}"
         print(
-            f"| {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} | {up:.3f} | {down:.2f} | "
-            f"{up + down:.2f} | {bpp:.3f} |"
+            f"| {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} | {up:.3f} | "
+            f"{down:.2f} | {up + down:.2f} | {bpp_text} |"
         )
+        groups[(part, col)].append(s)
+    gap = root.parent / "lora-gap"
+    for part in sorted({p for p, _ in groups}):
+        for f in sorted(gap.glob(f"{part}-frozenlora-seed*/summary.json")):
+            groups[(part, "LoRA frozen (control)")].append(json.loads(f.read_text()))
+    print()
+    print("| partition | column | seeds | final | best |")
+    print("|---|---|---|---|---|")
+    for (part, col), runs in sorted(groups.items()):
+        final = [r["final_metric"] for r in runs]
+        best = [r["best_metric"] for r in runs]
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        print(f"| {part} | {col} | {seeds} | {_ms(final)} | {_ms(best)} |")
 
 
 if __name__ == "__main__":
