@@ -147,9 +147,7 @@ class Codec(ABC):
     # -- decoding -----------------------------------------------------------------------------------
     @classmethod
     @abstractmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         """Decode a body into a float32 vector of length ``spec.numel``.
 
         Must raise :class:`~fedsqueeze.PayloadError` for any malformed body and validate every count and

@@ -32,9 +32,7 @@ class _Dense(Codec):
         return ints.numpy().astype(f"<i{self.width}", copy=False).tobytes()
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         if len(body) != cls.width * spec.numel:
             raise PayloadError(f"{cls.name} body has {len(body)} bytes, expected {cls.width * spec.numel}")
         raw = np.frombuffer(body, dtype=f"<i{cls.width}").astype(f"=i{cls.width}")

@@ -127,7 +127,12 @@ class Federation:
         self.codec_options = (codec if codec is not None else config.codec.build()).options()
         down = downlink_codec(config, workload.lora_spec, self.log)
         self.downlink = Downlink(
-            down, workload.lora_spec, workload.head_spec, self.lora, self.n, self.head,
+            down,
+            workload.lora_spec,
+            workload.head_spec,
+            self.lora,
+            self.n,
+            self.head,
             window=config.fl.downlink_window,
         )
         self.ledger = TrafficLedger()

@@ -120,8 +120,6 @@ class _Federation(Federation):
             ef.load_state_dict(st)
 
 
-
-
 def simulate(config: RunConfig, workload: Workload, *, progress: bool = False) -> Federation:
     """Run every round of ``config`` with in-process clients, capturing each raw update; return the
     federation (its ``rows``, ``ledger`` and ``captures``). Writes nothing (phases of a run use it)."""

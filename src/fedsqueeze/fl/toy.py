@@ -15,7 +15,7 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from ..spec import UpdateSpec
-from .workload import LocalTrainConfig, log_label_prior
+from .workload import LocalTrainConfig, log_label_prior, make_optimizer
 
 __all__ = ["ToyWorkload"]
 
@@ -128,7 +128,7 @@ class ToyWorkload:
         else:
             for k in head:
                 params[k].requires_grad_(False)
-        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+        opt = make_optimizer(groups, cfg)
         gen = torch.Generator().manual_seed(seed & ((1 << 63) - 1))
         bias = torch.zeros(self.num_classes)
         if cfg.logit_adjust > 0:  # FedLC: τ·log of this client's add-one smoothed label frequencies

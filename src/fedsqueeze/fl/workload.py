@@ -8,7 +8,7 @@ to train one client locally and to evaluate. It never imports transformers. Real
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -21,12 +21,14 @@ __all__ = [
     "CAUSAL_MODELS",
     "CLASSIFIERS",
     "HEAD_MODES",
+    "OPTIMIZERS",
     "DataConfig",
     "LocalTrainConfig",
     "ModelConfig",
     "Workload",
     "check_classifier",
     "log_label_prior",
+    "make_optimizer",
 ]
 
 MODELS = ("minilm", "smollm2-135m", "tiny-bert", "tiny-llama", "toy")  # toy: fl.toy.ToyWorkload (tests)
@@ -36,6 +38,9 @@ PARTITIONS = ("iid", "dirichlet")
 POOLINGS = ("auto", "cls", "mean")
 DEVICES = ("cpu", "cuda", "auto")  # classification heads: see fedsqueeze.models.pooling
 HEAD_MODES = ("train", "first_round", "frozen")
+# Local optimizers by name. "adam" adds weight decay to the gradient (L2, coupled; the FLM-TopK authors'
+# code), "adamw" decays the weights apart from the gradient step (Loshchilov & Hutter; transformers' Trainer).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 CLASSIFIERS = ("head", "verbalizer")  # verbalizer: fedsqueeze.data.verbalize
 
 
@@ -161,6 +166,10 @@ class LocalTrainConfig:
         Adam weight decay.
     amsgrad
         Use Adam's amsgrad variant.
+    optimizer
+        ``"adam"``: the weight decay is added to the gradient (L2), so Adam's normalisation turns it into a
+        step of about ``lr`` towards zero on a tensor whose gradient is tiny, such as LoRA's A while B is
+        still near zero. ``"adamw"``: decoupled weight decay, ``lr · weight_decay · w`` per step.
     max_steps
         Cap on optimizer steps per round; ``None``: run all ``epochs``.
     head_lr
@@ -177,6 +186,7 @@ class LocalTrainConfig:
     lr: float = setting(5e-3, range=POSITIVE)
     weight_decay: float = setting(0.02, range=Range(0))
     amsgrad: bool = True
+    optimizer: str = setting("adam", choices=tuple(OPTIMIZERS))
     max_steps: int | None = setting(40, range=POSITIVE)
     head_lr: float | None = setting(None, range=POSITIVE)
     logit_adjust: float = setting(1.0, range=Range(0, note=" (0 turns it off)"))
@@ -199,6 +209,11 @@ def log_label_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``log π`` of a client's labels, add-one smoothed (never ``-inf``): the FedLC logit offset per class."""
     counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes).to(torch.float64)
     return torch.log((counts + 1.0) / (counts.sum() + num_classes)).to(torch.float32)
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: LocalTrainConfig) -> torch.optim.Optimizer:
+    """The local optimizer ``cfg.optimizer`` over ``groups`` (lr, weight decay, amsgrad: ``cfg``)."""
+    return OPTIMIZERS[cfg.optimizer](groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
 
 
 @runtime_checkable

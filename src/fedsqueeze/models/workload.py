@@ -22,7 +22,14 @@ from ..data.sources import load_dataset
 from ..data.text import encode_causal, encode_prompt, encode_texts
 from ..data.verbalize import VERBALIZERS, encode_verbalized, label_token_ids
 from ..errors import ConfigError
-from ..fl.workload import CAUSAL_MODELS, DataConfig, LocalTrainConfig, ModelConfig, check_classifier
+from ..fl.workload import (
+    CAUSAL_MODELS,
+    DataConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    check_classifier,
+    make_optimizer,
+)
 from ..spec import UpdateSpec
 from .loading import load_base_model, load_tokenizer, require_llm
 from .lora import apply_lora, read_tensors, split_trainable, write_tensors
@@ -138,7 +145,7 @@ class PeftWorkload:
             p.requires_grad_(train_head)  # a fixed head takes no gradient (nor the time to compute it)
         if self._head_params and train_head:
             groups.append({"params": list(self._head_params.values()), "lr": cfg.head_lr or cfg.lr})
-        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+        opt = make_optimizer(groups, cfg)
         loss_kwargs: dict[str, torch.Tensor] = {}
         if cfg.logit_adjust > 0:
             if not hasattr(self.task, "log_prior"):

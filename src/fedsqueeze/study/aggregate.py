@@ -208,9 +208,7 @@ def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) ->
             "uplink_bits_per_param": _stats([r["uplink_bits_per_param"] for r in ok]),
             "total_bits_per_param": _stats([r["total_bits_per_param"] for r in ok]),
             "sim_time_s": _stats([r["sim_time_s"] for r in ok]),
-            "per_seed": {
-                int(r["seed"]): {"final": r["final_metric"], "best": r["best_metric"]} for r in ok
-            },
+            "per_seed": {int(r["seed"]): {"final": r["final_metric"], "best": r["best_metric"]} for r in ok},
         }
     ranked = [c for c in codecs.values() if c["best_metric"]["mean"] is not None]
     weakest = min(ranked, key=lambda c: c["best_metric"]["mean"], default=None)

@@ -177,9 +177,7 @@ class PowerSGD(Codec):
         return w.getvalue()
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         r = BitReader(body)
         fb = r.read_uint(8, "factor_bits")
         if fb not in (16, 32):

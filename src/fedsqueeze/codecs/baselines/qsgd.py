@@ -182,9 +182,7 @@ class QSGD(Codec):
         return w.getvalue()
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)
         bucket = r.read_uint(32, "bucket")

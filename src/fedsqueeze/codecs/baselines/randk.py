@@ -118,9 +118,7 @@ class RandK(Codec):
         return w.getvalue()
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)
         k = r.read_uint(32, "k")

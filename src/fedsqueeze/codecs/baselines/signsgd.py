@@ -57,9 +57,7 @@ class SignSGD(Codec):
         return w.getvalue()
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         expect_body_bits(cls.name, body, _body_bits(spec))
         r = BitReader(body)
         with np.errstate(invalid="ignore"):  # signalling NaNs are rejected just below

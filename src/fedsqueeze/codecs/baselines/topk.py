@@ -147,9 +147,7 @@ class TopK(Codec):
         return w.getvalue()
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)
         k = r.read_uint(32, "k")

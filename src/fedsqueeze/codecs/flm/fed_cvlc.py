@@ -74,9 +74,7 @@ class FedCVLC(Codec):
         return encode_body(stream, mode=MODE_EVEN, s=s, d=d, k_per_interval=None, seed=seed)
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
         if len(body) and (body[0] >> 3) < max(1, ceil_log2(d)):
             raise PayloadError("fed_cvlc body must describe a single interval")

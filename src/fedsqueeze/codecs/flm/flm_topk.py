@@ -135,9 +135,7 @@ class FLMTopK(Codec):
         return body
 
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         idx, vals = decode_body(body, spec.numel)
         out = torch.zeros(spec.numel, dtype=torch.float32)
         out[torch.from_numpy(idx)] = torch.from_numpy(vals)

@@ -460,9 +460,7 @@ class WfEcq(Codec):
 
     # -- decoding ----------------------------------------------------------------------------------------
     @classmethod
-    def decode_flat(
-        cls, body: bytes, spec: UpdateSpec, *, seed: int
-    ) -> torch.Tensor:
+    def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
         r = BitReader(body)
         flags = r.read_uint(8, "flags")
