@@ -2,9 +2,9 @@
 
 Reads ``DIR/<task>/<partition>/<column>/seed<k>/summary.json`` (default DIR: docs/results/lora-bench, the
 copy of runs/study/lora-bench kept in the repository) and prints one row per cell: final and best accuracy,
-MB up / down / total and total bits per parameter per client-round. Then one row per partition × column with
-the mean ± std over its seeds (sample std, n − 1), and the LoRA-frozen controls of ``docs/results/lora-gap``
-(``<partition>-frozenlora-seed<k>``) when they are there.
+MB up / down / total and total bits per parameter per client-round. Then one row per task × partition ×
+column with the mean ± std over its seeds (sample std, n − 1), and the LoRA-frozen controls of the
+``minilm-rt-lora`` task (``docs/results/lora-gap/<partition>-frozenlora-seed<k>``) when they are there.
 
     python docs/results/lora_bench_table.py [DIR]
 """
@@ -23,32 +23,33 @@ def _ms(xs: list[float]) -> str:
 
 
 def main(root: Path) -> None:
-    print("| partition | column | seed | final | best | up MB | down MB | total MB | total bits/param |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    print("| task | partition | column | seed | final | best | up MB | down MB | total MB | total bits/param |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for f in sorted(root.glob("*/*/*/seed*/summary.json")):
         s = json.loads(f.read_text())
-        part, col, seed = f.parent.parent.parent.name, f.parent.parent.name, f.parent.name.removeprefix("seed")
+        task, part = f.parents[3].name, f.parents[2].name
+        col, seed = f.parents[1].name, f.parent.name.removeprefix("seed")
         up, down = s["total_uplink_bytes"] / 1e6, s["total_downlink_bytes"] / 1e6
         bpp = s.get("total_bits_per_param")
         bpp_text = "–" if bpp is None else f"{bpp:.3f}"
         print(
-            f"| {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} | {up:.3f} | "
+            f"| {task} | {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} | {up:.3f} | "
             f"{down:.2f} | {up + down:.2f} | {bpp_text} |"
         )
-        groups[(part, col)].append(s)
+        groups[(task, part, col)].append(s)
     gap = root.parent / "lora-gap"
-    for part in sorted({p for p, _ in groups}):
+    for part in sorted({p for t, p, _ in groups if t == "minilm-rt-lora"}):
         for f in sorted(gap.glob(f"{part}-frozenlora-seed*/summary.json")):
-            groups[(part, "LoRA frozen (control)")].append(json.loads(f.read_text()))
+            groups[("minilm-rt-lora", part, "LoRA frozen (control)")].append(json.loads(f.read_text()))
     print()
-    print("| partition | column | seeds | final | best |")
-    print("|---|---|---|---|---|")
-    for (part, col), runs in sorted(groups.items()):
+    print("| task | partition | column | seeds | final | best |")
+    print("|---|---|---|---|---|---|")
+    for (task, part, col), runs in sorted(groups.items()):
         final = [r["final_metric"] for r in runs]
         best = [r["best_metric"] for r in runs]
         seeds = ", ".join(str(r["seed"]) for r in runs)
-        print(f"| {part} | {col} | {seeds} | {_ms(final)} | {_ms(best)} |")
+        print(f"| {task} | {part} | {col} | {seeds} | {_ms(final)} | {_ms(best)} |")
 
 
 if __name__ == "__main__":
