@@ -65,6 +65,30 @@ def test_grid_expands_every_cell_with_its_overrides() -> None:
     assert cell.out_dir("OUT") == Path("OUT/toy/dir0.1/topk-ef-off/seed4")
 
 
+def test_task_extends_an_earlier_task() -> None:
+    data = _grid_dict(target=0.6, timing={"step_s": 0.5}, set=["train.lr=0.01"])
+    data["tasks"].append(
+        {
+            "name": "toy-adamw",
+            "extends": "toy",
+            "set": ["train.optimizer=adamw"],
+            "config": {"data": {"num_clients": 8}},
+            "timing": {"eval_s": 2.0},
+        }
+    )
+    grid = study_from_dict(data)
+    child = grid.tasks[1]
+    assert child.overrides == ("train.lr=0.01", "train.optimizer=adamw")
+    assert child.target == 0.6 and dict(child.timing) == {"step_s": 0.5, "eval_s": 2.0}
+    by_id = {c.id: c.config for c in grid.cells()}
+    mine, theirs = by_id["toy-adamw/iid/qsgd/seed3"], by_id["toy/iid/qsgd/seed3"]
+    assert mine.train.optimizer == "adamw" and theirs.train.optimizer == "adam"
+    assert mine.train.lr == theirs.train.lr == 0.01
+    assert (mine.data.num_clients, theirs.data.num_clients) == (8, 6)
+    assert mine.fl.clients_per_round == theirs.fl.clients_per_round == 2  # the parent's inline config
+    assert mine.differences(theirs.to_dict()) == ["data.num_clients", "train.optimizer"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
@@ -77,6 +101,10 @@ def test_grid_expands_every_cell_with_its_overrides() -> None:
         (lambda d: d["codecs"].append({"label": "qsgd", "name": "qsgd"}), "duplicate codecs"),
         (lambda d: d["codecs"][0].update(label="a/b"), "codecs[0].label"),
         (lambda d: d["tasks"][0].update(base="no-such-preset"), "tasks.toy.base"),
+        (lambda d: d["tasks"].append({"name": "t2", "extends": "nope"}), "tasks.t2.extends"),
+        (lambda d: d["tasks"].insert(0, {"name": "t0", "extends": "toy"}), "tasks.t0.extends"),
+        (lambda d: d["tasks"].append({"name": "t2", "extends": "toy", "base": "default"}), "not both"),
+        (lambda d: d["tasks"].append({"name": "toy", "extends": "toy"}), "duplicate tasks"),
     ],
 )
 def test_bad_study_keys_raise_config_error_naming_the_key(mutate, needle: str) -> None:

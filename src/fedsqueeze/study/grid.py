@@ -17,6 +17,11 @@ A study file::
     target = 0.7                     # optional fixed target (default: the weakest codec's best)
     codec_set = { cg_fedllm = ["codec.options.model_path=ae/minilm-rt.safetensors"] }  # per task × codec
 
+    [[tasks]]
+    name = "minilm-rt-adamw"
+    extends = "minilm-rt"            # an earlier task: its base, config, set, target, timing, codec_set
+    set = ["train.optimizer=adamw"]  # appended to the parent's set; other keys replace or merge into its own
+
     [[codecs]]
     label = "flm_topk-even"
     name = "flm_topk"
@@ -28,6 +33,12 @@ A study file::
     label = "dir0.1"
     partition = "dirichlet"
     alpha = 0.1
+
+**Task inheritance.** ``extends = "<task>"`` starts a task from an earlier task of the same file: the
+parent's ``base`` (a task that extends gives no ``base`` of its own), its ``config`` tables with the task's
+own merged over them, its ``set`` followed by the task's own, and its ``target``, ``timing`` and
+``codec_set`` unless the task gives them (``timing`` and ``codec_set`` merge key by key). So two tasks that
+differ by one setting say so in one line.
 
 A cell's config is: base, then inline ``config`` tables, then ``study.set``, ``task.set``, the partition, the
 codec (name + options), ``codec.set`` and the task's ``codec_set`` for that codec, then the seed. Every cell
@@ -333,9 +344,46 @@ def _read_base(where: str, base: Any, here: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}.base = {base!r}: {exc}") from None
 
 
+_TASK_KEYS = ("name", "base", "config", "set", "target", "timing", "codec_set")
+
+
+def _extend(i: int, raw: Any, earlier: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``raw`` with its ``extends`` resolved against the (already resolved) tasks before it."""
+    where = f"tasks[{i}]"
+    raw = dict(_keys(where, raw, (*_TASK_KEYS, "extends")))
+    if "extends" not in raw:
+        return raw
+    parent_name = raw.pop("extends")
+    where = f"tasks.{raw.get('name', i)}"
+    if not isinstance(parent_name, str) or parent_name not in earlier:
+        known = ", ".join(earlier) or "none"
+        raise ConfigError(
+            f"{where}.extends = {parent_name!r} must name a task defined above it (tasks so far: {known})"
+        )
+    if "base" in raw:
+        raise ConfigError(f"{where}: give base or extends, not both (extends takes {parent_name!r}'s base)")
+    parent = earlier[parent_name]
+    out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in parent.items() if k != "name"}
+    out["name"] = raw.get("name")
+    for key in ("config", "timing", "codec_set"):
+        mine, theirs = raw.get(key, {}), out.get(key, {})
+        if not isinstance(mine, Mapping) or not isinstance(theirs, Mapping):
+            out[key] = mine  # not a table: _task reports it
+        elif key == "config":
+            out[key] = _merge(copy.deepcopy(dict(theirs)), mine)
+        else:
+            out[key] = {**theirs, **mine}
+    mine_set, theirs_set = raw.get("set", []), out.get("set", [])
+    both = isinstance(mine_set, list) and isinstance(theirs_set, list)
+    out["set"] = [*theirs_set, *mine_set] if both else mine_set
+    if "target" in raw:
+        out["target"] = raw["target"]
+    return out
+
+
 def _task(i: int, raw: Any, here: Path) -> TaskEntry:
     where = f"tasks[{i}]"
-    raw = _keys(where, raw, ("name", "base", "config", "set", "target", "timing", "codec_set"))
+    raw = _keys(where, raw, _TASK_KEYS)
     name = _label(f"{where}.name", raw.get("name"))
     where = f"tasks.{name}"
     base = _read_base(where, raw.get("base"), here)
@@ -418,6 +466,16 @@ def _partition(i: int, raw: Any) -> PartitionEntry:
     return PartitionEntry(label, partition, None if alpha is None else float(alpha))
 
 
+def _tasks(raws: list[Any], here: Path) -> tuple[TaskEntry, ...]:
+    resolved: dict[str, dict[str, Any]] = {}
+    tasks = []
+    for i, raw in enumerate(raws):
+        full = _extend(i, raw, resolved)
+        tasks.append(_task(i, full, here))
+        resolved.setdefault(tasks[-1].name, full)  # a duplicate name fails in StudyGrid
+    return tuple(tasks)
+
+
 def study_from_dict(data: Mapping[str, Any], *, here: str | Path = ".", name: str = "study") -> StudyGrid:
     """Build a :class:`StudyGrid` from a parsed study TOML; ``here`` resolves relative ``base`` paths."""
     _keys("study file", data, ("study", "tasks", "codecs", "partitions"))
@@ -441,7 +499,7 @@ def study_from_dict(data: Mapping[str, Any], *, here: str | Path = ".", name: st
             raise ConfigError(f"{section} must be an array of tables ([[{section}]])")
     grid = StudyGrid(
         name=_label("study.name", head.get("name", name)),
-        tasks=tuple(_task(i, t, Path(here)) for i, t in enumerate(data.get("tasks", []))),
+        tasks=_tasks(data.get("tasks", []), Path(here)),
         codecs=tuple(_codec(i, c, rates) for i, c in enumerate(data.get("codecs", []))),
         partitions=tuple(_partition(i, p) for i, p in enumerate(data.get("partitions", []))),
         seeds=tuple(seeds),
