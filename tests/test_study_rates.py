@@ -15,7 +15,13 @@ import pytest
 from fedsqueeze.analysis.bd_rate import log_rate_at
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.study.aggregate import aggregate, paired_differences, seed_differences, write_results
+from fedsqueeze.study.aggregate import (
+    aggregate,
+    codec_spread,
+    paired_differences,
+    seed_differences,
+    write_results,
+)
 from fedsqueeze.study.grid import load_study, study_from_dict, study_path
 from fedsqueeze.study.plots import rate_figure
 
@@ -437,3 +443,40 @@ def test_paired_differences_detect_a_shift_the_unpaired_screen_misses(tmp_path: 
     assert best["delta"] == pytest.approx(0.03) and best["exceeds"] is True
     one = paired_differences({"codecs": [dict(c, per_seed={0: c["per_seed"][0]}) for c in group["codecs"]]})
     assert all(d["exceeds"] is None and d["reason"] for d in one)
+
+
+def _col(codec: str, rate: float | None, finals: list[float], bests: list[float]) -> dict:
+    def stats(v: list[float]) -> dict:
+        return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
+
+    return {"codec": codec, "rate": rate, "final_metric": stats(finals), "best_metric": stats(bests)}
+
+
+def test_codec_spread_per_rate_against_the_pooled_seed_std() -> None:
+    group = {
+        "baseline": "identity",
+        "codecs": [
+            _col("identity", None, [0.80, 0.84], [0.82, 0.86]),
+            _col("topk@r0.25", 0.25, [0.60, 0.64], [0.70, 0.71]),
+            _col("wf_ecq@r0.25", 0.25, [0.70, 0.72], [0.70, 0.73]),
+            _col("topk@r1", 1.0, [0.78], [0.79]),  # one seed at this rate: the baseline's std is used
+            _col("wf_ecq@r1", 1.0, [0.79], [0.80]),
+        ],
+    }
+    low, high = codec_spread(group)
+    assert (low["rate"], high["rate"]) == (0.25, 1.0)
+    f = low["final"]
+    assert f["lowest"] == ["topk@r0.25", pytest.approx(0.62)]
+    assert f["highest"] == ["wf_ecq@r0.25", pytest.approx(0.71)]
+    assert f["spread"] == pytest.approx(0.09)
+    # pooled std: sqrt(mean(var)) = sqrt((0.0008 + 0.0002) / 2)
+    assert f["seed_std"] == pytest.approx(math.sqrt(0.0005)) and f["std_source"] == "rate"
+    assert f["separates"] is True  # 0.09 > 2 * 0.02236
+    b = low["best"]  # 0.715 - 0.705 = 0.01 against 2 * sqrt((0.00005 + 0.00045) / 2) = 0.0316
+    assert b["spread"] == pytest.approx(0.01) and b["seed_std"] == pytest.approx(math.sqrt(0.00025))
+    assert b["separates"] is False
+    h = high["final"]
+    assert h["std_source"] == "baseline" and h["seed_std"] == pytest.approx(statistics.stdev([0.80, 0.84]))
+    assert h["spread"] == pytest.approx(0.01) and h["separates"] is False
+    alone = codec_spread({"baseline": "x", "codecs": [_col("topk@r1", 1.0, [0.7], [0.7])]})
+    assert alone[0]["final"]["separates"] is None and alone[0]["final"]["std_source"] is None

@@ -51,6 +51,7 @@ from .runner import ERROR_FILE, cpu_count, done_summary
 __all__ = [
     "aggregate",
     "bd_rows",
+    "codec_spread",
     "family_curves",
     "load_cell",
     "machine_info",
@@ -254,6 +255,7 @@ def _group(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]]) ->
     }
     group["families"] = family_curves(group)
     group["seed_differences"] = seed_differences(group)
+    group["codec_spread"] = codec_spread(group)
     group["paired_differences"] = paired_differences(group)
     return group
 
@@ -325,6 +327,47 @@ def seed_differences(group: dict[str, Any]) -> list[dict[str, Any]]:
                 thr = 2.0 * math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
                 entry.update(threshold=thr, exceeds=abs(entry["delta"]) > thr, reason=None)
             out.append(entry)
+    return out
+
+
+def codec_spread(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per swept rate: how far apart the codecs at that rate are, against the seed spread.
+
+    One entry per rate with finished columns: ``rate``, ``columns`` (labels with a seed mean), and for
+    ``final`` and ``best``: ``lowest`` / ``highest`` (``[column, seed mean]``), ``spread`` (highest − lowest),
+    ``seed_std`` (pooled: the root mean of the variances of the columns at that rate with 2 or more seeds;
+    without one, the baseline column's std) with ``std_source`` (``"rate"``, ``"baseline"`` or ``None``) and
+    ``separates`` (``spread > 2·seed_std``, ``None`` without a std or with fewer than 2 columns).
+    """
+    base = next((c for c in group["codecs"] if c["codec"] == group["baseline"]), None)
+    rates = sorted({c["rate"] for c in group["codecs"] if c["rate"] is not None})
+    out = []
+    for rate in rates:
+        cols = [c for c in group["codecs"] if c["rate"] == rate and c["final_metric"]["mean"] is not None]
+        if not cols:
+            continue
+        entry: dict[str, Any] = {"rate": rate, "columns": [c["codec"] for c in cols]}
+        for metric in ("final", "best"):
+            key = f"{metric}_metric"
+            lo = min(cols, key=lambda c: c[key]["mean"])
+            hi = max(cols, key=lambda c: c[key]["mean"])
+            variances = [c[key]["std"] ** 2 for c in cols if c[key]["std"] is not None]
+            if variances:
+                std, source = math.sqrt(statistics.fmean(variances)), "rate"
+            elif base is not None and base[key]["std"] is not None:
+                std, source = base[key]["std"], "baseline"
+            else:
+                std, source = None, None
+            spread = hi[key]["mean"] - lo[key]["mean"]
+            entry[metric] = {
+                "lowest": [lo["codec"], lo[key]["mean"]],
+                "highest": [hi["codec"], hi[key]["mean"]],
+                "spread": spread,
+                "seed_std": std,
+                "std_source": source,
+                "separates": None if std is None or len(cols) < 2 else spread > 2.0 * std,
+            }
+        out.append(entry)
     return out
 
 
@@ -549,6 +592,30 @@ def _differences(g: dict[str, Any]) -> list[str]:
     return out
 
 
+def _spread(g: dict[str, Any]) -> list[str]:
+    rows = g.get("codec_spread", [])
+    if not rows:
+        return []
+    out = [
+        "",
+        "Codec spread per rate (highest − lowest seed mean among the columns at the rate; seed std pooled "
+        "over those columns with 2+ seeds, else the baseline's; separates: spread > 2 · seed std):",
+        "",
+        "| rate | columns | metric | lowest | highest | spread | seed std (from) | separates |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        for metric in ("final", "best"):
+            d = e[metric]
+            std = "–" if d["seed_std"] is None else f"{d['seed_std']:.4f} ({d['std_source']})"
+            sep = {None: "–", True: "yes", False: "no"}[d["separates"]]
+            out.append(
+                f"| {e['rate']:g} | {len(e['columns'])} | {metric} | {d['lowest'][0]} {d['lowest'][1]:.4f} "
+                f"| {d['highest'][0]} {d['highest'][1]:.4f} | {d['spread']:.4f} | {std} | {sep} |"
+            )
+    return out
+
+
 def _paired(g: dict[str, Any]) -> list[str]:
     pairs = [d for d in g.get("paired_differences", []) if d["exceeds"] is not None]
     if not pairs:
@@ -621,6 +688,7 @@ def _markdown(results: dict[str, Any], grid: StudyGrid) -> str:
             )
         out += _bd_tables(results, g)
         out += _differences(g)
+        out += _spread(g)
         out += _paired(g)
         stem = f"{g['task']}__{g['partition']}"
         out += ["", f"![{g['task']} {g['partition']}](plots/{stem}.png)"]
