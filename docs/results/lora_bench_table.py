@@ -3,8 +3,10 @@
 Reads ``DIR/<task>/<partition>/<column>/seed<k>/summary.json`` (default DIR: docs/results/lora-bench, the
 copy of runs/study/lora-bench kept in the repository) and prints one row per cell: final and best accuracy,
 MB up / down / total and total bits per parameter per client-round. Then one row per task × partition ×
-column with the mean ± std over its seeds (sample std, n − 1), and the LoRA-frozen controls of the
-``minilm-rt-lora`` task (``docs/results/lora-gap/<partition>-frozenlora-seed<k>``) when they are there.
+column with the mean ± std over its seeds (sample std, n − 1), and the LoRA-frozen controls when they are
+there (``docs/results/lora-gap/<partition>-frozenlora-seed<k>`` for the ``minilm-rt-lora`` task,
+``<partition>-adamw-frozenlora-seed<k>`` for ``minilm-rt-lora-adamw``). Last, the LoRA gap seed by seed:
+dense fp32 (``identity``) minus the control of the same seed, final and best.
 
     python docs/results/lora_bench_table.py [DIR]
 """
@@ -16,6 +18,11 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+
+CONTROL = "LoRA frozen (control)"
+#: the folder-name infix of each task's LoRA-frozen controls under docs/results/lora-gap/
+CONTROLS = {"minilm-rt-lora": "frozenlora-", "minilm-rt-lora-adamw": "adamw-frozenlora-"}
 
 
 def _ms(xs: list[float]) -> str:
@@ -39,9 +46,10 @@ def main(root: Path) -> None:
         )
         groups[(task, part, col)].append(s)
     gap = root.parent / "lora-gap"
-    for part in sorted({p for t, p, _ in groups if t == "minilm-rt-lora"}):
-        for f in sorted(gap.glob(f"{part}-frozenlora-seed*/summary.json")):
-            groups[("minilm-rt-lora", part, "LoRA frozen (control)")].append(json.loads(f.read_text()))
+    for task, infix in CONTROLS.items():
+        for part in sorted({p for t, p, _ in groups if t == task}):
+            for f in sorted(gap.glob(f"{part}-{infix}seed*/summary.json")):
+                groups[(task, part, CONTROL)].append(json.loads(f.read_text()))
     print()
     print("| task | partition | column | seeds | final | best |")
     print("|---|---|---|---|---|---|")
@@ -50,6 +58,19 @@ def main(root: Path) -> None:
         best = [r["best_metric"] for r in runs]
         seeds = ", ".join(str(r["seed"]) for r in runs)
         print(f"| {task} | {part} | {col} | {seeds} | {_ms(final)} | {_ms(best)} |")
+    print()
+    print("| task | partition | seed | dense final − control | dense best − control |")
+    print("|---|---|---|---|---|")
+    for (task, part, col), runs in sorted(groups.items()):
+        if col != CONTROL:
+            continue
+        dense = {r["seed"]: r for r in groups.get((task, part, "identity"), [])}
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            if r["seed"] in dense:
+                d = dense[r["seed"]]
+                gap_final = 100 * (d["final_metric"] - r["final_metric"])
+                gap_best = 100 * (d["best_metric"] - r["final_metric"])
+                print(f"| {task} | {part} | {r['seed']} | {gap_final:+.1f} | {gap_best:+.1f} |")
 
 
 if __name__ == "__main__":
