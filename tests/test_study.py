@@ -13,7 +13,7 @@ from fedsqueeze.cli import main as cli_main
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.study.aggregate import aggregate, reach_target
 from fedsqueeze.study.grid import load_study, study_from_dict, study_path
-from fedsqueeze.study.runner import run_cells
+from fedsqueeze.study.runner import group_cells, run_cells, spread_groups
 from support.study import write_toy_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,6 +265,20 @@ def test_failing_cell_is_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
     assert "## Failed cells" in (out / "results.md").read_text()
     (group,) = res["groups"]
     assert {r["codec"]: r["seeds_failed"] for r in group["codecs"]} == {"identity": 0, "cg_fedllm": 2}
+
+
+def test_jobs_split_a_seed_group_so_no_process_idles() -> None:
+    cells = study_from_dict(_grid_dict()).cells()  # 2 seeds x 2 partitions: 4 workload groups of 3 codecs
+    groups = group_cells(cells)
+    assert [len(g) for g in groups] == [3, 3, 3, 3]
+    assert spread_groups(groups, 4) == groups  # already one group per process
+    eight = spread_groups(groups, 8)
+    assert [len(g) for g in eight] == [2, 1] * 4
+    assert [c.id for g in eight for c in g] == [c.id for g in groups for c in g]  # order and cells kept
+    assert all(len({(c.seed, c.config.data.partition) for c in g}) == 1 for g in eight)  # halves of a group
+    one_seed = group_cells([c for c in cells if c.seed == 3 and c.config.data.partition == "iid"])
+    assert [len(g) for g in spread_groups(one_seed, 2)] == [2, 1]
+    assert len(spread_groups(groups, 50)) == len(cells)  # never below one cell a group
 
 
 def test_parallel_jobs_give_the_same_results(tmp_path: Path) -> None:

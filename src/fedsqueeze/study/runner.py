@@ -54,6 +54,21 @@ def group_cells(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
+def spread_groups(groups: Sequence[list[Cell]], jobs: int) -> list[list[Cell]]:
+    """``groups`` split (largest first, in halves) until there are ``jobs`` of them or each is one cell.
+
+    A group shares one workload build (seconds), so fewer groups than processes would leave processes idle for
+    whole cells (minutes): ``--jobs 2`` over two cells of one seed runs them side by side, not one after the
+    other in one process.
+    """
+    out = [list(g) for g in groups]
+    while len(out) < jobs and any(len(g) > 1 for g in out):
+        i = max(range(len(out)), key=lambda k: len(out[k]))
+        half = (len(out[i]) + 1) // 2
+        out[i : i + 1] = [out[i][:half], out[i][half:]]
+    return out
+
+
 class _WorkloadCache:
     """The last built workload (one at a time: a real model takes hundreds of MB)."""
 
@@ -171,7 +186,7 @@ def run_cells(
     With ``jobs > 1`` each process uses ``cpus // jobs`` torch threads (``FEDSQUEEZE_THREADS`` if set is
     split the same way), so the processes do not oversubscribe the machine.
     """
-    groups = group_cells(cells)
+    groups = group_cells(cells) if jobs <= 1 else spread_groups(group_cells(cells), jobs)
     order = {c.id: i for i, c in enumerate(c for g in groups for c in g)}
     report = _Reporter(len(cells), progress)
     results: dict[str, CellResult] = {}
