@@ -8,7 +8,9 @@ there (``docs/results/lora-gap/<partition>-frozenlora-seed<k>`` for the ``minilm
 ``<partition>-adamw-frozenlora-seed<k>`` for ``minilm-rt-lora-adamw``). Last, the LoRA gap seed by seed:
 dense fp32 (``identity``) minus the control of the same seed, final and best.
 
-    python docs/results/lora_bench_table.py [DIR]
+    python docs/results/lora_bench_table.py [DIR] [TASK]
+
+TASK (optional) keeps that task's rows only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
 CONTROL = "LoRA frozen (control)"
 #: the folder-name infix of each task's LoRA-frozen controls under docs/results/lora-gap/
 CONTROLS = {"minilm-rt-lora": "frozenlora-", "minilm-rt-lora-adamw": "adamw-frozenlora-"}
@@ -29,20 +30,25 @@ def _ms(xs: list[float]) -> str:
     return f"{xs[0]:.3f}" if len(xs) == 1 else f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def main(root: Path) -> None:
-    print("| task | partition | column | seed | final | best | up MB | down MB | total MB | total bits/param |")
+def main(root: Path, only: str | None = None) -> None:
+    head = (
+        "| task | partition | column | seed | final | best | up MB | down MB | total MB | total bits/param |"
+    )
+    print(head)
     print("|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for f in sorted(root.glob("*/*/*/seed*/summary.json")):
         s = json.loads(f.read_text())
         task, part = f.parents[3].name, f.parents[2].name
+        if only is not None and task != only:
+            continue
         col, seed = f.parents[1].name, f.parent.name.removeprefix("seed")
         up, down = s["total_uplink_bytes"] / 1e6, s["total_downlink_bytes"] / 1e6
         bpp = s.get("total_bits_per_param")
         bpp_text = "–" if bpp is None else f"{bpp:.3f}"
         print(
-            f"| {task} | {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} | {up:.3f} | "
-            f"{down:.2f} | {up + down:.2f} | {bpp_text} |"
+            f"| {task} | {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} "
+            f"| {up:.3f} | {down:.2f} | {up + down:.2f} | {bpp_text} |"
         )
         groups[(task, part, col)].append(s)
     gap = root.parent / "lora-gap"
@@ -74,4 +80,7 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "lora-bench")
+    main(
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "lora-bench",
+        sys.argv[2] if len(sys.argv) > 2 else None,
+    )
