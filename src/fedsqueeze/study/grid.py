@@ -370,7 +370,7 @@ def _extend(i: int, raw: Any, earlier: Mapping[str, Mapping[str, Any]]) -> dict[
         if not isinstance(mine, Mapping) or not isinstance(theirs, Mapping):
             out[key] = mine  # not a table: _task reports it
         elif key == "config":
-            out[key] = _merge(copy.deepcopy(dict(theirs)), mine)
+            out[key] = _merge(dict(theirs), mine)  # theirs: already out's deep copy of the parent
         else:
             out[key] = {**theirs, **mine}
     mine_set, theirs_set = raw.get("set", []), out.get("set", [])

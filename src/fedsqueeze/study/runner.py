@@ -186,7 +186,7 @@ def run_cells(
     With ``jobs > 1`` each process uses ``cpus // jobs`` torch threads (``FEDSQUEEZE_THREADS`` if set is
     split the same way), so the processes do not oversubscribe the machine.
     """
-    groups = group_cells(cells) if jobs <= 1 else spread_groups(group_cells(cells), jobs)
+    groups = spread_groups(group_cells(cells), jobs)  # unchanged for jobs <= 1
     order = {c.id: i for i, c in enumerate(c for g in groups for c in g)}
     report = _Reporter(len(cells), progress)
     results: dict[str, CellResult] = {}
