@@ -508,3 +508,16 @@ def test_bench_rd_predictive_refuses_other_sources_and_the_wrapper(tmp_path, cap
     assert "file:CAPTURES" in capsys.readouterr().err
     assert cli_main([*base, "--source", "gaussian", "--codec", "predictive"]) == 2
     assert "needs a reference" in capsys.readouterr().err
+
+
+def test_rate_path_points_a_rate_sweep_at_the_inner_codec() -> None:
+    from fedsqueeze.codecs import codec_class
+
+    assert codec_class("topk").rate_path({}) == ("rate",)
+    assert codec_class("signsgd").rate_path({}) is None
+    assert Predictive.rate_path({"inner": "wf_ecq"}) == ("inner_options", "rate")
+    assert Predictive.rate_path({}) == ("inner_options", "rate")  # the default inner codec, topk
+    assert Predictive.rate_path({"inner": "signsgd"}) is None  # fixed-rate inner codec
+    assert Predictive.rate_path({"inner": "no-such-codec"}) is None  # construction reports the name
+    codec = fedsqueeze.codecs.get("predictive", inner="wf_ecq", inner_options={"rate": 0.5})
+    assert codec.inner.rate == 0.5  # the path is where construction reads the rate

@@ -101,6 +101,56 @@ def test_a_study_rates_list_sweeps_every_codec_with_a_rate_option(tmp_path: Path
     assert grid.references() == ("topk", "identity")
 
 
+def test_a_predictive_entry_sweeps_its_inner_codecs_rate() -> None:
+    data = {
+        "study": {"seeds": [0], "rates": [0.5]},
+        "tasks": [{"name": "toy", "config": {"model": {"name": "toy"}, "data": {"num_clients": 6}}}],
+        "partitions": [{"label": "iid"}],
+        "codecs": [
+            {"label": "identity", "name": "identity"},
+            {"label": "pred", "name": "predictive", "options": {"inner": "wf_ecq"}, "rates": [0.25, 1]},
+            {
+                "label": "pred-study",
+                "name": "predictive",
+                "options": {"inner": "topk", "predictor": "scalar"},
+            },
+            {
+                "label": "pred-fixed",
+                "name": "predictive",
+                "options": {"inner": "topk", "inner_options": {"rate": 2}},
+            },
+            {"label": "pred-sign", "name": "predictive", "options": {"inner": "signsgd"}},
+        ],
+    }
+    grid = study_from_dict(data)
+    cells = {c.codec: c for c in grid.cells()}
+    assert sorted(cells) == [
+        "identity",
+        "pred-fixed",
+        "pred-sign",
+        "pred-study@r0.5",
+        "pred@r0.25",
+        "pred@r1",
+    ]
+    pred = cells["pred@r0.25"]
+    assert pred.config.codec.options == {"inner": "wf_ecq", "inner_options": {"rate": 0.25}}
+    assert (pred.family, pred.rate) == ("pred", 0.25)
+    assert cells["pred-study@r0.5"].config.codec.options == {
+        "inner": "topk", "predictor": "scalar", "inner_options": {"rate": 0.5}
+    }  # fmt: skip
+    assert cells["pred-fixed"].config.codec.options["inner_options"] == {"rate": 2}  # fixed by its options
+    assert cells["pred-sign"].rate is None  # a fixed-rate inner codec: nothing to sweep
+    data["codecs"][3]["rates"] = [1]
+    with pytest.raises(
+        ConfigError, match=re.escape("options.inner_options.rate and rates both set the rate")
+    ):
+        study_from_dict(data)
+    data["codecs"][3]["rates"] = []
+    data["codecs"][4]["rates"] = [1]
+    with pytest.raises(ConfigError, match="codec predictive has no rate option"):
+        study_from_dict(data)
+
+
 def _sweep_dict() -> dict:
     return {
         "study": {"seeds": [0], "rates": [1, 2]},

@@ -98,6 +98,17 @@ class Codec(ABC):
     uses_reference: ClassVar[bool] = False
     needs_trained_model: ClassVar[bool] = False
     trained_by: ClassVar[str | None] = None
+
+    @classmethod
+    def rate_path(cls, options: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """Where a target rate goes in this codec's ``options``: a path of keys, or ``None`` (fixed rate).
+
+        ``(rate_option,)`` for a codec with a rate option. A wrapper whose rate is its inner codec's
+        (``predictive``) returns the path into the inner codec's options. Rate sweeps (the study's
+        ``rates``) set the rate through it.
+        """
+        return (cls.rate_option,) if cls.rate_option else None
+
     training_variant: ClassVar[str] = "sound"
 
     state: dict[str, Any] = dataclasses.field(

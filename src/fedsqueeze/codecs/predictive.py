@@ -64,7 +64,7 @@ from ..wire.bitpack import BitReader, pack_uints
 from ..wire.frame import HEADER_SIZE, pack_frame
 from .base import FP32_MAX, Codec, Reference, all_finite
 from .budget import HEADER_BITS
-from .registry import by_id, get, register
+from .registry import by_id, codec_class, get, register
 
 __all__ = [
     "MAX_COEF",
@@ -342,6 +342,19 @@ class Predictive(Codec):
             raise ConfigError(f"predictive: predictor must be one of {PREDICTORS}, got {self.predictor!r}")
         object.__setattr__(self, "inner", codec)
         object.__setattr__(self, "inner_options", {})
+
+    @classmethod
+    def rate_path(cls, options: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """The inner codec's rate: ``("inner_options", <its rate option>)`` when ``inner`` names a codec with
+        a rate, else ``None`` (an unknown inner name is left to construction to report)."""
+        inner = options.get("inner", cls.inner)
+        if not isinstance(inner, str):
+            return None
+        try:
+            option = codec_class(inner).rate_option
+        except ConfigError:
+            return None
+        return ("inner_options", option) if option else None
 
     # -- options and state ---------------------------------------------------------------------------------
     @property

@@ -47,9 +47,10 @@ config is validated on load.
 **Rate sweeps.** ``[study] rates = [0.05, 0.1, 0.25, 0.5, 1, 2]`` (target bits per parameter of the whole
 uplink frame, the codec's ``rate`` option: see ``Codec.rate_option``) sweeps every ``[[codecs]]`` entry whose
 codec declares a rate option: the entry becomes one column per rate, labelled ``<label>@r<rate>``
-(``topk@r0.25``, the rate written with ``%g``), with ``codec.options.<rate_option>`` set to the rate on top of
-the entry's options. An entry's own ``rates`` replaces the study's list for it (``rates = []``: no sweep, one
-column at its options); giving ``rates`` to a codec without a rate option (fixed-rate codecs such as
+(``topk@r0.25``, the rate written with ``%g``), with the rate set on top of the entry's options at the codec's
+``rate_path`` (``options.rate``; ``options.inner_options.rate`` for ``predictive`` around a codec with a
+rate). An entry's own ``rates`` replaces the study's list for it (``rates = []``: no sweep, one column at its
+options); giving ``rates`` to a codec without a rate option (fixed-rate codecs such as
 identity, fp16, signsgd) is an error. Entries that take no rate option, and entries whose ``options`` already
 set it, stay one column under the study's list. An entry whose options fix its budget another way
 (``density = ...``) conflicts with a rate: the cell config says so on load. Each column keeps its ``family``
@@ -170,10 +171,11 @@ class CodecEntry:
         """One column per rate of :attr:`rates` (with the rate option set), or the entry itself."""
         if not self.rates:
             return [self]
-        option = _rate_option(f"codecs.{self.label}", self.name)
+        path = _rate_path(f"codecs.{self.label}", self.name, self.options)
+        assert path is not None  # _codec only sweeps codecs with a rate path
         return [
             CodecEntry(
-                rate_label(self.label, r), self.name, {**self.options, option: r}, self.overrides, (),
+                rate_label(self.label, r), self.name, _with_path(self.options, path, r), self.overrides, (),
                 self.label, r,
             )
             for r in self.rates
@@ -411,14 +413,34 @@ def _task(i: int, raw: Any, here: Path) -> TaskEntry:
     )
 
 
-def _rate_option(where: str, name: str) -> str | None:
-    """The codec's rate option (``Codec.rate_option``), ``None`` for a fixed-rate codec."""
+def _rate_path(where: str, name: str, options: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Where the codec takes its rate in ``options`` (``Codec.rate_path``); ``None``: a fixed-rate codec."""
     from ..codecs import codec_class
 
     try:
-        return codec_class(name).rate_option
+        return codec_class(name).rate_path(options)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _path_set(options: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    """Whether ``options`` already sets the value at ``path`` (nested tables)."""
+    node: Any = options
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _with_path(options: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``options`` with ``value`` at ``path``, copying the nested tables on the way."""
+    out = dict(options)
+    inner = out.get(path[0])
+    out[path[0]] = (
+        value if len(path) == 1 else _with_path(inner if isinstance(inner, Mapping) else {}, path[1:], value)
+    )
+    return out
 
 
 def _rates(where: str, value: Any) -> tuple[float, ...]:
@@ -440,19 +462,19 @@ def _codec(i: int, raw: Any, study_rates: tuple[float, ...] = ()) -> CodecEntry:
     options = raw.get("options", {})
     if not isinstance(options, Mapping):
         raise ConfigError(f"codecs.{label}.options must be a table, got {options!r}")
-    option = _rate_option(f"codecs.{label}", name)
+    path = _rate_path(f"codecs.{label}", name, options)
     if "rates" in raw:
         rates = _rates(f"codecs.{label}.rates", raw["rates"])
-        if rates and option is None:
+        if rates and path is None:
             raise ConfigError(
                 f"codecs.{label}.rates: codec {name} has no rate option (its rate is fixed); drop rates"
             )
-        if rates and option in options:
+        if rates and _path_set(options, path):
             raise ConfigError(
-                f"codecs.{label}: options.{option} and rates both set the rate; give one of them"
+                f"codecs.{label}: options.{'.'.join(path)} and rates both set the rate; give one of them"
             )
     else:  # the study's sweep, for codecs that take a rate and do not fix it in their options
-        rates = study_rates if option is not None and option not in options else ()
+        rates = study_rates if path is not None and not _path_set(options, path) else ()
     return CodecEntry(label, name, dict(options), _strings(f"codecs.{label}.set", raw.get("set", [])), rates)
 
 
