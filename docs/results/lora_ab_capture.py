@@ -1,11 +1,11 @@
 """Where a magnitude sparsifier's budget goes between LoRA's A and B, on captured client updates.
 
-Reads ``RUN/captures.safetensors`` (``fedsqueeze run --capture-updates ...``) and ``RUN/final_params.safetensors``
-and prints, per captured client update: the mean magnitude of the A and B entries, the share of each that a
-global top-``FRACTION`` selection keeps, and the cosine between each A tensor's update and A itself after the
-run (near 1: the update is mostly weight decay's pull towards zero).
+Reads ``RUN/captures.safetensors`` (``fedsqueeze run --capture-updates ...``) and
+``RUN/final_params.safetensors`` and prints, per captured client update: the mean magnitude of the A and B
+entries, the share of each that a global top-``FRACTION`` selection keeps, and the cosine between each A
+tensor's update and A itself after the run (near 1: the update is mostly weight decay's pull towards zero).
 
-    python docs/results/lora_ab_capture.py RUN [FRACTION]      (default FRACTION 0.03, about TopK at 1 bit/param)
+    python docs/results/lora_ab_capture.py RUN [FRACTION]    (FRACTION: default 0.03, TopK at ~1 bit/param)
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main(run: Path, fraction: float) -> None:
         ]
         med = f"{torch.stack(cos).median():.3f}" if cos else "–"
         print(
-            f"| {who} | {a.abs().mean():.2e} | {b.abs().mean():.2e} | {(a.abs() >= thr).float().mean():.3f} | "
-            f"{(b.abs() >= thr).float().mean():.3f} | {med} |"
+            f"| {who} | {a.abs().mean():.2e} | {b.abs().mean():.2e} | "
+            f"{(a.abs() >= thr).float().mean():.3f} | {(b.abs() >= thr).float().mean():.3f} | {med} |"
         )
 
 

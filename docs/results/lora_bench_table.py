@@ -8,9 +8,10 @@ there (``docs/results/lora-gap/<partition>-frozenlora-seed<k>`` for the ``minilm
 ``<partition>-adamw-frozenlora-seed<k>`` for ``minilm-rt-lora-adamw``). Last, the LoRA gap seed by seed:
 dense fp32 (``identity``) minus the control of the same seed, final and best.
 
-    python docs/results/lora_bench_table.py [DIR] [TASK]
+    python docs/results/lora_bench_table.py [DIR] [TASK] [--means]
 
-TASK (optional) keeps that task's rows only.
+TASK (optional) keeps that task's rows only. ``--means`` leaves out the per-cell table and adds the seed means
+of the uplink, downlink and total MB to the mean ± std table (for grids with many cells).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ def _ms(xs: list[float]) -> str:
     return f"{xs[0]:.3f}" if len(xs) == 1 else f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def main(root: Path, only: str | None = None) -> None:
+def main(root: Path, only: str | None = None, means: bool = False) -> None:
     head = (
         "| task | partition | column | seed | final | best | up MB | down MB | total MB | total bits/param |"
     )
-    print(head)
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if not means:
+        print(head)
+        print("|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for f in sorted(root.glob("*/*/*/seed*/summary.json")):
         s = json.loads(f.read_text())
@@ -46,10 +48,11 @@ def main(root: Path, only: str | None = None) -> None:
         up, down = s["total_uplink_bytes"] / 1e6, s["total_downlink_bytes"] / 1e6
         bpp = s.get("total_bits_per_param")
         bpp_text = "–" if bpp is None else f"{bpp:.3f}"
-        print(
-            f"| {task} | {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} "
-            f"| {up:.3f} | {down:.2f} | {up + down:.2f} | {bpp_text} |"
-        )
+        if not means:
+            print(
+                f"| {task} | {part} | {col} | {seed} | {s['final_metric']:.3f} | {s['best_metric']:.3f} "
+                f"| {up:.3f} | {down:.2f} | {up + down:.2f} | {bpp_text} |"
+            )
         groups[(task, part, col)].append(s)
     gap = root.parent / "lora-gap"
     for task, infix in CONTROLS.items():
@@ -57,13 +60,22 @@ def main(root: Path, only: str | None = None) -> None:
             for f in sorted(gap.glob(f"{part}-{infix}seed*/summary.json")):
                 groups[(task, part, CONTROL)].append(json.loads(f.read_text()))
     print()
-    print("| task | partition | column | seeds | final | best |")
-    print("|---|---|---|---|---|---|")
+    if means:
+        print("| task | partition | column | seeds | final | best | up MB | down MB | total MB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+    else:
+        print("| task | partition | column | seeds | final | best |")
+        print("|---|---|---|---|---|---|")
     for (task, part, col), runs in sorted(groups.items()):
         final = [r["final_metric"] for r in runs]
         best = [r["best_metric"] for r in runs]
         seeds = ", ".join(str(r["seed"]) for r in runs)
-        print(f"| {task} | {part} | {col} | {seeds} | {_ms(final)} | {_ms(best)} |")
+        row = f"| {task} | {part} | {col} | {seeds} | {_ms(final)} | {_ms(best)} |"
+        if means:
+            up = statistics.mean(r["total_uplink_bytes"] for r in runs) / 1e6
+            down = statistics.mean(r["total_downlink_bytes"] for r in runs) / 1e6
+            row += f" {up:.3f} | {down:.2f} | {up + down:.2f} |"
+        print(row)
     print()
     print("| task | partition | seed | dense final − control | dense best − control |")
     print("|---|---|---|---|---|")
@@ -80,7 +92,10 @@ def main(root: Path, only: str | None = None) -> None:
 
 
 if __name__ == "__main__":
+    flags = {a for a in sys.argv[1:] if a.startswith("--")}
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     main(
-        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "lora-bench",
-        sys.argv[2] if len(sys.argv) > 2 else None,
+        Path(args[0]) if args else Path(__file__).parent / "lora-bench",
+        args[1] if len(args) > 1 else None,
+        means="--means" in flags,
     )
