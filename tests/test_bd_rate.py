@@ -123,4 +123,26 @@ def test_a_single_point_reference_is_the_rate_ratio_at_its_accuracy() -> None:
 def test_to_dict_has_the_json_fields() -> None:
     d = bd_rate(RATES, ACC, [r / 2 for r in RATES], ACC).to_dict()
     assert d["bd_rate_percent"] == pytest.approx(-50.0) and d["accuracy_range"] == [0.5, 0.8]
-    assert {"reason", "mode", "method", "points", "reference_points"} <= set(d)
+    assert {"reason", "mode", "method", "points", "reference_points", "bound", "bound_percent"} <= set(d)
+
+
+def test_fronts_that_share_no_accuracy_give_a_one_sided_bound() -> None:
+    # a single test point more accurate than the whole reference curve, at 1.5 bits: it reaches the
+    # reference's best (0.8 at 8 bits) at 1.5 bits or less, so the BD-rate is at most 1.5 / 8 - 1
+    ahead = compare(RATES, ACC, [1.5], [0.9])
+    assert ahead.percent is None and "above" in ahead.reason
+    assert ahead.bound == "at most" and ahead.bound_percent == pytest.approx(100 * (1.5 / 8 - 1))
+    # behind the whole curve: the reference reaches the test's 0.45 at its cheapest 1 bit or less
+    behind = compare(RATES, ACC, [3.0], [0.45])
+    assert behind.bound == "at least" and behind.bound_percent == pytest.approx(200.0)
+    # two single points at different accuracies; a curve above a single reference point
+    assert compare([4.0], [0.7], [1.0], [0.71]).bound_percent == pytest.approx(-75.0)
+    assert compare([4.0], [0.7], [2.0, 8.0], [0.75, 0.9]).bound_percent == pytest.approx(-50.0)
+    # two curves apart: the test's cheapest point against the reference's top point
+    up = compare(RATES, ACC, [2.0, 4.0], [0.85, 0.9])
+    assert up.mode == "curve" and up.bound == "at most" and up.bound_percent == pytest.approx(-75.0)
+    # a computed BD-rate, or fronts that overlap but fall short for another reason, carry no bound
+    assert compare(RATES, ACC, [r / 2 for r in RATES], ACC).bound is None
+    few = compare([10.0], [0.65], [1.0, 2.0, 4.0], [0.55, 0.65, 0.75], method="cubic")
+    assert few.percent is None and few.bound is None
+    assert compare([], [], RATES, ACC).bound is None

@@ -3,7 +3,8 @@
 Reads ``DIR/bd_rate.json`` (``fedsqueeze study ... --aggregate-only``; default DIR docs/results/lora-bench)
 and prints, against the reference family REFERENCE, the BD-rate on uplink bits and on total bits for the
 final and the best metric, the accuracy range each was computed over, and how many points (seed means) the
-codec's curve has. A row with no BD-rate says why in its last column.
+codec's front has. A row with no BD-rate says why in its last column; where the curves share no accuracy it
+gives the one-sided bound instead (``≤ −49.3 %``: ahead of the reference's whole curve).
 
     python docs/results/bd_table.py [DIR] TASK PARTITION [REFERENCE]      (REFERENCE: default topk)
 """
@@ -16,7 +17,13 @@ from pathlib import Path
 
 
 def _pct(row: dict | None) -> str:
-    return "–" if row is None or row["bd_rate_percent"] is None else f"{row['bd_rate_percent']:+.1f} %"
+    if row is None:
+        return "–"
+    if row["bd_rate_percent"] is not None:
+        return f"{row['bd_rate_percent']:+.1f} %"
+    if row.get("bound_percent") is not None:  # the curves share no accuracy: a one-sided bound
+        return f"{'≤' if row['bound'] == 'at most' else '≥'} {row['bound_percent']:+.1f} %"
+    return "–"
 
 
 def _range(row: dict | None) -> str:

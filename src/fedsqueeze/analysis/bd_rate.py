@@ -35,6 +35,15 @@ lies within the other curve's accuracy range (else ``None`` with the reason); tw
 only at equal accuracy. Such results have ``mode="point"`` and ``accuracy_range = [a0, a0]``.
 :func:`bd_rate` itself compares curves only and answers ``None`` for a curve with fewer points than the
 method needs.
+
+Bounds (:func:`compare`): when the two fronts do not share an accuracy, the BD-rate is ``None`` but one side
+is still ahead, and the rate ratio at the edge is a bound, assuming only that accuracy does not fall with
+rate. If every test point is at least as accurate as the reference's best (``a_ref_max``), the test reaches
+``a_ref_max`` at its cheapest point's rate or less, where the reference needs its top point's rate:
+``bound = "at most"``, ``bound_percent = (r_test_min / r_ref(a_ref_max) − 1) · 100``. If every test point is
+at most as accurate as the reference's cheapest, the reference reaches the test's best accuracy at its
+cheapest rate or less: ``bound = "at least"``, ``(r_test(a_test_max) / r_ref_min − 1) · 100``. Otherwise (or
+with a computed BD-rate) both are ``None``.
 """
 
 from __future__ import annotations
@@ -73,6 +82,9 @@ class BDRate:
         The interpolation method.
     points, reference_points
         Points on the test's and the reference's Pareto front.
+    bound, bound_percent
+        When :attr:`percent` is ``None`` because the fronts share no accuracy: ``"at most"`` or
+        ``"at least"`` and the rate ratio at the edge in percent (module doc), else ``None``.
     """
 
     percent: float | None
@@ -82,6 +94,8 @@ class BDRate:
     method: str
     points: int
     reference_points: int
+    bound: str | None = None
+    bound_percent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +106,8 @@ class BDRate:
             "method": self.method,
             "points": self.points,
             "reference_points": self.reference_points,
+            "bound": self.bound,
+            "bound_percent": self.bound_percent,
         }
 
 
@@ -200,6 +216,15 @@ def bd_rate(
     )
 
 
+def _bound(rr: np.ndarray, ra: np.ndarray, tr: np.ndarray, ta: np.ndarray) -> tuple[str, float] | None:
+    """The one-sided rate ratio of two fronts that share no accuracy (module doc), else ``None``."""
+    if ta[0] >= ra[-1]:  # the test's cheapest point is already as accurate as the reference's best
+        return "at most", 100.0 * math.expm1(math.log(tr[0]) - math.log(rr[-1]))
+    if ta[-1] <= ra[0]:  # the reference's cheapest point is already as accurate as the test's best
+        return "at least", 100.0 * math.expm1(math.log(tr[-1]) - math.log(rr[0]))
+    return None
+
+
 def compare(
     ref_rates: Sequence[float],
     ref_accuracies: Sequence[float],
@@ -210,8 +235,26 @@ def compare(
 ) -> BDRate:
     """:func:`bd_rate`, or the rate ratio at equal accuracy when one front is a single point (module doc).
 
-    An empty front (no valid point) gives ``None`` with the reason.
+    An empty front (no valid point) gives ``None`` with the reason. A ``None`` between fronts that share no
+    accuracy carries a bound (``bound``, ``bound_percent``; module doc).
     """
+    res = _compare(ref_rates, ref_accuracies, test_rates, test_accuracies, method=method)
+    if res.percent is not None or res.points == 0 or res.reference_points == 0:
+        return res
+    rr, ra = front(ref_rates, ref_accuracies)
+    tr, ta = front(test_rates, test_accuracies)
+    bound = _bound(rr, ra, tr, ta)
+    return res if bound is None else dataclasses.replace(res, bound=bound[0], bound_percent=bound[1])
+
+
+def _compare(
+    ref_rates: Sequence[float],
+    ref_accuracies: Sequence[float],
+    test_rates: Sequence[float],
+    test_accuracies: Sequence[float],
+    *,
+    method: str = "pchip",
+) -> BDRate:
     need = _check_method(method)
     rr, ra = front(ref_rates, ref_accuracies)
     tr, ta = front(test_rates, test_accuracies)

@@ -419,7 +419,8 @@ def bd_rows(grid: StudyGrid, groups: Sequence[dict[str, Any]]) -> list[dict[str,
     Fields: ``task``, ``partition``, ``codec`` (the test family), ``reference``, ``bd_rate_percent``,
     ``accuracy_range`` (``[lo, hi]``), ``metric`` (``final``/``best``), ``metric_name``, ``rate_basis``
     (``total``/``uplink``), ``method``, ``mode`` (``curve``/``point``), ``points``, ``reference_points``,
-    ``reason`` (why ``bd_rate_percent`` is ``None``).
+    ``reason`` (why ``bd_rate_percent`` is ``None``), ``bound`` and ``bound_percent`` (a one-sided bound
+    when the curves share no accuracy; :mod:`fedsqueeze.analysis.bd_rate`).
     """
     from ..analysis.bd_rate import compare
 
@@ -558,15 +559,20 @@ def _bd_tables(results: dict[str, Any], g: dict[str, Any]) -> list[str]:
             for m, b in combos:
                 r = rows.get((name, m, b))
                 v = None if r is None else r["bd_rate_percent"]
-                vals.append(
-                    "–" if v is None else f"{v:+.1f} %" + (" (point)" if r["mode"] == "point" else "")
-                )
+                if v is not None:
+                    vals.append(f"{v:+.1f} %" + (" (point)" if r["mode"] == "point" else ""))
+                elif r is not None and r.get("bound_percent") is not None:
+                    vals.append(f"{'≤' if r['bound'] == 'at most' else '≥'} {r['bound_percent']:+.1f} %")
+                else:
+                    vals.append("–")
             out.append(f"| {name} | " + " | ".join(vals) + " |")
     if out:
         out += [
             "",
             "`–`: not computable (no overlap in accuracy, too few points, no finished cell); `bd_rate.json` "
-            "gives the reason. `(point)`: one side is a single point, the rate ratio at its accuracy.",
+            "gives the reason. `(point)`: one side is a single point, the rate ratio at its accuracy. "
+            "`≤` / `≥`: the curves share no accuracy; the rate ratio at the edge bounds the BD-rate (the "
+            "codec is ahead of the whole reference curve, or behind it).",
         ]
     return out
 
