@@ -6,7 +6,9 @@ final and the best metric, the accuracy range each was computed over, and how ma
 codec's front has. A row with no BD-rate says why in its last column; where the curves share no accuracy it
 gives the one-sided bound instead (``≤ −49.3 %``: ahead of the reference's whole curve).
 
-    python docs/results/bd_table.py [DIR] TASK PARTITION [REFERENCE]      (REFERENCE: default topk)
+    python docs/results/bd_table.py [DIR] TASK PARTITION [REFERENCE] [--all]   (REFERENCE: default topk)
+
+Families without a finished cell are left out unless ``--all``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _range(row: dict | None) -> str:
     return f"{lo:.3f}" if abs(hi - lo) < 1e-9 else f"{lo:.3f}–{hi:.3f}"
 
 
-def main(root: Path, task: str, partition: str, reference: str = "topk") -> None:
+def main(root: Path, task: str, partition: str, reference: str = "topk", *, every: bool = False) -> None:
     rows = json.loads((root / "bd_rate.json").read_text())
     cell: dict[tuple[str, str, str], dict] = {}
     codecs: list[str] = []
@@ -52,6 +54,8 @@ def main(root: Path, task: str, partition: str, reference: str = "topk") -> None
         fu, ft = cell.get((c, "final", "uplink")), cell.get((c, "final", "total"))
         bu, bt = cell.get((c, "best", "uplink")), cell.get((c, "best", "total"))
         points = (fu or ft or {}).get("points", 0)
+        if not points and not every:
+            continue
         why = next(
             (r.get("reason") for r in (fu, bu) if r and r["bd_rate_percent"] is None and r.get("reason")), ""
         )
@@ -62,9 +66,10 @@ def main(root: Path, task: str, partition: str, reference: str = "topk") -> None
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
+    every = "--all" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--all"]
     if args and not (Path(args[0]) / "bd_rate.json").is_file():
         args = [str(Path(__file__).parent / "lora-bench"), *args]
     if len(args) < 3:
         sys.exit("usage: python docs/results/bd_table.py [DIR] TASK PARTITION [REFERENCE]")
-    main(Path(args[0]), args[1], args[2], *args[3:4])
+    main(Path(args[0]), args[1], args[2], *args[3:4], every=every)
