@@ -238,26 +238,20 @@ def compare(
     An empty front (no valid point) gives ``None`` with the reason. A ``None`` between fronts that share no
     accuracy carries a bound (``bound``, ``bound_percent``; module doc).
     """
-    res = _compare(ref_rates, ref_accuracies, test_rates, test_accuracies, method=method)
-    if res.percent is not None or res.points == 0 or res.reference_points == 0:
-        return res
+    need = _check_method(method)
     rr, ra = front(ref_rates, ref_accuracies)
     tr, ta = front(test_rates, test_accuracies)
+    res = _compare_fronts(rr, ra, tr, ta, method, need)
+    if res.percent is not None or res.points == 0 or res.reference_points == 0:
+        return res
     bound = _bound(rr, ra, tr, ta)
     return res if bound is None else dataclasses.replace(res, bound=bound[0], bound_percent=bound[1])
 
 
-def _compare(
-    ref_rates: Sequence[float],
-    ref_accuracies: Sequence[float],
-    test_rates: Sequence[float],
-    test_accuracies: Sequence[float],
-    *,
-    method: str = "pchip",
+def _compare_fronts(
+    rr: np.ndarray, ra: np.ndarray, tr: np.ndarray, ta: np.ndarray, method: str, need: int
 ) -> BDRate:
-    need = _check_method(method)
-    rr, ra = front(ref_rates, ref_accuracies)
-    tr, ta = front(test_rates, test_accuracies)
+    """:func:`compare` on the two Pareto fronts, without the bound."""
     n, n_ref = len(tr), len(rr)
     if n == 0 or n_ref == 0:
         what = "test" if n == 0 else "reference"
