@@ -16,8 +16,10 @@ LABELS = {"down_identity": "dense fp32", "down_wf_ecq0.25": "wf_ecq 0.25"}
 
 def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent)
-    print("| downlink | seed | final | best | round to 0.72 | uplink MB | downlink MB | total MB "
-          "| × less than dense fp32 |")
+    print(
+        "| downlink | seed | final | best | round to 0.72 | uplink MB | downlink MB | total MB "
+        "| × less than dense fp32 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for f in sorted(glob.glob(f"{root}/minilm-rt/dir0.5/*/seed*/summary.json")):
         s = json.loads(Path(f).read_text())
