@@ -4,7 +4,8 @@ Reads ``DIR/bd_rate.json`` (``fedsqueeze study ... --aggregate-only``; default D
 and prints, against the reference family REFERENCE, the BD-rate on uplink bits and on total bits for the
 final and the best metric, the accuracy range each was computed over, and how many points (seed means) the
 codec's front has. A row with no BD-rate says why in its last column; where the curves share no accuracy it
-gives the one-sided bound instead (``≤ −49.3 %``: ahead of the reference's whole curve).
+gives the one-sided bound instead (``≤ −49.3 %``: ahead of the reference's whole curve); ``(point)``: one side
+is a single point, the rate ratio at its accuracy (as in the study's results.md).
 
     python docs/results/bd_table.py [DIR] TASK PARTITION [REFERENCE] [--all]   (REFERENCE: default topk)
 
@@ -17,15 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _pct(row: dict | None) -> str:
-    if row is None:
-        return "–"
-    if row["bd_rate_percent"] is not None:
-        return f"{row['bd_rate_percent']:+.1f} %"
-    if row.get("bound_percent") is not None:  # the curves share no accuracy: a one-sided bound
-        return f"{'≤' if row['bound'] == 'at most' else '≥'} {row['bound_percent']:+.1f} %"
-    return "–"
+from fedsqueeze.study.aggregate import bd_text
 
 
 def _range(row: dict | None) -> str:
@@ -59,10 +52,8 @@ def main(root: Path, task: str, partition: str, reference: str = "topk", *, ever
         why = next(
             (r.get("reason") for r in (fu, bu) if r and r["bd_rate_percent"] is None and r.get("reason")), ""
         )
-        print(
-            f"| {c} | {points} | {_pct(fu)} | {_pct(ft)} | {_range(fu)} | {_pct(bu)} | {_pct(bt)} "
-            f"| {_range(bu)} | {why} |"
-        )
+        cols = [str(points), bd_text(fu), bd_text(ft), _range(fu), bd_text(bu), bd_text(bt), _range(bu), why]
+        print(f"| {c} | " + " | ".join(cols) + " |")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from .runner import ERROR_FILE, cpu_count, done_summary
 __all__ = [
     "aggregate",
     "bd_rows",
+    "bd_text",
     "codec_spread",
     "family_curves",
     "load_cell",
@@ -536,6 +537,19 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def bd_text(row: Mapping[str, Any] | None) -> str:
+    """One ``bd_rate.json`` row as table text: ``-79.5 %``, ``-51.5 % (point)``, a bound ``≤ -49.7 %`` /
+    ``≥ +12.0 %`` where the curves share no accuracy, or ``–`` (no result, or no row)."""
+    if row is None:
+        return "–"
+    v = row["bd_rate_percent"]
+    if v is not None:
+        return f"{v:+.1f} %" + (" (point)" if row["mode"] == "point" else "")
+    if row.get("bound_percent") is not None:
+        return f"{'≤' if row['bound'] == 'at most' else '≥'} {row['bound_percent']:+.1f} %"
+    return "–"
+
+
 def _bd_tables(results: dict[str, Any], g: dict[str, Any]) -> list[str]:
     mine = [
         r for r in results.get("bd_rate", []) if r["task"] == g["task"] and r["partition"] == g["partition"]
@@ -555,16 +569,7 @@ def _bd_tables(results: dict[str, Any], g: dict[str, Any]) -> list[str]:
         ]
         out += [f"| codec | {head} |", "|---|" + "---|" * len(combos)]
         for name in names:
-            vals = []
-            for m, b in combos:
-                r = rows.get((name, m, b))
-                v = None if r is None else r["bd_rate_percent"]
-                if v is not None:
-                    vals.append(f"{v:+.1f} %" + (" (point)" if r["mode"] == "point" else ""))
-                elif r is not None and r.get("bound_percent") is not None:
-                    vals.append(f"{'≤' if r['bound'] == 'at most' else '≥'} {r['bound_percent']:+.1f} %")
-                else:
-                    vals.append("–")
+            vals = [bd_text(rows.get((name, m, b))) for m, b in combos]
             out.append(f"| {name} | " + " | ".join(vals) + " |")
     if out:
         out += [
