@@ -65,6 +65,13 @@ class ModelConfig:
         Tokens per example after truncation.
     num_layers
         Keep only the first this many transformer layers (smoke runs of big models); ``None``: all.
+    lora_layers
+        Put LoRA on the top this many transformer layers only (PEFT's ``layers_to_transform``); ``None``:
+        on every layer. With a verbalizer, the frozen layers below then run once per example and their
+        output is reused across steps, rounds and clients (:mod:`fedsqueeze.models.layer_cache`).
+    layer_cache_mb
+        Memory bound of that reuse, in MiB of cached hidden states; examples beyond it are recomputed.
+        ``0`` turns the reuse off (every step runs the whole model).
     pooling
         What a classification head reads: ``cls`` (the BERT pooler over ``[CLS]``), ``mean`` (masked token
         mean, how sentence-transformers models such as MiniLM were trained) or ``auto`` (``mean`` for
@@ -94,6 +101,8 @@ class ModelConfig:
     target_modules: tuple[str, ...] | None = None
     max_length: int = setting(32, range=POSITIVE)
     num_layers: int | None = setting(None, range=POSITIVE)
+    lora_layers: int | None = setting(None, range=POSITIVE)
+    layer_cache_mb: int = setting(4096, range=Range(0, note=" (0 turns it off)"))
     pooling: str = setting("auto", choices=POOLINGS)
     device: str = setting("cpu", choices=DEVICES)
     head: str = setting("train", choices=HEAD_MODES)

@@ -37,8 +37,11 @@ def apply_lora(
     dropout: float,
     target_modules: tuple[str, ...] | None,
     classification: bool,
+    layers: list[int] | None = None,
 ) -> Any:
     """Wrap ``model`` with a LoRA adapter; for classification the head is trained as ``modules_to_save``.
+
+    ``layers``: the transformer layer indices that get LoRA (PEFT's ``layers_to_transform``); ``None``: all.
 
     LoRA ``A`` is drawn from the global torch RNG (``B`` starts at zero): seed it before calling.
     """
@@ -54,6 +57,7 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=targets,
         modules_to_save=head if classification else None,
+        layers_to_transform=layers,
     )
     try:
         with warnings.catch_warnings():

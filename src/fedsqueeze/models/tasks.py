@@ -81,6 +81,9 @@ class ClassificationTask:
     def train_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
         return self.collate([self.train_ids[i] for i in idx], self.train_labels[list(idx)].tolist())
 
+    def test_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        return self.collate([self.test_ids[i] for i in idx], self.test_labels[list(idx)].tolist())
+
     def log_prior(self, idx: Sequence[int]) -> torch.Tensor:
         """``log π`` of the labels of training examples ``idx``, add-one smoothed (never ``-inf``)."""
         labels = torch.as_tensor(self.train_labels[np.asarray(idx, dtype=np.int64)])
@@ -100,7 +103,7 @@ class ClassificationTask:
         preds = np.zeros(self.num_test, dtype=np.int64)
         loss_sum = 0.0
         for idx in _by_length([len(x) for x in self.test_ids], self.eval_batch_size):
-            batch = self.collate([self.test_ids[i] for i in idx], self.test_labels[idx].tolist())
+            batch = self.test_batch(idx.tolist())
             logits = self.logits(model, to_device(batch, self.device))
             loss_sum += float(cross_entropy(logits, batch["labels"].to(logits.device), reduction="sum"))
             preds[idx] = logits.argmax(-1).cpu().numpy()
@@ -131,6 +134,20 @@ class VerbalizerTask(ClassificationTask):
         if len(label_ids) != self.num_classes:
             raise ConfigError(f"{len(label_ids)} label tokens for {self.num_classes} classes")
         self.label_ids = torch.as_tensor(list(label_ids), dtype=torch.long)
+        # Set by the workload when LoRA sits on the top layers only (model.lora_layers): the frozen
+        # bottom layers then run once per example (fedsqueeze.models.layer_cache).
+        self.layer_cache: Any = None
+
+    # Example keys of the layer cache: training example i is i, held-out example i is -(i + 1).
+    def train_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = super().train_batch(idx)
+        batch["example_key"] = torch.as_tensor(list(idx), dtype=torch.long)
+        return batch
+
+    def test_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = super().test_batch(idx)
+        batch["example_key"] = -1 - torch.as_tensor(list(idx), dtype=torch.long)
+        return batch
 
     def collate(self, ids: Sequence[Sequence[int]], labels: Sequence[int]) -> dict[str, torch.Tensor]:
         """Left-padded prompts with ``position_ids`` (0 at each row's first real token) and ``labels``."""
@@ -140,6 +157,9 @@ class VerbalizerTask(ClassificationTask):
         return batch
 
     def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.layer_cache is not None and "example_key" in batch:
+            keys = batch["example_key"].tolist()
+            return self.layer_cache.label_logits(batch, keys, self.label_ids)
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

@@ -31,6 +31,7 @@ from ..fl.workload import (
     make_optimizer,
 )
 from ..spec import UpdateSpec
+from .layer_cache import LayerCache
 from .loading import load_base_model, load_tokenizer, require_llm
 from .lora import apply_lora, read_tensors, split_trainable, write_tensors
 from .tasks import ClassificationTask, GenerationTask, VerbalizerTask, to_device
@@ -300,6 +301,7 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             num_layers=model.num_layers,
             pooling=model.pooling,
         )
+        layers = _lora_layers(base, model.lora_layers)
         peft_model = apply_lora(
             base,
             model.name,
@@ -308,8 +310,11 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             dropout=model.lora_dropout,
             target_modules=model.target_modules,
             classification=head,
+            layers=layers,
         )
     peft_model.eval()
+    if layers is not None and layers[0] > 0 and verbalizer and model.layer_cache_mb > 0:
+        task.layer_cache = LayerCache(peft_model, layers[0], max_bytes=model.layer_cache_mb << 20)
     device = _resolve_device(model.device)
     info = {
         "model": model.name,
@@ -319,6 +324,16 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
         "device": str(device),
     }
     return PeftWorkload(peft_model, task, parts, info, device=device)
+
+
+def _lora_layers(base: Any, top: int | None) -> list[int] | None:
+    """Indices of the top ``top`` transformer layers of ``base`` (``None``: LoRA on every layer)."""
+    if top is None:
+        return None
+    total = int(base.config.num_hidden_layers)
+    if top > total:
+        raise ConfigError(f"model.lora_layers = {top} but the model has only {total} layers")
+    return list(range(total - top, total))
 
 
 def _resolve_device(name: str) -> torch.device:
