@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("bench", "speed"), "fedsqueeze.cli.bench_speed"),
     (("bench", "intervals"), "fedsqueeze.cli.bench_intervals"),
     (("bench", "cg"), "fedsqueeze.cli.bench_cg"),
+    (("bench", "steps"), "fedsqueeze.cli.bench_steps"),
     (("flower", "simulate"), "fedsqueeze.cli.flower_simulate"),
     (("flower", "superlink"), "fedsqueeze.cli.flower_superlink"),
     (("flower", "supernode"), "fedsqueeze.cli.flower_supernode"),
@@ -55,7 +56,10 @@ FEDSQUEEZE_OFFLINE=0 to keep the Hugging Face hub on."""
 
 # One line for each command group in the top-level help.
 GROUP_HELP = {
-    "bench": "benchmarks: rate-distortion against the limits, encode/decode speed, FLM-TopK interval size",
+    "bench": (
+        "benchmarks: rate-distortion against the limits, encode/decode speed, FLM-TopK interval size, "
+        "training step time"
+    ),
     "flower": "the same job on Flower: one-machine simulation, or a SuperLink, SuperNodes and a run",
 }
 
