@@ -128,3 +128,35 @@ def test_cache_off_and_all_layers_build_no_cache():
 def test_more_lora_layers_than_the_model_has_is_a_config_error():
     with pytest.raises(ConfigError, match="model.lora_layers = 9 but the model has only 4 layers"):
         build_workload(dataclasses.replace(MODEL, lora_layers=9), DATA, seed=3)
+
+
+def test_a_shared_store_serves_later_caches_and_survives_a_broken_file(wl, tmp_path):
+    wl.load(*_perturbed(wl, 4))
+    batch = wl.task.train_batch([2, 9, 30])
+    boundary = wl.task.layer_cache.boundary
+    first = LayerCache(wl.model, boundary, store=tmp_path)
+    with torch.no_grad():
+        wl.task.layer_cache = first
+        a = wl.task.logits(wl.model, batch)
+        files = sorted(first.store.rglob("*.pt"))
+        assert first.misses == 3 and first.disk_hits == 0 and len(files) == 3
+        files[0].write_bytes(b"not a tensor")  # a half-written file from a crashed run
+        second = LayerCache(wl.model, boundary, store=tmp_path)
+        assert second.store == first.store  # same weights, same boundary: same folder
+        wl.task.layer_cache = second
+        b = wl.task.logits(wl.model, batch)
+    wl.task.layer_cache = LayerCache(wl.model, boundary)
+    assert second.disk_hits == 2 and second.misses == 1  # the broken one is recomputed (and rewritten)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    other = LayerCache(wl.model, boundary - 1, store=tmp_path)
+    assert other.store != first.store  # another boundary never reads these states
+
+
+def test_the_store_folder_comes_from_the_environment(wl, tmp_path, monkeypatch):
+    from fedsqueeze.models.layer_cache import STORE_ENV
+
+    monkeypatch.setenv(STORE_ENV, str(tmp_path))
+    cache = LayerCache(wl.model, wl.task.layer_cache.boundary)
+    assert cache.store is not None and cache.store.parent == tmp_path
+    monkeypatch.delenv(STORE_ENV)
+    assert LayerCache(wl.model, wl.task.layer_cache.boundary).store is None

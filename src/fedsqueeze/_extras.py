@@ -17,6 +17,7 @@ __all__ = ["EXTRAS", "check", "require"]
 # extra -> the top-level modules it provides (kept in step with [project.optional-dependencies]).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "llm": ("transformers", "peft", "gguf", "accelerate"),
+    "data": ("datasets",),
     "flower": ("flwr", "ray"),
     "plots": ("matplotlib",),
     "cli": ("rich",),

@@ -1,4 +1,5 @@
-"""Evaluation metrics: accuracy and macro-F1 for classification, exact match of the final number for gsm8k."""
+"""Evaluation metrics: accuracy and macro-F1 for classification, exact match of the final number for gsm8k,
+exact match of the text for instruction tuning."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "accuracy",
+    "exact_match",
     "extract_final_number",
     "gsm8k_exact_match",
     "macro_f1",
@@ -91,4 +93,15 @@ def gsm8k_exact_match(generations: Sequence[str], references: Sequence[str]) -> 
     for gen, ref in zip(generations, references, strict=True):
         want = parse_gsm8k_answer(ref)
         hits += int(want is not None and extract_final_number(gen) == want)
+    return hits / len(references)
+
+
+def exact_match(generations: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of generations equal to their reference up to white space (runs of it count as one space,
+    leading and trailing white space is ignored); 0.0 for no references."""
+    if not references:
+        return 0.0
+    hits = sum(
+        " ".join(g.split()) == " ".join(r.split()) for g, r in zip(generations, references, strict=True)
+    )
     return hits / len(references)

@@ -11,7 +11,14 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["dirichlet_partition", "iid_partition", "partition", "quantity_skew_partition", "train_test_split"]
+__all__ = [
+    "dirichlet_partition",
+    "given_test_split",
+    "iid_partition",
+    "partition",
+    "quantity_skew_partition",
+    "train_test_split",
+]
 
 # Fewest examples any client may get (fewer if the pool is too small to give everyone this many).
 MIN_PER_CLIENT = 4
@@ -37,6 +44,25 @@ def train_test_split(
     train = perm[test_size:]
     if max_train is not None:
         train = train[:max_train]
+    return np.sort(train), np.sort(test)
+
+
+def given_test_split(
+    n: int, test_rows: int, test_size: int, *, seed: int, max_train: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`train_test_split` when the last ``test_rows`` of ``range(n)`` are a given held-out set.
+
+    The training pool is the first ``n - test_rows`` indices (a seeded choice of ``max_train`` of them when
+    capped); the test set is a seeded choice of ``test_size`` of the given rows, or all of them if fewer.
+    With ``test_rows = 0`` this is :func:`train_test_split`.
+    """
+    if test_rows == 0:
+        return train_test_split(n, test_size, seed=seed, max_train=max_train)
+    n_train = n - test_rows
+    if n_train < 1:
+        raise ConfigError("data.dataset has no rows left for training")
+    train = np.random.default_rng([seed, 0x5E1D]).permutation(n_train)[:max_train]
+    test = np.random.default_rng([seed, 0x7E57]).permutation(test_rows)[:test_size] + n_train
     return np.sort(train), np.sort(test)
 
 

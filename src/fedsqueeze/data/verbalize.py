@@ -12,12 +12,12 @@ Tokenizers are duck-typed: only ``tokenizer(text, add_special_tokens=False)["inp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["VERBALIZERS", "Verbalizer", "encode_verbalized", "label_token_ids"]
+__all__ = ["VERBALIZERS", "Verbalizer", "encode_verbalized", "label_token_ids", "verbalizer_for"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,44 @@ VERBALIZERS: dict[str, Verbalizer] = {
 }
 
 
+def _spaced(words: Sequence[str]) -> tuple[str, ...]:
+    # The prompt ends with ":" and the label word follows as the next word: it starts with a space.
+    return tuple(w if w[:1].isspace() else " " + w for w in words)
+
+
+def verbalizer_for(
+    dataset: str, label_names: Sequence[str], words: Sequence[str] | None = None
+) -> Verbalizer:
+    """The verbalizer of ``dataset``: the built-in one from :data:`VERBALIZERS`, or one for your own labels.
+
+    Parameters
+    ----------
+    dataset
+        ``data.dataset``: a key of :data:`VERBALIZERS`, or your own data (any other name).
+    label_names
+        The dataset's label names in label order.
+    words
+        ``data.label_words``: one word per label, in label order (a leading space is added where missing);
+        ``None``: the built-in words, or for your own data the label names themselves.
+
+    Your own data is asked as ``Text: <text>`` and ``Answer (<word>, <word>, ...):``.
+    """
+    labels = tuple(label_names)
+    if words is not None and len(words) != len(labels):
+        raise ConfigError(
+            f"data.label_words has {len(words)} words for {len(labels)} labels ({', '.join(labels)}); "
+            "give one word per label, in that order"
+        )
+    base = VERBALIZERS.get(dataset)
+    if base is not None:
+        if labels != base.labels:
+            raise ConfigError(f"{dataset}: labels {labels}, verbalizer labels {base.labels}")
+        return base if words is None else replace(base, words=_spaced(words))
+    chosen = _spaced(labels if words is None else words)
+    question = "\nAnswer (" + ", ".join(w.strip() for w in chosen) + "):"
+    return Verbalizer(prefix="Text: ", question=question, labels=labels, words=chosen)
+
+
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -70,7 +108,10 @@ def label_token_ids(tokenizer: Any, verbalizer: Verbalizer) -> list[int]:
     for word in verbalizer.words:
         ids = _ids(tokenizer, word)
         if len(ids) != 1:
-            raise ConfigError(f"label word {word!r} is {len(ids)} tokens for this tokenizer; it must be one")
+            raise ConfigError(
+                f"label word {word!r} is {len(ids)} tokens for this tokenizer; it must be one "
+                "(choose another in data.label_words)"
+            )
         out.append(ids[0])
     if len(set(out)) != len(out):
         raise ConfigError(f"label words {verbalizer.words} do not map to distinct tokens")

@@ -13,6 +13,12 @@ in the model's dtype, ``[tokens, hidden]`` per example, until ``max_bytes`` is r
 computed on the fly and not stored. For SmolLM2-135M (hidden 576, float32) that is about 2.3 KB a token, so
 the 8,230 rotten_tomatoes training prompts (median 36 tokens) take under 1 GB.
 
+Across processes: with ``FEDSQUEEZE_LAYER_CACHE_DIR`` set to a folder, states are also written there, one
+file per example named by a hash of the frozen layers' weights, the boundary and the example's token ids, and
+read back by any later run on the same machine (the cells of a study, for instance). It is a machine-local
+speed setting, not part of a run's config: a state read from disk equals the one the run would compute, up
+to float rounding. Files are written atomically, so concurrent runs can share the folder.
+
 Works with decoder stacks laid out as Llama's (``model.model.layers``, ``model.model.norm``,
 ``model.lm_head``; the base forward iterating ``self.layers``), which covers SmolLM2, Llama, Qwen2 and
 Mistral in transformers 5.
@@ -20,15 +26,22 @@ Mistral in transformers 5.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 
-__all__ = ["LayerCache", "decoder_parts"]
+__all__ = ["STORE_ENV", "LayerCache", "decoder_parts"]
+
+STORE_ENV = "FEDSQUEEZE_LAYER_CACHE_DIR"  # a folder shared by the runs of one machine (optional)
 
 
 def decoder_parts(model: Any) -> tuple[Any, Any]:
@@ -68,10 +81,16 @@ class LayerCache:
     boundary
         Index of the first layer that carries LoRA; layers ``0 .. boundary-1`` are frozen.
     max_bytes
-        Bound on the memory held by cached states; beyond it, states are recomputed each time.
+        Bound on the memory held by cached states; beyond it, states are recomputed (or read from the
+        store) each time.
+    store
+        A folder for states shared across processes; ``None``: ``$FEDSQUEEZE_LAYER_CACHE_DIR`` if set, else
+        memory only.
     """
 
-    def __init__(self, model: Any, boundary: int, *, max_bytes: int = 4 << 30) -> None:
+    def __init__(
+        self, model: Any, boundary: int, *, max_bytes: int = 4 << 30, store: str | Path | None = None
+    ) -> None:
         self.lm, self.decoder = decoder_parts(model)
         total = len(self.decoder.layers)
         if not 0 < boundary < total:
@@ -82,6 +101,46 @@ class LayerCache:
         self._states: dict[int, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self.disk_hits = 0
+        where = store if store is not None else os.environ.get(STORE_ENV) or None
+        self.store = Path(where).expanduser() / self._fingerprint() if where else None
+
+    def _fingerprint(self) -> str:
+        """A hash of everything the boundary states depend on: the embedding and frozen layers' weights."""
+        h = hashlib.sha256(f"boundary={self.boundary}".encode())
+        modules = [self.decoder.embed_tokens, *list(self.decoder.layers)[: self.boundary]]
+        for module in modules:
+            for name, tensor in module.state_dict().items():
+                h.update(name.encode())
+                h.update(str(tensor.dtype).encode())
+                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:32]
+
+    def _path(self, ids: torch.Tensor) -> Path:
+        assert self.store is not None
+        digest = hashlib.sha256(ids.cpu().to(torch.int64).numpy().tobytes()).hexdigest()[:40]
+        return self.store / digest[:2] / f"{digest}.pt"
+
+    def _read(self, ids: torch.Tensor) -> torch.Tensor | None:
+        path = self._path(ids)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):  # absent, or half-written
+            return None
+        if not isinstance(state, torch.Tensor) or state.shape[0] != ids.shape[0]:
+            return None
+        return state.to(self.decoder.embed_tokens.weight.device)
+
+    def _write(self, ids: torch.Tensor, state: torch.Tensor) -> None:
+        path = self._path(ids)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state.cpu(), f)
+            os.replace(tmp, path)  # atomic: readers see the whole file or none
+        except OSError:
+            pass  # a full or read-only disk only costs speed
 
     def __len__(self) -> int:
         return len(self._states)
@@ -114,18 +173,32 @@ class LayerCache:
         lengths = mask.sum(-1).tolist()
         return [hidden[i, keep - n :].detach().clone() for i, n in enumerate(lengths)]
 
+    def _keep(self, key: int, state: torch.Tensor) -> None:
+        size = state.numel() * state.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._states[key] = state
+            self.bytes += size
+
     def states(self, batch: dict[str, torch.Tensor], keys: Sequence[int]) -> torch.Tensor:
         """The left-padded ``[batch, width, hidden]`` boundary states of the batch (zeros at padding)."""
         missing = [i for i, k in enumerate(keys) if k not in self._states]
         fresh: dict[int, torch.Tensor] = {}
+        if missing and self.store is not None:
+            mask = batch["attention_mask"]
+            for i in missing:
+                state = self._read(batch["input_ids"][i][mask[i] == 1])
+                if state is not None:
+                    fresh[i] = state
+                    self._keep(keys[i], state)
+            self.disk_hits += len(fresh)
+            missing = [i for i in missing if i not in fresh]
         if missing:
             self.misses += len(missing)
             for i, state in zip(missing, self._bottom(batch, missing), strict=True):
                 fresh[i] = state
-                size = state.numel() * state.element_size()
-                if self.bytes + size <= self.max_bytes:
-                    self._states[keys[i]] = state
-                    self.bytes += size
+                self._keep(keys[i], state)
+                if self.store is not None:
+                    self._write(batch["input_ids"][i][batch["attention_mask"][i] == 1], state)
         self.hits += len(keys) - len(missing)
         rows = [fresh[i] if i in fresh else self._states[k] for i, k in enumerate(keys)]
         width = batch["input_ids"].shape[1]

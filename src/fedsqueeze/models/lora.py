@@ -7,6 +7,7 @@ parameter (state-dict) order.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,15 +18,84 @@ import torch
 from .._extras import require
 from ..errors import ConfigError
 from ..spec import UpdateSpec
+from .registry import ALL_LINEAR, available, find, get
 
-__all__ = ["DEFAULT_TARGETS", "apply_lora", "read_tensors", "split_trainable", "stable_name", "write_tensors"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "apply_lora",
+    "freeze_lora_a",
+    "linear_module_names",
+    "read_tensors",
+    "split_trainable",
+    "stable_name",
+    "write_tensors",
+]
 
-DEFAULT_TARGETS = {
-    "minilm": ("query", "value"),
-    "tiny-bert": ("query", "value"),
-    "smollm2-135m": ("q_proj", "v_proj"),
-    "tiny-llama": ("q_proj", "v_proj"),
-}
+# The built-in models' default LoRA targets (the registry's), by name.
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {name: get(name).targets for name in available()}
+HEAD_NAMES = ("classifier", "score")  # transformers' sequence-classification heads (PEFT's convention)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names (last path part) of ``model``'s linear layers, deduplicated, in module order: what
+    ``model.target_modules`` may name (``torch.nn.Linear`` and transformers' GPT-2 style ``Conv1D``)."""
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"
+    ]
+    return list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
+
+
+_LORA_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _check_targets(model: torch.nn.Module, targets: list[str], model_name: str) -> None:
+    """:class:`~fedsqueeze.ConfigError` naming the first target that matches no layer LoRA can wrap."""
+    layers = [
+        n for n, m in model.named_modules() if isinstance(m, _LORA_LAYERS) or type(m).__name__ == "Conv1D"
+    ]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in layers):
+            raise ConfigError(
+                f"model.target_modules: {model_name} has no linear module {target!r}; its linear modules are "
+                f"{', '.join(linear_module_names(model))} (or use 'all-linear')"
+            )
+
+
+def _head_modules(model: torch.nn.Module, model_name: str) -> list[str]:
+    entry = find(model_name)
+    if entry is not None:
+        return [entry.head]
+    heads = [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), torch.nn.Module)]
+    if not heads:
+        raise ConfigError(
+            f"{model_name}: its sequence classifier has no head named {' or '.join(HEAD_NAMES)}; use a "
+            "causal LM with model.classifier = 'verbalizer'"
+        )
+    return heads
+
+
+def _inputs_to_float32(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _float32_trainables(peft_model: torch.nn.Module) -> None:
+    """Keep every trainable tensor float32 over a lower-precision base (``model.dtype``): a no-op over a
+    float32 base. A float32 head copy casts its (bfloat16 / float16) input up; PEFT's LoRA layers cast
+    their input to the adapter's dtype and the result back themselves."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for p in peft_model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    for module in peft_model.modules():
+        if isinstance(module, ModulesToSaveWrapper) and any(
+            p.dtype != torch.float32 for p in module.original_module.parameters()
+        ):
+            module.register_forward_pre_hook(_inputs_to_float32)
 
 
 def apply_lora(
@@ -41,31 +111,70 @@ def apply_lora(
 ) -> Any:
     """Wrap ``model`` with a LoRA adapter; for classification the head is trained as ``modules_to_save``.
 
-    ``layers``: the transformer layer indices that get LoRA (PEFT's ``layers_to_transform``); ``None``: all.
+    ``target_modules``: module names, ``("all-linear",)`` (every linear layer but the output one and the
+    classification head) or ``None`` (the built-in model's default, else PEFT's default for the
+    architecture). ``layers``: the transformer layer indices that get LoRA (PEFT's ``layers_to_transform``);
+    ``None``: all. The LoRA tensors and the head are float32 whatever the base model's dtype.
 
     LoRA ``A`` is drawn from the global torch RNG (``B`` starts at zero): seed it before calling.
     """
     require("peft", "llm", "LoRA adapters on Hugging Face models")
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = list(target_modules or DEFAULT_TARGETS[model_name])
-    head = ["classifier"] if model_name in ("minilm", "tiny-bert") else ["score"]
+    entry = find(model_name)
+    targets: list[str] | str | None
+    if target_modules is None:
+        targets = list(entry.targets) if entry is not None else None  # None: PEFT's per-architecture default
+    elif tuple(target_modules) == (ALL_LINEAR,):
+        targets = ALL_LINEAR
+    else:
+        targets = list(target_modules)
+        _check_targets(model, targets, model_name)
+    head = _head_modules(model, model_name) if classification else None
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM,
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
-        modules_to_save=head if classification else None,
+        modules_to_save=head,
         layers_to_transform=layers,
     )
     try:
         with warnings.catch_warnings():
             # PEFT calls a transformers API that transformers 5 deprecates; not ours to fix.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, config)
-    except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model"
-        raise ConfigError(f"model.target_modules = {targets}: {exc}") from exc
+            peft_model = get_peft_model(model, config)
+    except ValueError as exc:  # PEFT: "Target modules {...} not found in the base model", no default, ...
+        shown = targets if targets is not None else "unset"
+        raise ConfigError(
+            f"model.target_modules = {shown}: {_one_line(exc)[:300]}; the model's linear modules are "
+            f"{', '.join(linear_module_names(model))}"
+        ) from None
+    _float32_trainables(peft_model)
+    return peft_model
+
+
+# PEFT's LoRA A factors: ``lora_A`` (linear, conv) and ``lora_embedding_A`` (embedding layers).
+_LORA_A = re.compile(r"\.lora_(embedding_)?A\.")
+
+
+def freeze_lora_a(peft_model: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """Freeze every LoRA ``A`` of ``peft_model`` where it stands (FFA-LoRA: only ``B`` trains).
+
+    Call it right after :func:`apply_lora`: ``A`` then keeps its seeded initialisation, which every client
+    and the server draw alike from the same seed, so it is never sent; :func:`split_trainable` no longer
+    lists it and ``save_pretrained`` still writes it. Returns the frozen tensors (stable names, detached
+    float32 CPU copies).
+    """
+    frozen: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, p in peft_model.named_parameters():
+        if _LORA_A.search(name) and p.requires_grad:
+            p.requires_grad_(False)
+            frozen[stable_name(name)] = p.detach().to("cpu", torch.float32).clone()
+    if not frozen:
+        raise ConfigError("model.lora_train = 'b': the adapter has no trainable LoRA A to freeze")
+    return frozen
 
 
 def stable_name(peft_name: str) -> str:

@@ -1,4 +1,4 @@
-"""What a workload trains and measures: sequence classification or gsm8k answer generation.
+"""What a workload trains and measures: sequence classification, gsm8k answer generation, instruction tuning.
 
 A task holds the tokenised training pool and held-out set; it turns index lists into batches, computes
 the training loss and evaluates a model. It knows nothing about clients or LoRA.
@@ -6,6 +6,7 @@ the training loss and evaluates a model. It knows nothing about clients or LoRA.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..data.text import (
 from ..errors import ConfigError
 from ..fl.workload import log_label_prior
 
-__all__ = ["ClassificationTask", "GenerationTask", "VerbalizerTask", "to_device"]
+__all__ = ["ClassificationTask", "GenerationTask", "SFTTask", "VerbalizerTask", "to_device"]
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -41,6 +42,7 @@ class ClassificationTask:
     """Sequence classification; metrics ``accuracy`` (main), ``macro_f1``, ``eval_loss``."""
 
     metric_name = "accuracy"
+    metric_higher_is_better = True
 
     def __init__(
         self,
@@ -177,6 +179,7 @@ class GenerationTask:
     """
 
     metric_name = "exact_match"
+    metric_higher_is_better = True
 
     def __init__(
         self,
@@ -227,8 +230,16 @@ class GenerationTask:
 
     @torch.no_grad()
     def evaluate(self, model: Any) -> dict[str, float]:
-        from .loading import quiet_transformers
+        eval_loss = self.heldout_loss(model)
+        gens = self.generate(model)
+        return {
+            "exact_match": metrics.gsm8k_exact_match(gens, self.test_answers),
+            "eval_loss": eval_loss,
+        }
 
+    @torch.no_grad()
+    def heldout_loss(self, model: Any) -> float:
+        """Teacher-forced cross-entropy per answer token over the held-out set."""
         loss_sum, tokens = 0.0, 0
         for idx in _by_length([len(x) for x in self.test_ids], self.eval_batch_size):
             batch = collate_causal(
@@ -246,6 +257,13 @@ class GenerationTask:
                 )
             )
             tokens += int((labels != IGNORE_INDEX).sum())
+        return loss_sum / max(tokens, 1)
+
+    @torch.no_grad()
+    def generate(self, model: Any) -> list[str]:
+        """Greedy, batched generations (at most ``max_new_tokens``) of the held-out prompts, decoded."""
+        from .loading import quiet_transformers
+
         gens = [""] * self.num_test
         for idx in _by_length([len(x) for x in self.test_prompts], self.eval_batch_size):
             batch = to_device(collate_prompts([self.test_prompts[i] for i in idx], self.pad_id), self.device)
@@ -262,7 +280,29 @@ class GenerationTask:
             for j, text in zip(idx, texts, strict=True):
                 gens[j] = text
         self.last_generations = gens
-        return {
-            "exact_match": metrics.gsm8k_exact_match(gens, self.test_answers),
-            "eval_loss": loss_sum / max(tokens, 1),
-        }
+        return gens
+
+
+class SFTTask(GenerationTask):
+    """Instruction tuning on your own data: the loss on response tokens only, as for gsm8k.
+
+    The main metric is ``eval_loss``, the held-out cross-entropy per response token (lower is better),
+    with ``perplexity`` (its exponential) beside it. With ``exact_match=True`` the evaluation also
+    generates greedily and adds ``exact_match``: the fraction of generations equal to the reference
+    response up to white space (meant for short answers; generation is the slow part of an evaluation).
+    """
+
+    metric_name = "eval_loss"
+    metric_higher_is_better = False
+
+    def __init__(self, *args: Any, exact_match: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exact_match = exact_match
+
+    @torch.no_grad()
+    def evaluate(self, model: Any) -> dict[str, float]:
+        eval_loss = self.heldout_loss(model)
+        out = {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss) if eval_loss < 700 else math.inf}
+        if self.exact_match:
+            out["exact_match"] = metrics.exact_match(self.generate(model), self.test_answers)
+        return out

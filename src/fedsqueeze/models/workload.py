@@ -9,7 +9,7 @@ its own ``torch.Generator``, so the caller's RNG streams are untouched and resul
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,26 @@ import numpy as np
 import torch
 
 from .._host import cpu_count
-from ..data.partition import partition, train_test_split
-from ..data.sources import load_dataset
+from ..data.own import load_data
+from ..data.partition import given_test_split, partition
+from ..data.sft import encode_sft, sft_references
+from ..data.sources import RawDataset
 from ..data.text import encode_causal, encode_prompt, encode_texts
-from ..data.verbalize import VERBALIZERS, encode_verbalized, label_token_ids
+from ..data.verbalize import encode_verbalized, label_token_ids, verbalizer_for
 from ..errors import ConfigError
 from ..fl.workload import (
-    CAUSAL_MODELS,
     DataConfig,
     LocalTrainConfig,
     ModelConfig,
     check_classifier,
+    is_causal,
     make_optimizer,
 )
 from ..spec import UpdateSpec
 from .layer_cache import LayerCache
-from .loading import load_base_model, load_tokenizer, require_llm
-from .lora import apply_lora, read_tensors, split_trainable, write_tensors
-from .tasks import ClassificationTask, GenerationTask, VerbalizerTask, to_device
+from .loading import check_dtype, load_base_model, load_tokenizer, require_llm
+from .lora import apply_lora, freeze_lora_a, read_tensors, split_trainable, stable_name, write_tensors
+from .tasks import ClassificationTask, GenerationTask, SFTTask, VerbalizerTask, to_device
 
 __all__ = ["PeftWorkload", "build_workload", "configure_threads"]
 
@@ -67,8 +69,14 @@ class PeftWorkload:
     ----------
     lora_spec, head_spec
         Specs of the LoRA tensors and of the other trainable tensors (classifier head; empty for LMs).
+        With ``model.lora_train = "b"`` the LoRA tensors are the ``B`` factors only.
+    frozen_lora
+        The LoRA tensors frozen at their seeded initialisation (``A`` with ``model.lora_train = "b"``; else
+        empty): part of the model and of the saved adapter, never trained nor sent.
     metric_name
-        ``"accuracy"`` (classification) or ``"exact_match"`` (gsm8k).
+        ``"accuracy"`` (classification), ``"exact_match"`` (gsm8k) or ``"eval_loss"`` (instruction tuning).
+    metric_higher_is_better
+        Whether a larger ``metric_name`` is better (``False`` for a loss); the task's own declaration.
     info
         Plain facts for logs: model, dataset, sizes.
     """
@@ -88,14 +96,18 @@ class PeftWorkload:
         task.device = self.device
         self.parts = parts
         self._lora_params, self._head_params = split_trainable(model)
+        frozen = {n: p for n, p in model.named_parameters() if ".lora_" in n and not p.requires_grad}
+        self.frozen_lora = read_tensors({stable_name(n): p for n, p in frozen.items()})
         self.lora_spec = UpdateSpec.from_tensors(self._lora_params)
         self.head_spec = UpdateSpec.from_tensors(self._head_params)
         self.metric_name: str = task.metric_name
+        self.metric_higher_is_better: bool = getattr(task, "metric_higher_is_better", True)
         self._init = (read_tensors(self._lora_params), read_tensors(self._head_params))
         self.info = {
             **info,
             "lora_numel": self.lora_spec.numel,
             "head_numel": self.head_spec.numel,
+            "lora_frozen_numel": sum(t.numel() for t in self.frozen_lora.values()),
             "num_train": task.num_train,
             "num_test": task.num_test,
         }
@@ -148,9 +160,8 @@ class PeftWorkload:
             groups.append({"params": list(self._head_params.values()), "lr": cfg.head_lr or cfg.lr})
         opt = make_optimizer(groups, cfg)
         loss_kwargs: dict[str, torch.Tensor] = {}
-        if cfg.logit_adjust > 0:
-            if not hasattr(self.task, "log_prior"):
-                raise ConfigError("train.logit_adjust applies to classification datasets only; set it to 0")
+        # FedLC's label-skew correction needs classes: tasks without them (SFT, gsm8k) train unadjusted.
+        if cfg.logit_adjust > 0 and hasattr(self.task, "log_prior"):
             loss_kwargs["logit_bias"] = cfg.logit_adjust * self.task.log_prior(self.parts[client])
         losses: list[float] = []
         # Dropout draws from the model's device RNG: fork (and seed) that one too when it is a GPU.
@@ -187,24 +198,35 @@ class PeftWorkload:
         self, lora: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor], path: str | Path
     ) -> None:
         """Write ``(lora, head)`` as a PEFT adapter folder (``adapter_model.safetensors`` +
-        ``adapter_config.json``; the head is PEFT's ``modules_to_save``) via ``save_pretrained``."""
+        ``adapter_config.json``; the head is PEFT's ``modules_to_save``) via ``save_pretrained``. The
+        frozen LoRA tensors (:attr:`frozen_lora`) are written too, at their seeded values."""
         self.load(lora, head)
         self.model.save_pretrained(str(path))
 
 
-def _classification_task(
-    raw: Any, tok: Any, data: DataConfig, max_length: int, *, verbalizer: bool = False
-) -> tuple[ClassificationTask, list]:
-    train, test = train_test_split(
-        len(raw), data.test_examples, seed=data.seed, max_train=data.max_train_examples
+def _split(raw: RawDataset, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training pool and held-out indices: a seeded split, or the given held-out rows (``test_dataset``)."""
+    return given_test_split(
+        len(raw), raw.test_rows, data.test_examples, seed=data.seed, max_train=data.max_train_examples
     )
+
+
+def _skewed(raw: RawDataset, train: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
+    """What a Dirichlet partition skews: ``group_field`` values if set, else ``labels`` (``None``: sizes)."""
+    if raw.groups is None:
+        return labels
+    return np.unique(np.asarray(raw.groups)[train], return_inverse=True)[1]
+
+
+def _classification_task(
+    raw: RawDataset, tok: Any, data: DataConfig, max_length: int, *, verbalizer: bool = False
+) -> tuple[ClassificationTask, list]:
+    train, test = _split(raw, data)
     labels = np.asarray(raw.labels, dtype=np.int64)
     texts = raw.texts
     kwargs: dict[str, Any] = {}
     if verbalizer:
-        verb = VERBALIZERS[data.dataset]
-        if tuple(raw.label_names) != verb.labels:
-            raise ConfigError(f"{data.dataset}: labels {raw.label_names}, verbalizer labels {verb.labels}")
+        verb = verbalizer_for(data.dataset, raw.label_names, data.label_words)
         kwargs["label_ids"] = label_token_ids(tok, verb)
 
         def encode(idx: np.ndarray) -> list[list[int]]:
@@ -224,15 +246,20 @@ def _classification_task(
         **kwargs,
     )
     parts = partition(
-        len(train), data.num_clients, data.partition, labels=labels[train], alpha=data.alpha, seed=data.seed
+        len(train),
+        data.num_clients,
+        data.partition,
+        labels=_skewed(raw, train, labels[train]),
+        alpha=data.alpha,
+        seed=data.seed,
     )
     return task, parts
 
 
-def _generation_task(raw: Any, tok: Any, data: DataConfig, max_length: int) -> tuple[GenerationTask, list]:
-    train, test = train_test_split(
-        len(raw), data.test_examples, seed=data.seed, max_train=data.max_train_examples
-    )
+def _generation_task(
+    raw: RawDataset, tok: Any, data: DataConfig, max_length: int, *, verbalizer: bool = False
+) -> tuple[GenerationTask, list]:
+    train, test = _split(raw, data)
     q, a = raw.texts, raw.answers
 
     def pairs(idx: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
@@ -258,6 +285,44 @@ def _generation_task(raw: Any, tok: Any, data: DataConfig, max_length: int) -> t
     return task, parts
 
 
+def _sft_task(
+    raw: RawDataset, tok: Any, data: DataConfig, max_length: int, *, verbalizer: bool = False
+) -> tuple[SFTTask, list]:
+    train, test = _split(raw, data)
+    train_ids, train_labels, _ = encode_sft(tok, raw, train.tolist(), max_length)
+    test_ids, test_labels, test_prompts = encode_sft(tok, raw, test.tolist(), max_length)
+    task = SFTTask(
+        train_ids,
+        train_labels,
+        test_ids,
+        test_labels,
+        test_prompts,
+        sft_references(raw, test.tolist()),
+        tokenizer=tok,
+        max_new_tokens=data.gen_max_new_tokens,
+        exact_match=data.exact_match,
+    )
+    # Without data.group_field, "dirichlet" is a quantity skew (client sizes ~ Dir(alpha)), as for gsm8k.
+    parts = partition(
+        len(train),
+        data.num_clients,
+        data.partition,
+        labels=_skewed(raw, train, None),
+        alpha=data.alpha,
+        seed=data.seed,
+    )
+    return task, parts
+
+
+#: Task builders by :data:`fedsqueeze.data.sources.TASK_KINDS` kind: ``(raw, tokenizer, data, max_length,
+#: verbalizer=...) -> (task, client index arrays)``.
+TASK_BUILDERS: dict[str, Callable[..., tuple[Any, list]]] = {
+    "classification": _classification_task,
+    "generation": _generation_task,
+    "sft": _sft_task,
+}
+
+
 def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWorkload:
     """Load ``model`` with a fresh LoRA adapter, tokenise ``data``, split and partition it.
 
@@ -269,7 +334,9 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
         builds a causal LM with LoRA only (empty ``head_spec``).
     seed
         Seeds the random parts of the model (LoRA ``A``, classifier head, tiny models' weights), so
-        :meth:`PeftWorkload.initial_params` is a function of it. The split and partition use ``data.seed``.
+        :meth:`PeftWorkload.initial_params` is a function of it, and so is the frozen ``A`` of
+        ``model.lora_train = "b"``, which every client and the server build alike. The split and partition
+        use ``data.seed``.
 
     Raises
     ------
@@ -280,17 +347,24 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
     """
     check_classifier(model, data)
     require_llm(model.name)
+    check_dtype(model.dtype, _resolve_device(model.device))
+    causal = is_causal(model)  # resolves model.kind (one-line error if it contradicts) before data loads
     configure_threads()
-    raw = load_dataset(data.dataset)
-    generation = not raw.is_classification
+    raw = load_data(data)
+    generation = not raw.is_classification  # gsm8k or instruction tuning: a causal LM's tokens
     verbalizer = model.classifier == "verbalizer"
-    if generation and model.name not in CAUSAL_MODELS:
-        raise ConfigError(f"{data.dataset} needs a causal LM: set model.name to smollm2-135m or tiny-llama")
+    if verbalizer and generation:
+        raise ConfigError(
+            f"model.classifier = 'verbalizer' needs a classification dataset; {data.dataset!r} is "
+            "instruction-tuning data (map data.text_field + data.label_field for classification)"
+        )
+    if generation and not causal:
+        raise ConfigError(
+            f"{data.dataset} needs a causal LM: set model.name to smollm2-135m, tiny-llama or a causal LM "
+            "directory"
+        )
     tok = load_tokenizer(model.name)
-    if generation:
-        task, parts = _generation_task(raw, tok, data, model.max_length)
-    else:
-        task, parts = _classification_task(raw, tok, data, model.max_length, verbalizer=verbalizer)
+    task, parts = TASK_BUILDERS[raw.kind](raw, tok, data, model.max_length, verbalizer=verbalizer)
     head = not (generation or verbalizer)  # a new classifier head (trained as PEFT's modules_to_save)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed & _SEED_MASK)
@@ -300,6 +374,8 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             num_labels=len(raw.label_names) if head else None,
             num_layers=model.num_layers,
             pooling=model.pooling,
+            kind=model.kind,
+            dtype=model.dtype,
         )
         layers = _lora_layers(base, model.lora_layers)
         peft_model = apply_lora(
@@ -312,6 +388,8 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
             classification=head,
             layers=layers,
         )
+        if model.lora_train == "b":  # FFA-LoRA: A keeps the seeded values every client draws alike
+            freeze_lora_a(peft_model)
     peft_model.eval()
     if layers is not None and layers[0] > 0 and verbalizer and model.layer_cache_mb > 0:
         task.layer_cache = LayerCache(peft_model, layers[0], max_bytes=model.layer_cache_mb << 20)
