@@ -44,6 +44,14 @@ rate. If every test point is at least as accurate as the reference's best (``a_r
 at most as accurate as the reference's cheapest, the reference reaches the test's best accuracy at its
 cheapest rate or less: ``bound = "at least"``, ``(r_test(a_test_max) / r_ref_min − 1) · 100``. Otherwise (or
 with a computed BD-rate) both are ``None``.
+
+Lower-is-better metrics (``higher_is_better=False``, e.g. a held-out loss): every function negates the
+metric internally, so "more accurate" reads "lower", the Pareto front keeps a point only if its metric is
+strictly lower than every cheaper point's, and the bounds assume the metric does not get worse with rate.
+Results and messages are in the metric's own values: ``accuracy_range`` is ``[lo, hi]`` of the metric,
+:func:`front` returns the metric falling as the rate rises, and the result records the direction
+(``higher_is_better``; ``metric_higher_is_better`` in :meth:`BDRate.to_dict`). The BD-rate itself (rate at
+equal metric) and the bound's ``"at most"`` / ``"at least"`` keep their meaning.
 """
 
 from __future__ import annotations
@@ -85,6 +93,8 @@ class BDRate:
     bound, bound_percent
         When :attr:`percent` is ``None`` because the fronts share no accuracy: ``"at most"`` or
         ``"at least"`` and the rate ratio at the edge in percent (module doc), else ``None``.
+    higher_is_better
+        The metric's direction (``False``: lower is better, e.g. a loss; module doc).
     """
 
     percent: float | None
@@ -96,6 +106,7 @@ class BDRate:
     reference_points: int
     bound: str | None = None
     bound_percent: float | None = None
+    higher_is_better: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +119,7 @@ class BDRate:
             "reference_points": self.reference_points,
             "bound": self.bound,
             "bound_percent": self.bound_percent,
+            "metric_higher_is_better": self.higher_is_better,
         }
 
 
@@ -117,15 +129,21 @@ def _check_method(method: str) -> int:
     return METHODS[method]
 
 
-def front(rates: Sequence[float], accuracies: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The curve's Pareto front as ``(rates, accuracies)``, both strictly increasing (see the module doc).
+def _sign(higher_is_better: bool) -> float:
+    """``1.0`` for a higher-is-better metric, ``-1.0`` for a lower-is-better one (the internal negation)."""
+    return 1.0 if higher_is_better else -1.0
 
-    Points with a non-finite rate or accuracy, or a rate ``<= 0``, are dropped first.
-    """
+
+def _signed_front(
+    rates: Sequence[float], accuracies: Sequence[float], sign: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Pareto front of ``(rates, sign · accuracies)``: both strictly increasing (module doc)."""
     r = np.asarray(rates, dtype=np.float64).reshape(-1)
     a = np.asarray(accuracies, dtype=np.float64).reshape(-1)
     if r.shape != a.shape:
         raise UsageError(f"a curve needs as many rates as accuracies, got {r.size} and {a.size}")
+    if sign < 0:
+        a = -a
     ok = np.isfinite(r) & np.isfinite(a) & (r > 0)
     r, a = r[ok], a[ok]
     order = np.lexsort((-a, r))  # by rate, the most accurate first among equal rates
@@ -136,6 +154,19 @@ def front(rates: Sequence[float], accuracies: Sequence[float]) -> tuple[np.ndarr
             keep_r.append(float(r[i]))
             keep_a.append(float(a[i]))
     return np.array(keep_r), np.array(keep_a)
+
+
+def front(
+    rates: Sequence[float], accuracies: Sequence[float], *, higher_is_better: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The curve's Pareto front as ``(rates, accuracies)`` (see the module doc): rates strictly increasing,
+    accuracies strictly increasing (strictly decreasing with ``higher_is_better=False``).
+
+    Points with a non-finite rate or accuracy, or a rate ``<= 0``, are dropped first.
+    """
+    sign = _sign(higher_is_better)
+    r, a = _signed_front(rates, accuracies, sign)
+    return r, (a if sign > 0 else -a)
 
 
 def _interpolant(acc: np.ndarray, log_rate: np.ndarray, method: str) -> Any:
@@ -158,12 +189,19 @@ def _interpolant(acc: np.ndarray, log_rate: np.ndarray, method: str) -> Any:
 
 
 def log_rate_at(
-    rates: Sequence[float], accuracies: Sequence[float], accuracy: float, *, method: str = "pchip"
+    rates: Sequence[float],
+    accuracies: Sequence[float],
+    accuracy: float,
+    *,
+    method: str = "pchip",
+    higher_is_better: bool = True,
 ) -> float | None:
     """``ln`` of the curve's rate at ``accuracy`` (interpolated on its front), ``None`` outside its accuracy
     range or with fewer points than ``method`` needs."""
     need = _check_method(method)
-    r, a = front(rates, accuracies)
+    sign = _sign(higher_is_better)
+    r, a = _signed_front(rates, accuracies, sign)
+    accuracy = sign * accuracy
     if len(r) == 1 and accuracy == a[0]:
         return float(np.log(r[0]))
     if len(r) < need or not a[0] <= accuracy <= a[-1]:
@@ -171,12 +209,23 @@ def log_rate_at(
     return float(_interpolant(a, np.log(r), method)(accuracy))
 
 
-def _span(a: np.ndarray) -> str:
-    return f"[{a[0]:.6g}, {a[-1]:.6g}]"
+def _value(x: float, sign: float) -> float:
+    """A signed front's value back in the metric's own terms (``+ 0.0``: no ``-0``)."""
+    return float(sign * x) + 0.0
 
 
-def _none(reason: str, mode: str, method: str, n: int, n_ref: int) -> BDRate:
-    return BDRate(None, None, reason, mode, method, n, n_ref)
+def _span(a: np.ndarray, sign: float) -> str:
+    lo, hi = sorted((_value(a[0], sign), _value(a[-1], sign)))
+    return f"[{lo:.6g}, {hi:.6g}]"
+
+
+def _range(lo: float, hi: float, sign: float) -> tuple[float, float]:
+    """A signed interval ``[lo, hi]`` as ``(lo, hi)`` of the metric itself."""
+    return (float(lo), float(hi)) if sign > 0 else (_value(hi, sign), _value(lo, sign))
+
+
+def _none(reason: str, mode: str, method: str, n: int, n_ref: int, sign: float) -> BDRate:
+    return BDRate(None, None, reason, mode, method, n, n_ref, higher_is_better=sign > 0)
 
 
 def bd_rate(
@@ -186,38 +235,49 @@ def bd_rate(
     test_accuracies: Sequence[float],
     *,
     method: str = "pchip",
+    higher_is_better: bool = True,
 ) -> BDRate:
     """BD-rate of the test curve against the reference curve (both as rates and accuracies; any order).
 
     Both curves are reduced to their Pareto fronts (:func:`front`) and need :data:`METHODS` ``[method]``
     points each; otherwise, or when their accuracy ranges do not overlap, the result is ``None`` with a
-    reason. For a single-point side use :func:`compare`.
+    reason. For a single-point side use :func:`compare`. ``higher_is_better=False``: the metric is lower
+    is better (module doc).
     """
     need = _check_method(method)
-    rr, ra = front(ref_rates, ref_accuracies)
-    tr, ta = front(test_rates, test_accuracies)
+    sign = _sign(higher_is_better)
+    rr, ra = _signed_front(ref_rates, ref_accuracies, sign)
+    tr, ta = _signed_front(test_rates, test_accuracies, sign)
+    return _bd_rate_fronts(rr, ra, tr, ta, method, need, sign)
+
+
+def _bd_rate_fronts(
+    rr: np.ndarray, ra: np.ndarray, tr: np.ndarray, ta: np.ndarray, method: str, need: int, sign: float
+) -> BDRate:
+    """:func:`bd_rate` on two signed Pareto fronts."""
     for what, n in (("reference", len(rr)), ("test", len(tr))):
         if n < need:
             return _none(
                 f"the {what} curve has {n} point(s) on its Pareto front; {method} needs {need}",
-                "curve", method, len(tr), len(rr),
+                "curve", method, len(tr), len(rr), sign,
             )  # fmt: skip
     lo, hi = max(ra[0], ta[0]), min(ra[-1], ta[-1])
     if not hi > lo:
         return _none(
-            f"the accuracy ranges do not overlap (reference {_span(ra)}, test {_span(ta)})",
-            "curve", method, len(tr), len(rr),
+            f"the accuracy ranges do not overlap (reference {_span(ra, sign)}, test {_span(ta, sign)})",
+            "curve", method, len(tr), len(rr), sign,
         )  # fmt: skip
     f_ref = _interpolant(ra, np.log(rr), method)
     f_test = _interpolant(ta, np.log(tr), method)
     mean_diff = (float(f_test.integrate(lo, hi)) - float(f_ref.integrate(lo, hi))) / (hi - lo)
     return BDRate(
-        100.0 * math.expm1(mean_diff), (float(lo), float(hi)), None, "curve", method, len(tr), len(rr)
-    )
+        100.0 * math.expm1(mean_diff), _range(lo, hi, sign), None, "curve", method, len(tr), len(rr),
+        higher_is_better=sign > 0,
+    )  # fmt: skip
 
 
 def _bound(rr: np.ndarray, ra: np.ndarray, tr: np.ndarray, ta: np.ndarray) -> tuple[str, float] | None:
-    """The one-sided rate ratio of two fronts that share no accuracy (module doc), else ``None``."""
+    """The one-sided rate ratio of two signed fronts that share no accuracy (module doc), else ``None``."""
     if ta[0] >= ra[-1]:  # the test's cheapest point is already as accurate as the reference's best
         return "at most", 100.0 * math.expm1(math.log(tr[0]) - math.log(rr[-1]))
     if ta[-1] <= ra[0]:  # the reference's cheapest point is already as accurate as the test's best
@@ -232,16 +292,19 @@ def compare(
     test_accuracies: Sequence[float],
     *,
     method: str = "pchip",
+    higher_is_better: bool = True,
 ) -> BDRate:
     """:func:`bd_rate`, or the rate ratio at equal accuracy when one front is a single point (module doc).
 
     An empty front (no valid point) gives ``None`` with the reason. A ``None`` between fronts that share no
-    accuracy carries a bound (``bound``, ``bound_percent``; module doc).
+    accuracy carries a bound (``bound``, ``bound_percent``; module doc). ``higher_is_better=False``: the
+    metric is lower is better (module doc).
     """
     need = _check_method(method)
-    rr, ra = front(ref_rates, ref_accuracies)
-    tr, ta = front(test_rates, test_accuracies)
-    res = _compare_fronts(rr, ra, tr, ta, method, need)
+    sign = _sign(higher_is_better)
+    rr, ra = _signed_front(ref_rates, ref_accuracies, sign)
+    tr, ta = _signed_front(test_rates, test_accuracies, sign)
+    res = _compare_fronts(rr, ra, tr, ta, method, need, sign)
     if res.percent is not None or res.points == 0 or res.reference_points == 0:
         return res
     bound = _bound(rr, ra, tr, ta)
@@ -249,20 +312,21 @@ def compare(
 
 
 def _compare_fronts(
-    rr: np.ndarray, ra: np.ndarray, tr: np.ndarray, ta: np.ndarray, method: str, need: int
+    rr: np.ndarray, ra: np.ndarray, tr: np.ndarray, ta: np.ndarray, method: str, need: int, sign: float
 ) -> BDRate:
-    """:func:`compare` on the two Pareto fronts, without the bound."""
+    """:func:`compare` on the two signed Pareto fronts, without the bound."""
     n, n_ref = len(tr), len(rr)
     if n == 0 or n_ref == 0:
         what = "test" if n == 0 else "reference"
-        return _none(f"the {what} curve has no valid point", "point", method, n, n_ref)
+        return _none(f"the {what} curve has no valid point", "point", method, n, n_ref, sign)
     if n > 1 and n_ref > 1:
-        return bd_rate(rr, ra, tr, ta, method=method)
+        return _bd_rate_fronts(rr, ra, tr, ta, method, need, sign)
     if n == 1 and n_ref == 1:
         if abs(ta[0] - ra[0]) > _EQUAL:
             return _none(
-                f"two single points at different accuracies (reference {ra[0]:.6g}, test {ta[0]:.6g})",
-                "point", method, n, n_ref,
+                f"two single points at different accuracies (reference {_value(ra[0], sign):.6g}, "
+                f"test {_value(ta[0], sign):.6g})",
+                "point", method, n, n_ref, sign,
             )  # fmt: skip
         a0, log_ref, log_test = float(ra[0]), float(np.log(rr[0])), float(np.log(tr[0]))
     else:
@@ -273,15 +337,20 @@ def _compare_fronts(
         if len(cr) < need:
             return _none(
                 f"the {other} curve has {len(cr)} point(s) on its Pareto front; {method} needs {need}",
-                "point", method, n, n_ref,
+                "point", method, n, n_ref, sign,
             )  # fmt: skip
         if not ca[0] <= a0 <= ca[-1]:
-            side = "below" if a0 < ca[0] else "above"
+            side = "below" if (a0 < ca[0]) == (sign > 0) else "above"  # in the metric's own values
             return _none(
-                f"the single point's accuracy {a0:.6g} is {side} the {other} curve's range {_span(ca)}",
-                "point", method, n, n_ref,
+                f"the single point's accuracy {_value(a0, sign):.6g} is {side} the {other} curve's range "
+                f"{_span(ca, sign)}",
+                "point", method, n, n_ref, sign,
             )  # fmt: skip
         log_curve = float(_interpolant(ca, np.log(cr), method)(a0))
         log_point = float(np.log(rr[0] if single_is_ref else tr[0]))
         log_ref, log_test = (log_point, log_curve) if single_is_ref else (log_curve, log_point)
-    return BDRate(100.0 * math.expm1(log_test - log_ref), (a0, a0), None, "point", method, n, n_ref)
+    a0 = _value(a0, sign) if sign < 0 else a0
+    return BDRate(
+        100.0 * math.expm1(log_test - log_ref), (a0, a0), None, "point", method, n, n_ref,
+        higher_is_better=sign > 0,
+    )  # fmt: skip

@@ -66,20 +66,37 @@ def eval_columns(ev: Mapping[str, float] | None, metric_name: str) -> dict[str, 
     }
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], metric_name: str, target: float | None) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]],
+    metric_name: str,
+    target: float | None,
+    *,
+    higher_is_better: bool = True,
+) -> dict[str, Any]:
     """Final/best metric and the rounds, bytes and simulated time to reach ``target`` (``None`` if never
     reached).
+
+    With ``higher_is_better`` (accuracy) the best metric is the largest and the target is reached at the
+    first evaluation ``>= target``; without it (a loss) the best is the smallest and the target is reached
+    at the first evaluation ``<= target``. The summary records the direction as
+    ``metric_higher_is_better`` (a summary without the field means ``True``).
 
     ``total_bytes_to_target`` is uplink + downlink to the target; ``sim_time_to_target_s`` and
     ``sim_time_s`` are the rows' simulated time over the clients' links (:mod:`.network`) at the target and
     at the end (``None`` for rows without it).
     """
     evals = [r for r in rows if r.get("eval_metric") is not None]
-    best = max(evals, key=lambda r: r["eval_metric"], default=None)
-    hit = None if target is None else next((r for r in evals if r["eval_metric"] >= target), None)
+    pick = max if higher_is_better else min  # the first of equal bests either way
+    best = pick(evals, key=lambda r: r["eval_metric"], default=None)
+
+    def reached(value: float) -> bool:
+        return value >= target if higher_is_better else value <= target
+
+    hit = None if target is None else next((r for r in evals if reached(r["eval_metric"])), None)
     last = rows[-1] if rows else {}
     return {
         "metric_name": metric_name,
+        "metric_higher_is_better": bool(higher_is_better),
         "final_metric": evals[-1]["eval_metric"] if evals else None,
         "best_metric": None if best is None else best["eval_metric"],
         "best_round": None if best is None else best["round"],
@@ -185,12 +202,14 @@ def plot_metric_vs_uplink(
     title: str,
     offset_bytes: int = 0,
     target: float | None = None,
+    higher_is_better: bool = True,
 ) -> Any:
     """Evaluation metric against cumulative uplink MB (matplotlib's Agg canvas; no global backend change).
 
     ``offset_bytes`` is uplink spent before the first round (the TGAP phase): the curve starts there.
     ``target`` (``fl.target_metric``) is drawn as a grey dotted line. There is no round-0 point: the loop
-    does not evaluate the initial model. Returns the figure.
+    does not evaluate the initial model. With ``higher_is_better=False`` the y label says
+    "(lower is better)". Returns the figure.
     """
     require("matplotlib", "plots", "the accuracy plot of a run")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -214,7 +233,7 @@ def plot_metric_vs_uplink(
     ax.legend(fontsize=8)
     tgap = ", TGAP uplink included" if offset_bytes else ""
     ax.set_xlabel(f"cumulative traffic (MB, payload bytes){tgap}")
-    ax.set_ylabel(f"held-out {name}")
+    ax.set_ylabel(f"held-out {name}" + ("" if higher_is_better else " (lower is better)"))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -57,7 +57,8 @@ def write_run_outputs(
         Package versions beyond :func:`~.report.package_versions`.
     """
     cfg, wl = fed.config, fed.workload
-    summary = summarize(fed.rows, wl.metric_name, cfg.fl.target_metric)
+    higher = bool(getattr(wl, "metric_higher_is_better", True))  # absent: higher is better (accuracy)
+    summary = summarize(fed.rows, wl.metric_name, cfg.fl.target_metric, higher_is_better=higher)
     summary.update(
         {
             "engine": engine,
@@ -93,5 +94,7 @@ def write_run_outputs(
     write_json(out / "summary.json", summary)
     offset = 0 if pre_traffic is None else int(pre_traffic["uplink_bytes"])
     plot = out / "accuracy_vs_uplink.png"
-    plot_metric_vs_uplink(fed.rows, plot, title=title, offset_bytes=offset, target=cfg.fl.target_metric)
+    plot_metric_vs_uplink(
+        fed.rows, plot, title=title, offset_bytes=offset, target=cfg.fl.target_metric, higher_is_better=higher
+    )
     return summary

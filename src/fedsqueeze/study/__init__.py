@@ -2,7 +2,8 @@
 
 ``fedsqueeze study CONFIG`` reads a study TOML (:mod:`.grid`), runs every cell with
 :func:`fedsqueeze.fl.loop.run` (:mod:`.runner`) into ``OUT/<task>/<partition>/<codec>/seed<k>/`` and writes
-``OUT/results.{json,csv,md}`` and ``OUT/bd_rate.json`` (:mod:`.aggregate`) and ``OUT/plots/`` (:mod:`.plots`).
+``OUT/results.{json,csv,md}`` and ``OUT/bd_rate.json`` (:mod:`.aggregate`, over :mod:`.load`, :mod:`.stats`
+and :mod:`.report`) and ``OUT/plots/`` (:mod:`.plots`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@
   family is a line through its rates, an unswept one a single marker.
 - ``<task>__<partition>__rate_uplink.png``: the same against the LoRA uplink bits per parameter (what a
   codec's ``rate`` targets).
+
+A group whose metric is lower-is-better (``metric_higher_is_better`` false, e.g. a held-out loss) says
+"(lower is better)" on its y axes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ import numpy as np
 
 from .._extras import require
 
-__all__ = ["RATE_PLOTS", "mean_curve", "plot_groups", "plot_rate_curves", "rate_figure"]
+__all__ = ["RATE_PLOTS", "mean_curve", "metric_label", "plot_groups", "plot_rate_curves", "rate_figure"]
+
+
+def metric_label(group: dict[str, Any], text: str) -> str:
+    """A y-axis label: ``text``, plus ``" (lower is better)"`` for a lower-is-better group (results.json
+    groups without ``metric_higher_is_better`` are higher-is-better)."""
+    return text if group.get("metric_higher_is_better", True) else f"{text} (lower is better)"
 
 
 def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -88,7 +97,7 @@ def plot_groups(results: dict[str, Any], folder: str | Path) -> list[Path]:
                 )
             ax.set_xscale("log")
             ax.set_xlabel(f"{xlabel}, payload bytes, all clients")
-            ax.set_ylabel(f"held-out {g['metric_name'] or 'metric'} (seed mean)")
+            ax.set_ylabel(metric_label(g, f"held-out {g['metric_name'] or 'metric'} (seed mean)"))
             ax.grid(alpha=0.3, which="both")
         fig.suptitle(f"{g['task']} / {g['partition']}", fontsize=10)
         if axes[-1].get_lines():
@@ -130,7 +139,7 @@ def rate_figure(group: dict[str, Any], xkey: str = "total_bits_per_param", xlabe
             )  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{metric} {g['metric_name'] or 'metric'} (seed mean ± std)")
+        ax.set_ylabel(metric_label(g, f"{metric} {g['metric_name'] or 'metric'} (seed mean ± std)"))
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"{g['task']} / {g['partition']}: accuracy against rate", fontsize=10)
     if axes[-1].get_lines():
