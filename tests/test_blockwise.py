@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ import fedsqueeze
 from fedsqueeze import ConfigError, PayloadError, UpdateError, UpdateSpec
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.codecs import codec_class, get
+from fedsqueeze.codecs.blockwise import codec as module
 from fedsqueeze.codecs.blockwise._levels import FP4_CODES, NF4_CODES
 from fedsqueeze.wire.frame import HEADER_SIZE, pack_frame
+from support.blockwise_reference import decode_body, encode_body
 from support.codec_cases import BLOCKWISE, gaussian_update, refresh_crc
 
 LEVELS = {"nf4": NF4_CODES, "fp4": FP4_CODES}
@@ -262,3 +265,155 @@ def test_a_zero_scale_block_with_nonzero_codes_decodes_to_zeros() -> None:
     good[4:8] = struct.pack(">f", 0.0)  # first block's scale 0, its codes unchanged
     out = fedsqueeze.decode(_frame("nf4", bytes(good)), SPEC)
     assert torch.equal(out["a"].reshape(-1)[:64], torch.zeros(64))
+
+
+# -- the fast path writes the first implementation's bytes ------------------------------------------------
+# tests/support/blockwise_reference.py is the first (float64, generic bit packer) implementation, kept as is.
+# The rewrite must write the same bodies and decode every body to the same float32 bits (or refuse it).
+
+SHAPES = {
+    "one value": {"w": (1,)},
+    "short of a block": {"w": (63,)},
+    "one block": {"w": (64,)},
+    "odd d, 16 blocks": {"w": (1001,)},
+    "LoRA-like with a bias": {"a": (8, 48), "b": (48, 8), "bias": (7,), "c": (3, 5, 11)},
+    "aligned tensors": {"a": (16, 64), "b": (64, 16), "c": (4, 64)},
+    "empty tensor in the middle": {"a": (130,), "e": (0,), "b": (65,)},
+    "long": {"w": (100_003,)},
+    "many short tensors": {f"t{i}": (i % 9 + 1,) for i in range(300)},
+}
+KINDS_REF = ("gauss", "zeros", "equal", "signed zeros", "tiny", "subnormal", "huge", "decades", "ties")
+
+
+def _values(kind: str, n: int, rng: np.random.Generator, codec: str, block: int) -> np.ndarray:
+    """float32 values of one pattern; ``ties`` sits on and next to the codec's decision boundaries."""
+    if kind == "zeros":
+        return np.zeros(n, dtype=np.float32)
+    if kind == "equal":  # every block all-equal (absmax = |v|, r = ±1)
+        return np.full(n, float(rng.choice([-2.5, 0.75, 3.0])), dtype=np.float32)
+    if kind == "signed zeros":
+        v = rng.choice(np.float32([0.0, -0.0, 1.5, -0.25]), size=n, p=[0.4, 0.4, 0.1, 0.1])
+        return v.astype(np.float32)
+    if kind == "tiny":  # absmax below the fast path's TINY_SCALE: whole blocks take the exact path
+        return (rng.standard_normal(n) * 1e-30).astype(np.float32)
+    if kind == "subnormal":
+        return (rng.standard_normal(n) * 1e-42).astype(np.float32)
+    if kind == "huge":
+        return (rng.standard_normal(n) * 1e37).astype(np.float32)
+    if kind == "decades":
+        return (rng.standard_normal(n) * 10.0 ** rng.uniform(-40, 38, n)).clip(-3e38, 3e38).astype(np.float32)
+    if kind == "ties":  # r exactly on a boundary (where float32 allows) and one ulp either side
+        if codec == "blockwise8":
+            bounds = (np.arange(127) + 0.5) / 127
+        else:
+            lv = np.unique(LEVELS[codec].astype(np.float64))
+            bounds = (lv[1:] + lv[:-1]) / 2
+        a = np.float32(rng.choice([1.0, 3.0, 254.0, 0.7, 1e-3]))
+        on = np.float32(rng.choice(bounds, size=n) * rng.choice([-1.0, 1.0], size=n) * float(a))
+        step = rng.integers(-1, 2, size=n)  # -1, 0, +1 ulp
+        v = np.where(step == 0, on, np.nextafter(on, np.where(step > 0, np.inf, -np.inf).astype(np.float32)))
+        v[:: max(1, min(block, n))] = a  # a block's first value is +a: absmax is a (v is clipped to it)
+        return np.clip(v, -a, a).astype(np.float32)
+    return rng.standard_normal(n).astype(np.float32)
+
+
+def zlib_seed(*parts: str) -> int:
+    return zlib.crc32("/".join(parts).encode())
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool((a.numpy().view(np.uint32) == b.numpy().view(np.uint32)).all())
+
+
+@pytest.fixture(params=["pieces", "whole"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test through the chunked loop and through the whole-vector path (chosen by layout otherwise)."""
+    monkeypatch.setattr(module, "_by_pieces", lambda lay, d: request.param == "pieces")
+    return request.param
+
+
+@pytest.mark.parametrize("codec", BLOCKWISE)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_bodies_and_values_equal_the_first_implementation(codec: str, shape: str, path: str) -> None:
+    spec = UpdateSpec.from_shapes(SHAPES[shape])
+    cls = codec_class(codec)
+    rng = np.random.default_rng(zlib_seed(codec, shape, path))
+    blocks = [1, 3, 64, 100, 4096] + ([40_000] if spec.numel > 40_000 else [])  # 40,000 > CHUNK: long rows
+    for block in blocks:
+        for kind in KINDS_REF:
+            if spec.numel > 5000 and kind not in ("gauss", "ties", "decades", "zeros"):
+                continue  # the long spec: a few kinds are enough (time)
+            flat = torch.from_numpy(_values(kind, spec.numel, rng, codec, block))
+            new = get(codec, block=block).encode_flat(flat, spec, seed=0)
+            old = encode_body(codec, flat, spec, block)
+            assert new == old, f"{codec} {shape} block={block} {kind}: body differs"
+            assert _same_bits(cls.decode_flat(new, spec, seed=0), decode_body(codec, old, spec)), (
+                f"{codec} {shape} block={block} {kind}: decoded values differ"
+            )
+
+
+@pytest.mark.parametrize("codec", BLOCKWISE)
+def test_random_bodies_decode_like_the_first_implementation(codec: str, path: str) -> None:
+    # Bodies of the right length with random codes (invalid ones and padding bits included) and scales that
+    # are sometimes NaN, Inf, negative, -0 or subnormal: both decoders refuse the same ones, and agree on the
+    # values of the others bit for bit.
+    spec = UpdateSpec.from_shapes({"a": (10, 7), "b": (9,), "c": (130,)})  # d = 209: odd
+    cls = codec_class(codec)
+    rng = np.random.default_rng(zlib_seed(codec, path))
+    outcomes = set()
+    for trial in range(120):
+        block = int(rng.choice([1, 7, 64, 100]))
+        nb = sum(math.ceil(n / block) for n in spec.sizes)
+        scales = rng.standard_normal(nb).astype(np.float32) * np.float32(10.0 ** rng.integers(-40, 38))
+        if trial % 4 == 1:
+            scales[rng.integers(nb)] = rng.choice([np.nan, np.inf, -1.0, -0.0, 1e-45])
+        scales = np.abs(scales) if trial % 4 == 0 else scales
+        code_bytes = math.ceil(BITS[codec] * spec.numel / 8)
+        codes = rng.integers(0, 256, code_bytes, dtype=np.uint8)
+        if trial % 3 == 0:  # mostly valid codes: only values the encoder writes, zero padding
+            if codec == "blockwise8":
+                codes[codes == 0x80] = 0x7F
+            else:
+                codes &= 0x77 if codec == "fp4" else 0xFF
+                if spec.numel % 2:
+                    codes[-1] &= 0xF0
+        body = struct.pack(">I", block) + scales.astype(">f4").tobytes() + codes.tobytes()
+        try:
+            want = decode_body(codec, body, spec)
+        except PayloadError:
+            with pytest.raises(PayloadError):
+                cls.decode_flat(body, spec, seed=0)
+            outcomes.add("refused")
+            continue
+        assert _same_bits(cls.decode_flat(body, spec, seed=0), want), f"trial {trial}"
+        outcomes.add("decoded")
+    assert outcomes == {"refused", "decoded"}
+
+
+def test_the_fast_estimate_is_within_its_error_bound() -> None:
+    # t = fl32(fl32(v · s) + 32768.5) with s = fl32(K / absmax) is within 0.008 of K·v/absmax + 32768.5;
+    # the bin tables assume less than MARGIN = 0.02 (_levels' docstring).
+    from fedsqueeze.codecs.blockwise._levels import BIN_OFFSET, MARGIN, TINY_SCALE
+
+    rng = np.random.default_rng(11)
+    a = (10.0 ** rng.uniform(np.log10(TINY_SCALE), 38, 200_000)).astype(np.float32)
+    v = (a * rng.uniform(-1, 1, a.size).astype(np.float32)).astype(np.float32)
+    v[::7] = a[::7]
+    for k in (32768.0, 127.0 * 256):
+        s = (k / a.astype(np.float64)).astype(np.float32)
+        t = (v * s).astype(np.float32) + np.float32(BIN_OFFSET)
+        exact = k * (v.astype(np.float64) / a.astype(np.float64)) + BIN_OFFSET
+        err = np.abs(t.astype(np.float64) - exact).max()
+        assert err <= 0.008 < MARGIN
+
+
+def test_a_failed_fix_up_would_be_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The equality tests can fail: a table without its markers (every bin trusted) writes other bytes.
+    spec = UpdateSpec.from_shapes({"w": (4096,)})
+    flat = torch.from_numpy(_values("ties", 4096, np.random.default_rng(5), "nf4", 64))
+    assert get("nf4").encode_flat(flat, spec, seed=0) == encode_body("nf4", flat, spec, 64)
+    table = module._bins(module.NF4).copy()
+    marked = np.flatnonzero(table == module.NF4.mark)
+    table[marked] = table[marked - 1]  # trust the bin below instead of the exact formula
+    monkeypatch.setattr(module, "_bins", lambda cls: table)
+    assert get("nf4").encode_flat(flat, spec, seed=0) != encode_body("nf4", flat, spec, 64)

@@ -1,14 +1,28 @@
-"""Speed benchmark: encode/decode time and peak memory of each codec beside a torch.topk reference.
+"""Speed benchmark: encode/decode time and peak memory of each codec beside in-process references.
 
 Each codec runs in a fresh Python subprocess (no allocator cache or earlier peak from another codec) on the
-same i.i.d. Gaussian vector (``--d`` values, float32), on the engine's path: ``encode_with_spec`` of the flat
-vector (what the client calls) and :func:`fedsqueeze.codecs.decode_flat` of the frame (what the server calls).
-In that process it measures:
+same i.i.d. Gaussian vector (``--d`` values, float32; several sizes, comma-separated, run one after the
+other), on the engine's path: ``encode_with_spec`` of the flat vector (what the client calls) and
+:func:`fedsqueeze.codecs.decode_flat` of the frame (what the server calls). In that process it measures:
 
-1. **Times** (``time.perf_counter``), the median of ``--repeat`` runs each: ``encode``, ``decode`` and one
-   ``torch.topk(u.abs(), k)`` on the same vector, with ``k`` the codec's kept count when it reports one
-   (``choose_k(d)``), else the count of non-zeros it decoded to, else ``floor(0.02 d)``.
-   ``ratio = (encode + decode) / topk``: how many torch.topk calls the codec's round trip costs.
+1. **Times** (``time.perf_counter``), the median of ``--repeat`` runs each: ``encode``, ``decode`` and three
+   references on the same vector, timed in the same process and interleaved with the codec's runs (so a
+   busy machine slows them alike):
+
+   - ``topk``: one ``torch.topk(u.abs(), k)``, with ``k`` the codec's kept count when it reports one
+     (``choose_k(d)``), else the count of non-zeros it decoded to, else ``floor(0.02 d)``.
+     ``ratio = (encode + decode) / topk``: how many torch.topk calls the codec's round trip costs.
+   - ``floor``: one memory pass, ``out.copy_(u)`` into a preallocated vector (one read and one write of the
+     update). ``ratio_floor = (encode + decode) / floor``: no codec that reads its input and writes a
+     frame can go much below 1.
+   - ``peer``: the same job in the library practitioners use, where there is one and it is installed:
+     bitsandbytes' ``quantize_blockwise`` + ``dequantize_blockwise`` (``blockwise8``) or ``quantize_4bit`` +
+     ``dequantize_4bit`` (``nf4``, ``fp4``) at the codec's block size, on CPU.
+     ``ratio_peer = (encode + decode) / peer``; ``None`` with ``peer_note`` saying why when there is no peer
+     (not installed, unusable, or no peer for that codec). The peer returns tensors, not a frame: it does
+     not serialize, check finiteness or checksum, so ``ratio_peer`` slightly favours it.
+
+   ``ns_per_value = (encode + decode) / d`` in nanoseconds: constant across sizes when the cost is linear.
 2. **Peak extra memory, allocator level** (``encode_peak_x``, ``decode_peak_x``, max: ``peak_extra_x``):
    the peak of bytes live in torch tensors + numpy arrays (+ Python objects) during one call, minus what was
    live before, over the update's 4·d bytes; torch's allocator timeline from ``torch.profiler`` memory
@@ -30,13 +44,77 @@ import statistics
 import time
 from typing import Any
 
-__all__ = ["CHILD_COMMAND", "DEFAULT_D", "child_main", "measure_codec"]
+__all__ = ["CHILD_COMMAND", "DEFAULT_D", "NO_PEER", "PEERS", "child_main", "measure_codec", "peer_round_trip"]
 
 DEFAULT_D = 8_388_608
 CHILD_COMMAND = "import sys; from fedsqueeze.bench.speed import child_main; child_main(sys.argv[1])"
 
 
+# Codecs with a peer implementation: bitsandbytes' function pair and its quant_type (None: the 8-bit one).
+PEERS: dict[str, tuple[str, str | None]] = {
+    "blockwise8": ("bitsandbytes quantize_blockwise", None),
+    "nf4": ("bitsandbytes quantize_4bit(nf4)", "nf4"),
+    "fp4": ("bitsandbytes quantize_4bit(fp4)", "fp4"),
+}
+
+NO_PEER = "no peer implementation"
+
 # -- in the child process ---------------------------------------------------------------------------------
+
+
+def peer_round_trip(name: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """A callable ``f(u)`` running the peer's quantize + dequantize of ``u``, or ``(None, why not)``.
+
+    Parameters
+    ----------
+    name
+        Registered codec name (without options); only those in :data:`PEERS` have a peer.
+    options
+        The codec's options; ``block`` is passed as the peer's ``blocksize``.
+
+    Returns
+    -------
+    tuple
+        ``(round_trip, label)``, or ``(None, reason)`` when bitsandbytes is not installed or cannot run
+        that block size on this machine (checked by one call on a small vector).
+    """
+    import importlib.util
+    import io
+    from contextlib import redirect_stdout
+
+    if name not in PEERS:
+        return None, NO_PEER
+    label, quant_type = PEERS[name]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return None, "bitsandbytes not installed"
+    import torch
+
+    block = int(options.get("block", 64))
+    try:
+        with redirect_stdout(io.StringIO()):  # the child's stdout carries the JSON row
+            import bitsandbytes.functional as bnbf
+
+        if quant_type is None:
+
+            def round_trip(u: torch.Tensor) -> torch.Tensor:
+                q, state = bnbf.quantize_blockwise(u, blocksize=block)
+                return bnbf.dequantize_blockwise(q, state)
+
+        else:
+
+            def round_trip(u: torch.Tensor) -> torch.Tensor:
+                q, state = bnbf.quantize_4bit(u, blocksize=block, quant_type=quant_type)
+                return bnbf.dequantize_4bit(q, state)
+
+        with redirect_stdout(io.StringIO()):
+            probe = torch.linspace(-1, 1, min(4 * block, 1 << 16))
+            back = round_trip(probe)
+        if back.numel() != probe.numel() or not bool(torch.isfinite(back).all()):
+            return None, f"bitsandbytes: {label} gave an unusable result at block {block}"
+    except Exception as exc:  # any failure of an optional peer is reported in the row, not raised
+        first = (str(exc).splitlines() or [""])[0][:120]
+        return None, f"bitsandbytes unusable: {type(exc).__name__}: {first}"
+    return round_trip, f"{label}, blocksize={block}"
 
 
 def _status_kb(field: str) -> int | None:
@@ -159,8 +237,10 @@ def measure_codec(
     if memory == "rss":
         return {"codec": name, "d": d, **_rss_round_trip(codec, flat, spec, seed)}
 
-    enc, dec = [], []
-    for _ in range(repeat):
+    peer, peer_note = peer_round_trip(codec.name, codec.options())  # warmed up by its probe
+    copy_out = torch.empty_like(flat)
+    enc, dec, floor, peer_t = [], [], [], []
+    for _ in range(repeat):  # the codec and its references interleaved: a busy machine slows them alike
         c = codec.fresh()
         t0 = time.perf_counter()
         blob = c.encode_with_spec(flat, spec, seed=seed)
@@ -168,6 +248,14 @@ def measure_codec(
         out = decode_flat(blob, spec)
         dec.append(time.perf_counter() - t1)
         enc.append(t1 - t0)
+        t0 = time.perf_counter()
+        copy_out.copy_(flat)
+        floor.append(time.perf_counter() - t0)
+        if peer is not None:
+            t0 = time.perf_counter()
+            peer(flat)
+            peer_t.append(time.perf_counter() - t0)
+    del copy_out
     # Entries actually sent, measured from the decoded vector: the fair k for the topk reference.
     nnz = int(torch.count_nonzero(out))
     del out
@@ -180,6 +268,8 @@ def measure_codec(
         torch.topk(flat.abs(), k)
         tk.append(time.perf_counter() - t0)
     e, dd, t = statistics.median(enc), statistics.median(dec), statistics.median(tk)
+    f = statistics.median(floor)
+    p = statistics.median(peer_t) if peer_t else None
     row: dict[str, Any] = {
         "codec": name,
         "d": d,
@@ -191,6 +281,12 @@ def measure_codec(
         "topk_k": k,
         "topk_k_from": k_from,
         "ratio": (e + dd) / t if t > 0 else None,
+        "floor_s": f,
+        "ratio_floor": (e + dd) / f if f > 0 else None,
+        "peer_s": p,
+        "ratio_peer": (e + dd) / p if p else None,
+        "peer_note": peer_note,
+        "ns_per_value": 1e9 * (e + dd) / d,
         "repeat": repeat,
         "threads": torch.get_num_threads(),
         "options": codec.options(),

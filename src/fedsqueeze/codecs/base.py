@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, UpdateError
@@ -26,7 +27,7 @@ __all__ = ["FP32_MAX", "Codec", "ModelSource", "Reference", "all_finite"]
 # (e.g. :class:`fedsqueeze.learned.store.ModelStore`); ``None`` means the process-wide store.
 ModelSource = Any
 # What a codec that predicts from a reference (``uses_reference``) is given on both ends: a mapping with the
-# update's names and shapes, or a flat tensor of its length.
+# update's names and shapes, or a flat tensor of its length. Every codec accepts one; plain codecs ignore it.
 Reference = Mapping[str, torch.Tensor] | torch.Tensor
 # Largest finite float32: decoders saturate reconstructed values to it so a decoded update stays finite.
 FP32_MAX = float(torch.finfo(torch.float32).max)
@@ -40,8 +41,13 @@ def all_finite(t: torch.Tensor) -> bool:
     """
     if t.dtype == torch.float64:
         return bool(torch.isfinite(t).all())
+    flat = t.detach().reshape(-1)
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float16):
+        # NumPy casts to float64 through a small buffer (no d-sized copy) and needs no thread handoff, which
+        # costs torch's many chunked sums ~16 ms each on a busy 2-core machine.
+        total = float(np.sum(flat.numpy(), dtype=np.float64))
+        return math.isfinite(total)
     # Summed in chunks: torch's float64 reduction of a float32 tensor converts it whole first (2x its size).
-    flat = t.reshape(-1)
     chunk = 1 << 16
     total = 0.0
     for start in range(0, flat.numel(), chunk):
@@ -57,6 +63,13 @@ class Codec(ABC):
     ``fedsqueeze codecs``), declare options as dataclass fields, validate them in ``__post_init__`` by raising
     :class:`~fedsqueeze.ConfigError`, and implement :meth:`encode_flat` and :meth:`decode_flat`.
 
+    The contract is one signature for every codec: :meth:`encode` / :meth:`encode_with_spec` take
+    ``reference=None`` and :meth:`decode_body` (what :func:`fedsqueeze.decode` calls) takes ``reference=None``
+    and ``models=None``. A plain codec ignores both and implements only the two plain hooks; a codec that
+    uses a reference or a trained model overrides :meth:`encode_with_spec` / :meth:`decode_body` to use
+    them (the capability flags below say which, for callers that need to know, e.g. to refuse a predictive
+    downlink).
+
     Attributes
     ----------
     rate_option
@@ -67,15 +80,13 @@ class Codec(ABC):
         state lives in :attr:`state` and round-trips through :meth:`state_dict`.
     uses_trained_model
         True when the codec encodes and decodes with a trained model (e.g. CG-FedLLM's autoencoder) that a
-        run can train before its first round (TGAP pre-training) and hand to the codec. Such a codec's
-        :meth:`decode_flat` takes one more keyword, ``models`` (a :data:`ModelSource`), which
-        :func:`fedsqueeze.decode` passes to these codecs only: the one seam by which a decoder receives a
-        trained model.
+        run can train before its first round (TGAP pre-training) and hand to the codec. Capability
+        information only: every codec's :meth:`decode_body` takes ``models`` (a :data:`ModelSource`, the one
+        seam by which a decoder receives a trained model) and the others ignore it.
     uses_reference
         True when the codec predicts the update from a *reference* both ends hold (``predictive``: the
-        previous round's global step). Its ``encode`` / ``encode_with_spec`` take a ``reference`` keyword and
-        its :meth:`decode_flat` one more keyword, ``reference``, which :func:`fedsqueeze.decode` passes to
-        these codecs only (other frames ignore a reference).
+        previous round's global step). Capability information only: every codec's :meth:`encode`,
+        :meth:`encode_with_spec` and :meth:`decode_body` take ``reference`` and the others ignore it.
     needs_trained_model
         True when the codec cannot encode at all without such a model (it implies
         ``uses_trained_model``). A codec that uses a model but falls back to a fixed transform without
@@ -116,7 +127,9 @@ class Codec(ABC):
     )
 
     # -- encoding -----------------------------------------------------------------------------------
-    def encode(self, update: Mapping[str, torch.Tensor], *, seed: int = 0) -> bytes:
+    def encode(
+        self, update: Mapping[str, torch.Tensor], *, seed: int = 0, reference: Reference | None = None
+    ) -> bytes:
         """Encode ``update`` into a framed payload.
 
         Parameters
@@ -125,6 +138,10 @@ class Codec(ABC):
             Named tensors of one client's update; their order and shapes define the spec.
         seed
             Seed of every random choice (stochastic rounding, masks); stored in the frame header.
+        reference
+            What a codec that predicts from a reference (``uses_reference``) codes the update against: a
+            mapping with the update's names and shapes, or a flat tensor of its length; ``None`` codes against
+            zero. Plain codecs ignore it.
 
         Returns
         -------
@@ -137,10 +154,27 @@ class Codec(ABC):
             ``update`` is not a mapping of names to tensors, or holds NaN or Inf values.
         """
         spec = UpdateSpec.from_tensors(update)
-        return self.encode_with_spec(spec.flatten(update), spec, seed=seed)
+        return self.encode_with_spec(spec.flatten(update), spec, seed=seed, reference=reference)
 
-    def encode_with_spec(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int = 0) -> bytes:
-        """Encode a flat float32 vector of ``spec`` (skips building the spec from a mapping)."""
+    def encode_with_spec(
+        self,
+        flat: torch.Tensor,
+        spec: UpdateSpec,
+        *,
+        seed: int = 0,
+        reference: Reference | None = None,
+    ) -> bytes:
+        """Encode a flat float32 vector of ``spec`` (skips building the spec from a mapping).
+
+        ``reference`` is ignored here (plain codecs); see :meth:`encode`.
+        """
+        flat = self._checked_flat(flat, spec)
+        body = self.encode_flat(flat, spec, seed=seed)
+        return pack_frame(self.codec_id, spec, seed, body)
+
+    @staticmethod
+    def _checked_flat(flat: torch.Tensor, spec: UpdateSpec) -> torch.Tensor:
+        """``flat`` as a contiguous float32 CPU vector of ``spec``, checked to be finite."""
         if not torch.is_tensor(flat):
             raise UpdateError(f"a flat update is a 1-D torch.Tensor, got {type(flat).__name__}")
         if flat.ndim != 1 or flat.numel() != spec.numel:
@@ -148,8 +182,7 @@ class Codec(ABC):
         flat = flat.detach().to("cpu", torch.float32).contiguous()
         if not all_finite(flat):
             raise UpdateError("update contains NaN or Inf; refusing to encode it")
-        body = self.encode_flat(flat, spec, seed=seed)
-        return pack_frame(self.codec_id, spec, seed, body)
+        return flat
 
     @abstractmethod
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
@@ -164,6 +197,38 @@ class Codec(ABC):
         Must raise :class:`~fedsqueeze.PayloadError` for any malformed body and validate every count and
         width against ``spec`` before allocating.
         """
+
+    @classmethod
+    def decode_body(
+        cls,
+        body: bytes,
+        spec: UpdateSpec,
+        *,
+        seed: int,
+        reference: Reference | None = None,
+        models: ModelSource = None,
+    ) -> torch.Tensor:
+        """Decode a body with everything the receiver holds: what :func:`fedsqueeze.decode` calls.
+
+        Parameters
+        ----------
+        body
+            The frame's body (the frame without its header).
+        spec
+            The receiver's spec.
+        seed
+            The seed from the frame header.
+        reference
+            The receiver's copy of the reference (codecs with ``uses_reference``); plain codecs ignore it.
+        models
+            Where a codec with a trained model (``uses_trained_model``) finds it by fingerprint; plain
+            codecs ignore it.
+
+        Notes
+        -----
+        The default ignores ``reference`` and ``models`` and calls :meth:`decode_flat`.
+        """
+        return cls.decode_flat(body, spec, seed=seed)
 
     @classmethod
     def max_body_bytes(cls, spec: UpdateSpec) -> int:
