@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test test-slow lint bench clean fuzz reproduce
+.PHONY: help setup run test test-slow lint bench clean fuzz reproduce docs
 
 help:  ## list the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,9 +32,13 @@ test: setup  ## the default test suite (unit, property and small end-to-end runs
 test-slow: setup  ## long runs behind the `slow` marker
 	$(PY) -m pytest -m slow
 
-lint: setup  ## ruff check and ruff format --check on src and tests
+lint: setup  ## ruff check and ruff format --check on src and tests, mypy on src/fedsqueeze
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy src/fedsqueeze
+
+docs: setup  ## build the docs site into build/site in strict mode (a warning fails; open build/site/index.html)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:  ## remove .venv and build leftovers
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -446,12 +446,13 @@ def test_a_rate_above_the_dense_frame_of_this_update_is_refused_at_encode() -> N
             get(name, rate=33).encode(update)
 
 
-def test_target_metric_is_a_fraction(capsys, toy_cfg, no_model, tmp_path) -> None:
+def test_target_metric_is_a_number_at_least_zero(capsys, toy_cfg, no_model, tmp_path) -> None:
     msg = one_line_error(
-        capsys, ["run", str(toy_cfg), "--set", "fl.target_metric=2", "--out", str(tmp_path / "o")]
+        capsys, ["run", str(toy_cfg), "--set", "fl.target_metric=-2", "--out", str(tmp_path / "o")]
     )
     assert msg.endswith(
-        "fl.target_metric is a fraction in [0, 1] like the metric (e.g. 0.72 for 72% accuracy), got 2"
+        "fl.target_metric is a number >= 0 like the metric (e.g. 0.72 for 72% accuracy, or a held-out "
+        "loss), got -2"
     )
 
 
@@ -500,11 +501,12 @@ def test_flower_supernode_partition_id(capsys, monkeypatch) -> None:
     )
 
 
-@pytest.mark.parametrize("bad", [2, -0.1, float("nan"), "high", True])
+@pytest.mark.parametrize("bad", [-2, -0.1, float("nan"), float("inf"), "high", True])
 def test_target_metric_values(bad) -> None:
     from fedsqueeze import ConfigError
     from fedsqueeze.fl.config import FLConfig
 
-    with pytest.raises(ConfigError, match=r"^fl.target_metric is a fraction in \[0, 1\] like the metric"):
+    with pytest.raises(ConfigError, match=r"^fl.target_metric is a number >= 0 like the metric"):
         FLConfig(target_metric=bad)
     assert FLConfig(target_metric=1).target_metric == 1 and FLConfig(target_metric=0.0).target_metric == 0
+    assert FLConfig(target_metric=2.5).target_metric == 2.5  # a held-out loss

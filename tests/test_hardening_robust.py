@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import fedsqueeze.fl.federation as federation
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.codecs import get
 from fedsqueeze.errors import ConfigError
@@ -234,19 +233,21 @@ def test_dropped_clients_equal_a_round_without_them(tmp_path, monkeypatch) -> No
     got = load_checkpoint(tmp_path / "faulty")
     monkeypatch.undo()
 
-    captured = {}
-    real = federation.screen_replies  # the server side of the round (the federation core)
+    replies = {}  # the clean round's replies, as the server receives them
+    real = loop.client_step
 
-    def spy(payloads, weights, spec, **kw):
-        kept, dec, dropped = real(payloads, weights, spec, **kw)
-        captured.setdefault(spec.digest, (kept, dec, list(weights)))
-        return kept, dec, dropped
+    def spy(wl, c, *args, **kw):
+        rep = real(wl, c, *args, **kw)
+        replies[c] = rep
+        return rep
 
-    monkeypatch.setattr(federation, "screen_replies", spy)
+    monkeypatch.setattr(loop, "client_step", spy)
     run(make_config(rounds=1), tmp_path / "clean", workload=ToyWorkload(N))
     wl = ToyWorkload(N)
     lora0, _ = wl.initial_params()
-    kept, dec, w = captured[wl.lora_spec.digest]
+    reps = [replies[c] for c in sorted(replies)]
+    w = [r.num_examples for r in reps]
+    kept, dec, _ = screen_replies([r.lora_payload for r in reps], w, wl.lora_spec)
     assert len(kept) == N
     (row,) = rows_of(tmp_path / "faulty")
     assert [d["client"] for d in row["dropped"]] == [4]

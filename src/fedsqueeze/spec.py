@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -157,5 +158,6 @@ class UpdateSpec:
         return [[n, list(s)] for n, s in self.entries]
 
     @classmethod
-    def from_json(cls, data: Sequence[Sequence[object]]) -> UpdateSpec:
-        return cls(tuple((str(n), tuple(int(x) for x in s)) for n, s in data))  # type: ignore[union-attr]
+    def from_json(cls, data: Sequence[Sequence[Any]]) -> UpdateSpec:
+        """The spec of :meth:`to_json`'s ``[[name, [dim, ...]], ...]`` (JSON values, hence ``Any``)."""
+        return cls(tuple((str(n), tuple(int(x) for x in s)) for n, s in data))

@@ -85,7 +85,7 @@ def finite_interval_kept(k: int, L: int, nodes: int = 400) -> float:
 def finite_interval_penalty(rho: float, L: int) -> float:
     """``c(ρ, L)``: how much the asymptotic formula over-states kept energy per interval (units of σ²)."""
     k = round(rho * L)
-    return L * (1 - D(k / L)) - finite_interval_kept(k, L)
+    return L * (1 - float(D(k / L))) - finite_interval_kept(k, L)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import ConfigError
 from ..keyvalue import parse_codec  # re-exported: the --codec grammar
 from .sources import Source
+
+if TYPE_CHECKING:
+    from ..codecs import Codec
 
 __all__ = [
     "DEFAULT_RATES",
@@ -191,13 +195,16 @@ def measure(
     }
 
 
-def make_codec(text: str, rate: float | None = None):
+def make_codec(text: str, rate: float | None = None) -> Codec:
     """The codec of a ``--codec`` string, at a target rate (``None``: the string's own options)."""
     from ..codecs import codec_class, get
 
     name, opts = parse_codec(text)
     if rate is not None:
-        opts[codec_class(name).rate_option] = rate
+        option = codec_class(name).rate_option
+        if option is None:
+            raise ConfigError(f"codec {name!r} has a fixed rate; it takes no target rate")
+        opts[option] = rate
     return get(name, **opts)
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._extras import require
 from .._plotstyle import series_style
 
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+
 __all__ = ["plot_rd"]
 
 # The references are grey and dashed in three ways, no markers; codecs get colours (never grey) and markers.
-_REF_STYLE = {
+_REF_STYLE: dict[str, dict[str, Any]] = {
     "gaussian": dict(
         color="0.25",
         ls="--",
@@ -52,7 +56,7 @@ def plot_rd(
     codecs += sorted({r["codec"] for r in rows} - set(codecs))
     styles = {c: series_style(i) for i, c in enumerate(codecs)}
     grid = np.linspace(0.0, xmax, 200)
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax, src in zip(axes.flat, sources, strict=False):
         ref = refs[src]
         for key, style in _REF_STYLE.items():

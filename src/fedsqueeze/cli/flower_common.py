@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..flower.settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, check_job_out_dir, default_out_dir
 from ..out_paths import check_out_dir
 from .run import add_config_arguments
+
+if TYPE_CHECKING:
+    from ..fl.config import RunConfig
 
 __all__ = ["RUN_FILES", "add_job_arguments", "refuse_existing_run", "settings_from_args"]
 
@@ -62,7 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
     return dataclasses.replace(settings, out_dir=str(out.resolve()))
 
 
-def _resume_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _resume_config(args: argparse.Namespace) -> RunConfig | None:
     """``--resume --out DIR`` without CONFIG: the checkpoint's config, ``--set`` on top (else ``None``)."""
     if not args.resume or args.config is not None or not args.out:
         return None

@@ -18,6 +18,10 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..fl.config import RunConfig
 
 __all__ = ["add_arguments", "add_config_arguments", "interrupted_hint", "main"]
 
@@ -123,7 +127,7 @@ def interrupted_hint(args: argparse.Namespace, out: str | Path) -> str:
     return f"interrupted {done}; continue with: {shlex.join([*cmd, '--resume'])}"
 
 
-def _resume_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _resume_config(args: argparse.Namespace) -> RunConfig | None:
     """``--resume --out DIR`` without CONFIG: the checkpoint's config, ``--set`` on top (else ``None``)."""
     if not args.resume or args.config is not None or args.out is None:
         return None

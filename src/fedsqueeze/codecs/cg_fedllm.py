@@ -40,7 +40,7 @@ from ..learned.codec_util import (
 from ..learned.store import register, resolve
 from ..learned.transform import analyse, layout_for, synthesise
 from ..spec import UpdateSpec
-from .base import Codec, ModelSource
+from .base import Codec, ModelSource, Reference
 from .registry import register as register_codec
 
 __all__ = ["CGFedLLM"]
@@ -105,6 +105,19 @@ class CGFedLLM(Codec):
                 z.astype(f"<{np_t}").tobytes(),
             )
         )
+
+    @classmethod
+    def decode_body(
+        cls,
+        body: bytes,
+        spec: UpdateSpec,
+        *,
+        seed: int,
+        reference: Reference | None = None,
+        models: ModelSource = None,
+    ) -> torch.Tensor:
+        """Decode with the trained model found in ``models`` (see :func:`fedsqueeze.decode`); no reference."""
+        return cls.decode_flat(body, spec, seed=seed, models=models)
 
     @classmethod
     def decode_flat(

@@ -55,7 +55,7 @@ from ..learned.transform import (
 )
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
-from .base import Codec, ModelSource
+from .base import Codec, ModelSource, Reference
 from .budget import check_rate, check_rate_fits
 from .registry import register as register_codec
 
@@ -156,6 +156,19 @@ class CGFedLLMQ(Codec):
             else:
                 lo = mid
         return best
+
+    @classmethod
+    def decode_body(
+        cls,
+        body: bytes,
+        spec: UpdateSpec,
+        *,
+        seed: int,
+        reference: Reference | None = None,
+        models: ModelSource = None,
+    ) -> torch.Tensor:
+        """Decode with the trained model found in ``models`` (see :func:`fedsqueeze.decode`); no reference."""
+        return cls.decode_flat(body, spec, seed=seed, models=models)
 
     @classmethod
     def decode_flat(

@@ -24,8 +24,8 @@ def decode_flat(
         Malformed, truncated, extended, oversized, corrupted, of another spec, of an unknown codec, or
         decoding to non-finite values; a predictive frame without its reference (or with another one).
 
-    ``models`` reaches only codecs that declare ``uses_trained_model``, ``reference`` only codecs that
-    declare ``uses_reference`` (see :func:`decode`).
+    ``models`` and ``reference`` go to every codec's :meth:`~fedsqueeze.codecs.Codec.decode_body`; codecs
+    that use neither ignore them (see :func:`decode`).
     """
     if isinstance(blob, bytes | bytearray | memoryview) and len(blob) >= HEADER_SIZE:
         codec_id = HEADER.unpack_from(bytes(blob[:HEADER_SIZE]))[2]
@@ -38,10 +38,7 @@ def decode_flat(
     header, body = parse_frame(blob, spec, max_body=limit)
     assert cls is not None
     try:
-        extra: dict[str, object] = {"models": models} if cls.uses_trained_model else {}
-        if cls.uses_reference:
-            extra["reference"] = reference
-        flat = cls.decode_flat(body, spec, seed=header.seed, **extra)
+        flat = cls.decode_body(body, spec, seed=header.seed, reference=reference, models=models)
     except PayloadError:
         raise
     except (ValueError, IndexError, OverflowError, RuntimeError) as exc:
@@ -71,7 +68,7 @@ def decode(
         Where codecs with a trained model (``uses_trained_model``: CG-FedLLM) find it by the fingerprint in
         the frame: ``{fingerprint_hex: model or path}``, or an object with ``resolve(fingerprint_hex)``.
         ``None`` (default) looks in the process-wide store, which holds every model saved, loaded or used
-        in this process. Other codecs never see it.
+        in this process. Other codecs ignore it.
     reference
         What a predictive frame (``uses_reference``: :class:`~fedsqueeze.Predictive`) was predicted from:
         the receiver's copy of the reference, as a mapping of ``spec``'s tensors or a flat tensor of its

@@ -55,8 +55,8 @@ class ErrorFeedback:
             Seed of the codec's random choices (frame header).
         reference
             The reference both ends hold, for a codec with ``uses_reference`` (a mapping of the update's
-            tensors or a flat tensor); ``None`` makes such a codec send a plain frame. Other codecs ignore
-            it.
+            tensors or a flat tensor); ``None`` makes such a codec code against zero (a plain frame). Other
+            codecs ignore it.
         """
         spec = UpdateSpec.from_tensors(update)
         return self.encode_flat(spec.flatten(update, torch.float64), spec, seed=seed, reference=reference)
@@ -72,10 +72,7 @@ class ErrorFeedback:
         if self.enabled and self.residual is not None:
             p = p + self.residual
         p32 = p.to(torch.float32)
-        if self.codec.uses_reference:
-            blob = self.codec.encode_with_spec(p32, spec, seed=seed, reference=reference)
-        else:
-            blob = self.codec.encode_with_spec(p32, spec, seed=seed)
+        blob = self.codec.encode_with_spec(p32, spec, seed=seed, reference=reference)
         decoded = decode_flat(blob, spec, reference=reference)
         self.last_decoded = decoded
         if self.enabled:

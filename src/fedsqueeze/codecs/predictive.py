@@ -41,8 +41,9 @@ Body layout (bytes, then MSB-first bit fields)::
     coefs      f32 (u32 bit patterns) x K, K = sum of the modes' counts above, spec order
     inner      the rest: the inner codec's body (its frame without the 32-byte header; same seed)
 
-The decoder refuses (``PayloadError``) a missing reference, a reference of another spec or whose hash is not
-the one in the body, an unknown version or inner id, row/column modes on tensors with ``ndim < 2``, a
+The decoder refuses (``PayloadError``) a missing reference (unless the body names the zero vector's hash: a
+body coded against zero decodes without one), a reference of another spec or whose hash is not the one in
+the body, an unknown version or inner id, row/column modes on tensors with ``ndim < 2``, a
 coefficient that is NaN, ±Inf or above ``MAX_COEF`` in magnitude, and an inner body over the inner codec's
 ``max_body_bytes``. Reconstruction: ``û = p + decode_inner(body)`` in float64, saturated to the float32 range.
 """
@@ -62,7 +63,7 @@ from ..errors import ConfigError, PayloadError, UpdateError
 from ..spec import UpdateSpec
 from ..wire.bitpack import BitReader, pack_uints
 from ..wire.frame import HEADER_SIZE, pack_frame
-from .base import FP32_MAX, Codec, Reference, all_finite
+from .base import FP32_MAX, Codec, ModelSource, Reference, all_finite
 from .budget import HEADER_BITS
 from .registry import by_id, codec_class, get, register
 
@@ -149,7 +150,7 @@ def reference_digest(reference: Reference, spec: UpdateSpec) -> bytes:
 
 def _digest(flat32: torch.Tensor) -> bytes:
     arr = flat32.numpy().astype("<f4", copy=False)
-    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).digest()[:8]
+    return hashlib.sha256(np.ascontiguousarray(arr).data.cast("B")).digest()[:8]
 
 
 def _allowed_inner(cls: type[Codec]) -> str | None:
@@ -205,18 +206,23 @@ def _predict(mode: int, r: torch.Tensor, c: torch.Tensor, shape: tuple[int, ...]
         return torch.zeros_like(r)
     if mode == 1:
         return c[0] * r
-    n, m = _matrix(shape)  # type: ignore[misc]
-    rm = r.view(n, m)
+    nm = _matrix(shape)
+    assert nm is not None, "row and column modes exist only for tensors with ndim >= 2"
+    rm = r.view(nm)
     return (c[:, None] * rm if mode == 2 else c[None, :] * rm).reshape(-1)
 
 
-def fit_modes(u: torch.Tensor, r: torch.Tensor, shape: tuple[int, ...]) -> list[tuple[torch.Tensor, float]]:
+def fit_modes(
+    u: torch.Tensor, r: torch.Tensor, shape: tuple[int, ...]
+) -> list[tuple[torch.Tensor, float] | None]:
     """Per mode (index = mode): the float64 coefficients and the residual energy; ``None`` if not allowed.
 
     ``u`` and ``r`` are float64 slices of one tensor. A mode whose residual does not fit float32 gets an
     infinite energy, so it is never chosen.
     """
-    out: list = [(torch.zeros(0, dtype=torch.float64), float(u.square().sum()))]
+    out: list[tuple[torch.Tensor, float] | None] = [
+        (torch.zeros(0, dtype=torch.float64), float(u.square().sum()))
+    ]
     fits: list[tuple[int, torch.Tensor]] = [
         (1, _coefs((u * r).sum().reshape(1), r.square().sum().reshape(1)))
     ]
@@ -424,14 +430,15 @@ class Predictive(Codec):
         energy = 0.0
         for t, ((shape, a, b), fit) in enumerate(zip(bounds, fits, strict=True)):
             mode = self._choose(fit, shape, theta)
-            if mode and (fit[mode] is None or not fit[mode][1] < fit[0][1]):
-                mode = 0  # not allowed here (an empty tensor) or no lower energy
+            plain, chosen = fit[0], fit[mode]
+            assert plain is not None  # mode none is always allowed
+            if chosen is None or not chosen[1] < plain[1]:
+                mode, chosen = 0, plain  # not allowed here (an empty tensor) or no lower energy
             modes[t] = mode
-            energy += fit[mode][1]
+            energy += chosen[1]
             if mode:
-                c = fit[mode][0]
-                coefs.append(c)
-                pred[a:b] = _predict(mode, r64[a:b], c, shape)
+                coefs.append(chosen[0])
+                pred[a:b] = _predict(mode, r64[a:b], chosen[0], shape)
         cat = torch.cat(coefs) if coefs else torch.zeros(0, dtype=torch.float64)
         return PredictorPlan(modes, cat.to(torch.float32).numpy(), pred, energy)
 
@@ -461,8 +468,8 @@ class Predictive(Codec):
         return min(allowed, key=cost)
 
     # -- encoding ------------------------------------------------------------------------------------------
-    def encode(  # type: ignore[override]
-        self, update: Mapping[str, torch.Tensor], *, reference: Reference | None, seed: int = 0
+    def encode(
+        self, update: Mapping[str, torch.Tensor], *, seed: int = 0, reference: Reference | None = None
     ) -> bytes:
         """Encode ``update`` predicted from ``reference``.
 
@@ -470,12 +477,12 @@ class Predictive(Codec):
         ----------
         update
             Named tensors of one client's update.
-        reference
-            What both ends hold (e.g. the previous round's global step): a mapping with the update's names
-            and shapes, or a flat tensor of its length. ``None`` sends the inner codec's plain frame (no
-            reference yet, e.g. the first round).
         seed
             Seed of every random choice of the inner codec; stored in the frame header.
+        reference
+            What both ends hold (e.g. the previous round's global step): a mapping with the update's names
+            and shapes, or a flat tensor of its length. ``None`` (default) codes against zero: the inner
+            codec's plain frame, which decodes without a reference (no reference yet, e.g. the first round).
 
         Returns
         -------
@@ -489,22 +496,20 @@ class Predictive(Codec):
         ConfigError
             ``reference`` has another spec, or the budget cannot hold the side information.
         """
-        spec = UpdateSpec.from_tensors(update)
-        return self.encode_with_spec(spec.flatten(update), spec, reference=reference, seed=seed)
+        return super().encode(update, seed=seed, reference=reference)
 
-    def encode_with_spec(  # type: ignore[override]
-        self, flat: torch.Tensor, spec: UpdateSpec, *, reference: Reference | None, seed: int = 0
+    def encode_with_spec(
+        self,
+        flat: torch.Tensor,
+        spec: UpdateSpec,
+        *,
+        seed: int = 0,
+        reference: Reference | None = None,
     ) -> bytes:
         """Like :meth:`encode` for a flat float32 vector of ``spec``."""
         if reference is None:
             return self.inner.encode_with_spec(flat, spec, seed=seed)
-        if not torch.is_tensor(flat):
-            raise UpdateError(f"a flat update is a 1-D torch.Tensor, got {type(flat).__name__}")
-        if flat.ndim != 1 or flat.numel() != spec.numel:
-            raise ConfigError(f"flat update has shape {tuple(flat.shape)}, the spec needs ({spec.numel},)")
-        flat = flat.detach().to("cpu", torch.float32).contiguous()
-        if not all_finite(flat):
-            raise UpdateError("update contains NaN or Inf; refusing to encode it")
+        flat = self._checked_flat(flat, spec)
         ref = _flat_reference(reference, spec)
         if not all_finite(ref):
             raise UpdateError("predictive: the reference contains NaN or Inf")
@@ -528,11 +533,14 @@ class Predictive(Codec):
         probe.load_state_dict(self.inner.state_dict())
         return probe
 
-    def encode_flat(  # type: ignore[override]
-        self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int, reference: Reference
+    def encode_flat(
+        self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int, reference: Reference | None = None
     ) -> bytes:
-        """A predictive body for ``flat`` (always predictive, even when no tensor is predicted)."""
-        ref = _flat_reference(reference, spec)
+        """A predictive body for ``flat`` (always predictive, even when no tensor is predicted).
+
+        ``reference=None`` codes against zero (a body that :meth:`decode_flat` decodes without one).
+        """
+        ref = torch.zeros(spec.numel) if reference is None else _flat_reference(reference, spec)
         budget = self._target_bits(spec)
         return self._body(flat, ref, spec, self.plan(flat, ref, spec, budget=budget), seed)
 
@@ -556,9 +564,27 @@ class Predictive(Codec):
 
     # -- decoding ------------------------------------------------------------------------------------------
     @classmethod
-    def decode_flat(  # type: ignore[override]
+    def decode_body(
+        cls,
+        body: bytes,
+        spec: UpdateSpec,
+        *,
+        seed: int,
+        reference: Reference | None = None,
+        models: ModelSource = None,
+    ) -> torch.Tensor:
+        """Decode against ``reference`` (see :meth:`decode_flat`); no trained model."""
+        return cls.decode_flat(body, spec, seed=seed, reference=reference)
+
+    @classmethod
+    def decode_flat(
         cls, body: bytes, spec: UpdateSpec, *, seed: int, reference: Reference | None = None
     ) -> torch.Tensor:
+        """Decode a predictive body against ``reference``.
+
+        ``reference=None`` decodes a body coded against zero (its hash is the zero vector's) and refuses
+        any other with :class:`~fedsqueeze.PayloadError`.
+        """
         t = len(spec)
         mode_bytes = (2 * t + 7) // 8
         if len(body) < _FIXED + mode_bytes:
@@ -572,14 +598,17 @@ class Predictive(Codec):
         if why:
             raise PayloadError(f"predictive: inner codec {inner_cls.name} is not allowed: {why}")
         if reference is None:
-            raise PayloadError(
-                "predictive frame: decoding needs the reference it was predicted from "
-                "(fedsqueeze.decode(blob, spec, reference=...))"
-            )
-        try:
-            ref = _flat_reference(reference, spec)
-        except ConfigError as exc:
-            raise PayloadError(str(exc)) from None
+            ref = torch.zeros(spec.numel)
+            if _digest(ref) != bytes(body[2:10]):
+                raise PayloadError(
+                    "predictive frame: decoding needs the reference it was predicted from "
+                    "(fedsqueeze.decode(blob, spec, reference=...))"
+                )
+        else:
+            try:
+                ref = _flat_reference(reference, spec)
+            except ConfigError as exc:
+                raise PayloadError(str(exc)) from None
         if _digest(ref) != bytes(body[2:10]):
             raise PayloadError(
                 f"predictive: the frame was predicted from reference {bytes(body[2:10]).hex()}, the one "

@@ -44,7 +44,7 @@ _CHUNK = 1 << 20
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))  # same folder: os.replace stays atomic

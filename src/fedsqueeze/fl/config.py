@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..keyvalue import NULL, parse_assignment
+from .aggregation import AGGREGATIONS  # the names of the one registry of aggregation rules
 from .fields import Range, setting, validate
 from .workload import POSITIVE, DataConfig, LocalTrainConfig, ModelConfig, check_classifier
 
@@ -43,7 +44,6 @@ __all__ = [
     "preset_text",
 ]
 
-AGGREGATIONS = ("mean", "median", "trimmed_mean")
 SECTIONS = ("model", "data", "train", "fl", "codec", "downlink", "tgap", "network")
 BASE_KEY = "base"  # a config file's top-level key naming what it is applied on top of
 NO_BASE = "none"  # ``base = "none"``: on top of the code defaults (the packaged presets)
@@ -71,8 +71,9 @@ class FLConfig:
     eval_every
         Evaluate every this many rounds (and always after the last one).
     target_metric
-        Optional target of the evaluation metric, a fraction in ``[0, 1]`` like the metrics themselves
-        (accuracy, exact match); the summary reports rounds and uplink bytes to reach it.
+        Optional target of the evaluation metric: a fraction in ``[0, 1]`` for accuracy or exact match
+        (reached at or above it), or a held-out loss for a lower-is-better task (reached at or below it);
+        the summary reports rounds and bytes to reach it. A number ``>= 0``.
     min_replies
         Minimum valid replies (after screening, see :mod:`fedsqueeze.fl.robust`) for a round to change the
         model; with fewer the round leaves the model unchanged. ``None``: at least one.
@@ -83,6 +84,14 @@ class FLConfig:
         ``"mean"`` (sample-weighted FedAvg), ``"median"`` or ``"trimmed_mean"`` (coordinate-wise, robust).
     trim_fraction
         Fraction of clients trimmed at each end of every coordinate by ``"trimmed_mean"``, in ``[0, 0.5)``.
+    aggregation_memory_mb
+        Memory budget (MiB) of the robust rules: ``"median"`` and ``"trimmed_mean"`` hold every decoded
+        update of the round at once, about 28 bytes per value (``O(K·d)``), and a run whose
+        ``clients_per_round × d`` would need more stops with a one-line error instead of swapping.
+        ``"mean"`` streams each reply into an ``O(d)`` sum and ignores it.
+    decode_workers
+        Threads that decode the round's replies in parallel (the result is the same for any count: the
+        replies are summed in client order). Each thread holds one decoded reply.
     downlink_window
         With a compressed downlink: how many rounds of broadcast frames the server keeps so that a client
         that missed rounds can catch up frame by frame. A client whose copy is older (or lost) gets one
@@ -101,6 +110,8 @@ class FLConfig:
     norm_bound_factor: float | None = setting(10.0, allowed="0 (off) or >= 1")
     aggregation: str = setting("mean", choices=AGGREGATIONS)
     trim_fraction: float = setting(0.1, range=Range(0, 0.5))
+    aggregation_memory_mb: float = setting(8192.0, range=POSITIVE)
+    decode_workers: int = setting(1, range=Range(1))
     downlink_window: int = setting(32, range=Range(1))
 
     def __post_init__(self) -> None:
@@ -108,7 +119,7 @@ class FLConfig:
         if self.target_metric is not None and not (
             isinstance(self.target_metric, int | float)
             and not isinstance(self.target_metric, bool)
-            and 0 <= self.target_metric <= 1
+            and 0 <= self.target_metric < float("inf")
         ):
             got = (
                 f"{self.target_metric:g}"
@@ -116,8 +127,8 @@ class FLConfig:
                 else repr(self.target_metric)
             )
             raise ConfigError(
-                f"fl.target_metric is a fraction in [0, 1] like the metric (e.g. 0.72 for 72% accuracy), "
-                f"got {got}"
+                f"fl.target_metric is a number >= 0 like the metric (e.g. 0.72 for 72% accuracy, or a "
+                f"held-out loss), got {got}"
             )
         if self.min_replies is not None and not 1 <= self.min_replies <= self.clients_per_round:
             raise ConfigError(
@@ -230,7 +241,8 @@ class NetworkConfig:
     def link(self, client: int) -> tuple[float, float, float]:
         """``(uplink_mbps, downlink_mbps, latency_ms)`` of ``client``: its overrides, else the defaults."""
         mine = self.overrides.get(str(client), {})
-        return tuple(mine.get(k, getattr(self, k)) for k in NETWORK_KEYS)  # type: ignore[return-value]
+        up, down, latency = (mine.get(k, getattr(self, k)) for k in NETWORK_KEYS)
+        return up, down, latency
 
 
 def _network_overrides(raw: Any) -> dict[str, dict[str, float]]:

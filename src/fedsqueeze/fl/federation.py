@@ -24,15 +24,16 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..spec import UpdateSpec
+from .aggregation import check_memory
 from .client import ClientReply, relative_error
 from .config import RunConfig
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
 from .network import sim_columns
 from .report import eval_columns
-from .robust import aggregate, merge_screens, screen_replies
+from .robust import ReplyPart, screen_and_aggregate
 from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, downlink_codec, weighted_mean
 from .workload import Workload
@@ -122,6 +123,13 @@ class Federation:
             raise ConfigError(
                 f"fl.clients_per_round ({config.fl.clients_per_round}) exceeds {self.n} clients"
             )
+        # median / trimmed_mean hold every decoded reply: refuse them now, not after a round of training
+        check_memory(
+            config.fl.aggregation,
+            config.fl.clients_per_round,
+            workload.lora_spec.numel + workload.head_spec.numel,
+            config.fl.aggregation_memory_mb,
+        )
         self.lora, self.head = workload.initial_params()
         self.momentum = ServerMomentum(config.fl.server_momentum)
         self.codec_options = (codec if codec is not None else config.codec.build()).options()
@@ -215,7 +223,7 @@ class Federation:
         )
         if capture:
             for rep in reps:
-                for name, t in wl.lora_spec.unflatten(rep.raw_update).items():
+                for name, t in wl.lora_spec.unflatten(_raw_update(rep)).items():
                     self.captures[f"r{r}/c{rep.client}/{name}"] = t.to(torch.float32).clone()
 
         train_s = time.perf_counter() - t0
@@ -234,7 +242,7 @@ class Federation:
             else None,
             **eval_columns(ev, wl.metric_name),
             # The aggregate's error needs the raw updates (driver capability ``raw_updates``).
-            "rel_error": None if dense is None else relative_error(dense, mean_lora),
+            "rel_error": None if dense is None or mean_lora is None else relative_error(dense, mean_lora),
             "client_rel_error": sum(rels) / len(rels) if rels else None,
             "residual_norms": [rep.residual_norm for rep in reps],
             "mean_update_norm": None if dense is None else float(dense.norm()),
@@ -273,35 +281,40 @@ class Federation:
     ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None, list[dict[str, Any]]]:
         """Screen the replies (:mod:`.robust`), aggregate the kept ones and apply the update.
 
+        :func:`~.robust.screen_and_aggregate` decodes each reply, screens it and (``"mean"``) adds it to an
+        ``O(d)`` running sum, so the server holds the frames plus ``O(d)``, not ``K`` decoded updates.
+
         Returns the kept indices, the aggregated LoRA update (``None`` when the round is skipped), the dense
         reference mean of the kept raw updates (``None`` when skipped or without raw updates) and the
         dropped records.
         """
         fl, wl = self.config.fl, self.workload
-        clients = [rep.client for rep in replies]
-        parts = (("lora_payload", wl.lora_spec), ("head_payload", wl.head_spec))
-        if not train_head:  # a fixed head: its frames must be empty, and nothing of it is aggregated
-            parts = (("lora_payload", wl.lora_spec), ("head_payload", _EMPTY))
-        screens = [
-            screen_replies(
-                [getattr(rep, part) for rep in replies], weights, spec,
-                norm_bound_factor=fl.norm_bound_factor, clients=clients,
-                references=references if part == "lora_payload" else None,
-            )
-            for part, spec in parts
-        ]  # fmt: skip
-        kept, (lora_vecs, head_vecs), dropped = merge_screens(len(replies), screens, clients)
-        if len(kept) < self.min_replies:  # too few valid replies: the model stays as it is
+        head_spec = wl.head_spec if train_head else _EMPTY  # a fixed head: its frames must be empty
+        result = screen_and_aggregate(
+            [
+                ReplyPart([rep.lora_payload for rep in replies], wl.lora_spec, references),
+                ReplyPart([rep.head_payload for rep in replies], head_spec),
+            ],
+            weights,
+            method=fl.aggregation,
+            trim_fraction=fl.trim_fraction,
+            norm_bound_factor=fl.norm_bound_factor,
+            clients=[rep.client for rep in replies],
+            min_replies=self.min_replies,
+            memory_mb=fl.aggregation_memory_mb,
+            workers=fl.decode_workers,
+        )
+        kept, dropped = result.kept, result.dropped
+        if result.means is None:  # too few valid replies: the model stays as it is
             return kept, None, None, dropped
         kw = [weights[i] for i in kept]
-        mean_lora = aggregate(lora_vecs, kw, fl.aggregation, fl.trim_fraction)
+        mean_lora, mean_head = result.means
         step_lora = self.momentum.step("lora", mean_lora)
         self.lora = apply_update(self.lora, step_lora, wl.lora_spec, fl.server_lr)
         if train_head:
-            mean_head = aggregate(head_vecs, kw, fl.aggregation, fl.trim_fraction)
             step_head = self.momentum.step("head", mean_head)
             self.head = apply_update(self.head, step_head, wl.head_spec, fl.server_lr)
-        dense = weighted_mean([replies[i].raw_update for i in kept], kw) if self.raw_updates else None
+        dense = weighted_mean([_raw_update(replies[i]) for i in kept], kw) if self.raw_updates else None
         return kept, mean_lora, dense, dropped
 
     # -- checkpoint --------------------------------------------------------------------------------------
@@ -342,6 +355,15 @@ class Federation:
         for row in self.rows:
             row.setdefault("warnings", self.health.observe(row))
         torch.set_rng_state(state["torch_rng"])
+
+
+def _raw_update(rep: ClientReply) -> torch.Tensor:
+    """The reply's raw update, which a driver with :attr:`Federation.raw_updates` must pass."""
+    if rep.raw_update is None:
+        raise UsageError(
+            f"the reply of client {rep.client} has no raw_update, but the driver declares raw_updates"
+        )
+    return rep.raw_update
 
 
 def trains_head(config: RunConfig, workload: Workload, r: int) -> bool:

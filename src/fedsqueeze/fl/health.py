@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, SupportsFloat, TypeGuard
 
 from ..errors import UsageError
 
@@ -30,7 +30,7 @@ REL_ERROR_HIGH = "rel_error_high"
 RESIDUAL_GROWTH = "residual_growth"
 
 
-def _bad_error(value: Any) -> bool:
+def _bad_error(value: Any) -> TypeGuard[SupportsFloat]:
     """``value >= 1`` or NaN (``None``: not measured, never bad)."""
     return value is not None and not float(value) < 1.0
 

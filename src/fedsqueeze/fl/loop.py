@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,7 @@ class _Federation(Federation):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "clients": [ef.state_dict() for ef in self.efs]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         for ef, st in zip(self.efs, state["clients"], strict=True):
             ef.load_state_dict(st)
@@ -176,6 +176,8 @@ def run(
     progress
         Show a progress bar on stderr.
 
+    Notes
+    -----
     With ``config.tgap.enabled`` the TGAP phase (:mod:`fedsqueeze.learned.tgap_phase`, a
     :class:`~.hooks.RunHook`) runs first on each client's ``tgap.fraction`` share, writes ``out_dir/tgap/``
     and the rounds then run on the rest with the trained autoencoder; the summary's ``tgap_traffic`` and

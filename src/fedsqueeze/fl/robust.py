@@ -12,31 +12,113 @@ Screening (:func:`screen_replies`) drops a reply that
   it far. The check is skipped with fewer than 3 decodable replies (two cannot outvote each other) and
   when the median is 0.
 
-Aggregation (:func:`aggregate`): ``"mean"`` is the sample-weighted FedAvg of
-:func:`~fedsqueeze.fl.server.weighted_mean` (bit-identical to it); ``"median"`` the coordinate-wise median and
-``"trimmed_mean"`` the coordinate-wise mean after dropping the ``trim_fraction`` largest and smallest values
-of every coordinate. The two robust rules ignore the weights (they are order statistics over clients).
+Aggregation (:func:`aggregate`, re-exported from :mod:`fedsqueeze.fl.aggregation`, the one registry of the
+rules) then combines what is left: ``"mean"``, ``"median"`` or ``"trimmed_mean"``.
+
+The server's round (:func:`screen_and_aggregate`) does both without holding ``K`` decoded updates for
+``"mean"``: each reply is decoded, screened (its norm computed during the decode; only the ``K`` norms are
+kept) and added to an ``O(d)`` running sum (:class:`~fedsqueeze.fl.aggregation.WeightedSum`). The norm bound
+needs the median of all norms, so the pass adds every reply optimistically with the weights' total of all
+replies; when every reply is kept (the usual round) that sum is final. When a reply is dropped, a second
+pass decodes the kept replies again and sums them with the kept weights' total: the same float64 operations
+in the same order as :func:`~fedsqueeze.fl.aggregation.weighted_mean` over the kept list, so the result is
+bit-identical to decoding everything first. ``"median"`` and ``"trimmed_mean"`` hold every decoded update
+(``O(K·d)``) and are refused above ``fl.aggregation_memory_mb``
+(:func:`~fedsqueeze.fl.aggregation.check_memory`). Decoding can run on a thread pool (``workers``) with the
+same result: the replies are still summed in order.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import itertools
 import math
 import statistics
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
 from ..codecs import decode_flat
 from ..errors import ConfigError, FedsqueezeError
 from ..spec import UpdateSpec
-from .server import weighted_mean
+from .aggregation import AGGREGATIONS, AGGREGATORS, Aggregator, WeightedSum, aggregate, check_memory
 
-__all__ = ["AGGREGATIONS", "aggregate", "merge_screens", "screen_replies"]
-
-AGGREGATIONS = ("mean", "median", "trimmed_mean")
+__all__ = [
+    "AGGREGATIONS",
+    "AGGREGATORS",
+    "Aggregator",
+    "ReplyPart",
+    "RoundAggregate",
+    "aggregate",
+    "merge_screens",
+    "screen_and_aggregate",
+    "screen_replies",
+]
 
 MIN_FOR_NORM_BOUND = 3
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _weight_error(w: Any) -> str | None:
+    """Why ``w`` cannot weigh a reply (``None``: it can)."""
+    if not (isinstance(w, int | float) and math.isfinite(float(w)) and float(w) > 0):
+        return f"invalid weight {w!r}"
+    return None
+
+
+def _decode_checked(
+    blob: bytes, spec: UpdateSpec, reference: torch.Tensor | None
+) -> tuple[torch.Tensor | None, float, str | None]:
+    """Decode one reply and measure it: ``(flat, norm, None)``, or ``(None, nan, reason)`` to drop it."""
+    if spec.numel == 0:
+        if len(blob):  # nothing is expected here (e.g. a fixed head): bytes mean a confused sender
+            return None, math.nan, f"{len(blob)} bytes where nothing is expected"
+        return torch.zeros(0), 0.0, None
+    try:
+        flat = decode_flat(blob, spec, reference=reference)
+    except FedsqueezeError as exc:  # PayloadError, SpecMismatchError
+        return None, math.nan, f"undecodable: {exc}"
+    norm = float(flat.to(torch.float64).norm())
+    if not math.isfinite(norm):
+        return None, math.nan, "non-finite values"
+    return flat, norm, None
+
+
+def _norm_drops(norms: dict[int, float], factor: float | None) -> dict[int, str]:
+    """The replies (of ``norms``: index -> norm, in reply order) above ``factor ×`` the median norm."""
+    if not factor or len(norms) < MIN_FOR_NORM_BOUND:
+        return {}
+    median = statistics.median(norms.values())
+    bound = float(factor) * median
+    if not median > 0:
+        return {}
+    return {i: f"norm {n:.4g} > {factor:g} x median {median:.4g}" for i, n in norms.items() if n > bound}
+
+
+def _in_order(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
+    """``map(fn, items)``, computed by ``workers`` threads ahead of the consumer, yielded in order.
+
+    At most ``workers + 1`` results exist at once (the one being consumed and those in flight), so memory
+    stays bounded by the worker count, not by the number of items.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedsqueeze-decode") as pool:
+        pending: collections.deque[Future[_R]] = collections.deque(
+            pool.submit(fn, x) for x in itertools.islice(it, workers)
+        )
+        while pending:
+            done = pending.popleft()
+            for x in itertools.islice(it, 1):
+                pending.append(pool.submit(fn, x))
+            yield done.result()
 
 
 def screen_replies(
@@ -48,7 +130,9 @@ def screen_replies(
     clients: Sequence[int] | None = None,
     references: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[list[int], list[torch.Tensor], list[dict[str, Any]]]:
-    """Decode every payload and drop the faulty ones.
+    """Decode every payload and drop the faulty ones (keeps every decoded vector: ``O(K·d)``).
+
+    The server's round uses :func:`screen_and_aggregate`, which applies the same screen in ``O(d)``.
 
     Parameters
     ----------
@@ -75,44 +159,23 @@ def screen_replies(
         raise ConfigError("screen_replies needs one weight per payload")
     ids = list(range(len(payloads))) if clients is None else list(clients)
     dropped: list[dict[str, Any]] = []
-    ok: list[tuple[int, torch.Tensor, float]] = []
+    decoded: dict[int, torch.Tensor] = {}
+    norms: dict[int, float] = {}
     for i, (blob, w) in enumerate(zip(payloads, weights, strict=True)):
-        if not (isinstance(w, int | float) and math.isfinite(float(w)) and float(w) > 0):
-            dropped.append({"client": ids[i], "reason": f"invalid weight {w!r}"})
+        reason = _weight_error(w)
+        if reason is None:
+            flat, norm, reason = _decode_checked(blob, spec, None if references is None else references[i])
+        if reason is not None:
+            dropped.append({"client": ids[i], "reason": reason})
             continue
-        if spec.numel == 0:
-            if len(blob):  # nothing is expected here (e.g. a fixed head): bytes mean a confused sender
-                dropped.append({"client": ids[i], "reason": f"{len(blob)} bytes where nothing is expected"})
-                continue
-            ok.append((i, torch.zeros(0), 0.0))
-            continue
-        try:
-            flat = decode_flat(blob, spec, reference=None if references is None else references[i])
-        except FedsqueezeError as exc:  # PayloadError, SpecMismatchError
-            dropped.append({"client": ids[i], "reason": f"undecodable: {exc}"})
-            continue
-        norm = float(flat.to(torch.float64).norm())
-        if not math.isfinite(norm):
-            dropped.append({"client": ids[i], "reason": "non-finite values"})
-            continue
-        ok.append((i, flat, norm))
-
-    if norm_bound_factor and len(ok) >= MIN_FOR_NORM_BOUND:
-        median = statistics.median(n for _, _, n in ok)
-        bound = float(norm_bound_factor) * median
-        if median > 0:
-            for i, _, n in ok:
-                if n > bound:
-                    dropped.append(
-                        {
-                            "client": ids[i],
-                            "reason": f"norm {n:.4g} > {norm_bound_factor:g} x median {median:.4g}",
-                        }
-                    )
-            ok = [item for item in ok if item[2] <= bound]
+        assert flat is not None
+        decoded[i], norms[i] = flat, norm
+    for i, reason in _norm_drops(norms, norm_bound_factor).items():
+        dropped.append({"client": ids[i], "reason": reason})
+        del decoded[i]
     order = {c: k for k, c in enumerate(ids)}
     dropped.sort(key=lambda d: order.get(d["client"], 0))
-    return [i for i, _, _ in ok], [f for _, f, _ in ok], dropped
+    return list(decoded), list(decoded.values()), dropped
 
 
 def merge_screens(
@@ -141,38 +204,176 @@ def merge_screens(
     return final, parts, dropped_all
 
 
-def aggregate(
-    decoded: Sequence[torch.Tensor],
+@dataclasses.dataclass(frozen=True)
+class ReplyPart:
+    """One part of every reply of a round (e.g. the LoRA frames, or the head frames).
+
+    Attributes
+    ----------
+    payloads
+        One frame per reply, in reply order.
+    spec
+        The receiver's spec of these frames (an empty spec: every frame must be empty).
+    references
+        Per reply, the reference a predictive frame is decoded against (``None``: none).
+    """
+
+    payloads: Sequence[bytes]
+    spec: UpdateSpec
+    references: Sequence[torch.Tensor | None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundAggregate:
+    """What :func:`screen_and_aggregate` returns.
+
+    Attributes
+    ----------
+    kept
+        Indices of the replies every part kept, ascending.
+    means
+        One float64 aggregate per part, or ``None`` when fewer than ``min_replies`` replies were kept.
+    dropped
+        One ``{"client", "reason"}`` record per dropped reply (the reasons of every part joined by ``"; "``),
+        in reply order, as :func:`merge_screens` gives them.
+    norms
+        Per part, the L2 norm of each reply that decoded (``None`` where it did not): the only per-reply
+        numbers the screen keeps.
+    passes
+        Decoding passes over the replies: 1, or 2 when a dropped reply made the optimistic sum of
+        ``"mean"`` unusable and the kept replies were decoded again.
+    """
+
+    kept: list[int]
+    means: list[torch.Tensor] | None
+    dropped: list[dict[str, Any]]
+    norms: list[list[float | None]]
+    passes: int
+
+
+def screen_and_aggregate(
+    parts: Sequence[ReplyPart],
     weights: Sequence[int | float],
+    *,
     method: str = "mean",
     trim_fraction: float = 0.1,
-) -> torch.Tensor:
-    """Aggregate decoded flat updates into one float64 vector.
+    norm_bound_factor: float | None = 10.0,
+    clients: Sequence[int] | None = None,
+    min_replies: int = 1,
+    memory_mb: float | None = None,
+    workers: int = 1,
+) -> RoundAggregate:
+    """The server's round: screen, decode and aggregate every part of the replies.
+
+    The same kept replies, dropped records and aggregates (bit for bit) as :func:`screen_replies` on each
+    part, :func:`merge_screens` and :func:`aggregate` on the kept vectors, without holding ``K`` decoded
+    updates for ``"mean"`` (see the module docstring for the two-pass scheme).
 
     Parameters
     ----------
-    decoded, weights
-        The kept replies' vectors and weights (weights are used by ``"mean"`` only).
-    method
-        ``"mean"`` (weighted FedAvg), ``"median"`` (coordinate-wise; the mean of the two middle values for
-        an even count) or ``"trimmed_mean"`` (drops ``floor(trim_fraction · n)`` values at each end of
-        every coordinate).
-    trim_fraction
-        In ``[0, 0.5)``.
+    parts
+        The parts of the replies (each with one payload per weight).
+    weights
+        One aggregation weight per reply (``num_examples``).
+    method, trim_fraction
+        The aggregation rule of :data:`AGGREGATORS` and its trim fraction.
+    norm_bound_factor
+        As in :func:`screen_replies` (applied to each part's norms separately).
+    clients
+        Client ids for the ``dropped`` records (default: the reply indices).
+    min_replies
+        Kept replies needed to aggregate; with fewer, ``means`` is ``None``.
+    memory_mb
+        Budget of :func:`~fedsqueeze.fl.aggregation.check_memory` for ``"median"`` / ``"trimmed_mean"``,
+        checked before anything is decoded (``None``: no limit).
+    workers
+        Threads that decode replies in parallel (1: in the caller's thread). Each holds one decoded reply;
+        the result does not depend on it.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``method``, a part without one payload per weight, or a robust rule above ``memory_mb``.
     """
-    if method not in AGGREGATIONS:
+    n = len(weights)
+    if method not in AGGREGATORS:
         raise ConfigError(f"aggregation {method!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
-    if not decoded:
-        raise ConfigError("aggregate needs at least one update")
-    if method == "mean":
-        return weighted_mean(decoded, weights)
-    stacked = torch.stack([v.to(torch.float64) for v in decoded])  # (n, d)
-    n = stacked.shape[0]
-    srt = torch.sort(stacked, dim=0).values
-    if method == "median":
-        lo, hi = (n - 1) // 2, n // 2
-        return (srt[lo] + srt[hi]) / 2.0
-    if not 0 <= trim_fraction < 0.5:
-        raise ConfigError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
-    k = math.floor(trim_fraction * n)
-    return srt[k : n - k].mean(dim=0)
+    if any(len(p.payloads) != n for p in parts):
+        raise ConfigError("screen_and_aggregate needs one payload per weight in every part")
+    if workers < 1:
+        raise ConfigError(f"decode workers must be >= 1, got {workers}")
+    check_memory(method, n, sum(p.spec.numel for p in parts), memory_mb)
+    ids = list(range(n)) if clients is None else list(clients)
+    bad_weight = {i: r for i, w in enumerate(weights) if (r := _weight_error(w)) is not None}
+    valid = [i for i in range(n) if i not in bad_weight]
+    streaming = method == "mean"
+    # The optimistic sum assumes every reply with a valid weight is kept; it is exact if that holds.
+    sums: list[WeightedSum] | None = None
+    if streaming and valid:
+        total = float(sum(weights[i] for i in valid))
+        sums = [WeightedSum(p.spec.numel, total) for p in parts] if total > 0 else None
+    held: list[dict[int, torch.Tensor]] = [{} for _ in parts]  # decoded vectors (robust rules only)
+    norms: list[list[float | None]] = [[None] * n for _ in parts]
+    reasons: list[dict[int, str]] = []
+    for k, part in enumerate(parts):
+        why: dict[int, str] = {}
+        for i, flat, norm, reason in _decode_all(part, valid, workers):
+            if reason is not None:
+                why[i] = reason
+                sums = None  # a reply is lost: the optimistic sums are off
+                continue
+            assert flat is not None
+            norms[k][i] = norm
+            if sums is not None:
+                sums[k].add(flat, weights[i])
+            elif not streaming:
+                held[k][i] = flat
+            del flat
+        decodable = {i: v for i, v in enumerate(norms[k]) if v is not None}
+        why.update(_norm_drops(decodable, norm_bound_factor))
+        if why.keys() - bad_weight.keys():
+            sums = None
+        reasons.append(why)
+
+    kept = [i for i in valid if not any(i in why for why in reasons)]
+    dropped = []
+    for i in range(n):
+        why_i = [bad_weight[i]] * len(parts) if i in bad_weight else [w[i] for w in reasons if i in w]
+        if why_i:
+            dropped.append({"client": ids[i], "reason": "; ".join(why_i)})
+    if len(kept) < max(1, min_replies):
+        return RoundAggregate(kept, None, dropped, norms, 1)
+    kw = [weights[i] for i in kept]
+    if not streaming:
+        vecs = [[h[i] for i in kept] for h in held]
+        del held
+        means = [aggregate(v, kw, method, trim_fraction) for v in vecs]
+        return RoundAggregate(kept, means, dropped, norms, 1)
+    if sums is not None:  # every reply kept: the optimistic sums are the weighted means
+        return RoundAggregate(kept, [s.sum for s in sums], dropped, norms, 1)
+    total = float(sum(kw))
+    means = []
+    for part in parts:  # second pass: decode the kept replies again, summed with the kept weights' total
+        acc = WeightedSum(part.spec.numel, total)
+        for i, flat, _, reason in _decode_all(part, kept, workers):
+            if reason is not None or flat is None:  # decoding is deterministic: cannot happen
+                raise FedsqueezeError(f"reply {ids[i]} decoded once but not twice: {reason}")
+            acc.add(flat, weights[i])
+            del flat
+        means.append(acc.sum)
+    return RoundAggregate(kept, means, dropped, norms, 2)
+
+
+def _decode_all(
+    part: ReplyPart, indices: Sequence[int], workers: int
+) -> Iterator[tuple[int, torch.Tensor | None, float, str | None]]:
+    """``(i, *_decode_checked(...))`` of ``part``'s replies ``indices``, in order, on ``workers`` threads.
+
+    Nothing here keeps a yielded vector: once the caller drops it, it is freed before the next decode.
+    """
+    refs = part.references
+
+    def one(i: int) -> tuple[int, torch.Tensor | None, float, str | None]:
+        return (i, *_decode_checked(part.payloads[i], part.spec, None if refs is None else refs[i]))
+
+    return _in_order(one, indices, workers if part.spec.numel else 1)

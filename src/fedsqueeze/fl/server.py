@@ -35,6 +35,7 @@ from ..codecs import Codec, decode_flat
 from ..errors import ConfigError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
+from .aggregation import weighted_mean  # re-exported: FedAvg lives with the other aggregation rules
 from .client import encode_dense
 
 __all__ = ["Delivery", "Downlink", "apply_update", "downlink_codec", "state_sha256", "weighted_mean"]
@@ -58,19 +59,6 @@ def _table(values: Any) -> list[int] | _ById:
 def state_sha256(flat: torch.Tensor) -> str:
     """SHA-256 of a flat state as little-endian fp32 (both ends of the downlink compute it)."""
     return hashlib.sha256(flat.to(torch.float32).numpy().astype("<f4").tobytes()).hexdigest()
-
-
-def weighted_mean(vectors: Sequence[torch.Tensor], weights: Sequence[int | float]) -> torch.Tensor:
-    """``Σ (w_i / Σw) · v_i`` in float64, accumulated in the given order (bit-reproducible)."""
-    if len(vectors) != len(weights) or not vectors:
-        raise ConfigError("weighted_mean needs one weight per vector and at least one vector")
-    total = float(sum(weights))
-    if not total > 0:
-        raise ConfigError(f"weights must sum to > 0, got {total}")
-    acc = torch.zeros(vectors[0].numel(), dtype=torch.float64)
-    for v, w in zip(vectors, weights, strict=True):
-        acc += (float(w) / total) * v.to(torch.float64)
-    return acc
 
 
 def apply_update(
@@ -104,7 +92,11 @@ class Delivery:
 
     @property
     def nbytes(self) -> int:
-        lora = len(self.dense) if self.frames is None else sum(map(len, self.frames))
+        if self.frames is not None:
+            lora = sum(map(len, self.frames))
+        else:
+            assert self.dense is not None, "a delivery without frames sends the dense state"
+            lora = len(self.dense)
         return lora + (len(self.head) if self.head is not None else 0)
 
 
@@ -230,9 +222,13 @@ class Downlink:
         cost, dense = {}, None
         for c in clients:
             frames = self.catch_up(c, server_round)
-            if frames is None and dense is None:
-                dense = encode_dense(self.held, self.lora_spec, seed=seed)
-            cost[c] = (len(dense) if frames is None else sum(map(len, frames))) + head_cost[c]
+            if frames is not None:
+                lora_cost = sum(map(len, frames))
+            else:
+                if dense is None:
+                    dense = encode_dense(self.held, self.lora_spec, seed=seed)
+                lora_cost = len(dense)
+            cost[c] = lora_cost + head_cost[c]
             head_part, dense_part = head_frame if head_sent[c] else None, dense if frames is None else None
             self.deliveries[c] = Delivery(self.last_sync[c], frames, dense_part, head_part)
             self.last_sync[c] = server_round

@@ -9,6 +9,7 @@ clients takes milliseconds.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ class ToyWorkload:
         x, y = self.clients[client]
         params = {k: v.detach().clone().requires_grad_(True) for k, v in {**lora, **head}.items()}
         head_lr = cfg.head_lr or cfg.lr
-        groups = [{"params": [params[k] for k in lora]}]
+        groups: list[dict[str, Any]] = [{"params": [params[k] for k in lora]}]
         if train_head:
             groups.append({"params": [params[k] for k in head], "lr": head_lr})
         else:

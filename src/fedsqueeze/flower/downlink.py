@@ -29,7 +29,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from logging import INFO
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ class Layout:
             Not a layout.
         """
         try:
-            raw = json.loads(text) if isinstance(text, str) else None
+            raw: Any = json.loads(text) if isinstance(text, str) else None  # JSON; None raises TypeError
             order = tuple(str(k) for k in raw["order"])
             state = tuple((str(k), str(np.dtype(d)), tuple(int(x) for x in s)) for k, d, s in raw["state"])
         except (TypeError, ValueError, KeyError) as exc:
@@ -254,6 +254,11 @@ class DownlinkSender:
 
 
 # -- the client end ------------------------------------------------------------------------------------------
+def _is_int(value: object) -> TypeGuard[int]:
+    """An ``int`` that is not a ``bool`` (a record value that counts something)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _frame_of(record: ArrayRecord, key: str) -> bytes:
     return array_bytes(record, key, stype=DOWN_STYPE, what="downlink delivery")
 
@@ -287,7 +292,7 @@ def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, A
     sha, digest = meta.get("sha256"), meta.get("layout-digest")
     if not isinstance(key, str) or key not in content.array_records:
         raise PayloadError(f"the downlink record names ArrayRecord {key!r}, which the message lacks")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (nframes, since, rnd)):
+    if not (_is_int(nframes) and _is_int(since) and _is_int(rnd)):
         raise PayloadError("the downlink record lacks its round, since or frames")
     if not isinstance(sha, str) or not isinstance(digest, str):
         raise PayloadError("the downlink record lacks its sha256 or layout digest")
@@ -305,9 +310,14 @@ def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, A
                                f"{have}; it needs a dense resync (sent when next sampled)")  # fmt: skip
         layout = Layout.from_json(held.get("layout"))
         spec = layout.spec
-        flat = held.get("theta")
-        if not isinstance(flat, torch.Tensor) or flat.dtype != torch.float32 or flat.shape != (spec.numel,):
+        theta = held.get("theta")
+        if (
+            not isinstance(theta, torch.Tensor)
+            or theta.dtype != torch.float32
+            or theta.shape != (spec.numel,)
+        ):
             raise PayloadError("this node's copy of the downlink state is malformed; it needs a dense resync")
+        flat = theta
         for i in range(nframes):
             flat = flat + decode_flat(_frame_of(record, frame_key(i)), spec)  # the server's own additions
     if state_sha256(flat) != sha:

@@ -34,7 +34,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common import ConfigRecordValues
 from flwr.serverapp import ServerApp
 
 from ..errors import ConfigError, FedsqueezeError, PayloadError
@@ -162,7 +163,7 @@ class _FlowerFederation:
         plan = self.fed.configure_round(r)
         wl, downlink = self.wl, self.fed.downlink
         # Each client gets exactly the bytes the ledger charges it, and the hashes of what they rebuild.
-        expect = {
+        expect: dict[str, ConfigRecordValues] = {
             "lora-sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
             "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
             "head-version": downlink.head_version,
@@ -177,11 +178,19 @@ class _FlowerFederation:
                 continue
             node_of[node] = c
             d = downlink.deliveries[c]
-            arrays = {"lora": bytes_array(d.dense)} if d.frames is None else {}
+            arrays: dict[str, Array] = {}
+            if d.frames is None:
+                assert d.dense is not None, "a delivery without frames sends the dense state"
+                arrays["lora"] = bytes_array(d.dense)
             arrays.update({f"lora-{i}": bytes_array(f) for i, f in enumerate(d.frames or ())})
             if d.head is not None:
                 arrays["head"] = bytes_array(d.head)
-            meta = {"server-round": r, "client": c, "digest": self.settings.digest, "job-id": self.job_id}
+            meta: dict[str, ConfigRecordValues] = {
+                "server-round": r,
+                "client": c,
+                "digest": self.settings.digest,
+                "job-id": self.job_id,
+            }
             meta.update(expect)
             meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
             content = RecordDict({"global": ArrayRecord(arrays), "round": ConfigRecord(meta)})
@@ -190,14 +199,14 @@ class _FlowerFederation:
 
         got: dict[int, ClientReply | None] = {}
         for ans in answers:
-            c = node_of.get(ans.metadata.src_node_id)
-            if c is None or c in got:
+            sender = node_of.get(ans.metadata.src_node_id)
+            if sender is None or sender in got:
                 continue
             try:
-                got[c] = _read_reply(ans, c, r)
+                got[sender] = _read_reply(ans, sender, r)
             except FedsqueezeError as exc:
-                dropped.append({"client": c, "reason": str(exc)})
-                got[c] = None
+                dropped.append({"client": sender, "reason": str(exc)})
+                got[sender] = None
         for c in node_of.values():
             if c not in got:
                 dropped.append({"client": c, "reason": f"no reply within {timeout:g} s"})

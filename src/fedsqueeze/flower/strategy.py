@@ -182,8 +182,8 @@ class Compressed(Strategy):
         )
         self.sender: DownlinkSender | None = None
         if self.downlink_name is not None:
-            codec = make_codec(self.downlink_name, self.downlink_options)
-            self.sender = DownlinkSender(codec, self.downlink_window)
+            down_codec = make_codec(self.downlink_name, self.downlink_options)
+            self.sender = DownlinkSender(down_codec, self.downlink_window)
         self.history: list[RoundBytes] = []
         self._sent: dict[int, dict[int, ArrayRecord | None]] = {}
         self._down: dict[int, dict[int, int]] = {}
@@ -286,7 +286,9 @@ class Compressed(Strategy):
             content[DOWN_META_KEY] = meta
             msg.content = content
             down[node] = arrays.count_bytes() + meta.count_bytes()
-            delivery[node] = int(meta["frames"])
+            frames = meta["frames"]
+            assert isinstance(frames, int), "DownlinkSender writes the frame count as an int"
+            delivery[node] = frames
         return delivery
 
     def aggregate_train(
@@ -405,8 +407,14 @@ def _rebase(local: ArrayRecord, as_sent: ArrayRecord, base: ArrayRecord) -> Arra
     out: dict[str, Array] = {}
     for key, arr in local.items():
         sent, glob = as_sent.get(key), base.get(key)
-        same = sent is None or glob is None or sent is glob or not is_float(arr) or not is_float(sent)
-        if same or tuple(arr.shape) != tuple(sent.shape):
+        if (
+            sent is None
+            or glob is None
+            or sent is glob
+            or not is_float(arr)
+            or not is_float(sent)
+            or tuple(arr.shape) != tuple(sent.shape)
+        ):
             out[key] = arr
             continue
         shift = np.asarray(glob.numpy(), dtype=np.float64) - np.asarray(sent.numpy(), dtype=np.float64)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ..codecs import codec_class, decode_flat, get
+from ..codecs.cg_fedllm import CGFedLLM
+from ..codecs.cg_fedllm_q import CGFedLLMQ
 from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig
@@ -88,7 +90,7 @@ def evaluate(
     say(f"TGAP on {len(train)} snapshots (d = {spec.numel}), {tgap.steps} steps per model")
     paper, paper_log = tgap_pretrain(train, ae=PAPER_AE, config=tgap, device=device)
     sound, sound_log = tgap_pretrain(train, ae=SOUND_AE, config=tgap, device=device)
-    C, Q = codec_class("cg_fedllm"), codec_class("cg_fedllm_q")
+    C, Q = CGFedLLM, CGFedLLMQ
     codecs: dict[str, Any] = {
         "cg_fedllm fp32 (paper AE)": C.from_model(paper),
         "cg_fedllm fp16 (paper AE)": C.from_model(paper, latent_dtype="fp16"),
@@ -126,6 +128,7 @@ def evaluate(
             bpp = rows[ref]["bits_per_param"]
             for base in ("topk", "flm_topk"):
                 opt = codec_class(base).rate_option
+                assert opt is not None, f"{base} has a rate option"
                 rows[f"{base} at {bpp:.3f} bpp"] = measure(get(base, **{opt: bpp}), u, spec)
         out["results"][name] = rows
     return out

@@ -84,6 +84,9 @@ def load_captures(path: str | Path, spec: UpdateSpec | None = None) -> Captures:
     return Captures(spec, tuple(r for r, _ in keys), tuple(c for _, c in keys), flats)
 
 
+_MIXED = "tgap: snapshots are either all mappings of tensors or all flat tensors"
+
+
 def stack_snapshots(
     snapshots: torch.Tensor | Sequence[torch.Tensor | Mapping[str, torch.Tensor]] | Captures,
     spec: UpdateSpec | None = None,
@@ -99,11 +102,17 @@ def stack_snapshots(
     if not items:
         raise ConfigError("tgap needs at least one snapshot")
     if isinstance(items[0], Mapping):
-        spec = spec or UpdateSpec.from_tensors(items[0])
-        return torch.stack([spec.flatten(s) for s in items]), spec  # type: ignore[arg-type]
+        maps = [s for s in items if isinstance(s, Mapping)]
+        if len(maps) != len(items):
+            raise ConfigError(_MIXED)
+        spec = spec or UpdateSpec.from_tensors(maps[0])
+        return torch.stack([spec.flatten(s) for s in maps]), spec
     if spec is None:
         raise ConfigError("tgap: flat snapshots need their spec")
-    return torch.stack([s.reshape(-1).to(torch.float32) for s in items]), spec  # type: ignore[union-attr]
+    flats = [s for s in items if isinstance(s, torch.Tensor)]
+    if len(flats) != len(items):
+        raise ConfigError(_MIXED)
+    return torch.stack([s.reshape(-1).to(torch.float32) for s in flats]), spec
 
 
 def tgap_pretrain(

@@ -54,6 +54,13 @@ def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return n, (math.prod(shape[1:]) if n else 0)
 
 
+def _factor_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(n, m)`` of a tensor sent as factors (a nonzero rank implies ``ndim >= 2``)."""
+    nm = _matrix_shape(shape)
+    assert nm is not None, f"a tensor of shape {shape} has no factors"
+    return nm
+
+
 def _rank_used(shape: tuple[int, ...], rank: int) -> int:
     """Rank sent for a tensor at the requested ``rank`` (0 = dense)."""
     nm = _matrix_shape(shape)
@@ -67,7 +74,7 @@ def _rank_used(shape: tuple[int, ...], rank: int) -> int:
 def _tensor_bits(shape: tuple[int, ...], numel: int, r: int, fb: int) -> int:
     if r == 0:
         return 32 * numel
-    n, m = _matrix_shape(shape)  # type: ignore[misc]
+    n, m = _factor_shape(shape)
     return 32 + fb * r * (n + m)
 
 
@@ -137,8 +144,12 @@ class PowerSGD(Codec):
         Mn = M / amax if amax > 0 else M
         m = M.shape[1]
         Q = self.state.get(name)
-        usable = Q is not None and tuple(Q.shape) == (m, r) and bool(torch.isfinite(Q).all())
-        if not usable or float(Q.abs().max()) == 0:  # first call, new rank, or a dead (zero) warm start
+        if (
+            Q is None
+            or tuple(Q.shape) != (m, r)
+            or not bool(torch.isfinite(Q).all())
+            or float(Q.abs().max()) == 0
+        ):  # first call, new rank, or a dead (zero) warm start
             Qa = np.random.default_rng([seed, index]).standard_normal((m, r))
         else:
             Qa = Q.numpy().astype(np.float64)
@@ -166,7 +177,7 @@ class PowerSGD(Codec):
             if r == 0:
                 w.write_f32(flat[a:b].numpy())
                 continue
-            n, m = _matrix_shape(shape)  # type: ignore[misc]
+            n, m = _factor_shape(shape)
             c, P, Q = self._factor(x64[a:b].reshape(n, m), name, r, seed, i)
             w.write_f32(c)
             for F in (P, Q):
@@ -196,7 +207,7 @@ class PowerSGD(Codec):
                     raise PayloadError("powersgd: non-finite dense value")
                 out[a:b] = dense
                 continue
-            n, m = _matrix_shape(shape)  # type: ignore[misc]
+            n, m = _factor_shape(shape)
             c = read_scale(r, cls.name)
             with np.errstate(invalid="ignore"):  # a hostile NaN pattern is refused just below
                 P = read(n * rk, "P").astype(np.float64).reshape(n, rk)

@@ -121,7 +121,7 @@ class QSGD(Codec):
     def _norms(self, ax: np.ndarray) -> np.ndarray:
         d, b = ax.size, self.bucket
         nb = -(-d // b)
-        padded = np.zeros(nb * b, dtype=np.float64)
+        padded: np.ndarray = np.zeros(nb * b, dtype=np.float64)
         padded[:d] = ax
         padded = padded.reshape(nb, b)
         n = padded.max(axis=1) if self.norm == "max" else np.sqrt((padded * padded).sum(axis=1))

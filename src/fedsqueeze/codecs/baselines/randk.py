@@ -101,7 +101,7 @@ class RandK(Codec):
         if self.rate is None:
             return density_k(self.density, d)
         kmax = min(d, int(self.rate * d) // self.value_bits + 1)
-        return largest_fitting(self.name, self._body_bits(np.arange(kmax + 1)), self.rate, d)
+        return largest_fitting(self.name, np.asarray(self._body_bits(np.arange(kmax + 1))), self.rate, d)
 
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         d = spec.numel

@@ -126,7 +126,7 @@ class TopK(Codec):
 
     def _fits(self, d: int, k: int) -> bool:
         bits = self._fixed_bits() + index_bits(self.positions, d, k) + k * self.value_bits
-        return frame_bits(bits) <= int(self.rate * d) if self.rate is not None else True
+        return bool(frame_bits(bits) <= int(self.rate * d)) if self.rate is not None else True
 
     # -- codec ----------------------------------------------------------------------------------------------
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:

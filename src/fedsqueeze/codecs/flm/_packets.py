@@ -73,7 +73,7 @@ def layout(budget_bits: int, fixed_bytes: int) -> tuple[int, int]:
     return count, avail // count
 
 
-def quant_cost(n: np.ndarray, hi: np.ndarray, lo: np.ndarray, b: int | np.ndarray) -> np.ndarray:
+def quant_cost(n: int | np.ndarray, hi: np.ndarray, lo: np.ndarray, b: int | np.ndarray) -> np.ndarray:
     """Expected squared error of stochastic rounding of ``n`` values in ``[lo, hi]`` with ``b`` bits.
 
     Uses ``n * step**2 / 6`` (the mean of ``f (1 - f) step**2`` over a uniform fraction ``f``).
@@ -291,7 +291,9 @@ def decode_body(
     hbits = w_m + 4 + N_BITS + 64
     if npk * hbits > r.remaining:
         raise PayloadError(f"packet count {npk} does not fit in the payload")
-    idx_parts, val_parts = [], []
+    idx_parts: list[np.ndarray] = []
+    val_parts: list[np.ndarray] = []
+    interval_parts: list[tuple[np.ndarray, int]] = []  # threshold mode: values with their interval
     kept = 0
     packets: list[tuple[int, int, int, float, float]] = []
     for _ in range(npk):
@@ -327,9 +329,10 @@ def decode_body(
             idx_parts.append(off)
         else:
             idx_parts.append(off + j * L)
-        val_parts.append(np.where(sign, -mag, mag))
         if mode == MODE_THRESHOLD:
-            val_parts[-1] = (val_parts[-1], j)  # type: ignore[assignment]
+            interval_parts.append((np.where(sign, -mag, mag), j))
+        else:
+            val_parts.append(np.where(sign, -mag, mag))
     r.expect_end()  # no trailing bytes, zero final padding
     if info is not None:
         info.update(s=s, mode=mode, header_bytes=(40 + (m * L.bit_length() if mode else 0) + 7) // 8)
@@ -340,7 +343,8 @@ def decode_body(
         ):
             info[key] = np.array(col, dtype=np.float64 if key in ("lo", "hi") else np.int64)
     if mode == MODE_THRESHOLD:
-        return _finish_threshold(idx_parts, val_parts, k_int, L, d, kept)  # type: ignore[arg-type]
+        assert k_int is not None  # read with the threshold-mode header above
+        return _finish_threshold(idx_parts, interval_parts, k_int, L, d, kept)
     idx = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
     vals = np.concatenate(val_parts) if val_parts else np.zeros(0, np.float32)
     if idx.size and idx.max() >= d:
@@ -353,7 +357,7 @@ def decode_body(
 
 
 def _finish_threshold(
-    offs: list, parts: list, k_int: np.ndarray, L: int, d: int, kept: int
+    offs: list[np.ndarray], parts: list[tuple[np.ndarray, int]], k_int: np.ndarray, L: int, d: int, kept: int
 ) -> tuple[np.ndarray, np.ndarray]:
     if int(k_int.sum()) != kept:
         raise PayloadError("interval counts disagree with the packets")

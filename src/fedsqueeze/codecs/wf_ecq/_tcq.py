@@ -92,7 +92,7 @@ def _cell_uppers(q: int, m: int, z: float) -> np.ndarray:
     return up
 
 
-def _masses(beta: float, a: np.ndarray, uppers: np.ndarray) -> np.ndarray:
+def _masses(beta: float, a: np.ndarray | float, uppers: np.ndarray) -> np.ndarray:
     """GGD (shape β, RMS ``a`` in δ units, two-sided) mass of each |k| cell; broadcasts ``a`` over rows."""
     s = np.asarray(a, dtype=np.float64)[..., None] * ggd_alpha(beta)
     z = np.power(uppers / s, beta)
