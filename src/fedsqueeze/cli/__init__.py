@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .._extras import check, require
 from ..errors import FedsqueezeError
@@ -27,6 +28,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("bench", "intervals"), "fedsqueeze.cli.bench_intervals"),
     (("bench", "cg"), "fedsqueeze.cli.bench_cg"),
     (("bench", "steps"), "fedsqueeze.cli.bench_steps"),
+    (("bench", "server"), "fedsqueeze.cli.bench_server"),
     (("flower", "simulate"), "fedsqueeze.cli.flower_simulate"),
     (("flower", "superlink"), "fedsqueeze.cli.flower_superlink"),
     (("flower", "supernode"), "fedsqueeze.cli.flower_supernode"),
@@ -58,7 +60,7 @@ FEDSQUEEZE_OFFLINE=0 to keep the Hugging Face hub on."""
 GROUP_HELP = {
     "bench": (
         "benchmarks: rate-distortion against the limits, encode/decode speed, FLM-TopK interval size, "
-        "training step time"
+        "training step time, server round time and memory"
     ),
     "flower": "the same job on Flower: one-machine simulation, or a SuperLink, SuperNodes and a run",
 }
@@ -75,10 +77,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps descriptions as written, uses the whole width, and shows each option's default unless its
     help already names one or it has none worth showing (``None``, ``False``, an empty list)."""
 
-    def __init__(self, prog: str, **kwargs: object) -> None:
+    def __init__(self, prog: str, **kwargs: Any) -> None:
         kwargs.setdefault("width", _help_width())
         kwargs.setdefault("max_help_position", 30)
-        super().__init__(prog, **kwargs)  # type: ignore[arg-type]
+        super().__init__(prog, **kwargs)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

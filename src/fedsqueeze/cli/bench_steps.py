@@ -25,13 +25,17 @@ def _placements(text: str) -> list[int | None]:
         elif part.isdigit() and int(part) > 0:
             out.append(int(part))
         else:
-            raise ConfigError(f"--lora-layers takes 'all' or positive integers, comma-separated; got {part!r}")
+            raise ConfigError(
+                f"--lora-layers takes 'all' or positive integers, comma-separated; got {part!r}"
+            )
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--lora-layers", default="all,8", help="comma-separated: 'all' or a top-N layer count")
+    parser.add_argument(
+        "--lora-layers", default="all,8", help="comma-separated: 'all' or a top-N layer count"
+    )
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed pass")
     parser.add_argument(
         "--no-cache-too", action="store_true", help="also time each top-N placement without the layer cache"
@@ -55,8 +59,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'lora layers':>11}  {'cache':>5}  {'LoRA params':>11}  {'s/step':>7}  {'first pass s/step':>17}")
     for r in rows:
         top = "all" if r["lora_layers"] is None else f"top {r['lora_layers']}"
+        cached = "yes" if r["cache"] else "no"
         print(
-            f"{top:>11}  {'yes' if r['cache'] else 'no':>5}  {r['lora_numel']:>11,}  {r['s_per_step']:>7.3f}  "
+            f"{top:>11}  {cached:>5}  {r['lora_numel']:>11,}  {r['s_per_step']:>7.3f}  "
             f"{r['first_s_per_step']:>17.3f}"
         )
     b = rows[0] if rows else {}

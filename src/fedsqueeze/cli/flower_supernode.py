@@ -5,6 +5,9 @@ is kept in DIR, so it survives a restart of this SuperNode. TLS and node authent
   fedsqueeze flower supernode --superlink link.example.org:9091 --partition-id 3 \
       --root-certificates ca.pem --auth-supernode-private-key node3_key --state-dir /var/lib/fsq
 Local test: fedsqueeze flower supernode --insecure --superlink 127.0.0.1:9091 --partition-id 0 --port 9094
+With --data PATH the node trains on its own file(s) instead of slice I of the job's dataset, mapped by the
+job's data.* columns (--set data.text_field=COLUMN etc. rename them for this node); evaluation stays with
+the server.
 """
 
 from __future__ import annotations
@@ -33,14 +36,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--auth-supernode-private-key", metavar="KEY", help="this node's private key (node auth)"
     )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="train on this node's own .jsonl/.json/.csv/.parquet file or folder (all its rows) instead of "
+        "slice I of the job's dataset; the job's data.* column mapping applies",
+    )
+    parser.add_argument(
+        "--set",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="data.KEY=COLUMN",
+        help="with --data: this node's name of a mapped column (data.text_field, data.label_field, "
+        "data.prompt_field, data.response_field); repeatable",
+    )
 
 
 def build_command(args: argparse.Namespace) -> list[str]:
     from ..flower.deploy import flower_exe
+    from ..flower.node_data import LocalData, node_config_entries
 
     node_config = f"partition-id={int(args.partition_id)}"
     if args.state_dir:
         node_config += f" state-dir={json.dumps(str(Path(args.state_dir).resolve()))}"
+    if args.data is not None:
+        node_config += " " + " ".join(node_config_entries(LocalData.from_args(args.data, args.fields)))
     cmd = [
         flower_exe("flower-supernode"),
         "--superlink", args.superlink,
@@ -66,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
         )
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if args.fields and args.data is None:
+        raise ConfigError("--set renames the columns of this node's own data: give --data PATH too")
     if not args.insecure and not args.root_certificates:
         raise ConfigError("give --root-certificates CA.pem (TLS), or --insecure for a local test")
     if args.state_dir:

@@ -1,5 +1,8 @@
 """The Flower ``ClientApp``: one SuperNode = one data partition (client id = ``partition-id``).
 
+The node trains on slice ``partition-id`` of the job's dataset, or with its own data (``data-path`` in its
+node config, ``fedsqueeze flower supernode --data PATH``) on every row of that (:mod:`.node_data`).
+
 ``train`` rebuilds the global state from its downlink delivery (the dense state, or the delta frames it
 missed added to the copy it holds; the head when it changed), checks it against the SHA-256 the server
 sent, runs :func:`fedsqueeze.fl.client.client_step` (the very step and codec of ``fedsqueeze run``) and
@@ -34,24 +37,27 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import ConfigRecordValues, MetricRecordValues
 from flwr.common.constant import ErrorCode
 
 from ..codecs import ErrorFeedback, decode_flat
-from ..errors import ConfigError, FedsqueezeError
+from ..errors import ConfigError, FedsqueezeError, PayloadError
 from ..fl.checkpoint import atomic_write
 from ..fl.client import client_step
 from ..fl.federation import trains_head
 from ..fl.seeding import derive_seed
 from ..spec import UpdateSpec
 from .env import apply_offline_env
+from .node_data import NodeSettings, node_settings, node_workload
 from .records import array_bytes, blob_to_state, bytes_array, sha256, state_to_blob
-from .settings import FlowerSettings, make_workload, settings_from_context
+from .settings import FlowerSettings, make_workload
 
 __all__ = ["KEEP_VERSIONS", "app", "handle_query", "handle_train", "partition_id", "state_dir"]
 
@@ -75,7 +81,7 @@ def partition_id(context: Context) -> int:
 def handle_query(msg: Message, context: Context) -> Message:
     """Reply with this node's partition id and the digest of the run config it sees."""
     apply_offline_env()
-    settings = settings_from_context(context.run_config)
+    settings = node_settings(context.run_config, context.node_config)
     pid = partition_id(context)
     durable = state_dir(context, settings, pid) is not None
     info = ConfigRecord({"partition-id": pid, "digest": settings.digest, "durable": durable})
@@ -134,7 +140,6 @@ def _rebuild(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The global ``(lora, head)`` flats this delivery gives, checked by hash (else an error: no training),
     and its last delta frame decoded (``None`` for a dense delivery): a predictive uplink's reference."""
-    from ..errors import PayloadError
     from ..fl.server import state_sha256
 
     lspec, hspec = wl.lora_spec, wl.head_spec
@@ -164,6 +169,17 @@ def _rebuild(
     if state_sha256(lora) != req["lora-sha256"] or state_sha256(head) != req["head-sha256"]:
         raise PayloadError("the rebuilt global state differs from the server's (SHA-256); refusing to train")
     return lora, head, step
+
+
+def _own_data_hint(settings: FlowerSettings, wl: Any) -> str:
+    """What to check when a node with its own classification data cannot rebuild the server's head."""
+    classes = getattr(getattr(wl, "task", None), "num_classes", None)
+    if not isinstance(settings, NodeSettings) or wl.head_spec.numel == 0 or classes is None:
+        return ""
+    return (
+        f" (this node's own data has {classes} classes: its file must hold every label of the job, as the "
+        "label ids are the sorted label values)"
+    )
 
 
 def _flat(frame: bytes, spec: UpdateSpec) -> torch.Tensor:
@@ -215,8 +231,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     """
     apply_offline_env()
     t0 = time.perf_counter()
-    settings = settings_from_context(context.run_config)
-    req = msg.content.config_records["round"]
+    settings = node_settings(context.run_config, context.node_config)
+    req: Mapping[str, Any] = msg.content.config_records["round"]  # the server's values, checked below
     if req["digest"] != settings.digest:
         raise ConfigError("the server's run config differs from this node's (config digest mismatch)")
     client, rnd, job = int(req["client"]), int(req["server-round"]), str(req.get("job-id", ""))
@@ -225,15 +241,16 @@ def handle_train(msg: Message, context: Context) -> Message:
     if client != partition_id(context):
         raise ConfigError(f"asked to train client {client} on the node of partition {partition_id(context)}")
     cfg = settings.config
-    wl = make_workload(settings)
+    wl = node_workload(settings, client) if isinstance(settings, NodeSettings) else make_workload(settings)
     glob = msg.content.array_records["global"]
     state, state_from = _load_state(context, settings, client, job, rnd)
     held = None if state is None else state.get("held")
     try:
         lora_flat, head_flat, reference = _rebuild(glob, req, wl, held)
     except FedsqueezeError as exc:  # never train on a state that is not the server's: say so instead
-        log.warning("round %s: refusing to train client %s: %s", rnd, client, exc)
-        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)
+        reason = str(exc) + (_own_data_hint(settings, wl) if isinstance(exc, PayloadError) else "")
+        log.warning("round %s: refusing to train client %s: %s", rnd, client, reason)
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
     lora, head = wl.lora_spec.unflatten(lora_flat), wl.head_spec.unflatten(head_flat)
 
     ef = ErrorFeedback(cfg.codec.build(), enabled=cfg.fl.error_feedback)
@@ -251,7 +268,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     copy = {"round": rnd, "lora": lora_flat.clone(), "head": head_flat.clone(), "head_version": version}
     _save_state(context, settings, client, job, ef, rnd, {"held": copy})
 
-    meta = {
+    meta: dict[str, ConfigRecordValues] = {
         "client": client,
         "server-round": rnd,
         "lora-sha256": sha256(rep.lora_payload),
@@ -260,7 +277,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         "head-bytes": len(rep.head_payload),
         "state-from": state_from,
     }
-    metrics = {
+    metrics: dict[str, MetricRecordValues] = {
         "num-examples": rep.num_examples,
         "train-loss": rep.train_loss,
         "residual-norm": rep.residual_norm,
