@@ -148,7 +148,7 @@ def test_wheel_requires_only_the_core_unconditionally(core_venv):
     for r in meta.get_all("Requires-Dist"):
         ops = {spec.operator for spec in Requirement(r).specifier}
         assert ops <= {">=", "<"}, f"not a floor (or an upper bound) in the wheel's requirements: {r}"
-    assert set(meta.get_all("Provides-Extra")) == {"llm", "flower", "plots", "cli", "all"}
+    assert set(meta.get_all("Provides-Extra")) == {"llm", "flower", "plots", "cli", "data", "all"}
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert meta["Version"] == version
     assert wheel.name.startswith(f"fedsqueeze-{version}-")

@@ -5,8 +5,9 @@ copy of runs/study/lora-bench kept in the repository) and prints one row per cel
 MB up / down / total and total bits per parameter per client-round. Then one row per task × partition ×
 column with the mean ± std over its seeds (sample std, n − 1), and the LoRA-frozen controls when they are
 there (``docs/results/lora-gap/<partition>-frozenlora-seed<k>`` for the ``minilm-rt-lora`` task,
-``<partition>-adamw-frozenlora-seed<k>`` for ``minilm-rt-lora-adamw``). Last, the LoRA gap seed by seed:
-dense fp32 (``identity``) minus the control of the same seed, final and best.
+``<partition>-adamw-frozenlora-seed<k>`` for ``minilm-rt-lora-adamw``,
+``docs/results/smollm2-gap/<partition>-frozenlora-seed<k>`` for ``smollm2-rt-verbalizer``). Last, the LoRA
+gap seed by seed: dense fp32 (``identity``) minus the control of the same seed, final and best.
 
     python docs/results/lora_bench_table.py [DIR] [TASK] [--means]
 
@@ -23,8 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 
 CONTROL = "LoRA frozen (control)"
-#: the folder-name infix of each task's LoRA-frozen controls under docs/results/lora-gap/
-CONTROLS = {"minilm-rt-lora": "frozenlora-", "minilm-rt-lora-adamw": "adamw-frozenlora-"}
+#: each task's LoRA-frozen controls: (folder beside DIR, folder-name infix)
+CONTROLS = {
+    "minilm-rt-lora": ("lora-gap", "frozenlora-"),
+    "minilm-rt-lora-adamw": ("lora-gap", "adamw-frozenlora-"),
+    "smollm2-rt-verbalizer": ("smollm2-gap", "frozenlora-"),
+}
 
 
 def _ms(xs: list[float]) -> str:
@@ -54,8 +59,8 @@ def main(root: Path, only: str | None = None, means: bool = False) -> None:
                 f"| {up:.3f} | {down:.2f} | {up + down:.2f} | {bpp_text} |"
             )
         groups[(task, part, col)].append(s)
-    gap = root.parent / "lora-gap"
-    for task, infix in CONTROLS.items():
+    for task, (folder, infix) in CONTROLS.items():
+        gap = root.parent / folder
         for part in sorted({p for t, p, _ in groups if t == task}):
             for f in sorted(gap.glob(f"{part}-{infix}seed*/summary.json")):
                 groups[(task, part, CONTROL)].append(json.loads(f.read_text()))

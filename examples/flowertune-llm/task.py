@@ -2,9 +2,10 @@
 
 Like Flower's FlowerTune LLM template: the clients fine-tune a LoRA adapter and exchange only the adapter
 (``get_peft_model_state_dict``). Unlike it, everything comes from the offline assets fedsqueeze installs, so
-nothing is downloaded: the model (``FLOWERTUNE_MODEL``: ``tiny-llama``, a random 2-layer Llama with SmolLM2's
-tokenizer, the default; or ``smollm2-135m``, truncated to ``FLOWERTUNE_LAYERS`` layers), and the GSM8K
-problems (a shard per node).
+nothing is downloaded: the model (``FLOWERTUNE_MODEL``: ``smollm2-135m``, the full pretrained
+SmolLM2-135M-Instruct with all 30 layers, the default; or ``tiny-llama``, a random 2-layer Llama with
+SmolLM2's tokenizer, for a smoke run), and the GSM8K problems (a shard per node). To fit 2 CPU cores, LoRA
+sits on the top ``FLOWERTUNE_LORA_LAYERS`` layers (default 4; ``0``: every layer, as FlowerTune does).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from fedsqueeze.data.sources import load_gsm8k
 from fedsqueeze.data.text import collate_causal, encode_causal
 from fedsqueeze.models.loading import load_base_model, load_tokenizer
 
-MODEL = os.environ.get("FLOWERTUNE_MODEL", "tiny-llama")
-LAYERS = int(os.environ.get("FLOWERTUNE_LAYERS", "2"))
+MODEL = os.environ.get("FLOWERTUNE_MODEL", "smollm2-135m")
+LORA_LAYERS = int(os.environ.get("FLOWERTUNE_LORA_LAYERS", "4"))
 MAX_LENGTH = 64
 BATCH = 4
 STEPS = 3  # local steps per round
@@ -37,13 +38,16 @@ def tokenizer() -> Any:
 def get_model() -> Any:
     """The base model (the same on every node: seeded) with a fresh LoRA adapter (FlowerTune's settings)."""
     torch.manual_seed(0)
-    base = load_base_model(MODEL, tokenizer(), num_labels=None, num_layers=LAYERS)
+    base = load_base_model(MODEL, tokenizer(), num_labels=None)
+    total = base.config.num_hidden_layers
+    top = range(max(total - LORA_LAYERS, 0), total) if LORA_LAYERS else None
     config = LoraConfig(
         r=16,
         lora_alpha=32,
         lora_dropout=0.05,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         task_type="CAUSAL_LM",
+        layers_to_transform=list(top) if top is not None else None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # a transformers deprecation inside PEFT
