@@ -141,6 +141,34 @@ def test_flasc_downlink_sends_deltas_and_charges_catch_up():
     assert not torch.equal(held, theta["w"])  # what the deltas dropped stays on the server for later
 
 
+def test_flasc_downlink_reports_how_far_the_clients_start_from_the_global_state():
+    spec, hspec = UpdateSpec.from_shapes({"w": (100,)}), UpdateSpec.from_shapes({})
+    codec = get("topk", density=0.1)
+    theta0 = {"w": torch.zeros(100)}
+    dl = Downlink(codec, spec, hspec, theta0, num_clients=3)
+    step = torch.arange(1.0, 101.0)  # top 10 % by magnitude: the ten largest entries, 91..100
+    got, _, _ = dl.broadcast(1, {"w": step}, {}, [0], seed=1)
+    cols = dl.row_columns()
+    dropped = step[:90]  # what the frame left out is exactly the distance the client starts from
+    assert torch.equal(got["w"][90:], step[90:]) and torch.equal(got["w"][:90], torch.zeros(90))
+    assert cols["downlink_delta_norm"] == pytest.approx(float(step.norm()))
+    assert cols["downlink_lag_norm"] == pytest.approx(float(dropped.norm()))
+    assert cols["downlink_rel_error"] == pytest.approx(float(dropped.square().sum() / step.square().sum()))
+    assert cols["downlink_frames"] == {"0": 1}
+    dl.broadcast(2, {"w": step}, {}, [0, 1], seed=2)  # no new step: the frame codes the carried residual
+    cols = dl.row_columns()
+    assert cols["downlink_delta_norm"] == pytest.approx(float(dropped.norm()))
+    assert cols["downlink_frames"] == {"0": 1, "1": 2}  # client 1 missed round 1: two frames
+    dense = Downlink(None, spec, hspec, theta0, num_clients=3)
+    dense.broadcast(1, {"w": step}, {}, [2], seed=1)
+    assert dense.row_columns() == {
+        "downlink_delta_norm": None,
+        "downlink_lag_norm": None,
+        "downlink_rel_error": None,
+        "downlink_frames": {"2": -1},
+    }
+
+
 def test_ledger_totals():
     led = TrafficLedger()
     led.record(1, {0: 10, 2: 12}, {0: 5, 2: 5}, {0: 100, 2: 100})

@@ -246,6 +246,7 @@ class Federation:
             "client_rel_error": sum(rels) / len(rels) if rels else None,
             "residual_norms": [rep.residual_norm for rep in reps],
             "mean_update_norm": None if dense is None else float(dense.norm()),
+            **self.downlink.row_columns(),  # how far the clients' broadcast state is from θ_global
             "aggregated": mean_lora is not None,
             "num_dropped": len(dropped),
             "dropped": dropped,

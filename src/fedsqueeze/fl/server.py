@@ -152,6 +152,8 @@ class Downlink:
         # What the last broadcast sends each sampled client: (synced round, frames or None for dense, head?)
         self.deliveries: dict[int, Delivery] = {}
         self.last_step: torch.Tensor | None = None  # the last broadcast delta frame, decoded
+        # ‖δ‖ and ‖δ − decode(frame)‖ of the last broadcast: how far the clients' θ̃ is from θ_global
+        self.last_norms: tuple[float, float] | None = None
 
     @property
     def protocol(self) -> str:
@@ -216,6 +218,8 @@ class Downlink:
             frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
             self.last_step = decode_flat(frame, self.lora_spec)
             self.held = self.held + self.last_step
+            lag = (delta.to(torch.float64) - self.last_step.to(torch.float64)).norm()
+            self.last_norms = (float(delta.to(torch.float64).norm()), float(lag))
         self.frame_bytes.append(len(frame))
         self.frames[server_round] = frame
         self.frames.pop(server_round - self.window, None)  # bounded: the last `window` rounds only
@@ -234,6 +238,24 @@ class Downlink:
             self.last_sync[c] = server_round
         lora_out = {k: v.clone() for k, v in self.lora_spec.unflatten(self.held.clone()).items()}
         return lora_out, head_out, cost
+
+    def row_columns(self) -> dict[str, Any]:
+        """The last broadcast's diagnostics for the metrics row (``None`` with the dense protocol).
+
+        ``downlink_delta_norm`` is ``‖δ‖ = ‖θ_global − θ̃‖`` before the frame (this round's step plus what
+        earlier frames left out), ``downlink_lag_norm`` the distance ``‖θ_global − θ̃‖`` the sampled clients
+        start from after it, ``downlink_rel_error`` their ratio squared, and ``downlink_frames`` the
+        number of delta frames in each sampled client's delivery (``-1``: the dense state).
+        """
+        delta, lag = self.last_norms if self.codec is not None and self.last_norms else (None, None)
+        return {
+            "downlink_delta_norm": delta,
+            "downlink_lag_norm": lag,
+            "downlink_rel_error": None if delta is None or lag is None or delta == 0 else (lag / delta) ** 2,
+            "downlink_frames": {
+                str(c): -1 if d.frames is None else len(d.frames) for c, d in self.deliveries.items()
+            },
+        }
 
     def reference(self, client: int) -> torch.Tensor | None:
         """The reference a predictive uplink codes ``client``'s update against this round: the last
