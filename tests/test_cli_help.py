@@ -60,6 +60,14 @@ def test_codecs_cli(capsys):
     assert "density = 0.02" in out and "Kept fraction" in out
     assert cli_main(["codecs", "nope"]) == 2
     assert "unknown codec 'nope'" in capsys.readouterr().err
+    assert cli_main(["codecs", "wfecq"]) == 2
+    assert "unknown codec 'wfecq'; did you mean 'wf_ecq'?" in capsys.readouterr().err
+
+
+def test_codecs_name_gives_the_rate_knob_a_sweep_sets():
+    assert "rate knob: rate\n" in describe_codec("wf_ecq")
+    assert "rate knob: none (fixed size)" in describe_codec("nf4")
+    assert "rate knob: inner_options.rate (the inner codec's)" in describe_codec("predictive")
 
 
 def test_docstring_parameters_reader():

@@ -40,6 +40,7 @@ def test_presets_load_and_default_is_the_embedded_default():
     paper = load_config("paper")
     assert (paper.data.num_clients, paper.fl.clients_per_round, paper.fl.rounds) == (100, 10, 200)
     assert (paper.train.epochs, paper.train.batch_size, paper.model.lora_r) == (5, 64, 16)
+    assert paper.model.head == "first_round"  # the FLM-TopK authors' protocol: only LoRA moves after round 1
 
 
 def test_config_file_roundtrip_and_overrides(tmp_path):

@@ -19,7 +19,6 @@ from rich.table import Table
 from .._docstring import parameters, plain
 from ..codecs import codec_class
 from ..codecs.registry import available
-from ..errors import ConfigError
 
 __all__ = ["add_arguments", "describe_codec", "main"]
 
@@ -35,16 +34,20 @@ def _width() -> int:
 
 def describe_codec(name: str, width: int = 100) -> str:
     """``name``'s summary, wire id, rate knob and every option with its default and its docstring text."""
-    if name not in available():
-        raise ConfigError(f"unknown codec {name!r}; available: {', '.join(available())}")
-    cls = codec_class(name)
+    cls = codec_class(name)  # an unknown name: ConfigError with a "did you mean"
     defaults = cls().options()
     helps = parameters(cls.__doc__)
     head = (inspect.cleandoc(cls.__doc__ or "").splitlines() or [""])[0]
     lines = [f"{name} (wire id {cls.codec_id}): {cls.summary}"]
     if head and head != cls.summary:
         lines.append(plain(head))
-    lines.append(f"rate knob: {cls.rate_option}" if cls.rate_option else "rate knob: none (fixed size)")
+    path = cls.rate_path(defaults)
+    if path is None:
+        lines.append("rate knob: none (fixed size)")
+    elif path == (cls.rate_option,):
+        lines.append(f"rate knob: {cls.rate_option}")
+    else:  # a wrapper whose rate is its inner codec's (predictive)
+        lines.append(f"rate knob: {'.'.join(path)} (the inner codec's)")
     if not defaults:
         lines.append("options: none")
         return "\n".join(lines) + "\n"

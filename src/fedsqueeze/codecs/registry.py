@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 from typing import Any, TypeVar
 
@@ -74,7 +75,9 @@ def codec_class(name: str) -> type[Codec]:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ConfigError(f"unknown codec {name!r}; available: {', '.join(sorted(_BY_NAME))}") from None
+        close = difflib.get_close_matches(str(name), _BY_NAME, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown codec {name!r}; {hint}available: {', '.join(sorted(_BY_NAME))}") from None
 
 
 def get(name: str, **options: Any) -> Codec:

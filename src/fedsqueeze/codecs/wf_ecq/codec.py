@@ -158,8 +158,9 @@ class WfEcq(Codec):
     Parameters
     ----------
     density
-        Budget as the papers' ``P * 12000`` bits for density ``p`` (not with ``rate``: a non-default
-        density with a rate is a ``ConfigError``).
+        Budget as the papers' ``P * 12000`` bits for density ``p``: ``P`` 1500-byte packets, as many as TopK
+        at density ``p`` with fp32 values and exact positions fills (not with ``rate``: a non-default density
+        with a rate is a ``ConfigError``).
     rate
         Target bits per parameter of the whole frame (header included).
     block
