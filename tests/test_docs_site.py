@@ -146,8 +146,8 @@ def _table_names(text: str, first_header: str) -> list[str]:
     return names
 
 
-def test_the_output_fields_of_the_how_to_exist_in_the_code() -> None:
-    text = (DOCS / "how-to" / "read-outputs.md").read_text(encoding="utf-8")
+def test_the_output_fields_of_the_reference_exist_in_the_code() -> None:
+    text = (DOCS / "reference" / "outputs.md").read_text(encoding="utf-8")
     fields = _table_names(text, "field") + _table_names(text, "code")
     assert len(fields) > 60 and "bits_per_param_total" in fields and "residual_growth" in fields
     source = "".join(
@@ -156,7 +156,7 @@ def test_the_output_fields_of_the_how_to_exist_in_the_code() -> None:
         for p in (ROOT / "src" / "fedsqueeze" / sub).glob("*.py")
     )
     missing = sorted({f for f in fields if f'"{f}"' not in source})
-    assert missing == [], f"read-outputs.md names fields the code does not write: {missing}"
+    assert missing == [], f"reference/outputs.md names fields the code does not write: {missing}"
 
 
 def test_the_docs_name_the_defaults_the_config_has() -> None:

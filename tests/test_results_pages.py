@@ -1,0 +1,135 @@
+"""The results pages of the docs site (docs/bench/*.md) are what docs/results/pages.py writes from the
+committed results.json / bd_rate.json files, and the generator copes with a grid whose cells are partly
+missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pages():
+    spec = importlib.util.spec_from_file_location("results_pages", ROOT / "docs" / "results" / "pages.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("results_pages", module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules["results_pages"])
+    return sys.modules["results_pages"]
+
+
+def test_the_committed_results_pages_are_up_to_date(tmp_path: Path) -> None:
+    pages = _pages()
+    assert pages.main(["--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.md"))
+    committed = sorted(p.name for p in (ROOT / "docs" / "bench").glob("*.md"))
+    assert written == committed, "docs/bench/ holds pages the generator does not write (or misses some)"
+    stale = [
+        n
+        for n in written
+        if (tmp_path / n).read_text("utf-8") != (ROOT / "docs/bench" / n).read_text("utf-8")
+    ]
+    assert stale == [], f"regenerate: python docs/results/pages.py (stale: {stale})"
+    # deterministic: a second run writes the same bytes
+    again = tmp_path / "again"
+    pages.main(["--out", str(again)])
+    assert all((again / n).read_bytes() == (tmp_path / n).read_bytes() for n in written)
+
+
+def test_every_results_page_is_in_the_site_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text("utf-8")
+    for bench in _pages().BENCHES:
+        assert f"bench/{bench.page}.md" in nav, bench.page
+
+
+def _stat(mean: float | None, std: float | None, n: int) -> dict:
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_a_grid_with_missing_cells_renders_with_its_seed_counts(tmp_path: Path) -> None:
+    """Two of three seeds for one column, one for another, none for a third, and a group with no cell."""
+    pages = _pages()
+    folder = tmp_path / "docs" / "results" / "toy"
+    folder.mkdir(parents=True)
+
+    def column(name: str, seeds: list[int], final: float) -> dict:
+        n = len(seeds)
+        return {
+            "codec": name,
+            "codec_name": name.split("@")[0],
+            "seeds_done": n,
+            "final_metric": _stat(final if n else None, 0.01 if n > 1 else None, n),
+            "best_metric": _stat(final if n else None, 0.01 if n > 1 else None, n),
+            "uplink_mb": _stat(1.0 if n else None, 0.0, n),
+            "downlink_mb": _stat(1.0 if n else None, 0.0, n),
+            "total_mb": _stat((4.0 if name == "identity" else 2.0) if n else None, 0.0, n),
+            "per_seed": {str(s): {"final": final, "best": final} for s in seeds},
+            "seeds_reached": 0,
+        }
+
+    cells = [
+        {
+            "id": f"t/iid/{c}/seed{s}",
+            "task": "t",
+            "partition": "iid",
+            "codec": c,
+            "seed": s,
+            "status": "done",
+            "dir": f"runs/x/{c}/{s}",
+            "wall_s": 60.0,
+            "config": {"model": {"name": "toy"}, "fl": {"rounds": 2}},
+        }
+        for c, seeds in (("identity", [0, 1]), ("topk@r1", [1]))
+        for s in seeds
+    ]
+    results = {
+        "study": "toy",
+        "command": "fedsqueeze study toy",
+        "machine": {
+            "processor": "x86_64",
+            "cpu_count": 2,
+            "cpus_usable": 2,
+            "gpu": None,
+            "python": "3",
+            "torch": "t",
+        },
+        "run_platforms": ["p"],
+        "baseline": "identity",
+        "seeds": [0, 1, 2],
+        "status": {"done": 3, "failed": 0, "missing": 6},
+        "groups": [
+            {
+                "task": "t",
+                "partition": "iid",
+                "metric_name": "accuracy",
+                "target": 0.5,
+                "target_source": "x",
+                "baseline": "identity",
+                "baseline_downlink": "identity",
+                "codecs": [
+                    column("identity", [0, 1], 0.8),
+                    column("topk@r1", [1], 0.7),
+                    column("wf_ecq@r1", [], 0),
+                ],
+            },
+            {
+                "task": "t",
+                "partition": "dir0.5",
+                "metric_name": "accuracy",
+                "codecs": [column("identity", [], 0)],
+            },
+        ],
+        "cells": cells,
+    }
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    bench = pages.Bench("toy", "toy", "no-such-grid", "toy: a test grid", "About.")
+    text = pages.render(bench, tmp_path)
+    assert "| `identity` | 2 (0, 1) | 0.800 ± 0.010 |" in text
+    assert "| `topk@r1` | 1 (1) | 0.700 | 0.700 |" in text
+    assert "`wf_ecq@r1`" not in text  # a column with no finished seed has no row
+    assert "with no finished cell: `t/dir0.5`" in text
+    assert "| 2.0 |" in text  # 4 MB of the dense baseline over 2 MB
+    assert "fewer seeds than the grid's" in text
+    assert pages.render(bench, tmp_path) == text
