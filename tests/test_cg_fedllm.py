@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 
 import fedsqueeze
 from fedsqueeze import PayloadError, UpdateSpec
+from fedsqueeze.cg_fedllm import store
+from fedsqueeze.cg_fedllm.autoencoder import AEConfig, CGAutoEncoder
+from fedsqueeze.cg_fedllm.controls import score, shuffle_control, train_mean_predictor
+from fedsqueeze.cg_fedllm.layout import FactorLayout
+from fedsqueeze.cg_fedllm.store import ModelStore
+from fedsqueeze.cg_fedllm.tgap import Captures, TGAPConfig, load_captures, tgap_pretrain, tgap_traffic
 from fedsqueeze.codecs import codec_class, decode_flat, get
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.learned import store
-from fedsqueeze.learned.autoencoder import AEConfig, CGAutoEncoder
-from fedsqueeze.learned.controls import score, shuffle_control, train_mean_predictor
-from fedsqueeze.learned.layout import FactorLayout
-from fedsqueeze.learned.store import ModelStore
-from fedsqueeze.learned.tgap import Captures, TGAPConfig, load_captures, tgap_pretrain, tgap_traffic
 
 CG, CGQ = codec_class("cg_fedllm"), codec_class("cg_fedllm_q")
 

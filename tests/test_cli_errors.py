@@ -329,10 +329,10 @@ def test_cg_codecs_accept_their_own_spec_in_any_order_and_refuse_others(tmp_path
     import torch
 
     from fedsqueeze import ConfigError, UpdateSpec
+    from fedsqueeze.cg_fedllm import store
+    from fedsqueeze.cg_fedllm.autoencoder import AEConfig
+    from fedsqueeze.cg_fedllm.tgap import TGAPConfig, load_captures, tgap_pretrain
     from fedsqueeze.codecs import codec_class
-    from fedsqueeze.learned import store
-    from fedsqueeze.learned.autoencoder import AEConfig
-    from fedsqueeze.learned.tgap import TGAPConfig, load_captures, tgap_pretrain
 
     caps_path = tmp_path / "caps.safetensors"
     _toy_captures(caps_path, rank=3)
@@ -355,7 +355,7 @@ def test_cg_codecs_accept_their_own_spec_in_any_order_and_refuse_others(tmp_path
 
 
 def test_tgap_warns_when_the_autoencoder_is_worse_than_zeros(capsys, monkeypatch, tmp_path) -> None:
-    import fedsqueeze.learned.tgap as tgap
+    import fedsqueeze.cg_fedllm.tgap as tgap
 
     real = tgap.tgap_pretrain
 

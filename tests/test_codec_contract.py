@@ -77,9 +77,18 @@ def test_every_codec_takes_the_same_keywords(name: str) -> None:
             assert torch.equal(flat, spec.flatten(out)), name
 
 
-def test_no_override_type_ignores_in_codecs() -> None:
-    for path in (SRC / "codecs").rglob("*.py"):
+def test_no_override_type_ignores_in_the_package() -> None:
+    for path in SRC.rglob("*.py"):
         assert "type: ignore[override]" not in path.read_text(encoding="utf-8"), path
+
+
+def test_the_cg_fedllm_codecs_share_one_decode_body() -> None:
+    base = codec_class("cg_fedllm").__mro__[1]
+    assert base.__module__ == "fedsqueeze.cg_fedllm.codec_base"
+    for name in ("cg_fedllm", "cg_fedllm_q"):
+        cls = codec_class(name)
+        assert issubclass(cls, base) and "decode_body" not in vars(cls), name
+        assert cls.uses_trained_model and cls.trained_by == "tgap", name
 
 
 def test_base_contract_has_the_capabilities_as_information_only() -> None:

@@ -85,12 +85,14 @@ def test_paper_budget_formula() -> None:
 
 
 def test_the_builtin_list_names_exactly_the_modules_that_register_codecs() -> None:
-    package = importlib.import_module("fedsqueeze.codecs")
-    for info in pkgutil.walk_packages(package.__path__, "fedsqueeze.codecs."):
-        importlib.import_module(info.name)  # a codec module missing from BUILTIN registers here
-    listed = {f"fedsqueeze.codecs.{m}" for m in registry.BUILTIN}
+    for name in ("fedsqueeze.codecs", "fedsqueeze.cg_fedllm"):
+        package = importlib.import_module(name)
+        for info in pkgutil.walk_packages(package.__path__, f"{name}."):
+            importlib.import_module(info.name)  # a codec module missing from the lists registers here
+    listed = {f"fedsqueeze.codecs.{m}" for m in registry.BUILTIN} | set(registry.PLUGINS)
     registering = {codecs.codec_class(n).__module__ for n in codecs.available()}
-    assert {m for m in registering if m.startswith("fedsqueeze.codecs.")} == listed
+    assert {m for m in registering if m.startswith("fedsqueeze.")} == listed
+    assert {codecs.codec_class(n).__module__ for n in ("cg_fedllm", "cg_fedllm_q")} == set(registry.PLUGINS)
 
 
 def test_every_rate_codec_is_listed() -> None:

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import fedsqueeze.fl.loop as loop
+from fedsqueeze.cg_fedllm import store
+from fedsqueeze.cg_fedllm.split import client_split, restrict_workload, split_workload
+from fedsqueeze.cg_fedllm.tgap import tgap_pretrain
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import RunConfig, run
 from fedsqueeze.fl.config import CodecConfig, FLConfig, TGAPConfig, load_config
 from fedsqueeze.fl.federation import check_same_config
 from fedsqueeze.fl.toy import ToyWorkload
 from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
-from fedsqueeze.learned import store
-from fedsqueeze.learned.split import client_split, restrict_workload, split_workload
-from fedsqueeze.learned.tgap import tgap_pretrain
 from fedsqueeze.wire.frame import HEADER
 
 N = 6
@@ -254,8 +254,8 @@ def test_disabled_tgap_leaves_the_summary_as_before(tmp_path) -> None:
 
 # -- device -----------------------------------------------------------------------------------------------
 def test_pretrain_device_argument() -> None:
-    from fedsqueeze.learned.autoencoder import AEConfig
-    from fedsqueeze.learned.tgap import TGAPConfig as Pretrain
+    from fedsqueeze.cg_fedllm.autoencoder import AEConfig
+    from fedsqueeze.cg_fedllm.tgap import TGAPConfig as Pretrain
 
     wl = ToyWorkload(2, rank=4)
     snaps = torch.randn(4, wl.lora_spec.numel) * 1e-2

@@ -16,7 +16,7 @@ __all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..learned.tgap import TGAPConfig
+    from ..cg_fedllm.tgap import TGAPConfig
 
     parser.add_argument("captures", help="captures.safetensors from `fedsqueeze run --capture-updates all`")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..learned.evaluate import evaluate
-    from ..learned.tgap import TGAPConfig, load_captures
+    from ..cg_fedllm.evaluate import evaluate
+    from ..cg_fedllm.tgap import TGAPConfig, load_captures
 
     caps = load_captures(args.captures)
     cfg = TGAPConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)

@@ -21,7 +21,7 @@ MODEL = "ae.safetensors"  # the model's name inside --out (as in a run's OUT/tga
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..learned.tgap import TGAPConfig
+    from ..cg_fedllm.tgap import TGAPConfig
 
     parser.add_argument("captures", help="captures.safetensors from `fedsqueeze run --capture-updates ...`")
     parser.add_argument(
@@ -45,12 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..cg_fedllm.autoencoder import AEConfig
+    from ..cg_fedllm.store import save, sidecar_path
+    from ..cg_fedllm.tgap import TGAPConfig, load_captures, tgap_pretrain
     from ..errors import ConfigError
     from ..fl.console import size
     from ..fl.report import StepProgress
-    from ..learned.autoencoder import AEConfig
-    from ..learned.store import save, sidecar_path
-    from ..learned.tgap import TGAPConfig, load_captures, tgap_pretrain
     from ..out_paths import check_out_file
 
     path = model_path(args.out)

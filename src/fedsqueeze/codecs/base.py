@@ -24,7 +24,7 @@ __all__ = ["FP32_MAX", "Codec", "ModelSource", "Reference", "all_finite"]
 
 # What a decoder of a trained-model codec may be given to find its model by fingerprint: a mapping
 # ``{fingerprint_hex: model or path}`` or any object with ``resolve(fingerprint_hex) -> model | None``
-# (e.g. :class:`fedsqueeze.learned.store.ModelStore`); ``None`` means the process-wide store.
+# (e.g. :class:`fedsqueeze.cg_fedllm.store.ModelStore`); ``None`` means the process-wide store.
 ModelSource = Any
 # What a codec that predicts from a reference (``uses_reference``) is given on both ends: a mapping with the
 # update's names and shapes, or a flat tensor of its length. Every codec accepts one; plain codecs ignore it.

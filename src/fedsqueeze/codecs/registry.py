@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, UsageError
 from .base import Codec
 
-__all__ = ["BUILTIN", "available", "by_id", "get", "register"]
+__all__ = ["BUILTIN", "PLUGINS", "available", "by_id", "get", "register"]
 
 # The modules of the built-in codecs, relative to this package; importing one registers its codecs.
 # Adding a built-in codec is one new module plus its line here.
@@ -26,9 +26,14 @@ BUILTIN: tuple[str, ...] = (
     "flm.fed_cvlc",
     "wf_ecq.codec",
     "blockwise.codec",
-    "cg_fedllm",
-    "cg_fedllm_q",
     "predictive",
+)
+# Built-in codecs that live above this package, by absolute module path: a plugin-style registration. The
+# CG-FedLLM codecs sit in ``fedsqueeze.cg_fedllm`` (with their autoencoder, store and TGAP); importing one
+# registers it, but ``codecs`` never imports that package (its layer is below it: tests/test_import_graph.py).
+PLUGINS: tuple[str, ...] = (
+    "fedsqueeze.cg_fedllm.codec",
+    "fedsqueeze.cg_fedllm.codec_q",
 )
 
 _BY_NAME: dict[str, type[Codec]] = {}
@@ -55,12 +60,14 @@ _loaded = False
 
 
 def _load_builtin() -> None:
-    """Import the :data:`BUILTIN` modules once (each registers its codecs)."""
+    """Import the :data:`BUILTIN` and :data:`PLUGINS` modules once (each registers its codecs)."""
     global _loaded
     if _loaded:
         return
     for module in BUILTIN:
         importlib.import_module(f"{__package__}.{module}")
+    for module in PLUGINS:
+        importlib.import_module(module)
     _loaded = True
 
 

@@ -171,22 +171,34 @@ def _encode_labels(
     return np.concatenate([codes, order[pos]]), tuple(names.tolist())
 
 
+def _both(a: str | None, b: str | None) -> tuple[str, str]:
+    """The two columns of the mapping :func:`_mapping_kind` chose (it chooses one only when both are set)."""
+    if a is None or b is None:
+        raise ConfigError(
+            "a column mapping needs both of its fields (data.text_field + data.label_field, or "
+            "data.prompt_field + data.response_field)"
+        )
+    return a, b
+
+
 def _classification(data: DataConfig, train: Table, test: Table | None) -> dict[str, Any]:
     text_key, label_key = "data.text_field", "data.label_field"
-    texts = _strings(train, text_key, data.text_field)
-    values = _label_values(train, label_key, data.label_field)
+    text_field, label_field = _both(data.text_field, data.label_field)
+    texts = _strings(train, text_key, text_field)
+    values = _label_values(train, label_key, label_field)
     test_values = None
     if test is not None:
-        texts += _strings(test, text_key, data.text_field)
-        test_values = _label_values(test, label_key, data.label_field)
+        texts += _strings(test, text_key, text_field)
+        test_values = _label_values(test, label_key, label_field)
     labels, names = _encode_labels(values, test_values, label_key, train.source)
     return {"texts": texts, "labels": tuple(labels.tolist()), "label_names": names, "kind": "classification"}
 
 
 def _instruction(data: DataConfig, train: Table, test: Table | None) -> dict[str, Any]:
     tables = [train] if test is None else [train, test]
-    prompts = sum((_strings(t, "data.prompt_field", data.prompt_field) for t in tables), ())
-    answers = sum((_strings(t, "data.response_field", data.response_field) for t in tables), ())
+    prompt_field, response_field = _both(data.prompt_field, data.response_field)
+    prompts = sum((_strings(t, "data.prompt_field", prompt_field) for t in tables), ())
+    answers = sum((_strings(t, "data.response_field", response_field) for t in tables), ())
     return {"texts": prompts, "answers": answers, "kind": "sft"}
 
 

@@ -8,13 +8,13 @@ Nothing here imports transformers or flwr; the real model and data come in throu
 :class:`~fedsqueeze.fl.workload.Workload` protocol.
 """
 
+from ..seeding import derive_seed, sample_clients
 from .client import ClientReply, client_step
 from .config import CodecConfig, FLConfig, RunConfig, load_config
 from .federation import Federation, RoundPlan
 from .hooks import RunContext, RunHook, register_phase
 from .ledger import TrafficLedger
 from .loop import run
-from .seeding import derive_seed, sample_clients
 from .server import Downlink, apply_update, weighted_mean
 from .workload import DataConfig, LocalTrainConfig, ModelConfig, Workload
 

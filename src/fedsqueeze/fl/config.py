@@ -320,9 +320,8 @@ def default_codec(section: str) -> CodecConfig:
 def tgap_codecs() -> tuple[str, ...]:
     """The registered codecs whose model the TGAP phase trains (they declare it: ``trained_by``)."""
     from ..codecs import available, codec_class
-    from .hooks import trained_model_phase
 
-    return tuple(n for n in available() if trained_model_phase(codec_class(n)) == "tgap")
+    return tuple(n for n in available() if codec_class(n).trained_by == "tgap")
 
 
 @dataclasses.dataclass(frozen=True)

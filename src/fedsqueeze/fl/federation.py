@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, UsageError
+from ..seeding import derive_seed, sample_clients
 from ..spec import UpdateSpec
 from .aggregation import check_memory
 from .client import ClientReply, relative_error
@@ -34,7 +35,6 @@ from .ledger import TrafficLedger
 from .network import sim_columns
 from .report import eval_columns
 from .robust import ReplyPart, screen_and_aggregate
-from .seeding import derive_seed, sample_clients
 from .server import Downlink, ServerMomentum, apply_update, downlink_codec, weighted_mean
 from .workload import Workload
 

@@ -72,7 +72,7 @@ class RunHook:
 
 # phase name -> "module:factory" (imported when a run needs it) or the factory itself
 _PHASES: dict[str, str | Callable[[RunConfig], RunHook]] = {
-    "tgap": "fedsqueeze.learned.tgap_phase:TGAPHook",
+    "tgap": "fedsqueeze.cg_fedllm.tgap_phase:TGAPHook",
 }
 
 

@@ -52,7 +52,7 @@ from ..errors import ConfigError, FedsqueezeError, PayloadError
 from ..fl.checkpoint import atomic_write
 from ..fl.client import client_step
 from ..fl.federation import trains_head
-from ..fl.seeding import derive_seed
+from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .env import apply_offline_env
 from .node_data import NodeSettings, node_settings, node_workload

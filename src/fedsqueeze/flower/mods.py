@@ -26,7 +26,7 @@ from flwr.common.constant import ErrorCode
 
 from ..codecs import Codec, ErrorFeedback
 from ..errors import ConfigError, FedsqueezeError
-from ..fl.seeding import derive_seed
+from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .downlink import DOWN_META_KEY, rebuild
 from .frames import (

@@ -24,7 +24,7 @@ from flwr.supercore import log
 
 from ..codecs import decode_flat
 from ..errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchError, UsageError
-from ..fl.seeding import derive_seed
+from ..seeding import derive_seed
 from .downlink import DOWN_META_KEY, DownlinkSender
 from .frames import (
     META_KEY,

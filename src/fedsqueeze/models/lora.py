@@ -134,7 +134,9 @@ def apply_lora(
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM,
         r=r,
-        lora_alpha=alpha,
+        # PEFT annotates int, but it scales by alpha / r and saves the value in adapter_config.json as given:
+        # the config's float (32.0) passes through unchanged, so the saved adapters stay the same.
+        lora_alpha=alpha,  # type: ignore[arg-type]
         lora_dropout=dropout,
         target_modules=targets,
         modules_to_save=head,

@@ -41,7 +41,7 @@ class MeanPoolBertForSequenceClassification(BertForSequenceClassification):
     ``classifier`` head and checkpoints are unchanged.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,

@@ -153,7 +153,7 @@ class PeftWorkload:
         shuffle_seed, dropout_seed = _derive_seeds(seed, client)
         gen = torch.Generator().manual_seed(shuffle_seed)
         self.load(lora, head)
-        groups = [{"params": list(self._lora_params.values())}]
+        groups: list[dict[str, Any]] = [{"params": list(self._lora_params.values())}]
         for p in self._head_params.values():
             p.requires_grad_(train_head)  # a fixed head takes no gradient (nor the time to compute it)
         if self._head_params and train_head:
@@ -261,6 +261,8 @@ def _generation_task(
 ) -> tuple[GenerationTask, list]:
     train, test = _split(raw, data)
     q, a = raw.texts, raw.answers
+    if a is None:
+        raise ConfigError(f"dataset {raw.name!r} has no answers, which a generation task trains on")
 
     def pairs(idx: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
         enc = [encode_causal(tok, q[i], a[i], max_length) for i in idx]

@@ -469,7 +469,7 @@ def _codec(i: int, raw: Any, study_rates: tuple[float, ...] = ()) -> CodecEntry:
             raise ConfigError(
                 f"codecs.{label}.rates: codec {name} has no rate option (its rate is fixed); drop rates"
             )
-        if rates and _path_set(options, path):
+        if rates and path is not None and _path_set(options, path):
             raise ConfigError(
                 f"codecs.{label}: options.{'.'.join(path)} and rates both set the rate; give one of them"
             )

@@ -32,7 +32,7 @@ BD_METHOD = "pchip"
 
 def reach_target(
     curve: Sequence[Sequence[float]], target: float, *, higher_is_better: bool = True
-) -> tuple[int | None, int | None]:
+) -> tuple[int, float] | tuple[None, None]:
     """``(round, x)`` of the first evaluation ``[round, x, metric]`` with metric >= target (metric <= target
     with ``higher_is_better=False``), else Nones (x: the cumulative bytes, or the simulated seconds, of the
     curve)."""
@@ -90,7 +90,7 @@ def group_stats(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]
     fixed = next(t.target for t in grid.tasks if t.name == task)
     target = fixed if fixed is not None else (None if weakest is None else weakest["best_metric"]["mean"])
     for c in codecs.values():
-        hits = []
+        hits: list[tuple[int, float, float, float | None]] = []  # (round, uplink, total, sim) of the reached
         for r in (r for r in done if r["codec"] == c["codec"]):
             rnd, up = (
                 (None, None) if target is None else reach_target(r["curve"], target, higher_is_better=higher)
@@ -105,10 +105,11 @@ def group_stats(grid: StudyGrid, task: str, part: str, recs: list[dict[str, Any]
             )
             r["rounds_to_target"], r["uplink_bytes_to_target"] = rnd, up
             r["total_bytes_to_target"] = total
-            r["downlink_bytes_to_target"] = None if total is None else total - up
+            r["downlink_bytes_to_target"] = None if total is None or up is None else total - up
             r["sim_time_to_target_s"] = sim
-            hits.append((rnd, up, total, sim))
-        reached = [h for h in hits if h[0] is not None]
+            if rnd is not None and up is not None and total is not None:  # the total curve reaches it too
+                hits.append((rnd, up, total, sim))
+        reached = hits
         c["seeds_reached"] = len(reached)
         c["rounds_to_target"] = _stats([h[0] for h in reached])
         c["uplink_mb_to_target"] = _stats([h[1] / 1e6 for h in reached])

@@ -174,6 +174,6 @@ def resolve(fingerprint_hex: str, models: Any = None) -> CGAutoEncoder:
         raise PayloadError(
             f"payload needs autoencoder {fingerprint_hex}, which is unknown here: pass "
             f"models={{'{fingerprint_hex}': model_or_path}} to fedsqueeze.decode or call "
-            "fedsqueeze.learned.store.load(path) first"
+            "fedsqueeze.cg_fedllm.store.load(path) first"
         )
     return found

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from ..codecs import codec_class, decode_flat, get
-from ..codecs.cg_fedllm import CGFedLLM
-from ..codecs.cg_fedllm_q import CGFedLLMQ
 from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig
+from .codec import CGFedLLM
+from .codec_q import CGFedLLMQ
 from .controls import identity_is_exact, score, shuffle_control, train_mean_predictor, zero_predictor
 from .tgap import Captures, TGAPConfig, tgap_pretrain
 

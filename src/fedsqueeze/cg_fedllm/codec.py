@@ -1,6 +1,6 @@
 """``cg_fedllm`` (id 30): CG-FedLLM, paper-faithful — a ResNet-3 autoencoder over the factor stack.
 
-The client lays its LoRA factors out as one ``[1, H, W]`` image (:mod:`fedsqueeze.learned.layout`), runs the
+The client lays its LoRA factors out as one ``[1, H, W]`` image (:mod:`fedsqueeze.cg_fedllm.layout`), runs the
 encoder of a TGAP-trained autoencoder and sends the latent (1/64 of the padded image with the paper's depth
 6) as fp32 (0.5 bit/param of the image) or fp16. The server runs the decoder. No quantisation, no entropy
 coding, and no error feedback by default (set ``fl.error_feedback = false`` for the paper's setting).
@@ -14,7 +14,7 @@ Body (little-endian)::
     C·h·w latent values in the named dtype, (C, h, w) row-major
 
 The decoder finds the model by fingerprint (``fedsqueeze.decode(blob, spec, models={fp_hex: model})`` or
-the process-wide store, :mod:`fedsqueeze.learned.store`); an unknown fingerprint is a
+the process-wide store, :mod:`fedsqueeze.cg_fedllm.store`); an unknown fingerprint is a
 :class:`~fedsqueeze.PayloadError`.
 """
 
@@ -26,9 +26,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..codecs.base import ModelSource
+from ..codecs.registry import register as register_codec
 from ..errors import ConfigError, PayloadError
-from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import (
+from ..spec import UpdateSpec
+from .autoencoder import CGAutoEncoder
+from .codec_base import TrainedModelCodec
+from .codec_util import (
     PREFIX,
     check_trained_spec,
     codec_model,
@@ -37,11 +41,8 @@ from ..learned.codec_util import (
     read_prefix_byte,
     scales_count,
 )
-from ..learned.store import register, resolve
-from ..learned.transform import analyse, layout_for, synthesise
-from ..spec import UpdateSpec
-from .base import Codec, ModelSource, Reference
-from .registry import register as register_codec
+from .store import register, resolve
+from .transform import analyse, layout_for, synthesise
 
 __all__ = ["CGFedLLM"]
 
@@ -52,7 +53,7 @@ _BY_CODE = {code: (name, np_t) for name, (code, np_t) in _DTYPES.items()}
 
 @register_codec
 @dataclasses.dataclass(frozen=True)
-class CGFedLLM(Codec):
+class CGFedLLM(TrainedModelCodec):
     """CG-FedLLM with a frozen, pre-trained autoencoder (see the module docstring).
 
     Parameters
@@ -68,8 +69,6 @@ class CGFedLLM(Codec):
     name: ClassVar[str] = "cg_fedllm"
     codec_id: ClassVar[int] = 30
     summary: ClassVar[str] = "CG-FedLLM: ResNet-3 autoencoder latent (fp32/fp16), needs a TGAP-trained model"
-    uses_trained_model: ClassVar[bool] = True
-    trained_by: ClassVar[str | None] = "tgap"
     training_variant: ClassVar[str] = "paper"  # the paper's TGAP recipe is the default for the paper's codec
     needs_trained_model: ClassVar[bool] = True  # no model, no latent: encode_flat cannot run without one
 
@@ -105,19 +104,6 @@ class CGFedLLM(Codec):
                 z.astype(f"<{np_t}").tobytes(),
             )
         )
-
-    @classmethod
-    def decode_body(
-        cls,
-        body: bytes,
-        spec: UpdateSpec,
-        *,
-        seed: int,
-        reference: Reference | None = None,
-        models: ModelSource = None,
-    ) -> torch.Tensor:
-        """Decode with the trained model found in ``models`` (see :func:`fedsqueeze.decode`); no reference."""
-        return cls.decode_flat(body, spec, seed=seed, models=models)
 
     @classmethod
     def decode_flat(

@@ -47,7 +47,7 @@ class AEConfig:
     res_blocks
         Residual blocks on each side (paper: 3).
     normalize
-        ``none`` (paper), ``global_rms`` or ``tensor_rms`` (see :mod:`fedsqueeze.learned.normalize`).
+        ``none`` (paper), ``global_rms`` or ``tensor_rms`` (see :mod:`fedsqueeze.cg_fedllm.normalize`).
     relu_ends, tanh_head
         Paper switches (see the module docstring).
     """
@@ -174,7 +174,7 @@ class CGAutoEncoder(nn.Module):
     ``[N, latent_channels, H / 2**depth, W / 2**depth]``.
 
     ``trained_spec`` is the :class:`~fedsqueeze.UpdateSpec` of the updates it was trained on (set by
-    :func:`~fedsqueeze.learned.tgap.tgap_pretrain` and by :func:`~fedsqueeze.learned.store.load` when the
+    :func:`~fedsqueeze.cg_fedllm.tgap.tgap_pretrain` and by :func:`~fedsqueeze.cg_fedllm.store.load` when the
     sidecar records it; ``None``: unknown). The ``cg_fedllm*`` codecs refuse updates of another spec.
     """
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..fl.seeding import derive_seed
+from ..seeding import derive_seed
 
 __all__ = ["client_split", "restrict_workload", "split_workload"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..fl.config import TGAPConfig  # the one TGAP config: the run's [tgap] section
+from ..fl.config import TGAPConfig  # the run's [tgap] section; removed by the config/ move
 from ..safetensors_errors import reading_safetensors
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder

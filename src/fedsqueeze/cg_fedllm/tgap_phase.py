@@ -37,7 +37,7 @@ from ..fl.console import size
 from ..fl.federation import Federation
 from ..fl.hooks import RunContext, RunHook
 from ..fl.report import StepProgress
-from ..fl.seeding import derive_seed
+from ..seeding import derive_seed
 from .autoencoder import AEConfig
 from .split import split_workload
 from .store import load, save

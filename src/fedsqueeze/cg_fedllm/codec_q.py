@@ -33,9 +33,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..codecs.base import ModelSource
+from ..codecs.budget import check_rate, check_rate_fits
+from ..codecs.registry import register as register_codec
 from ..errors import ConfigError, PayloadError
-from ..learned.autoencoder import CGAutoEncoder
-from ..learned.codec_util import (
+from ..spec import UpdateSpec
+from ..wire.frame import HEADER_SIZE
+from .autoencoder import CGAutoEncoder
+from .codec_base import TrainedModelCodec
+from .codec_util import (
     PREFIX,
     check_trained_spec,
     codec_model,
@@ -44,8 +50,8 @@ from ..learned.codec_util import (
     read_prefix_byte,
     scales_count,
 )
-from ..learned.store import register, resolve
-from ..learned.transform import (
+from .store import register, resolve
+from .transform import (
     analyse,
     blockmean_analyse,
     blockmean_latent_shape,
@@ -53,11 +59,6 @@ from ..learned.transform import (
     layout_for,
     synthesise,
 )
-from ..spec import UpdateSpec
-from ..wire.frame import HEADER_SIZE
-from .base import Codec, ModelSource, Reference
-from .budget import check_rate, check_rate_fits
-from .registry import register as register_codec
 
 __all__ = ["FALLBACK_FINGERPRINT", "CGFedLLMQ"]
 
@@ -68,7 +69,7 @@ _HEAD = struct.Struct("<fB")  # step, bits
 
 @register_codec
 @dataclasses.dataclass(frozen=True)
-class CGFedLLMQ(Codec):
+class CGFedLLMQ(TrainedModelCodec):
     """CG-FedLLM with a quantised, entropy-coded latent (see the module docstring).
 
     Parameters
@@ -88,8 +89,6 @@ class CGFedLLMQ(Codec):
         "CG-FedLLM sound variant: normalised, quantised, rANS-coded latent (rate-tunable)"
     )
     rate_option: ClassVar[str | None] = "rate"
-    uses_trained_model: ClassVar[bool] = True
-    trained_by: ClassVar[str | None] = "tgap"
     needs_trained_model: ClassVar[bool] = False  # without a model it codes the block-mean transform
 
     rate: float | None = None
@@ -156,19 +155,6 @@ class CGFedLLMQ(Codec):
             else:
                 lo = mid
         return best
-
-    @classmethod
-    def decode_body(
-        cls,
-        body: bytes,
-        spec: UpdateSpec,
-        *,
-        seed: int,
-        reference: Reference | None = None,
-        models: ModelSource = None,
-    ) -> torch.Tensor:
-        """Decode with the trained model found in ``models`` (see :func:`fedsqueeze.decode`); no reference."""
-        return cls.decode_flat(body, spec, seed=seed, models=models)
 
     @classmethod
     def decode_flat(

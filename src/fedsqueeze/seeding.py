@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = ["derive_seed", "sample_clients"]
 
