@@ -30,7 +30,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,13 +39,14 @@ from flwr.common import ConfigRecordValues
 from flwr.serverapp import ServerApp
 
 from ..errors import ConfigError, FedsqueezeError, PayloadError
-from ..fl.checkpoint import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from ..fl.client import ClientReply
 from ..fl.console import round_line
+from ..fl.driver import Outputs, drive
 from ..fl.federation import Federation
 from ..fl.final import FINAL_PARAMS
+from ..fl.hooks import RunContext
+from ..fl.loop import simulate
 from ..fl.server import state_sha256
-from ..fl.summary import write_run_outputs
 from .env import apply_offline_env
 from .records import array_bytes, bytes_array, sha256
 from .settings import FlowerSettings, check_job_out_dir, default_out_dir, make_workload, settings_from_context
@@ -125,21 +126,24 @@ class _FlowerFederation:
     """The Flower driver of the federation core: ``configure_round`` → ``grid.send_and_receive`` →
     ``finish_round``. Raw updates never leave the clients (``raw_updates=False``)."""
 
-    def __init__(self, settings: FlowerSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: FlowerSettings, grid: GridLike, ctx: RunContext | None = None) -> None:
+        self.settings, self.grid = settings, grid
         self.config = settings.config
-        self.wl = make_workload(settings)
-        self.fed = Federation(self.config, self.wl, raw_updates=False, logger=log)
+        self.wl = ctx.workload if ctx is not None else make_workload(settings)
+        codec = ctx.codec if ctx is not None else None  # a phase of the run (TGAP) may set the uplink codec
+        self.fed = Federation(self.config, self.wl, codec=codec, raw_updates=False, logger=log)
         self.nodes = _NodeMap(settings.digest, self.fed.n)
         self.job_id = secrets.token_hex(8)  # what the nodes key their state by; kept in the checkpoint
         self.resumed = False
+        # what the phases before the rounds tell every client (sent with each train message)
+        self.client_config: dict[str, str] = dict(ctx.client_config) if ctx is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: the federation's state plus the job's Flower part (``"flower"``)."""
         flower = {"job_id": self.job_id, "workload": self.settings.workload}
         return {**self.fed.state_dict(), "flower": flower}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` (:class:`~fedsqueeze.ConfigError` if it is not this job's)."""
         flower = state.get("flower")
         if not isinstance(flower, dict):
@@ -152,11 +156,12 @@ class _FlowerFederation:
                 f"--resume with another workload ({self.settings.workload!r}, the run used "
                 f"{flower.get('workload')!r})"
             )
-        self.fed.load_state_dict(state)
+        self.fed.load_state_dict(dict(state))
         self.job_id, self.resumed = str(flower["job_id"]), True
 
-    def run_round(self, grid: GridLike, r: int) -> dict[str, Any]:
-        timeout = self.settings.round_timeout
+    def run_round(self, r: int, capture: bool = False) -> dict[str, Any]:
+        """One round over the grid (``capture`` cannot be honoured: raw updates stay on the clients)."""
+        grid, timeout = self.grid, self.settings.round_timeout
         for c in self.nodes.refresh(grid, timeout):
             if self.resumed and not self.nodes.durable[c]:
                 self.fed.downlink.lost(c)  # its state did not survive the restart: resync it densely
@@ -192,6 +197,7 @@ class _FlowerFederation:
                 "job-id": self.job_id,
             }
             meta.update(expect)
+            meta.update(self.client_config)
             meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
             content = RecordDict({"global": ArrayRecord(arrays), "round": ConfigRecord(meta)})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
@@ -214,7 +220,10 @@ class _FlowerFederation:
         for c in {int(d["client"]) for d in dropped}:
             downlink.lost(c)  # it may not hold this round's state: resync it densely next time
         # the downlink is charged to the clients a frame was sent to
-        return self.fed.finish_round(plan, replies, dropped=dropped, reached=node_of.values())
+        row = self.fed.finish_round(plan, replies, dropped=dropped, reached=node_of.values(), capture=capture)
+        log.info("%s", round_line(row, self.config.fl.rounds))  # the line `fedsqueeze run` prints for a round
+        log.debug("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
+        return row
 
 
 def _read_reply(rep: Message, client: int, r: int) -> ClientReply:
@@ -295,35 +304,21 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
         raise ConfigError("--resume needs --out DIR (the run to continue)")
     out = Path(out_dir or settings.out_dir or default_out_dir(settings))
     cfg = settings.config
-    check_job_out_dir(out, settings.resume)
-    ckpt = load_checkpoint(out) if settings.resume else None
-    driver = _FlowerFederation(settings)
-    fed = driver.fed
-    if ckpt is not None:
-        driver.load_state_dict(ckpt)
-        if fed.done > cfg.fl.rounds:
-            raise ConfigError(
-                f"the checkpoint is at round {fed.done}, past fl.rounds = {cfg.fl.rounds}; "
-                f"--set fl.rounds={fed.done} or more"
-            )
-        log.info("resuming %s after round %d", out, fed.done)
-    elif settings.resume:
-        log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
-    load_s = time.perf_counter() - t_start
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
-    _wait_for_nodes(grid, min(cfg.fl.clients_per_round, fed.n), settings.round_timeout)
-    for r in range(fed.done + 1, cfg.fl.rounds + 1):
-        row = driver.run_round(grid, r)
-        append_jsonl(out / "metrics.jsonl", row)
-        save_checkpoint(out, driver.state_dict())
-        log.info("%s", round_line(row, cfg.fl.rounds))  # the line `fedsqueeze run` prints for a round
-        log.debug("round %d: kept %s dropped %d", r, row["kept"], row["num_dropped"])
-    title = f"{cfg.model.name} / {cfg.data.dataset} / {cfg.codec.name} (Flower)"
-    return write_run_outputs(
-        fed, out, engine="flower", t_start=t_start, load_s=load_s, title=title,
+    check_job_out_dir(out, settings.resume)  # before the workload is built: a refusal should be quick
+    wl = make_workload(settings)
+
+    def wait(rounds: Any) -> None:
+        _wait_for_nodes(grid, min(cfg.fl.clients_per_round, rounds.fed.n), settings.round_timeout)
+
+    outputs = Outputs(
+        engine="flower",
+        title_suffix=" (Flower)",
         extra={"flower": {"round_timeout": settings.round_timeout, "workload": settings.workload}},
         versions={"flwr": _flwr_version()},
+    )
+    return drive(
+        cfg, out, lambda ctx: _FlowerFederation(settings, grid, ctx), workload=wl, simulate=simulate,
+        resume=settings.resume, outputs=outputs, t_start=t_start, on_start=wait,
     )  # fmt: skip
 
 
