@@ -62,5 +62,7 @@ def test_a_tgap_run_on_flower_equals_fedsqueeze_run(tmp_path):
     assert fa.keys() == fb.keys() and all(fa[k].equal(fb[k]) for k in fa)
     ta, tb = local["tgap_traffic"], flower["tgap_traffic"]
     assert ta["fingerprint"] == tb["fingerprint"] and ta["uplink_bytes"] == tb["uplink_bytes"]
-    assert flower["total_uplink_bytes"] == local["total_uplink_bytes"]  # the phase's bytes count on Flower too
+    assert (
+        flower["total_uplink_bytes"] == local["total_uplink_bytes"]
+    )  # the phase's bytes count on Flower too
     assert (tmp_path / "flower" / "tgap" / "ae.safetensors").is_file()
