@@ -84,3 +84,25 @@ def test_local_and_flower_drivers_write_the_same_rows_and_adapter(tmp_path, fl):
         assert json.dumps(local[key]) == json.dumps(flower[key]), key
     assert (local["engine"], flower["engine"]) == ("local", "flower")
     assert json.loads((tmp_path / "flower" / "summary.json").read_text())["engine"] == "flower"
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_the_flower_server_is_a_flower_strategy_over_the_federation_core(tmp_path):
+    from flwr.serverapp.strategy import Strategy
+
+    from fedsqueeze.errors import UsageError
+    from fedsqueeze.flower.job_strategy import FederationStrategy
+
+    settings = FlowerSettings(make_config(rounds=1), round_timeout=5)
+    strategy = FederationStrategy(settings)
+    assert isinstance(strategy, Strategy)
+    with pytest.raises(UsageError, match="without configure_train"):
+        strategy.aggregate_train(1, [])
+    grid = FakeGrid(settings, 4)
+    msgs = list(strategy.configure_train(1, None, None, grid))
+    arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(msgs))
+    row = strategy.last_row
+    assert row is not None and row["kept"] == row["clients"] and metrics["round"] == 1
+    lora = {k for k in arrays if k.startswith("lora.")}
+    assert lora == {f"lora.{k}" for k in strategy.fed.lora}  # the global state, as Flower arrays
+    assert list(strategy.configure_evaluate(1, arrays, None, grid)) == []

@@ -219,12 +219,3 @@ def test_deployment_supernode_killed_mid_round(tmp_path):
     assert row["dropped"] == [{"client": 1, "reason": "no reply within 30 s"}]
     assert elapsed < 60
     assert row["replied"] == [0] and row["lora_sha256"] == [sent_log(tmp_path, 0)[0]["lora-sha256"]]
-
-
-def test_flower_refuses_the_tgap_switch():
-    from fedsqueeze.errors import ConfigError
-    from fedsqueeze.fl.config import load_config
-
-    config = load_config("smoke", ["codec.name=cg_fedllm_q", "codec.options={}", "tgap.enabled=true"])
-    with pytest.raises(ConfigError, match="tgap.enabled"):
-        FlowerSettings(config=config)

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ FOLDER = "tgap"
 MODEL = "ae.safetensors"
 INFO = "tgap.json"
 CAPTURES = "captures.safetensors"
+MODEL_PATH_KEY = "tgap-model-path"  # the train-config keys a Flower client rebuilds the FAF codec from
+FINGERPRINT_KEY = "tgap-model-fingerprint"
 _MASK63 = (1 << 63) - 1
 
 
@@ -278,3 +280,20 @@ class TGAPHook(RunHook):
         ctx.workload = self.result.faf_workload
         ctx.codec = faf_codec(ctx.config, self.result.model_path)
         ctx.pre_traffic = self.result.traffic
+        # A Flower client reads the model from this path (a simulation or a shared file system; the
+        # encoder download is counted in ``tgap_traffic``) and checks it is this phase's.
+        ctx.client_config[MODEL_PATH_KEY] = str(self.result.model_path)
+        ctx.client_config[FINGERPRINT_KEY] = self.result.fingerprint
+
+    def for_client(self, workload: Any, sent: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The FAF share of this client's data (the same seeded split as the server's) and the uplink codec
+        with the model the phase trained (:class:`~fedsqueeze.ConfigError` when it cannot be read or is not
+        the phase's)."""
+        path, fingerprint = sent.get(MODEL_PATH_KEY), sent.get(FINGERPRINT_KEY)
+        if not isinstance(path, str) or not isinstance(fingerprint, str):
+            raise ConfigError("tgap.enabled: the train message names no TGAP model; is the server older?")
+        model = load(Path(path))
+        if model.fingerprint().hex() != fingerprint:
+            raise ConfigError(f"tgap: the model at {path} is not the one the server trained (fingerprint)")
+        _, rest, _ = split_workload(workload, self.config.tgap.fraction, self.config.fl.seed)
+        return rest, faf_codec(self.config, path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,9 @@ class RunContext:
         The main rounds' uplink codec, ``None`` for ``config.codec.build()``.
     pre_traffic
         Traffic of the phase, counted in the summary's totals (``tgap_traffic``), or ``None``.
+    client_config
+        What remote clients (Flower) need to rebuild the workload and codec the hook handed the rounds
+        (:meth:`RunHook.for_client`); the Flower driver sends it with every train message.
     """
 
     config: RunConfig
@@ -58,6 +61,7 @@ class RunContext:
     workload: Workload
     codec: Any = None
     pre_traffic: dict[str, Any] | None = None
+    client_config: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class RunHook:
@@ -68,6 +72,12 @@ class RunHook:
 
     def after_round(self, fed: Any, row: dict[str, Any]) -> None:
         """Called after every round with the federation and the round's row."""
+
+    def for_client(self, workload: Workload, sent: Mapping[str, Any]) -> tuple[Workload, Any]:
+        """On a remote client: the workload and uplink codec (``None``: ``config.codec.build()``) of the
+        rounds, rebuilt from ``workload`` and what :meth:`before_rounds` put in ``ctx.client_config``
+        (``sent``: the train message's config, which holds those keys)."""
+        return workload, None
 
 
 # phase name -> "module:factory" (imported when a run needs it) or the factory itself

@@ -1,4 +1,5 @@
-"""``fedsqueeze.fl.run``: the local federated round loop, with outputs, checkpoints and resume.
+"""``fedsqueeze.fl.run``: the in-process transport of the one driver (:mod:`.driver`), which writes the
+outputs and checkpoints and resumes.
 
 One round: sample K of N clients (seeded) → download the global state (:class:`~.server.Downlink`, counted)
 → each client trains and sends ``C(u + e)`` plus a dense head frame (:func:`~.client.client_step`) → the
@@ -23,13 +24,13 @@ from ..codecs import ErrorFeedback
 from ..errors import ConfigError
 from ..out_paths import check_out_dir
 from ..safetensors_errors import reading_safetensors
-from .checkpoint import append_jsonl, load_checkpoint, save_captures, save_checkpoint, write_jsonl
+from .checkpoint import save_captures
 from .client import ClientReply, client_step
 from .config import RunConfig
+from .driver import check_job_out_dir, drive, play
 from .federation import Federation
-from .hooks import RunContext, hooks_for
+from .hooks import RunContext
 from .report import Progress
-from .summary import write_run_outputs
 from .workload import Workload
 
 __all__ = ["build_workload", "default_out_dir", "parse_capture_rounds", "run", "simulate"]
@@ -79,16 +80,24 @@ def build_workload(config: RunConfig) -> Workload:
 
 
 class _Federation(Federation):
-    """The local driver's federation: the core (:class:`~.federation.Federation`) plus its in-process
-    clients' error-feedback states; ``state_dict`` is the checkpoint."""
+    """The local driver's transport (a :class:`~.driver.Rounds`): the core (:class:`~.federation.Federation`)
+    plus its in-process clients' error-feedback states; ``state_dict`` is the checkpoint."""
 
-    def __init__(self, config: RunConfig, workload: Workload, codec: Any = None) -> None:
+    def __init__(
+        self, config: RunConfig, workload: Workload, codec: Any = None, captures: Path | None = None
+    ) -> None:
         # ``codec``: the uplink codec when it is not ``config.codec.build()`` (a phase of the run, e.g. TGAP,
         # sets the trained model's path, not the user's config, which stays what the checkpoint compares).
         codec = codec if codec is not None else config.codec.build()
         super().__init__(config, workload, codec=codec, raw_updates=True, logger=log)
         self.efs = [ErrorFeedback(codec, enabled=config.fl.error_feedback) for _ in range(self.n)]
         self.on_client: Any = None  # r -> per-client progress callback (see run_round)
+        self.captures_path = captures  # where captured rounds go (before the round's row is written)
+
+    @property
+    def fed(self) -> Federation:
+        """The federation core (itself: the local transport is a :class:`~.federation.Federation`)."""
+        return self
 
     def run_round(self, r: int, capture: bool) -> dict[str, Any]:
         """One round with the clients in-process; ``self.on_client(r)``, when set, gives the
@@ -108,13 +117,22 @@ class _Federation(Federation):
             log.info("round %d: client %d (%d/%d) done in %.1f s", r, c, i, len(plan.clients), took)
             if on_client is not None:
                 on_client(i, len(plan.clients), c, took)
-        return self.finish_round(plan, replies, capture=capture)
+        row = self.finish_round(plan, replies, capture=capture)
+        if capture and self.captures_path is not None:
+            save_captures(self.captures_path, self.captures)
+        return row
 
     # -- checkpoint --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "clients": [ef.state_dict() for ef in self.efs]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "flower" in state:
+            out = self.captures_path.parent if self.captures_path is not None else "this folder"
+            raise ConfigError(
+                f"{out} holds a Flower job's checkpoint; continue it with `fedsqueeze flower simulate "
+                "--resume` (or `fedsqueeze flower run --resume`)"
+            )
         super().load_state_dict(state)
         for ef, st in zip(self.efs, state["clients"], strict=True):
             ef.load_state_dict(st)
@@ -127,8 +145,7 @@ def simulate(config: RunConfig, workload: Workload, *, progress: bool = False) -
     bar = Progress(config.fl.rounds, 0, enabled=progress)
     fed.on_client = bar.client_hook
     try:
-        for r in range(1, config.fl.rounds + 1):
-            bar.update(fed.run_round(r, capture=True))
+        play(fed, config.fl.rounds, capture=lambda r: True, on_row=bar.update)
     finally:
         bar.close()
     return fed
@@ -178,7 +195,7 @@ def run(
 
     Notes
     -----
-    With ``config.tgap.enabled`` the TGAP phase (:mod:`fedsqueeze.learned.tgap_phase`, a
+    With ``config.tgap.enabled`` the TGAP phase (:mod:`fedsqueeze.cg_fedllm.tgap_phase`, a
     :class:`~.hooks.RunHook`) runs first on each client's ``tgap.fraction`` share, writes ``out_dir/tgap/``
     and the rounds then run on the rest with the trained autoencoder; the summary's ``tgap_traffic`` and
     totals count its bytes (see :func:`~.report.include_tgap`). On ``resume`` a finished TGAP phase of the
@@ -205,57 +222,25 @@ def run(
             f"--capture-updates: round(s) {', '.join(map(str, past))} are past the last round "
             f"(fl.rounds = {config.fl.rounds}); capture rounds 1..{config.fl.rounds} or 'all'"
         )
-    if resume and not out.is_dir():
-        raise ConfigError(
-            f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
-        )
-    ckpt = load_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
-    if not resume and (out / "checkpoint").exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    check_job_out_dir(out, resume)  # before the workload is built: a refusal should be quick
     wl = workload if workload is not None else build_workload(config)
-    load_s = time.perf_counter() - t_start  # model + data loading of this invocation
-    # Phases before the rounds (CG-FedLLM's TGAP: pre-train the autoencoder on a share, run FAF on the rest).
-    ctx = RunContext(config, out, resume, progress, simulate, wl)
-    hooks = hooks_for(config)
-    for hook in hooks:
-        hook.before_rounds(ctx)
-    wl = ctx.workload
-    fed = _Federation(config, wl, ctx.codec)
-    if ckpt is not None:
-        if "flower" in ckpt:
-            raise ConfigError(
-                f"{out} holds a Flower job's checkpoint; continue it with `fedsqueeze flower simulate "
-                "--resume` (or `fedsqueeze flower run --resume`)"
-            )
-        fed.load_state_dict(ckpt)
-        if fed.done > config.fl.rounds:
-            raise ConfigError(
-                f"the checkpoint is at round {fed.done}, past fl.rounds = {config.fl.rounds}; resume without "
-                f"CONFIG to continue with the run's own config, or --set fl.rounds={fed.done} or more"
-            )
-        fed.captures = _load_captures(out / CAPTURES, fed.done)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "metrics.jsonl", fed.rows)  # on resume: drop rows after the checkpoint
+    bar = Progress(config.fl.rounds, 0, enabled=False)
 
-    bar = Progress(config.fl.rounds, fed.done, enabled=progress)
-    fed.on_client = bar.client_hook
+    def transport(ctx: RunContext) -> _Federation:
+        fed = _Federation(config, ctx.workload, ctx.codec, captures=out / CAPTURES)
+        fed.on_client = lambda r: bar.client_hook(r)
+        return fed
+
+    def start(rounds: Any) -> None:
+        nonlocal bar
+        rounds.fed.captures = _load_captures(out / CAPTURES, rounds.fed.done) if resume else {}
+        bar = Progress(config.fl.rounds, rounds.fed.done, enabled=progress)
+
     try:
-        for r in range(fed.done + 1, config.fl.rounds + 1):
-            capture = captures == "all" or (isinstance(captures, frozenset) and r in captures)
-            row = fed.run_round(r, capture)
-            if capture:
-                save_captures(out / CAPTURES, fed.captures)
-            append_jsonl(out / "metrics.jsonl", row)
-            save_checkpoint(out, fed.state_dict())
-            for hook in hooks:
-                hook.after_round(fed, row)
-            bar.update(row)
+        return drive(
+            config, out, transport, workload=wl, simulate=simulate, resume=resume, progress=progress,
+            t_start=t_start, on_start=start, on_row=lambda row: bar.update(row),
+            capture=lambda r: captures == "all" or (isinstance(captures, frozenset) and r in captures),
+        )  # fmt: skip
     finally:
         bar.close()
-
-    title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}"
-    return write_run_outputs(
-        fed, out, engine="local", t_start=t_start, load_s=load_s, title=title, pre_traffic=ctx.pre_traffic
-    )

@@ -317,7 +317,7 @@ class StepProgress:
     """Progress of a long loop of steps (TGAP pre-training): a rich bar with the loss on a terminal; else a
     plain line at the first and last step and whenever :attr:`HEARTBEAT_S` seconds passed; silent when
     ``enabled`` is false. ``update(step, loss)`` is the ``progress`` hook of
-    :func:`fedsqueeze.learned.tgap.tgap_pretrain`."""
+    :func:`fedsqueeze.cg_fedllm.tgap.tgap_pretrain`."""
 
     HEARTBEAT_S = 10.0
 

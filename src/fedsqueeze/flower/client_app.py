@@ -52,6 +52,7 @@ from ..errors import ConfigError, FedsqueezeError, PayloadError
 from ..fl.checkpoint import atomic_write
 from ..fl.client import client_step
 from ..fl.federation import trains_head
+from ..fl.hooks import hooks_for
 from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .env import apply_offline_env
@@ -242,6 +243,10 @@ def handle_train(msg: Message, context: Context) -> Message:
         raise ConfigError(f"asked to train client {client} on the node of partition {partition_id(context)}")
     cfg = settings.config
     wl = node_workload(settings, client) if isinstance(settings, NodeSettings) else make_workload(settings)
+    codec = None
+    for hook in hooks_for(cfg):  # the phases before the rounds (TGAP) changed the rounds' workload or codec
+        wl, changed = hook.for_client(wl, req)
+        codec = changed if changed is not None else codec
     glob = msg.content.array_records["global"]
     state, state_from = _load_state(context, settings, client, job, rnd)
     held = None if state is None else state.get("held")
@@ -253,7 +258,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
     lora, head = wl.lora_spec.unflatten(lora_flat), wl.head_spec.unflatten(head_flat)
 
-    ef = ErrorFeedback(cfg.codec.build(), enabled=cfg.fl.error_feedback)
+    ef = ErrorFeedback(codec if codec is not None else cfg.codec.build(), enabled=cfg.fl.error_feedback)
     if state is not None:
         ef.load_state_dict(state["ef"])
     seed = cfg.fl.seed

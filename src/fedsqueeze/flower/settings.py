@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fl.config import RunConfig
+from ..fl.driver import check_job_out_dir  # re-exported: the driver's refusal, shared by the CLI
 from ..fl.workload import Workload
 
 __all__ = [
@@ -82,11 +83,6 @@ class FlowerSettings:
             raise ConfigError(f"resume must be true or false, got {self.resume!r}")
         if self.workload and ":" not in self.workload:
             raise ConfigError(f'workload must be "" or "module:callable", got {self.workload!r}')
-        if self.config.tgap.enabled:  # the TGAP phase runs in `fedsqueeze run` only
-            raise ConfigError(
-                "tgap.enabled = true is not supported on Flower yet: pre-train with `fedsqueeze tgap` "
-                "(or a `fedsqueeze run` with [tgap]) and pass codec.options.model_path instead"
-            )
 
     @property
     def digest(self) -> str:
@@ -160,32 +156,6 @@ def default_out_dir(settings: FlowerSettings) -> Path:
     """``runs/<timestamp>-<codec>-flower`` under the current directory."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{settings.config.codec.name}-flower"
-
-
-def check_job_out_dir(out: Path, resume: bool, markers: tuple[str, ...] = ("checkpoint",)) -> None:
-    """Refuse what ``fedsqueeze run`` refuses: ``resume`` without ``out``, or a run in ``out`` without it.
-
-    Parameters
-    ----------
-    out
-        The job's output folder.
-    resume
-        Whether the job continues the run in ``out``.
-    markers
-        Names in ``out`` that mark it as holding a run (the ServerApp: ``checkpoint``; the CLI also counts
-        ``metrics.jsonl`` and ``summary.json``).
-
-    Raises
-    ------
-    ConfigError
-        With the one-line message of ``fedsqueeze run --resume``.
-    """
-    if resume and not out.is_dir():
-        raise ConfigError(
-            f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
-        )
-    if not resume and any((out / name).exists() for name in markers):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
 _CACHE: dict[str, Workload] = {}

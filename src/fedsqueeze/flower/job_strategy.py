@@ -1,0 +1,334 @@
+"""fedsqueeze's own server strategy: the :class:`~fedsqueeze.fl.federation.Federation` core as a Flower
+``Strategy``.
+
+:meth:`FederationStrategy.configure_train` asks the core for the round's plan
+(:meth:`~fedsqueeze.fl.federation.Federation.configure_round`: the engine's seeded sampling and the downlink
+:class:`~fedsqueeze.fl.server.Delivery` of each sampled client), maps client ids to SuperNodes by
+``partition-id`` (asked once per node with a ``query`` message) and builds one train message per node: the
+delta frames it missed, or the dense state, and the head when its copy is stale, as ``uint8`` arrays, with the
+SHA-256 of the state they must rebuild. :meth:`FederationStrategy.aggregate_train` reads the replies
+(untrusted: anything malformed is dropped with its reason, :func:`read_reply`) and hands them to
+:meth:`~fedsqueeze.fl.federation.Federation.finish_round` (screening, robust aggregation, server momentum,
+ledger, health, evaluation); it returns the global state and the round's scalar metrics, and keeps the row
+in :attr:`FederationStrategy.last_row`. A client that errs or does not reply may hold a stale copy, so it
+gets a dense resync the next time it is sampled. Evaluation is the server's (``fl.eval_every``), so
+``configure_evaluate`` sends nothing.
+
+The outer loop (checkpoint, resume, hooks, outputs) is :func:`fedsqueeze.fl.driver.drive`; the transport
+between the two train calls is ``grid.send_and_receive`` (:mod:`.server_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import ConfigRecordValues, MetricRecordValues
+from flwr.serverapp.strategy import Strategy
+
+from ..errors import ConfigError, FedsqueezeError, PayloadError, UsageError
+from ..fl.client import ClientReply
+from ..fl.console import round_line
+from ..fl.federation import Federation, RoundPlan
+from ..fl.hooks import RunContext
+from ..fl.server import state_sha256
+from .records import array_bytes, bytes_array, sha256
+from .settings import FlowerSettings, make_workload
+
+__all__ = ["FederationStrategy", "GridLike", "read_reply"]
+
+log = logging.getLogger("fedsqueeze.flower")
+
+
+class GridLike(Protocol):
+    """The part of ``flwr.serverapp.Grid`` the strategy and the loop use (tests pass a fake)."""
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]: ...
+
+
+class _NodeMap:
+    """partition id -> Flower node id, learned by asking every new node (``query`` message)."""
+
+    def __init__(self, digest: str, n: int) -> None:
+        self.digest, self.n = digest, n
+        self.by_partition: dict[int, int] = {}
+        self.durable: dict[int, bool] = {}  # partition -> its node keeps its state on disk
+        self.rejected: set[int] = set()
+
+    def refresh(self, grid: GridLike, timeout: float) -> list[int]:
+        """Map the nodes not seen yet; returns the partitions (re)mapped to a new node."""
+        live = set(grid.get_node_ids())
+        self.by_partition = {p: n for p, n in self.by_partition.items() if n in live}
+        new = sorted(live - set(self.by_partition.values()) - self.rejected)
+        if not new:
+            return []
+        mapped = []
+        msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
+        for rep in grid.send_and_receive(msgs, timeout=timeout):
+            node = rep.metadata.src_node_id
+            if node not in new:
+                continue
+            if rep.has_error() or "node" not in rep.content.config_records:
+                continue  # try again next round
+            info = rep.content.config_records["node"]
+            if info.get("digest") != self.digest:
+                log.warning("node %s runs another config (digest %s); ignoring it", node, info.get("digest"))
+                self.rejected.add(node)
+                continue
+            pid = info.get("partition-id")
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.n:
+                log.warning("node %s serves no partition of 0..%d (%r); ignoring it", node, self.n - 1, pid)
+                self.rejected.add(node)
+                continue
+            self.by_partition[pid] = node  # a restarted node replaces the old id
+            self.durable[pid] = info.get("durable") is True
+            mapped.append(pid)
+        return mapped
+
+
+class FederationStrategy(Strategy):
+    """fedsqueeze's server as a Flower ``Strategy`` over the :class:`~fedsqueeze.fl.federation.Federation`
+    core; raw updates never leave the clients (``raw_updates=False``).
+
+    Parameters
+    ----------
+    settings
+        The job's settings (config, workload, round timeout).
+    ctx
+        The run context after the phases before the rounds (:mod:`fedsqueeze.fl.hooks`): the rounds'
+        workload, uplink codec and what the clients must be told (``client_config``). ``None``: the
+        settings' workload and ``config.codec``.
+
+    Attributes
+    ----------
+    fed
+        The federation core (its ``rows``, ``ledger``, global state).
+    last_row
+        The ``metrics.jsonl`` row of the last aggregated round.
+    """
+
+    def __init__(self, settings: FlowerSettings, ctx: RunContext | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.config = settings.config
+        self.wl = ctx.workload if ctx is not None else make_workload(settings)
+        codec = ctx.codec if ctx is not None else None  # a phase of the run (TGAP) may set the uplink codec
+        self.fed = Federation(self.config, self.wl, codec=codec, raw_updates=False, logger=log)
+        self.nodes = _NodeMap(settings.digest, self.fed.n)
+        self.job_id = secrets.token_hex(8)  # what the nodes key their state by; kept in the checkpoint
+        self.resumed = False
+        # what the phases before the rounds tell every client (sent with each train message)
+        self.client_config: dict[str, str] = dict(ctx.client_config) if ctx is not None else {}
+        self.last_row: dict[str, Any] | None = None
+        self._round: tuple[RoundPlan, dict[int, int], list[dict[str, Any]]] | None = None
+
+    def summary(self) -> None:
+        """Log the federation's settings."""
+        fl = self.config.fl
+        log.info("fedsqueeze federation: %s, %d of %d clients per round, aggregation %s, server momentum %s",
+                 self.config.codec.name, fl.clients_per_round, self.fed.n, fl.aggregation,
+                 fl.server_momentum)  # fmt: skip
+
+    # -- checkpoint --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: the federation's state plus the job's Flower part (``"flower"``)."""
+        flower = {"job_id": self.job_id, "workload": self.settings.workload}
+        return {**self.fed.state_dict(), "flower": flower}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (:class:`~fedsqueeze.ConfigError` if it is not this job's)."""
+        flower = state.get("flower")
+        if not isinstance(flower, dict):
+            raise ConfigError(
+                "the checkpoint was written by `fedsqueeze run`, not a Flower job; continue it with "
+                "`fedsqueeze run --resume`"
+            )
+        if flower.get("workload") != self.settings.workload:
+            raise ConfigError(
+                f"--resume with another workload ({self.settings.workload!r}, the run used "
+                f"{flower.get('workload')!r})"
+            )
+        self.fed.load_state_dict(dict(state))
+        self.job_id, self.resumed = str(flower["job_id"]), True
+
+    # -- training ----------------------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+    ) -> Iterable[Message]:
+        """One train message per sampled client that a SuperNode serves, holding exactly its delivery.
+
+        ``arrays`` and ``config`` are not used: the global state lives in the core, which decides what each
+        client downloads."""
+        r, timeout = server_round, self.settings.round_timeout
+        for c in self.nodes.refresh(grid, timeout):
+            if self.resumed and not self.nodes.durable[c]:
+                self.fed.downlink.lost(c)  # its state did not survive the restart: resync it densely
+        plan = self.fed.configure_round(r)
+        wl, downlink = self.wl, self.fed.downlink
+        # Each client gets exactly the bytes the ledger charges it, and the hashes of what they rebuild.
+        expect: dict[str, ConfigRecordValues] = {
+            "lora-sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
+            "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
+            "head-version": downlink.head_version,
+        }
+        dropped: list[dict[str, Any]] = []
+        msgs, node_of = [], {}
+        for c in plan.clients:
+            node = self.nodes.by_partition.get(c)
+            if node is None:
+                dropped.append({"client": c, "reason": "no SuperNode serves this partition"})
+                continue
+            node_of[node] = c
+            d = downlink.deliveries[c]
+            out: dict[str, Array] = {}
+            if d.frames is None:
+                assert d.dense is not None, "a delivery without frames sends the dense state"
+                out["lora"] = bytes_array(d.dense)
+            out.update({f"lora-{i}": bytes_array(f) for i, f in enumerate(d.frames or ())})
+            if d.head is not None:
+                out["head"] = bytes_array(d.head)
+            meta: dict[str, ConfigRecordValues] = {
+                "server-round": r,
+                "client": c,
+                "digest": self.settings.digest,
+                "job-id": self.job_id,
+            }
+            meta.update(expect)
+            meta.update(self.client_config)
+            meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
+            content = RecordDict({"global": ArrayRecord(out), "round": ConfigRecord(meta)})
+            msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        self._round = (plan, node_of, dropped)
+        return msgs
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Read the replies, then screen, aggregate and apply them (:meth:`Federation.finish_round`).
+
+        Returns the new global state (``lora.*`` and ``head.*`` arrays) and the row's scalar metrics; the
+        whole row is :attr:`last_row`.
+
+        Raises
+        ------
+        UsageError
+            No :meth:`configure_train` of this round came first.
+        """
+        if self._round is None or self._round[0].round != server_round:
+            raise UsageError(f"aggregate_train({server_round}) without configure_train of that round")
+        (plan, node_of, dropped), self._round = self._round, None
+        timeout = self.settings.round_timeout
+        got: dict[int, ClientReply | None] = {}
+        for ans in replies:
+            sender = node_of.get(ans.metadata.src_node_id)
+            if sender is None or sender in got:
+                continue
+            try:
+                got[sender] = read_reply(ans, sender, server_round)
+            except FedsqueezeError as exc:
+                dropped.append({"client": sender, "reason": str(exc)})
+                got[sender] = None
+        for c in node_of.values():
+            if c not in got:
+                dropped.append({"client": c, "reason": f"no reply within {timeout:g} s"})
+        kept = [rep for rep in got.values() if rep is not None]
+        for c in {int(d["client"]) for d in dropped}:
+            self.fed.downlink.lost(c)  # it may not hold this round's state: resync it densely next time
+        # the downlink is charged to the clients a frame was sent to
+        row = self.fed.finish_round(plan, kept, dropped=dropped, reached=node_of.values())
+        self.last_row = row
+        log.info("%s", round_line(row, self.config.fl.rounds))  # the line `fedsqueeze run` prints for a round
+        log.debug("round %d: kept %s dropped %d", server_round, row["kept"], row["num_dropped"])
+        return self.global_arrays(), MetricRecord(_scalars(row))
+
+    def global_arrays(self) -> ArrayRecord:
+        """The global state as an ArrayRecord: ``lora.<name>`` and ``head.<name>`` tensors."""
+        parts = {f"lora.{k}": v for k, v in self.fed.lora.items()}
+        parts.update({f"head.{k}": v for k, v in self.fed.head.items()})
+        return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in parts.items()})
+
+    # -- evaluation: the server's own (fl.eval_every), inside finish_round ------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+    ) -> Iterable[Message]:
+        """No federated evaluation: the server evaluates the global model (``fl.eval_every``)."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Nothing to aggregate (see :meth:`configure_evaluate`)."""
+        return None
+
+
+def _scalars(row: Mapping[str, Any]) -> dict[str, MetricRecordValues]:
+    """The row's finite numbers (Flower's MetricRecord holds numbers and lists of them only)."""
+    return {
+        k: v
+        for k, v in row.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def read_reply(rep: Message, client: int, r: int) -> ClientReply:
+    """The payloads and metrics of one reply; :class:`~fedsqueeze.PayloadError` if it is unusable.
+
+    The reply is untrusted: a missing or mistyped record or field, a non-finite metric or a payload that
+    differs from its stated SHA-256/length is refused with a one-line reason (decoding comes later)."""
+    if rep.has_error():
+        raise PayloadError(f"client error: {rep.error.reason}")
+    content = rep.content
+    try:
+        meta = content.config_records["meta"]
+        metrics = content.metric_records["metrics"]
+        payload = content.array_records["payload"]
+    except KeyError as exc:
+        raise PayloadError(f"reply lacks record {exc}") from None
+    try:
+        said = (_int_field(meta, "client"), _int_field(meta, "server-round"))
+        if said != (client, r):
+            raise PayloadError(f"reply for client {said[0]} round {said[1]}, expected {client}/{r}")
+        blobs = {}
+        for part in ("lora", "head"):
+            blob = array_bytes(payload, part)
+            if sha256(blob) != meta[f"{part}-sha256"] or len(blob) != _int_field(meta, f"{part}-bytes"):
+                raise PayloadError(f"{part} payload differs from what the client stated (SHA-256/length)")
+            blobs[part] = blob
+        num_examples = _int_field(metrics, "num-examples")
+        if num_examples <= 0:
+            raise PayloadError(f"num-examples must be > 0, got {num_examples}")
+        floats = {k: _float_field(metrics, k) for k in ("train-loss", "residual-norm", "client-s")}
+        rel = _float_field(metrics, "rel-error") if "rel-error" in metrics else None
+    except KeyError as exc:
+        raise PayloadError(f"reply lacks field {exc}") from None
+    return ClientReply(
+        client=client,
+        num_examples=num_examples,
+        lora_payload=blobs["lora"],
+        head_payload=blobs["head"],
+        train_loss=floats["train-loss"],
+        raw_update=None,  # stays on the client
+        rel_error=rel,
+        residual_norm=floats["residual-norm"],
+        seconds=floats["client-s"],
+    )
+
+
+def _int_field(record: Any, key: str) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{key} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _float_field(record: Any, key: str) -> float:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PayloadError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
