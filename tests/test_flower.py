@@ -14,7 +14,8 @@ pytest.importorskip("flwr")
 
 from safetensors.torch import load_file
 
-from fedsqueeze.fl import RunConfig, run
+from fedsqueeze.config import RunConfig
+from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings
 from fedsqueeze.flower.deploy import child_env, write_app, write_connection
@@ -222,8 +223,8 @@ def test_deployment_supernode_killed_mid_round(tmp_path):
 
 
 def test_flower_refuses_the_tgap_switch():
+    from fedsqueeze.config import load_config
     from fedsqueeze.errors import ConfigError
-    from fedsqueeze.fl.config import load_config
 
     config = load_config("smoke", ["codec.name=cg_fedllm_q", "codec.options={}", "tgap.enabled=true"])
     with pytest.raises(ConfigError, match="tgap.enabled"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fedsqueeze import ConfigError
-from fedsqueeze.fl.config import RunConfig
-from fedsqueeze.fl.workload import OPTIMIZERS, LocalTrainConfig, make_optimizer
+from fedsqueeze.config import LocalTrainConfig, RunConfig
+from fedsqueeze.models.training import OPTIMIZERS, make_optimizer
 
 
 def _step_with_zero_gradient(name: str, steps: int = 5) -> torch.Tensor:

@@ -9,12 +9,20 @@ import pytest
 import torch
 
 import fedsqueeze.fl.loop as loop
+from fedsqueeze.config import (
+    CodecConfig,
+    DataConfig,
+    FLConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    RunConfig,
+    TGAPConfig,
+    load_config,
+)
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl import RunConfig, run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, TGAPConfig, load_config
+from fedsqueeze.fl import run
 from fedsqueeze.fl.federation import check_same_config
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.learned import store
 from fedsqueeze.learned.split import client_split, restrict_workload, split_workload
 from fedsqueeze.learned.tgap import tgap_pretrain

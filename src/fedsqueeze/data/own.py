@@ -27,7 +27,7 @@ from .files import FORMATS, Table, check_source, is_hub, read_table
 from .sources import BUILTIN_DATASETS, RawDataset
 
 if TYPE_CHECKING:
-    from ..fl.workload import DataConfig
+    from ..config import DataConfig
 
 __all__ = ["CHAT_COLUMN", "MAPPINGS", "check_data_config", "load_data"]
 

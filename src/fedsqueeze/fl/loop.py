@@ -20,12 +20,12 @@ import torch
 
 from .._extras import check
 from ..codecs import ErrorFeedback
+from ..config import RunConfig
 from ..errors import ConfigError
 from ..out_paths import check_out_dir
 from ..safetensors_errors import reading_safetensors
 from .checkpoint import append_jsonl, load_checkpoint, save_captures, save_checkpoint, write_jsonl
 from .client import ClientReply, client_step
-from .config import RunConfig
 from .federation import Federation
 from .hooks import RunContext, hooks_for
 from .report import Progress

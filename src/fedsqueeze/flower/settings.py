@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig
 from ..errors import ConfigError
-from ..fl.config import RunConfig
 from ..fl.workload import Workload
 
 __all__ = [

@@ -28,7 +28,7 @@ from types import MappingProxyType
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "AGGREGATIONS",
@@ -142,7 +142,7 @@ def check_memory(method: str, n: int, d: int, budget_mb: float | None) -> None:
 def _mean(
     decoded: Sequence[torch.Tensor], weights: Sequence[int | float], trim_fraction: float
 ) -> torch.Tensor:
-    """Sample-weighted FedAvg (:func:`~fedsqueeze.fl.server.weighted_mean`); ignores ``trim_fraction``."""
+    """Sample-weighted FedAvg (:func:`weighted_mean`); ignores ``trim_fraction``."""
     return weighted_mean(decoded, weights)
 
 
