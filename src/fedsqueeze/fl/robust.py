@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..aggregation import AGGREGATIONS, AGGREGATORS, Aggregator, WeightedSum, aggregate, check_memory
+from ..aggregation import AGGREGATIONS, AGGREGATORS, Aggregator, WeightedSum, aggregate, check_memory, rule
 from ..codecs import decode_flat
 from ..errors import ConfigError, FedsqueezeError
 from ..spec import UpdateSpec
@@ -296,8 +296,7 @@ def screen_and_aggregate(
         Unknown ``method``, a part without one payload per weight, or a robust rule above ``memory_mb``.
     """
     n = len(weights)
-    if method not in AGGREGATORS:
-        raise ConfigError(f"aggregation {method!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
+    chosen = rule(method)  # raises for an unknown name
     if any(len(p.payloads) != n for p in parts):
         raise ConfigError("screen_and_aggregate needs one payload per weight in every part")
     if workers < 1:
@@ -306,7 +305,7 @@ def screen_and_aggregate(
     ids = list(range(n)) if clients is None else list(clients)
     bad_weight = {i: r for i, w in enumerate(weights) if (r := _weight_error(w)) is not None}
     valid = [i for i in range(n) if i not in bad_weight]
-    streaming = method == "mean"
+    streaming = chosen.streams  # the weighted mean, summed reply by reply
     # The optimistic sum assumes every reply with a valid weight is kept; it is exact if that holds.
     sums: list[WeightedSum] | None = None
     if streaming and valid:
