@@ -81,7 +81,7 @@ def test_run_out_under_a_file(capsys, toy_cfg, a_file, no_model) -> None:
 
 def test_library_run_out_is_a_file(toy_cfg, a_file, no_model) -> None:
     from fedsqueeze import ConfigError
-    from fedsqueeze.fl.config import load_config
+    from fedsqueeze.config import load_config
 
     with pytest.raises(ConfigError, match=f"^out_dir {a_file} is a file, not a folder"):
         loop.run(load_config(toy_cfg), a_file)
@@ -129,7 +129,7 @@ def test_flower_simulate_out_is_a_file(capsys, toy_cfg, a_file) -> None:
 @pytest.fixture
 def finished_run(tmp_path, toy_cfg):
     """A 2-round toy run in ``tmp_path/run``, made through the library (the CLI's model load is refused)."""
-    from fedsqueeze.fl.config import load_config
+    from fedsqueeze.config import load_config
     from fedsqueeze.fl.toy import ToyWorkload
 
     out = tmp_path / "run"
@@ -504,7 +504,7 @@ def test_flower_supernode_partition_id(capsys, monkeypatch) -> None:
 @pytest.mark.parametrize("bad", [-2, -0.1, float("nan"), float("inf"), "high", True])
 def test_target_metric_values(bad) -> None:
     from fedsqueeze import ConfigError
-    from fedsqueeze.fl.config import FLConfig
+    from fedsqueeze.config import FLConfig
 
     with pytest.raises(ConfigError, match=r"^fl.target_metric is a number >= 0 like the metric"):
         FLConfig(target_metric=bad)

@@ -16,7 +16,7 @@ import torch
 import fedsqueeze
 from fedsqueeze import PayloadError, UpdateSpec
 from fedsqueeze.codecs import Codec, available, codec_class, get
-from fedsqueeze.fl import config as fl_config
+from fedsqueeze.config import fl as fl_config
 from fedsqueeze.fl import robust
 from fedsqueeze.wire.frame import HEADER, HEADER_SIZE, pack_frame
 

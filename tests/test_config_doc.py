@@ -10,16 +10,16 @@ import pytest
 
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.cli import main as cli_main
+from fedsqueeze.config import RunConfig, load_config, preset_names
+from fedsqueeze.config.doc import ALLOWED, KINDS, config_reference, config_toml
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import RunConfig, load_config, preset_names
-from fedsqueeze.fl.config_doc import ALLOWED, KINDS, config_reference, config_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_docs_config_md_is_up_to_date():
     text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
-    assert text == config_reference(), "regenerate: python -m fedsqueeze.fl.config_doc > docs/config.md"
+    assert text == config_reference(), "regenerate: python -m fedsqueeze.config.doc > docs/config.md"
 
 
 def test_every_key_is_listed_with_a_description():

@@ -1,4 +1,4 @@
-"""``fl.fields``: allowed values live in the field metadata, read by the validator and the docs."""
+"""``config.fields``: allowed values live in the field metadata, read by the validator and the docs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from fedsqueeze import ConfigError
-from fedsqueeze.fl.config_doc import ALLOWED
-from fedsqueeze.fl.fields import Range, setting, validate
+from fedsqueeze.config.doc import ALLOWED
+from fedsqueeze.config.fields import Range, setting, validate
 
 
 @dataclasses.dataclass(frozen=True)

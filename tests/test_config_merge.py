@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fedsqueeze.config import RunConfig, apply_overrides, load_config
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import RunConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pytest
 
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.cli import main as cli_main
+from fedsqueeze.config import RunConfig, apply_overrides, load_config, preset_names
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import RunConfig, apply_overrides, load_config, preset_names
 from fedsqueeze.fl.toy import ToyWorkload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, c
 
 def test_set_and_codec_strings_share_one_value_grammar() -> None:
     from fedsqueeze.bench.rd import parse_codec
-    from fedsqueeze.keyvalue import parse_value
+    from fedsqueeze.config.coerce import parse_value
 
     for text, value in [("3", 3), ("0.5", 0.5), ("true", True), ("null", None), ('["q"]', ["q"])]:
         assert parse_value(text) == value

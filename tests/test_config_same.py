@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedsqueeze import ConfigError
-from fedsqueeze.fl.config import load_config
+from fedsqueeze.config import load_config
 from fedsqueeze.fl.federation import check_same_config
 
 

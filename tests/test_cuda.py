@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.workload import build_workload
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

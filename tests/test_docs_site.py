@@ -20,7 +20,7 @@ import pytest
 
 from fedsqueeze.cli import build_parser
 from fedsqueeze.cli.reference import cli_reference, commands
-from fedsqueeze.fl.config import DOWNLINK_DEFAULT, load_config
+from fedsqueeze.config import DOWNLINK_DEFAULT, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from fedsqueeze.cli import main as cli_main
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import RunConfig
 from fedsqueeze.fl.final import FINAL_ADAPTER, save_final
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.workload import build_workload
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")

@@ -6,12 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
-from fedsqueeze.fl.config import CodecConfig, FLConfig, RunConfig
 from fedsqueeze.fl.final import FINAL_ADAPTER, FINAL_PARAMS, save_final
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 
 
 def test_run_writes_the_final_params(tmp_path):

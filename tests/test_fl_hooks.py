@@ -7,12 +7,20 @@ import json
 import pytest
 
 from fedsqueeze.codecs import codec_class
+from fedsqueeze.config import (
+    CodecConfig,
+    DataConfig,
+    FLConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    RunConfig,
+    TGAPConfig,
+    tgap_codecs,
+)
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl import RunConfig, RunHook, run
+from fedsqueeze.fl import RunHook, run
 from fedsqueeze.fl import hooks as hooks_mod
-from fedsqueeze.fl.config import CodecConfig, FLConfig, TGAPConfig, tgap_codecs
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 
 N = 4
 

@@ -225,7 +225,7 @@ def test_capture_rounds_parsing():
 @pytest.mark.slow
 def test_default_preset_meets_its_promise(tmp_path):
     """The embedded default: <= 10 minutes on the 2-core CPU and held-out accuracy >= 0.72."""
-    from fedsqueeze.fl.config import load_config
+    from fedsqueeze.config import load_config
 
     summary = run(load_config(), tmp_path)
     assert summary["final_metric"] >= 0.72

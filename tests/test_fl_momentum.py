@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsqueeze.config import FLConfig
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
-from fedsqueeze.fl.config import FLConfig
 from fedsqueeze.fl.server import ServerMomentum
 from fedsqueeze.fl.toy import ToyWorkload
 from support.loop import CrashError, CrashingToy, make_config, rows_of, strip_times

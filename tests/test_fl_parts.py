@@ -11,6 +11,7 @@ import torch
 
 from fedsqueeze import ErrorFeedback, UpdateSpec
 from fedsqueeze.codecs import decode_flat, get
+from fedsqueeze.config import LocalTrainConfig
 from fedsqueeze.fl import (
     Downlink,
     apply_update,
@@ -21,7 +22,7 @@ from fedsqueeze.fl import (
 from fedsqueeze.fl.client import client_step, encode_dense, relative_error
 from fedsqueeze.fl.ledger import TrafficLedger
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import LocalTrainConfig, Workload
+from fedsqueeze.fl.workload import Workload
 
 
 def test_derive_seed_is_uint64_deterministic_and_distinct():
@@ -190,8 +191,8 @@ def test_loop_imports_no_transformers_or_flower():
 def test_the_default_downlink_falls_back_to_dense_where_it_cannot_code_the_lora(caplog):
     import logging
 
+    from fedsqueeze.config import CodecConfig, RunConfig
     from fedsqueeze.errors import ConfigError
-    from fedsqueeze.fl.config import CodecConfig, RunConfig
     from fedsqueeze.fl.server import downlink_codec
     from fedsqueeze.spec import UpdateSpec
 

@@ -14,7 +14,8 @@ pytest.importorskip("flwr")
 
 from safetensors.torch import load_file
 
-from fedsqueeze.fl import RunConfig, run
+from fedsqueeze.config import RunConfig
+from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings
 from fedsqueeze.flower.deploy import child_env, write_app, write_connection

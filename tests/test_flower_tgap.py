@@ -13,9 +13,16 @@ pytest.importorskip("flwr")
 
 from safetensors.torch import load_file
 
-from fedsqueeze.fl import RunConfig, run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, TGAPConfig
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from fedsqueeze.config import (
+    CodecConfig,
+    DataConfig,
+    FLConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    RunConfig,
+    TGAPConfig,
+)
+from fedsqueeze.fl import run
 from fedsqueeze.flower import FlowerSettings
 from support.flower import FakeGrid
 

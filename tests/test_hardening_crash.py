@@ -178,7 +178,7 @@ def test_repeated_kills_of_the_same_run(tmp_path, cfg_file, reference) -> None:
 def test_crash_between_metrics_row_and_checkpoint_truncates_on_resume(tmp_path, monkeypatch) -> None:
     """In-process: die right after round 3's metrics row is appended, before its checkpoint is written."""
     import fedsqueeze.fl.loop as loop
-    from fedsqueeze.fl.config import load_config
+    from fedsqueeze.config import load_config
     from fedsqueeze.fl.toy import ToyWorkload
 
     cfg_path = tmp_path / "toy.toml"

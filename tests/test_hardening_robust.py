@@ -11,14 +11,13 @@ import torch
 
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.codecs import get
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl import RunConfig, run
+from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
-from fedsqueeze.fl.config import CodecConfig, FLConfig
 from fedsqueeze.fl.robust import aggregate, merge_screens, screen_replies
 from fedsqueeze.fl.server import weighted_mean
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.spec import UpdateSpec
 from fedsqueeze.wire.frame import pack_frame
 

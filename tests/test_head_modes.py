@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
+from fedsqueeze.config import ModelConfig
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import ModelConfig
 from support.loop import N, make_config, rows_of
 
 

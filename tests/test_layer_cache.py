@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.layer_cache import LayerCache
 from fedsqueeze.models.workload import build_workload
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from fedsqueeze import ConfigError
-from fedsqueeze.fl.config import RunConfig
-from fedsqueeze.fl.workload import OPTIMIZERS, LocalTrainConfig, make_optimizer
+from fedsqueeze.config import LocalTrainConfig, RunConfig
+from fedsqueeze.config.train import OPTIMIZERS
+from fedsqueeze.models.training import make_optimizer
 
 
 def _step_with_zero_gradient(name: str, steps: int = 5) -> torch.Tensor:

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from fedsqueeze.analysis.bd_rate import METHODS, bd_rate, compare, front, log_rate_at
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, RunConfig
 from fedsqueeze.fl.report import plot_metric_vs_uplink, summarize
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.study.aggregate import aggregate, reach_target, write_results
 from fedsqueeze.study.grid import study_from_dict
 from fedsqueeze.study.plots import metric_label, rate_figure

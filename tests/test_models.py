@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedsqueeze.config import DataConfig, ModelConfig
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.workload import DataConfig, ModelConfig
 from fedsqueeze.models.loading import load_base_model, load_tokenizer, minilm_dir
 from fedsqueeze.models.lora import apply_lora, read_tensors, split_trainable, stable_name, write_tensors
 

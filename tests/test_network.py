@@ -7,13 +7,21 @@ import json
 
 import pytest
 
+from fedsqueeze.config import (
+    CodecConfig,
+    DataConfig,
+    FLConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    NetworkConfig,
+    RunConfig,
+    load_config,
+)
+from fedsqueeze.config.doc import config_toml
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, NetworkConfig, RunConfig, load_config
-from fedsqueeze.fl.config_doc import config_toml
 from fedsqueeze.fl.network import client_time, round_time, sim_columns, transfer_s
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from support.loop import strip_times
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fedsqueeze.config import load_config
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import load_config
 from fedsqueeze.fl.toy import ToyWorkload
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from fedsqueeze.cli import main as cli_main
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig, RunConfig
+from fedsqueeze.config.data import DATASETS
 from fedsqueeze.data import own
 from fedsqueeze.data.files import Table
 from fedsqueeze.data.own import load_data
@@ -21,8 +23,6 @@ from fedsqueeze.data.partition import dirichlet_partition
 from fedsqueeze.data.sources import BUILTIN_DATASETS, load_dataset
 from fedsqueeze.data.text import IGNORE_INDEX
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import RunConfig
-from fedsqueeze.fl.workload import DATASETS, DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.loading import load_tokenizer
 from fedsqueeze.models.workload import _split, build_workload
 
@@ -104,7 +104,7 @@ def test_builtins_are_registry_entries_with_their_kind():
 
 def test_importing_fedsqueeze_does_not_import_datasets():
     code = (
-        "import sys, fedsqueeze, fedsqueeze.fl.config, fedsqueeze.models.workload, fedsqueeze.data.own;"
+        "import sys, fedsqueeze, fedsqueeze.config, fedsqueeze.models.workload, fedsqueeze.data.own;"
         "print(sorted(m for m in ('datasets', 'pandas', 'pyarrow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

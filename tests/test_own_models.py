@@ -11,9 +11,8 @@ import torch
 
 import fedsqueeze.models.loading as loading
 from fedsqueeze.cli import main as cli_main
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig, RunConfig, is_causal, load_config
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import RunConfig, load_config
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig, is_causal
 from fedsqueeze.models.loading import load_tokenizer
 from fedsqueeze.models.registry import available, check_name, find, resolve_kind
 from fedsqueeze.models.workload import build_workload

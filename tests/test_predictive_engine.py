@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from fedsqueeze.config import CodecConfig
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import CodecConfig
 from fedsqueeze.fl.federation import Federation
 from fedsqueeze.fl.toy import ToyWorkload
 from fedsqueeze.wire.frame import HEADER, HEADER_SIZE

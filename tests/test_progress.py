@@ -8,11 +8,10 @@ from safetensors.torch import save_file
 
 import fedsqueeze.cli.bench_speed as speed
 from fedsqueeze.cli import main as cli_main
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, RunConfig
 from fedsqueeze.fl.report import Progress, StepProgress
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 
 CFG = RunConfig(
     model=ModelConfig(name="toy"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsqueeze.cli import build_parser
-from fedsqueeze.fl.config import load_config
+from fedsqueeze.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

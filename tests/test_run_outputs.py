@@ -8,11 +8,10 @@ import matplotlib.colors as mcolors
 import pytest
 
 from fedsqueeze._plotstyle import REFERENCE_GREY, series_style
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, RunConfig
 from fedsqueeze.fl.report import plot_metric_vs_uplink
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 
 TRAFFIC = (
     "total_bytes",

@@ -18,15 +18,13 @@ import pytest
 import torch
 
 import fedsqueeze.fl.robust as robust
+from fedsqueeze.aggregation import WeightedSum, aggregate, aggregation_memory_bytes, check_memory
 from fedsqueeze.codecs import decode_flat, get
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.errors import ConfigError, FedsqueezeError
-from fedsqueeze.fl import RunConfig
-from fedsqueeze.fl.aggregation import WeightedSum, aggregate, aggregation_memory_bytes, check_memory
-from fedsqueeze.fl.config import CodecConfig, FLConfig
 from fedsqueeze.fl.federation import Federation
 from fedsqueeze.fl.robust import ReplyPart, screen_and_aggregate
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.spec import UpdateSpec
 from fedsqueeze.wire.frame import pack_frame
 

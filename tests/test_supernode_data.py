@@ -11,9 +11,8 @@ from flwr.common.config import parse_config_args
 from fedsqueeze.cli import build_parser
 from fedsqueeze.cli import main as cli_main
 from fedsqueeze.cli.flower_supernode import build_command
+from fedsqueeze.config import DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl.config import FLConfig, RunConfig
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.flower import FlowerSettings
 from fedsqueeze.flower.node_data import (
     LocalData,

@@ -12,12 +12,20 @@ import fedsqueeze.fl.loop as loop
 from fedsqueeze.cg_fedllm import store
 from fedsqueeze.cg_fedllm.split import client_split, restrict_workload, split_workload
 from fedsqueeze.cg_fedllm.tgap import tgap_pretrain
+from fedsqueeze.config import (
+    CodecConfig,
+    DataConfig,
+    FLConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    RunConfig,
+    TGAPConfig,
+    load_config,
+)
 from fedsqueeze.errors import ConfigError
-from fedsqueeze.fl import RunConfig, run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, TGAPConfig, load_config
+from fedsqueeze.fl import run
 from fedsqueeze.fl.federation import check_same_config
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.wire.frame import HEADER
 
 N = 6

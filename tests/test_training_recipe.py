@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.pooling import MeanPoolBertForSequenceClassification, masked_mean, resolve_pooling
 from fedsqueeze.models.workload import build_workload
 

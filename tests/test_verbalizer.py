@@ -10,11 +10,18 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
+from fedsqueeze.config import (
+    CodecConfig,
+    DataConfig,
+    FLConfig,
+    LocalTrainConfig,
+    ModelConfig,
+    RunConfig,
+    load_config,
+)
 from fedsqueeze.data.verbalize import VERBALIZERS, Verbalizer, encode_verbalized, label_token_ids
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
-from fedsqueeze.fl.config import CodecConfig, FLConfig, RunConfig, load_config
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.loading import load_tokenizer
 from fedsqueeze.models.workload import build_workload
 

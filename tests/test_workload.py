@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig, Workload
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig
+from fedsqueeze.fl.workload import Workload
 from fedsqueeze.models.workload import build_workload
 
 SMALL_TRAIN = LocalTrainConfig(batch_size=8, lr=1e-2, max_steps=3)

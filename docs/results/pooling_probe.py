@@ -73,7 +73,7 @@ def _fit_probe(a: torch.Tensor, b: torch.Tensor, ytr: torch.Tensor, yte: torch.T
 
 
 def central(pooling: str, lr: float) -> None:
-    from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+    from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig
     from fedsqueeze.models.workload import build_workload
 
     w = build_workload(

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
-from fedsqueeze.fl import RunConfig
-from fedsqueeze.fl.config import CodecConfig, FLConfig
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.flower import FlowerSettings
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fedsqueeze.fl import RunConfig
-from fedsqueeze.fl.config import CodecConfig, FLConfig
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, RunConfig
 from fedsqueeze.fl.toy import ToyWorkload
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig
 
 N = 6
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from fedsqueeze.fl.workload import DataConfig, LocalTrainConfig, ModelConfig
+from fedsqueeze.config import DataConfig, LocalTrainConfig, ModelConfig
 from fedsqueeze.models.workload import build_workload
 
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config.coerce import parse_codec  # re-exported: the --codec grammar
 from ..errors import ConfigError
-from ..keyvalue import parse_codec  # re-exported: the --codec grammar
 from .sources import Source
 
 if TYPE_CHECKING:

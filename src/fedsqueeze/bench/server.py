@@ -162,8 +162,8 @@ def measure_round(
         ``clients``, ``d``, ``codec``, ``round_s``, ``peak_rss_bytes``, ``frame_bytes_total`` and the
         details (``round_rss_bytes``, ``rss_method``, ``decoded_fp32_bytes``, ``kept``, ``passes``, ...).
     """
+    from ..aggregation import check_memory
     from ..codecs import decode_flat
-    from ..fl.aggregation import check_memory
     from ..fl.robust import ReplyPart, aggregate, screen_and_aggregate, screen_replies
 
     check_memory(aggregation, clients, d, memory_mb)  # before minutes of encoding

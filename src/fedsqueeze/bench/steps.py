@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..fl.config import RunConfig
+from ..config import RunConfig
 
 __all__ = ["time_steps"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from ..config import TGAPConfig  # the one TGAP config: the run's [tgap] section
 from ..errors import ConfigError
-from ..fl.config import TGAPConfig  # the run's [tgap] section; removed by the config/ move
 from ..safetensors_errors import reading_safetensors
 from ..spec import UpdateSpec
 from .autoencoder import AEConfig, CGAutoEncoder

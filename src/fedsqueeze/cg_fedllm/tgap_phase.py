@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
+from ..config import CodecConfig, RunConfig, TGAPConfig
 from ..errors import ConfigError
 from ..fl.checkpoint import save_captures, write_json, write_jsonl
 from ..fl.client import encode_dense
-from ..fl.config import CodecConfig, RunConfig, TGAPConfig
 from ..fl.console import size
 from ..fl.federation import Federation
 from ..fl.hooks import RunContext, RunHook

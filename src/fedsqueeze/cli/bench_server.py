@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..aggregation import AGGREGATIONS
 from ..bench import server
-from ..fl.aggregation import AGGREGATIONS
 
 __all__ = ["add_arguments", "main"]
 

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..bench.steps import time_steps
-    from ..fl.config import load_config
+    from ..config import load_config
 
     config = load_config(args.config, args.overrides)
     if args.steps < 1:

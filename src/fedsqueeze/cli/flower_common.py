@@ -12,7 +12,7 @@ from ..out_paths import check_out_dir
 from .run import add_config_arguments
 
 if TYPE_CHECKING:
-    from ..fl.config import RunConfig
+    from ..config import RunConfig
 
 __all__ = ["RUN_FILES", "add_job_arguments", "refuse_existing_run", "settings_from_args"]
 
@@ -52,8 +52,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> FlowerSettings:
     """The job's settings: CONFIG and ``--set`` (with ``--resume`` and no CONFIG: the config in
     ``--out``'s checkpoint when it is on this machine, ``--set`` on top), ``--out`` made absolute."""
+    from ..config import load_config
     from ..errors import ConfigError
-    from ..fl.config import load_config
 
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR (the run to continue)")
@@ -70,8 +70,8 @@ def _resume_config(args: argparse.Namespace) -> RunConfig | None:
     """``--resume --out DIR`` without CONFIG: the checkpoint's config, ``--set`` on top (else ``None``)."""
     if not args.resume or args.config is not None or not args.out:
         return None
+    from ..config import RunConfig, apply_overrides
     from ..fl.checkpoint import load_checkpoint
-    from ..fl.config import RunConfig, apply_overrides
 
     state = load_checkpoint(Path(args.out)) if Path(args.out).is_dir() else None
     if state is None or not isinstance(state.get("config"), dict):

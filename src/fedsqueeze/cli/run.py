@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..fl.config import RunConfig
+    from ..config import RunConfig
 
 __all__ = ["add_arguments", "add_config_arguments", "interrupted_hint", "main"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``CONFIG`` and ``--set KEY=VALUE`` for :func:`~fedsqueeze.fl.config.load_config` (all job commands)."""
+    """``CONFIG`` and ``--set KEY=VALUE`` for :func:`~fedsqueeze.config.load_config` (all job commands)."""
     parser.add_argument("config", nargs="?", default=None, help="TOML config file or preset name")
     parser.add_argument(
         "--set",
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..fl.config import load_config
+    from ..config import load_config
     from ..fl.console import final_line
     from ..fl.health import describe
     from ..fl.loop import default_out_dir, run
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = _resume_config(args) or load_config(args.config, args.overrides)
     if args.print_config:
-        from ..fl.config_doc import config_toml
+        from ..config.doc import config_toml
 
         print(config_toml(config), end="")
         return 0
@@ -133,8 +133,8 @@ def _resume_config(args: argparse.Namespace) -> RunConfig | None:
         return None
     from pathlib import Path
 
+    from ..config import RunConfig, apply_overrides
     from ..fl.checkpoint import load_checkpoint
-    from ..fl.config import RunConfig, apply_overrides
 
     state = load_checkpoint(Path(args.out))
     if state is None or not isinstance(state.get("config"), dict):

@@ -11,108 +11,26 @@ Three mappings, chosen by which keys are set:
 ``data.test_dataset`` (a file or folder, ``hf:NAME[:CONFIG]`` for its ``test`` split, or a split name of
 the ``hf:`` dataset) is appended as the last rows and
 marked as the held-out set (:attr:`RawDataset.test_rows`); ``data.group_field`` gives the values a
-Dirichlet partition skews. :func:`check_data_config` is the config-time half (no file is read).
+Dirichlet partition skews. :func:`fedsqueeze.config.data.check_data_config` is the config-time half (no
+file is read).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..config.data import DataConfig, mapping_kind
 from ..errors import ConfigError
-from .files import FORMATS, Table, check_source, is_hub, read_table
+from .files import FORMATS, Table, is_hub, read_table
 from .sources import BUILTIN_DATASETS, RawDataset
 
-if TYPE_CHECKING:
-    from ..fl.workload import DataConfig
-
-__all__ = ["CHAT_COLUMN", "MAPPINGS", "check_data_config", "load_data"]
+__all__ = ["CHAT_COLUMN", "load_data"]
 
 CHAT_COLUMN = "messages"
-#: Column mapping kind -> the two ``data.*`` keys that select it (both are needed).
-MAPPINGS: dict[str, tuple[str, str]] = {
-    "classification": ("text_field", "label_field"),
-    "sft": ("prompt_field", "response_field"),
-}
-_OWN_ONLY = ("text_field", "label_field", "prompt_field", "response_field", "test_dataset", "group_field")
-
-
-# -- config-time checks ------------------------------------------------------------------------------------
-def _mapping_kind(data: DataConfig) -> str | None:
-    """The mapping ``data`` selects (``None``: none set); incomplete or mixed mappings are errors."""
-    chosen = []
-    for kind, (a, b) in MAPPINGS.items():
-        has_a, has_b = getattr(data, a) is not None, getattr(data, b) is not None
-        if has_a != has_b:
-            given, missing = (a, b) if has_a else (b, a)
-            raise ConfigError(f"data.{given} needs data.{missing} too ({kind}: set both)")
-        if has_a:
-            chosen.append(kind)
-    if len(chosen) > 1:
-        raise ConfigError(
-            "set data.text_field + data.label_field (classification) or data.prompt_field + "
-            "data.response_field (instruction tuning), not both"
-        )
-    return chosen[0] if chosen else None
-
-
-def check_data_config(data: DataConfig) -> None:
-    """The ``data`` section's checks that span keys or look at the file system (no file is read).
-
-    Raises
-    ------
-    ConfigError
-        One line naming the key: an unknown dataset or a missing file, an incomplete column mapping, a key
-        that applies to your own data only, a bad ``data.test_dataset`` or ``data.label_words``.
-    """
-    if not isinstance(data.dataset, str):
-        raise ConfigError(f"data.dataset must be a string, got {data.dataset!r}")
-    kind = _mapping_kind(data)
-    entry = BUILTIN_DATASETS.get(data.dataset)
-    if entry is not None:
-        for key in _OWN_ONLY:
-            if getattr(data, key) is not None:
-                raise ConfigError(
-                    f"data.{key} applies to your own data (a file, a folder or hf:NAME), not the built-in "
-                    f"{data.dataset!r}"
-                )
-        if data.exact_match:
-            raise ConfigError(
-                f"data.exact_match applies to your own instruction-tuning data, not {data.dataset!r}"
-            )
-        if data.label_words is not None and entry.kind != "classification":
-            raise ConfigError(f"data.label_words applies to classification data, not {data.dataset!r}")
-    else:
-        check_source(data.dataset, "data.dataset")
-        if kind == "sft" and data.label_words is not None:
-            raise ConfigError("data.label_words applies to classification data, not to data.prompt_field")
-        if kind == "classification" and data.exact_match:
-            raise ConfigError("data.exact_match applies to instruction-tuning data, not to data.label_field")
-    if data.test_dataset is not None:
-        _check_test_source(data.dataset, data.test_dataset)
-    if data.label_words is not None:
-        words = [w.strip() for w in data.label_words]
-        if not all(words) or len(set(words)) != len(words):
-            raise ConfigError(
-                f"data.label_words = {list(data.label_words)} must be distinct, non-empty words"
-            )
-    for key in (*_OWN_ONLY, *(k for pair in MAPPINGS.values() for k in pair)):
-        value = getattr(data, key)
-        if value is not None and not str(value).strip():
-            raise ConfigError(f"data.{key} is empty; name a column (or leave it unset)")
-
-
-def _check_test_source(dataset: str, test: str) -> None:
-    if Path(test).exists() or Path(test).suffix in FORMATS or is_hub(test):
-        check_source(test, "data.test_dataset")
-    elif not is_hub(dataset):
-        raise ConfigError(
-            f"data.test_dataset = {test!r} is not an existing file or folder (a split name such as 'test' "
-            "goes with an hf: dataset only)"
-        )
 
 
 # -- reading and mapping -----------------------------------------------------------------------------------
@@ -172,7 +90,8 @@ def _encode_labels(
 
 
 def _both(a: str | None, b: str | None) -> tuple[str, str]:
-    """The two columns of the mapping :func:`_mapping_kind` chose (it chooses one only when both are set)."""
+    """The two columns of the mapping :func:`~fedsqueeze.config.data.mapping_kind` chose (it chooses one
+    only when both are set)."""
     if a is None or b is None:
         raise ConfigError(
             "a column mapping needs both of its fields (data.text_field + data.label_field, or "
@@ -243,7 +162,7 @@ _MAPPERS: dict[str, Callable[[Any, Table, Table | None], dict[str, Any]]] = {
 
 
 def _choose(data: DataConfig, table: Table) -> str:
-    kind = _mapping_kind(data)
+    kind = mapping_kind(data)
     if kind is not None:
         return kind
     if CHAT_COLUMN in table.columns:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from ..codecs import ErrorFeedback, get
+from ..config import LocalTrainConfig
 from ..spec import UpdateSpec
-from .workload import LocalTrainConfig, Workload
+from .workload import Workload
 
 __all__ = ["ClientReply", "client_step", "encode_dense", "relative_error"]
 

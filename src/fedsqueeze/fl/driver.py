@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import RunConfig
 from .checkpoint import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
-from .config import RunConfig
 from .federation import Federation
 from .hooks import RunContext, RunHook, hooks_for
 from .summary import write_run_outputs

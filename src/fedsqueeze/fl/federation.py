@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
+from ..aggregation import check_memory
+from ..config import RunConfig
 from ..errors import ConfigError, UsageError
 from ..seeding import derive_seed, sample_clients
 from ..spec import UpdateSpec
-from .aggregation import check_memory
 from .client import ClientReply, relative_error
-from .config import RunConfig
 from .health import RunHealth, log_warnings
 from .ledger import TrafficLedger
 from .network import sim_columns

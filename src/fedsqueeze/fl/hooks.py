@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # at run time this module imports nothing of the engine (the config check uses it)
-    from .config import RunConfig
+    from ..config import RunConfig
     from .workload import Workload
 
 __all__ = [

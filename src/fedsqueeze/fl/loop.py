@@ -21,12 +21,12 @@ import torch
 
 from .._extras import check
 from ..codecs import ErrorFeedback
+from ..config import RunConfig
 from ..errors import ConfigError
 from ..out_paths import check_out_dir
 from ..safetensors_errors import reading_safetensors
 from .checkpoint import save_captures
 from .client import ClientReply, client_step
-from .config import RunConfig
 from .driver import check_job_out_dir, drive, play
 from .federation import Federation
 from .hooks import RunContext

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import NetworkConfig
+from ..config import NetworkConfig
 
 __all__ = ["client_time", "round_time", "sim_columns", "transfer_s"]
 

@@ -12,19 +12,19 @@ Screening (:func:`screen_replies`) drops a reply that
   it far. The check is skipped with fewer than 3 decodable replies (two cannot outvote each other) and
   when the median is 0.
 
-Aggregation (:func:`aggregate`, re-exported from :mod:`fedsqueeze.fl.aggregation`, the one registry of the
+Aggregation (:func:`aggregate`, re-exported from :mod:`fedsqueeze.aggregation`, the one registry of the
 rules) then combines what is left: ``"mean"``, ``"median"`` or ``"trimmed_mean"``.
 
 The server's round (:func:`screen_and_aggregate`) does both without holding ``K`` decoded updates for
 ``"mean"``: each reply is decoded, screened (its norm computed during the decode; only the ``K`` norms are
-kept) and added to an ``O(d)`` running sum (:class:`~fedsqueeze.fl.aggregation.WeightedSum`). The norm bound
+kept) and added to an ``O(d)`` running sum (:class:`~fedsqueeze.aggregation.WeightedSum`). The norm bound
 needs the median of all norms, so the pass adds every reply optimistically with the weights' total of all
 replies; when every reply is kept (the usual round) that sum is final. When a reply is dropped, a second
 pass decodes the kept replies again and sums them with the kept weights' total: the same float64 operations
-in the same order as :func:`~fedsqueeze.fl.aggregation.weighted_mean` over the kept list, so the result is
+in the same order as :func:`~fedsqueeze.aggregation.weighted_mean` over the kept list, so the result is
 bit-identical to decoding everything first. ``"median"`` and ``"trimmed_mean"`` hold every decoded update
 (``O(K·d)``) and are refused above ``fl.aggregation_memory_mb``
-(:func:`~fedsqueeze.fl.aggregation.check_memory`). Decoding can run on a thread pool (``workers``) with the
+(:func:`~fedsqueeze.aggregation.check_memory`). Decoding can run on a thread pool (``workers``) with the
 same result: the replies are still summed in order.
 """
 
@@ -41,10 +41,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..aggregation import AGGREGATIONS, AGGREGATORS, Aggregator, WeightedSum, aggregate, check_memory, rule
 from ..codecs import decode_flat
 from ..errors import ConfigError, FedsqueezeError
 from ..spec import UpdateSpec
-from .aggregation import AGGREGATIONS, AGGREGATORS, Aggregator, WeightedSum, aggregate, check_memory
 
 __all__ = [
     "AGGREGATIONS",
@@ -284,7 +284,7 @@ def screen_and_aggregate(
     min_replies
         Kept replies needed to aggregate; with fewer, ``means`` is ``None``.
     memory_mb
-        Budget of :func:`~fedsqueeze.fl.aggregation.check_memory` for ``"median"`` / ``"trimmed_mean"``,
+        Budget of :func:`~fedsqueeze.aggregation.check_memory` for ``"median"`` / ``"trimmed_mean"``,
         checked before anything is decoded (``None``: no limit).
     workers
         Threads that decode replies in parallel (1: in the caller's thread). Each holds one decoded reply;
@@ -296,8 +296,7 @@ def screen_and_aggregate(
         Unknown ``method``, a part without one payload per weight, or a robust rule above ``memory_mb``.
     """
     n = len(weights)
-    if method not in AGGREGATORS:
-        raise ConfigError(f"aggregation {method!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
+    chosen = rule(method)  # raises for an unknown name
     if any(len(p.payloads) != n for p in parts):
         raise ConfigError("screen_and_aggregate needs one payload per weight in every part")
     if workers < 1:
@@ -306,7 +305,7 @@ def screen_and_aggregate(
     ids = list(range(n)) if clients is None else list(clients)
     bad_weight = {i: r for i, w in enumerate(weights) if (r := _weight_error(w)) is not None}
     valid = [i for i in range(n) if i not in bad_weight]
-    streaming = method == "mean"
+    streaming = chosen.streams  # the weighted mean, summed reply by reply
     # The optimistic sum assumes every reply with a valid weight is kept; it is exact if that holds.
     sums: list[WeightedSum] | None = None
     if streaming and valid:

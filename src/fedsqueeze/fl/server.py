@@ -31,11 +31,11 @@ from typing import Any
 
 import torch
 
+from ..aggregation import weighted_mean  # re-exported: FedAvg lives with the other aggregation rules
 from ..codecs import Codec, decode_flat
 from ..errors import ConfigError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
-from .aggregation import weighted_mean  # re-exported: FedAvg lives with the other aggregation rules
 from .client import encode_dense
 
 __all__ = ["Delivery", "Downlink", "apply_update", "downlink_codec", "state_sha256", "weighted_mean"]
@@ -303,7 +303,7 @@ def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
     so in the log (the summary's ``downlink_protocol`` records it); a downlink the config names explicitly
     is a :class:`~fedsqueeze.ConfigError` instead.
     """
-    from .config import default_codec
+    from ..config import default_codec
 
     codec = config.downlink.build()
     if codec.name == "identity" or spec.numel == 0:

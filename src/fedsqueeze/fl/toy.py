@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.nn.functional import cross_entropy
 
+from ..config import LocalTrainConfig
+from ..models.training import log_label_prior, make_optimizer
 from ..spec import UpdateSpec
-from .workload import LocalTrainConfig, log_label_prior, make_optimizer
 
 __all__ = ["ToyWorkload"]
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
+from ..config import LocalTrainConfig, RunConfig
+from ..config.data import MAPPINGS
 from ..data.files import FORMATS, check_source, is_hub
-from ..data.own import MAPPINGS
 from ..errors import ConfigError
-from ..fl.config import RunConfig
-from ..fl.workload import LocalTrainConfig, Workload
+from ..fl.workload import Workload
 from .settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, settings_from_context
 
 __all__ = [

@@ -1,7 +1,7 @@
 """What a Flower run needs beyond the engine: the run config as flat Flower keys, the workload, timeouts.
 
 Flower run configs are flat ``key = scalar`` tables that travel to every ServerApp and ClientApp, so the whole
-:class:`~fedsqueeze.fl.config.RunConfig` travels as one JSON string (``fedsqueeze-config``); the server and
+:class:`~fedsqueeze.config.RunConfig` travels as one JSON string (``fedsqueeze-config``); the server and
 every client rebuild the same config from it and check its digest on every message.
 """
 
@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig
 from ..errors import ConfigError
-from ..fl.config import RunConfig
 from ..fl.driver import check_job_out_dir  # re-exported: the driver's refusal, shared by the CLI
 from ..fl.workload import Workload
 
@@ -44,7 +44,7 @@ class FlowerSettings:
     Parameters
     ----------
     config
-        The same :class:`~fedsqueeze.fl.config.RunConfig` ``fedsqueeze run`` takes (``fl.min_replies`` is
+        The same :class:`~fedsqueeze.config.RunConfig` ``fedsqueeze run`` takes (``fl.min_replies`` is
         honoured here: a round with fewer valid replies leaves the model unchanged; ``None`` means 1).
     workload
         ``""``: built from the config exactly as ``fedsqueeze run`` builds it (``model.name = "toy"`` gives

@@ -15,14 +15,17 @@ import torch
 from transformers import BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .registry import find
+
 __all__ = ["MeanPoolBertForSequenceClassification", "masked_mean", "resolve_pooling"]
 
 
 def resolve_pooling(model_name: str, pooling: str) -> str:
-    """``auto`` -> the model's own convention: ``mean`` for ``minilm`` (a sentence-transformers model),
-    ``cls`` for everything else."""
+    """``auto`` -> the model's own convention: its registry entry's ``pooling`` (``mean`` for ``minilm``, a
+    sentence-transformers model), ``cls`` for a model outside the registry."""
     if pooling == "auto":
-        return "mean" if model_name == "minilm" else "cls"
+        entry = find(model_name)
+        return entry.pooling if entry is not None else "cls"
     return pooling
 
 

@@ -88,6 +88,9 @@ class ModelEntry:
         Its transformers ``model_type`` (``bert``, ``llama``).
     gguf
         Whether its files are read from a GGUF file (needs the ``gguf`` package).
+    pooling
+        What a classification head reads with ``model.pooling = "auto"``: ``cls`` (the BERT pooler over
+        ``[CLS]``) or ``mean`` (the masked token mean, how sentence-transformers models were trained).
     description
         One line for listings.
     """
@@ -101,11 +104,14 @@ class ModelEntry:
     tiny_config: Callable[[Any, int], Any] | None = None
     model_type: str = ""
     gguf: bool = False
+    pooling: str = "cls"
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UsageError(f"model {self.name!r}: kind must be one of {', '.join(KINDS)}")
+        if self.pooling not in ("cls", "mean"):
+            raise UsageError(f"model {self.name!r}: pooling must be cls or mean, got {self.pooling!r}")
         if (self.checkpoint is None) == (self.tiny_config is None):
             raise UsageError(f"model {self.name!r}: give exactly one of checkpoint and tiny_config")
 
@@ -260,6 +266,7 @@ register(
         minilm_tokenizer,
         checkpoint=minilm_dir,
         model_type="bert",
+        pooling="mean",  # a sentence-transformers model, trained on the mean-pooled embedding
         description="all-MiniLM-L6-v2 (sentence-transformers), 6 layers, 22.7M parameters",
     )
 )

@@ -22,7 +22,7 @@ from ..data.text import (
     collate_prompts,
 )
 from ..errors import ConfigError
-from ..fl.workload import log_label_prior
+from .training import log_label_prior
 
 __all__ = ["ClassificationTask", "GenerationTask", "SFTTask", "VerbalizerTask", "to_device"]
 

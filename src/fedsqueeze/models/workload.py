@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._host import cpu_count
+from ..config import DataConfig, LocalTrainConfig, ModelConfig, check_classifier, is_causal
 from ..data.own import load_data
 from ..data.partition import given_test_split, partition
 from ..data.sft import encode_sft, sft_references
@@ -24,19 +25,12 @@ from ..data.sources import RawDataset
 from ..data.text import encode_causal, encode_prompt, encode_texts
 from ..data.verbalize import encode_verbalized, label_token_ids, verbalizer_for
 from ..errors import ConfigError
-from ..fl.workload import (
-    DataConfig,
-    LocalTrainConfig,
-    ModelConfig,
-    check_classifier,
-    is_causal,
-    make_optimizer,
-)
 from ..spec import UpdateSpec
 from .layer_cache import LayerCache
 from .loading import check_dtype, load_base_model, load_tokenizer, require_llm
 from .lora import apply_lora, freeze_lora_a, read_tensors, split_trainable, stable_name, write_tensors
 from .tasks import ClassificationTask, GenerationTask, SFTTask, VerbalizerTask, to_device
+from .training import make_optimizer
 
 __all__ = ["PeftWorkload", "build_workload", "configure_threads"]
 

@@ -75,8 +75,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig, apply_overrides, load_config_data
 from ..errors import ConfigError
-from ..fl.config import RunConfig, apply_overrides, load_config_data
 
 __all__ = [
     "TIMING_DEFAULTS",

@@ -2,7 +2,7 @@
 
 The allowed values of a config key live in its dataclass field's metadata, read by one validator
 (:func:`validate`, called from each config's ``__post_init__``) and by the key reference generator
-(:mod:`fedsqueeze.fl.config_doc`), so the check and ``docs/config.md`` cannot drift apart. Checks that
+(:mod:`fedsqueeze.config.doc`), so the check and ``docs/config.md`` cannot drift apart. Checks that
 involve other keys or a pattern stay in the config's ``__post_init__`` and describe themselves with
 ``allowed=`` (documentation only). The help text of a key is its NumPy docstring entry.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Range", "allowed_text", "setting", "validate"]
+__all__ = ["POSITIVE", "Range", "allowed_text", "setting", "validate"]
 
 _META = "fedsqueeze"  # the metadata key of our field metadata
 
@@ -53,6 +53,9 @@ class Range:
 
 def _num(value: float | None) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+POSITIVE = Range(0, low_closed=False)  # "> 0"
 
 
 def setting(

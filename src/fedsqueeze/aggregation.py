@@ -4,7 +4,9 @@
 bit-reproducible); ``"median"`` the coordinate-wise median and ``"trimmed_mean"`` the coordinate-wise mean
 after dropping the ``trim_fraction`` largest and smallest values of every coordinate. The two robust rules
 ignore the weights (they are order statistics over clients). ``fl.aggregation`` is checked against
-:data:`AGGREGATIONS`, the registry's names; :func:`aggregate` looks the rule up in :data:`AGGREGATORS`.
+:data:`AGGREGATIONS`, the registry's names; :func:`aggregate` and the server's round
+(:func:`fedsqueeze.fl.robust.screen_and_aggregate`) look the rule up in :data:`AGGREGATORS`, whose entries
+(:class:`Rule`) also say whether the rule streams.
 
 Memory
 ------
@@ -24,17 +26,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "AGGREGATIONS",
     "AGGREGATORS",
     "ROBUST_BYTES_PER_VALUE",
     "Aggregator",
+    "Rule",
     "WeightedSum",
     "aggregate",
     "aggregation_memory_bytes",
@@ -49,6 +53,37 @@ ROBUST_BYTES_PER_VALUE = 28
 
 # An aggregation rule: (decoded flat updates, their weights, trim_fraction) -> one float64 vector.
 Aggregator = Callable[[Sequence[torch.Tensor], Sequence[int | float], float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One registered aggregation rule; calling it calls ``fn``.
+
+    Attributes
+    ----------
+    fn
+        The rule: ``(decoded, weights, trim_fraction) -> float64 vector``.
+    streams
+        The rule is the sample-weighted mean, which the server accumulates reply by reply in ``O(d)``
+        (:class:`WeightedSum`); ``False``: an order statistic over clients that holds every decoded update,
+        ``O(K·d)``, within ``fl.aggregation_memory_mb``.
+    """
+
+    fn: Aggregator
+    streams: bool = False
+
+    def __call__(
+        self, decoded: Sequence[torch.Tensor], weights: Sequence[int | float], trim_fraction: float
+    ) -> torch.Tensor:
+        return self.fn(decoded, weights, trim_fraction)
+
+
+def rule(method: str) -> Rule:
+    """The registered rule named ``method``; :class:`~fedsqueeze.ConfigError` naming the choices if none."""
+    found = AGGREGATORS.get(method)
+    if found is None:
+        raise ConfigError(f"aggregation {method!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
+    return found
 
 
 class WeightedSum:
@@ -106,7 +141,7 @@ def aggregation_memory_bytes(method: str, n: int, d: int) -> int:
     the float64 copy its norm is taken on, whatever ``n``. ``"median"`` / ``"trimmed_mean"``:
     :data:`ROBUST_BYTES_PER_VALUE` per value, ``O(n·d)``.
     """
-    if method == "mean":
+    if rule(method).streams:
         return (3 * 8 + 4) * int(d)  # sum, scaled copy, norm's float64 copy; the float32 reply
     return ROBUST_BYTES_PER_VALUE * int(n) * int(d)
 
@@ -128,7 +163,7 @@ def check_memory(method: str, n: int, d: int, budget_mb: float | None) -> None:
     ConfigError
         ``median`` / ``trimmed_mean`` would need more than ``budget_mb``.
     """
-    if method == "mean" or budget_mb is None:
+    if budget_mb is None or rule(method).streams:
         return
     need = aggregation_memory_bytes(method, n, d)
     if need > float(budget_mb) * 2**20:
@@ -142,7 +177,7 @@ def check_memory(method: str, n: int, d: int, budget_mb: float | None) -> None:
 def _mean(
     decoded: Sequence[torch.Tensor], weights: Sequence[int | float], trim_fraction: float
 ) -> torch.Tensor:
-    """Sample-weighted FedAvg (:func:`~fedsqueeze.fl.server.weighted_mean`); ignores ``trim_fraction``."""
+    """Sample-weighted FedAvg (:func:`weighted_mean`); ignores ``trim_fraction``."""
     return weighted_mean(decoded, weights)
 
 
@@ -178,8 +213,8 @@ def _trimmed_mean(
 
 # The aggregation rules by name: the one place a rule is defined (read-only; ``fl.aggregation`` is checked
 # against its names, :data:`AGGREGATIONS`).
-AGGREGATORS: Mapping[str, Aggregator] = MappingProxyType(
-    {"mean": _mean, "median": _median, "trimmed_mean": _trimmed_mean}
+AGGREGATORS: Mapping[str, Rule] = MappingProxyType(
+    {"mean": Rule(_mean, streams=True), "median": Rule(_median), "trimmed_mean": Rule(_trimmed_mean)}
 )
 AGGREGATIONS: tuple[str, ...] = tuple(AGGREGATORS)
 
@@ -214,10 +249,8 @@ def aggregate(
         Unknown ``method``, no updates, ``trim_fraction`` out of range for ``"trimmed_mean"``, or a robust
         rule above ``memory_mb``.
     """
-    rule = AGGREGATORS.get(method)
-    if rule is None:
-        raise ConfigError(f"aggregation {method!r} is unknown; choose one of {', '.join(AGGREGATIONS)}")
+    chosen = rule(method)
     if not decoded:
         raise ConfigError("aggregate needs at least one update")
     check_memory(method, len(decoded), decoded[0].numel(), memory_mb)
-    return rule(decoded, weights, trim_fraction)
+    return chosen(decoded, weights, trim_fraction)
