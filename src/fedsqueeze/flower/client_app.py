@@ -13,6 +13,11 @@ client ids onto Flower node ids).
 A node that cannot rebuild the state (it lost its copy, a frame is corrupt, the hash differs) refuses to
 train and replies with an error; the server then resyncs it densely the next time it is sampled.
 
+The app (:func:`client_app`) has ``downlink_mod`` and ``compress_mod`` in its mods. The messages above carry
+no float arrays and pass both untouched; a stock Flower strategy's dense train message (``FedAdam``, a DP
+wrapper, ... wrapped in :class:`~fedsqueeze.flower.Compressed`) goes to :func:`handle_stock_train`, whose
+dense reply ``compress_mod`` compresses.
+
 Per-client state (the error-feedback residual + codec state, and the downlink copy it holds) survives
 across rounds:
 
