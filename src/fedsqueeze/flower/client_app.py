@@ -13,6 +13,11 @@ client ids onto Flower node ids).
 A node that cannot rebuild the state (it lost its copy, a frame is corrupt, the hash differs) refuses to
 train and replies with an error; the server then resyncs it densely the next time it is sampled.
 
+The app (:func:`client_app`) has ``downlink_mod`` and ``compress_mod`` in its mods. The messages above carry
+no float arrays and pass both untouched; a stock Flower strategy's dense train message (``FedAdam``, a DP
+wrapper, ... wrapped in :class:`~fedsqueeze.flower.Compressed`) goes to :func:`handle_stock_train`, whose
+dense reply ``compress_mod`` compresses.
+
 Per-client state (the error-feedback residual + codec state, and the downlink copy it holds) survives
 across rounds:
 
@@ -41,8 +46,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import ConfigRecordValues, MetricRecordValues
 from flwr.common.constant import ErrorCode
@@ -60,14 +66,12 @@ from .node_data import NodeSettings, node_settings, node_workload
 from .records import array_bytes, blob_to_state, bytes_array, sha256, state_to_blob
 from .settings import FlowerSettings, make_workload
 
-__all__ = ["KEEP_VERSIONS", "app", "handle_query", "handle_train", "partition_id", "state_dir"]
+__all__ = ["KEEP_VERSIONS", "app", "client_app", "handle_query", "handle_train", "partition_id", "state_dir"]
 
 log = logging.getLogger("fedsqueeze.flower")
 STATE_KEY = "fedsqueeze-ef"
 KEEP_VERSIONS = 2  # state versions a node keeps: the one a replayed round needs, and the newest
 _JOB_ID = re.compile(r"[0-9a-f]{1,64}")
-
-app = ClientApp()
 
 
 def partition_id(context: Context) -> int:
@@ -78,7 +82,6 @@ def partition_id(context: Context) -> int:
     return pid
 
 
-@app.query()
 def handle_query(msg: Message, context: Context) -> Message:
     """Reply with this node's partition id and the digest of the run config it sees."""
     apply_offline_env()
@@ -224,15 +227,19 @@ def _log_sent(context: Context, settings: FlowerSettings, client: int, row: dict
             fh.write(json.dumps(row) + "\n")
 
 
-@app.train()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train this partition from the received global state and reply with the compressed update.
 
-    Sets offline mode first (:func:`.env.apply_offline_env`), before the workload imports transformers.
+    A message of fedsqueeze's own strategy (:class:`~.job_strategy.FederationStrategy`: a ``"round"``
+    ConfigRecord and the ``"global"`` delivery) gets the job's reply; any other train message is a stock
+    Flower strategy's (:func:`handle_stock_train`). Sets offline mode first (:func:`.env.apply_offline_env`),
+    before the workload imports transformers.
     """
     apply_offline_env()
     t0 = time.perf_counter()
     settings = node_settings(context.run_config, context.node_config)
+    if "round" not in msg.content.config_records or "global" not in msg.content.array_records:
+        return handle_stock_train(msg, context, settings)
     req: Mapping[str, Any] = msg.content.config_records["round"]  # the server's values, checked below
     if req["digest"] != settings.digest:
         raise ConfigError("the server's run config differs from this node's (config digest mismatch)")
@@ -301,3 +308,87 @@ def handle_train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content, reply_to=msg)
+
+
+def handle_stock_train(msg: Message, context: Context, settings: FlowerSettings) -> Message:
+    """Train this partition on the dense arrays a stock Flower strategy sent (``FedAvg``, ``FedAdam``, a DP
+    wrapper, ...) and reply with the trained arrays, under the same keys, plus ``num-examples`` and
+    ``train-loss``.
+
+    The message holds one ArrayRecord with the ``lora.<name>`` and ``head.<name>`` arrays
+    (:meth:`~.job_strategy.FederationStrategy.global_arrays`; other arrays pass through) and the strategy's
+    ConfigRecord (``server-round``). The seeds are the engine's for this partition and round. The reply is
+    dense: ``compress_mod`` (in :func:`client_app`'s mods) turns it into a frame of the codec that
+    ``Compressed`` names, and ``downlink_mod`` has rebuilt a compressed downlink before this runs.
+    """
+    t0 = time.perf_counter()
+    cfg, client = settings.config, partition_id(context)
+    if hooks_for(cfg):
+        return _refuse(msg, "the phases before the rounds (TGAP) need fedsqueeze's own strategy")
+    if len(msg.content.array_records) != 1:
+        return _refuse(msg, f"expected one ArrayRecord, got {len(msg.content.array_records)}")
+    ((key, record),) = msg.content.array_records.items()
+    rnd = 0
+    for conf in msg.content.config_records.values():
+        said = conf.get("server-round")
+        if isinstance(said, int) and not isinstance(said, bool):
+            rnd = said
+    wl = node_workload(settings, client) if isinstance(settings, NodeSettings) else make_workload(settings)
+    try:
+        lora = _tensors(record, "lora.", wl.lora_spec)
+        head = _tensors(record, "head.", wl.head_spec)
+    except FedsqueezeError as exc:
+        return _refuse(msg, str(exc))
+    new_lora, new_head, loss = wl.train_client(
+        client, dict(lora), dict(head), cfg.train,
+        seed=derive_seed(cfg.fl.seed, rnd, client, "train") & ((1 << 63) - 1),
+        train_head=trains_head(cfg, wl, rnd),
+    )  # fmt: skip
+    trained = {f"lora.{k}": v for k, v in new_lora.items()} | {f"head.{k}": v for k, v in new_head.items()}
+    out: dict[str, Array] = {}
+    for name, arr in record.items():  # same keys and order; each array back in the dtype it came in
+        value = trained.get(name)
+        out[name] = arr if value is None else Array(value.detach().cpu().numpy().astype(arr.dtype))
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": int(wl.client_num_examples(client)),
+        "train-loss": float(loss),
+        "client-s": time.perf_counter() - t0,
+    }
+    return Message(RecordDict({key: ArrayRecord(out), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _tensors(record: ArrayRecord, prefix: str, spec: UpdateSpec) -> dict[str, torch.Tensor]:
+    """The tensors of ``spec`` under ``prefix`` in ``record``, as float32; :class:`~fedsqueeze.PayloadError`
+    when one is missing or of another shape."""
+    out = {}
+    for name, shape in spec.entries:
+        arr = record.get(prefix + name)
+        if arr is None or tuple(arr.shape) != tuple(shape):
+            raise PayloadError(f"the train message lacks the array {prefix + name!r} of shape {tuple(shape)}")
+        out[name] = torch.from_numpy(np.array(arr.numpy(), dtype=np.float32, copy=True))
+    return out
+
+
+def _refuse(msg: Message, reason: str) -> Message:
+    log.warning("refusing to train: %s", reason)
+    return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
+
+
+def client_app(*mods: Any) -> ClientApp:
+    """fedsqueeze's ClientApp: ``downlink_mod`` and ``compress_mod``, then ``mods`` (e.g. Flower's
+    ``fixedclipping_mod``, which must run before the update is compressed), around :func:`handle_train`
+    and :func:`handle_query`.
+
+    Messages of fedsqueeze's own strategy carry their frames already and pass both mods untouched; a stock
+    strategy wrapped in :class:`~fedsqueeze.flower.Compressed` gets compressed replies (and, with its
+    ``downlink=``, sends a compressed downlink).
+    """
+    from .mods import compress_mod, downlink_mod
+
+    built = ClientApp(mods=[downlink_mod(), compress_mod(), *mods])
+    built.train()(handle_train)
+    built.query()(handle_query)
+    return built
+
+
+app = client_app()

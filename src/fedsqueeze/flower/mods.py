@@ -115,6 +115,9 @@ def compress_mod(codec: str | None = None, *, error_feedback: bool = True, **opt
             return call_next(msg, context)
         if DOWN_META_KEY in msg.content.config_records:  # no downlink_mod before: the arrays are frames
             return _error(msg, NEEDS_DOWNLINK_MOD)
+        records = list(msg.content.array_records.values())
+        if len(records) == 1 and not float_keys(records[0]):
+            return call_next(msg, context)  # no float arrays (e.g. a model as bytes): nothing to compress
         try:
             asked = read_codec_config(msg.content)
         except FedsqueezeError as exc:

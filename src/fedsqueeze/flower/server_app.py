@@ -27,9 +27,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from ..errors import ConfigError
-from ..fl.driver import Outputs, drive
+from ..fl.driver import Outputs, Rounds, drive
 from ..fl.federation import Federation
 from ..fl.final import FINAL_PARAMS
 from ..fl.hooks import RunContext
@@ -86,9 +87,20 @@ def _wait_for_nodes(grid: GridLike, want: int, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | None = None) -> dict[str, Any]:
+def run_rounds(
+    grid: GridLike,
+    settings: FlowerSettings,
+    out_dir: str | Path | None = None,
+    *,
+    strategy: Strategy | None = None,
+) -> dict[str, Any]:
     """Run ``fl.rounds`` rounds over ``grid``; write ``metrics.jsonl`` / ``summary.json`` / the plot, and
     ``checkpoint/`` after every round.
+
+    ``strategy``: a stock Flower strategy (``FedAdam``, a DP wrapper around ``FedAvg``, ...) to run the job
+    with instead of fedsqueeze's own (:class:`~.job_strategy.FederationStrategy`); it is wrapped in
+    :class:`~.strategy.Compressed` with the job's codecs, and the rows are those of
+    :mod:`.stock_rounds` (such a job does not resume).
 
     With ``settings.resume`` the run in ``out_dir`` continues from its checkpoint (one without a checkpoint
     yet starts from round 1), as ``fedsqueeze run --resume`` does.
@@ -119,7 +131,11 @@ def run_rounds(grid: GridLike, settings: FlowerSettings, out_dir: str | Path | N
         versions={"flwr": _flwr_version()},
     )
 
-    def transport(ctx: RunContext) -> _GridRounds:
+    def transport(ctx: RunContext) -> Rounds:
+        if strategy is not None:
+            from .stock_rounds import StrategyRounds, compressed_for
+
+            return StrategyRounds(compressed_for(strategy, settings), settings, ctx, grid)
         return _GridRounds(FederationStrategy(settings, ctx), grid, settings.round_timeout)
 
     return drive(
