@@ -20,7 +20,7 @@ from ..base import Codec
 from ..budget import budget_bits, check_density, check_one_budget, check_rate
 from ..registry import register
 from ._packets import MAX_B, MODE_EVEN, BudgetTooSmallError, ceil_log2, decode_body, empty_body, encode_body
-from ._plan import even_stream
+from ._plan import SEARCHES, even_stream
 
 __all__ = ["FedCVLC"]
 
@@ -39,6 +39,14 @@ class FedCVLC(Codec):
         rate is a ``ConfigError``).
     b_min, b_max
         Range of the per-packet value bit width (1..15).
+    search
+        Packet-plan search. ``"exact"``: the paper's dynamic program over the sorted candidates, exact but
+        ``O(W P^2 n)`` for ``P`` packets of ``n`` entries and ``W`` widths (tens of seconds at d = 8.4M).
+        ``"fast"`` (default): candidates from a sampled threshold instead of a top-k, and the exact DP only
+        while it is cheap; above that, the best single-width plan refined by per-packet width changes
+        (``O(W P)`` per round). On Gaussian-like updates both searches find the same plan (every packet at
+        ``b_min``: a dropped entry costs far more than coarser levels), so the bytes match; see
+        ``docs/benchmarks.md`` for the measured error of each.
     """
 
     name: ClassVar[str] = "fed_cvlc"
@@ -50,11 +58,14 @@ class FedCVLC(Codec):
     rate: float | None = None
     b_min: int = 4
     b_max: int = 10
+    search: str = "fast"
 
     def __post_init__(self) -> None:
         check_density(self.name, self.density)
         check_rate(self.name, self.rate)
         check_one_budget(self)
+        if self.search not in SEARCHES:
+            raise ConfigError(f"fed_cvlc: search must be one of {SEARCHES}, got {self.search!r}")
         if not 1 <= self.b_min <= self.b_max <= MAX_B:
             raise ConfigError(
                 f"need 1 <= b_min <= b_max <= {MAX_B}, got b_min={self.b_min}, b_max={self.b_max}"
@@ -65,7 +76,7 @@ class FedCVLC(Codec):
         s = max(1, ceil_log2(d))
         budget = budget_bits(d, rate=self.rate, density=self.density, name=self.name)
         try:
-            stream, s, _ = even_stream(flat, budget, self.b_min, self.b_max, s)
+            stream, s, _ = even_stream(flat, budget, self.b_min, self.b_max, s, self.search)
         except BudgetTooSmallError:
             try:  # below one packet: send nothing
                 return empty_body(budget, d)
