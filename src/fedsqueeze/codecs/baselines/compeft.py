@@ -43,7 +43,6 @@ from ._util import (
     frame_bits,
     largest_fitting,
     read_scale,
-    to_f32,
     topk_sorted,
 )
 from .topk import index_bits_for_all_k
@@ -148,9 +147,10 @@ class ComPEFT(Codec):
         idx = read_indices(r, k, d, coder)
         neg = r.read_bits(k, "signs").astype(bool)
         r.expect_end()
-        out = np.zeros(d, dtype=np.float64)
-        out[idx] = np.where(neg, -c, c)
-        return to_f32(out)
+        # c is a finite float32 value, so writing +-c into a float32 vector equals the float64 path + clamp.
+        out = torch.zeros(d, dtype=torch.float32)
+        out[torch.from_numpy(idx)] = torch.from_numpy(np.where(neg, -c, c).astype(np.float32))
+        return out
 
     @classmethod
     def max_body_bytes(cls, spec: UpdateSpec) -> int:
