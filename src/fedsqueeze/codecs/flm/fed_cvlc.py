@@ -3,8 +3,9 @@
 Su et al., "Fed-CVLC: Compressing federated learning communications with variable-length codes", INFOCOM
 2024, arXiv:2402.03770 (``docs/flm-topk.md`` §7–8). It is FLM-TopK's
 ``even`` allocation with one interval of length ``d``: ``ceil(log2 d)``-bit position ids, packets over runs
-of the magnitude-sorted candidates, widths and kept count from the exact packet-plan DP, stochastic rounding
-between each packet's extreme magnitudes. The body is the ``flm_topk`` packet format (``_packets.py``).
+of the magnitude-sorted candidates, widths and kept count from the packet-plan search (``search``: the exact
+DP, or a fast search that keeps the DP while it is cheap), stochastic rounding between each packet's extreme
+magnitudes. The body is the ``flm_topk`` packet format (``_packets.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ...errors import ConfigError, PayloadError
@@ -90,6 +92,6 @@ class FedCVLC(Codec):
         if len(body) and (body[0] >> 3) < max(1, ceil_log2(d)):
             raise PayloadError("fed_cvlc body must describe a single interval")
         idx, vals = decode_body(body, d, want_mode=MODE_EVEN)
-        out = torch.zeros(d, dtype=torch.float32)
-        out[torch.from_numpy(idx)] = torch.from_numpy(vals)
-        return out
+        out = np.zeros(d, dtype=np.float32)  # numpy: no torch thread hand-off for a scatter of k values
+        out[idx] = vals
+        return torch.from_numpy(out)
