@@ -42,13 +42,13 @@ class FedCVLC(Codec):
     b_min, b_max
         Range of the per-packet value bit width (1..15).
     search
-        Packet-plan search. ``"exact"``: the paper's dynamic program over the sorted candidates, exact but
-        ``O(W P^2 n)`` for ``P`` packets of ``n`` entries and ``W`` widths (tens of seconds at d = 8.4M).
-        ``"fast"`` (default): candidates from a sampled threshold instead of a top-k, and the exact DP only
-        while it is cheap; above that, the best single-width plan refined by per-packet width changes
-        (``O(W P)`` per round). On Gaussian-like updates both searches find the same plan (every packet at
-        ``b_min``: a dropped entry costs far more than coarser levels), so the bytes match; see
-        ``docs/benchmarks.md`` for the measured error of each.
+        Packet-plan search. ``"exact"``: the paper's dynamic program over the top-k candidates, exact but
+        ``O(W P^2 n)`` for ``P`` packets of ``n`` entries and ``W`` widths. ``"fast"`` (default):
+        candidates from a sampled threshold instead of a top-k over ``d``, and the exact DP only while it is
+        cheap; above that, the best single-width plan refined by per-packet width changes (``O(W P)`` per
+        round). On Gaussian-like updates both find the same plan (every packet at ``b_min``: a dropped entry
+        costs far more than coarser levels); ``docs/flm-topk.md`` §8 says where they differ and
+        ``docs/benchmarks.md`` gives the measured error and time of each.
     """
 
     name: ClassVar[str] = "fed_cvlc"
