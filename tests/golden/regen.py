@@ -75,6 +75,10 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
     "fed_cvlc": ("fed_cvlc", {}, 15),
     "fed_cvlc-rate": ("fed_cvlc", {"rate": 3.0, "b_min": 2, "b_max": 8}, 16),
     "fed_cvlc-3packets": ("fed_cvlc", {"rate": 12.0}, 21),
+    # The exact packet-plan DP pinned on its own (the default search="fast" gives these same bytes here).
+    "fed_cvlc-exact": ("fed_cvlc", {"search": "exact"}, 15),
+    "fed_cvlc-exact-rate": ("fed_cvlc", {"rate": 3.0, "b_min": 2, "b_max": 8, "search": "exact"}, 16),
+    "fed_cvlc-exact-3packets": ("fed_cvlc", {"rate": 12.0, "search": "exact"}, 21),
     "flm_topk-threshold": ("flm_topk", {}, 17),
     "flm_topk-even": ("flm_topk", {"mode": "even"}, 18),
     "flm_topk-threshold-L64-rate": ("flm_topk", {"rate": 3.0, "interval_size": 64}, 19),

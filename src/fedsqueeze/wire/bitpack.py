@@ -44,13 +44,63 @@ def _to_bit_array(values: np.ndarray, widths: int | np.ndarray) -> np.ndarray:
     return ((v[owner] >> shift) & np.uint64(1)).astype(np.uint8)
 
 
+_GROUP_CHUNK = 1 << 17  # groups of 8 values per step of the narrow-width packer (bounds its temporaries)
+
+
+def _pack_narrow(v: np.ndarray, w: int) -> bytes:
+    """MSB-first packing of ``w <= 8``-bit values: 8 values make ``w`` whole bytes (no array of bits)."""
+    n = v.size
+    groups = -(-n // 8)
+    out = np.empty((groups, w), dtype=np.uint8)
+    shifts = (np.uint64(w) * np.arange(7, -1, -1, dtype=np.uint64))[None, :]
+    for g0 in range(0, groups, _GROUP_CHUNK):
+        g1 = min(groups, g0 + _GROUP_CHUNK)
+        part = v[8 * g0 : 8 * g1]
+        if part.size < 8 * (g1 - g0):  # zero values pad the last group: zero padding bits, as the bit packer
+            part = np.concatenate([part, np.zeros(8 * (g1 - g0) - part.size, dtype=np.uint64)])
+        acc = np.bitwise_or.reduce(part.reshape(-1, 8) << shifts, axis=1)  # 8 w <= 64 bits per group
+        out[g0:g1] = acc.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - w :]
+    return out.reshape(-1)[: (n * w + 7) // 8].tobytes()
+
+
+def _unpack_narrow(buf: np.ndarray, count: int, w: int) -> np.ndarray:
+    """Inverse of :func:`_pack_narrow` on ``ceil(count w / 8)`` bytes; uint64 values."""
+    groups = -(-count // 8)
+    out = np.empty(groups * 8, dtype=np.uint64)
+    shifts = (np.uint64(w) * np.arange(7, -1, -1, dtype=np.uint64))[None, :]
+    mask = np.uint64((1 << w) - 1)
+    for g0 in range(0, groups, _GROUP_CHUNK):
+        g1 = min(groups, g0 + _GROUP_CHUNK)
+        raw = buf[w * g0 : w * g1]
+        words = np.zeros((g1 - g0, 8), dtype=np.uint8)
+        if raw.size < w * (g1 - g0):  # the last group may be short
+            raw = np.concatenate([raw, np.zeros(w * (g1 - g0) - raw.size, dtype=np.uint8)])
+        words[:, 8 - w :] = raw.reshape(-1, w)
+        acc = words.view(">u8").astype(np.uint64)  # (groups, 1) big-endian words
+        out[8 * g0 : 8 * g1] = ((acc >> shifts) & mask).reshape(-1)
+    return out[:count]
+
+
 def pack_uints(values: np.ndarray, width: int) -> bytes:
     """Pack unsigned ints of a fixed ``width`` (0–64 bits) MSB first, zero-padded to a byte."""
+    if 1 <= width <= 8:
+        v = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
+        if v.size and int(v.max()) >> width:
+            raise UsageError(f"value does not fit in {width} bits")
+        return _pack_narrow(v, width) if v.size else b""
     return np.packbits(_to_bit_array(values, width)).tobytes()
 
 
 def unpack_uints(data: bytes, count: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pack_uints`; raises :class:`PayloadError` when ``data`` is too short."""
+    """Inverse of :func:`pack_uints`; raises :class:`PayloadError` when ``data`` is too short.
+
+    Bits after the last value are not checked (see :meth:`BitReader.expect_end` for that).
+    """
+    if 1 <= width <= 8 and count > 0:
+        need = (count * width + 7) // 8
+        if need > len(data):
+            raise PayloadError(f"truncated payload: field needs {count * width} bits, {8 * len(data)} left")
+        return _unpack_narrow(np.frombuffer(data, dtype=np.uint8, count=need), count, width)
     reader = BitReader(data)
     return reader.read_uints(count, width)
 

@@ -34,7 +34,7 @@ import torch
 
 from ...errors import ConfigError, PayloadError
 from ...spec import UpdateSpec
-from ...wire.bitpack import BitReader, BitWriter
+from ...wire.bitpack import BitReader, BitWriter, pack_uints, unpack_uints
 from ..base import FP32_MAX, Codec
 from ..budget import check_one_budget, check_rate
 from ..registry import register
@@ -52,6 +52,7 @@ MAX_LEVELS = 65535
 MAX_BUCKET = 2**24
 _NORMS = ("max", "l2")
 _CODINGS = ("fixed", "elias")
+_CHUNK = 1 << 16  # values per step of the quantizer and the fixed-coding decoder (cache-sized temporaries)
 
 
 def _bitlen(x: np.ndarray) -> np.ndarray:
@@ -118,14 +119,46 @@ class QSGD(Codec):
         check_one_budget(self, "levels")
 
     # -- quantization -------------------------------------------------------------------------------------
-    def _norms(self, ax: np.ndarray) -> np.ndarray:
-        d, b = ax.size, self.bucket
+    def _norms(self, x: np.ndarray) -> np.ndarray:
+        """Float32 bucket norms of the float32 values ``x``.
+
+        Rows of buckets are reduced a chunk at a time in float64 (the max is exact in any precision; the L2
+        sum is numpy's per-row float64 sum, the same whatever the chunk), never a d-sized float64 copy.
+        """
+        d, b = x.size, self.bucket
         nb = -(-d // b)
-        padded: np.ndarray = np.zeros(nb * b, dtype=np.float64)
-        padded[:d] = ax
-        padded = padded.reshape(nb, b)
-        n = padded.max(axis=1) if self.norm == "max" else np.sqrt((padded * padded).sum(axis=1))
+        n = np.empty(nb, dtype=np.float64)
+        rows = max(1, _CHUNK // b)
+        for r0 in range(0, nb, rows):
+            r1 = min(nb, r0 + rows)
+            part = np.abs(x[r0 * b : r1 * b].astype(np.float64))
+            if part.size < (r1 - r0) * b:  # zero-pad the short last bucket
+                part = np.concatenate([part, np.zeros((r1 - r0) * b - part.size)])
+            part = part.reshape(r1 - r0, b)
+            n[r0:r1] = part.max(axis=1) if self.norm == "max" else np.sqrt((part * part).sum(axis=1))
         return np.minimum(n, FP32_MAX).astype(np.float32)
+
+    def _ratio(self, x: np.ndarray, norms: np.ndarray, a: int, e: int) -> np.ndarray:
+        """``min(|x| / norm, 1)`` in float64 for the values ``[a, e)`` (``a`` on a bucket boundary)."""
+        b = self.bucket
+        ax = np.abs(x[a:e].astype(np.float64))
+        per = np.repeat(norms[a // b : -(-e // b)].astype(np.float64), b)[: e - a]
+        return np.minimum(np.divide(ax, per, out=np.zeros(e - a), where=per > 0), 1.0)
+
+    def _fixed_levels(self, x: np.ndarray, norms: np.ndarray, s: int, seed: int) -> np.ndarray:
+        """Fixed-coding words ``sign << width | level`` (uint8, ``1 + bitlen(s) <= 8``), a chunk at a time.
+
+        The uniform draws are taken in order, chunk after chunk, so they are those of one ``random(d)``.
+        """
+        d, width = x.size, int(s).bit_length()
+        rng = np.random.default_rng(seed)
+        words = np.empty(d, dtype=np.uint8)
+        step = max(1, _CHUNK // self.bucket) * self.bucket
+        for a in range(0, d, step):
+            e = min(d, a + step)
+            lev = np.clip(np.floor(s * self._ratio(x, norms, a, e) + rng.random(e - a)), 0, s)
+            words[a:e] = ((x[a:e] < 0) << width) | lev.astype(np.uint8)
+        return words
 
     def _choose_levels(self, ratio: np.ndarray, u: np.ndarray, fixed_bits: int, d: int) -> int:
         assert self.rate is not None
@@ -150,13 +183,26 @@ class QSGD(Codec):
 
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         d = spec.numel
-        x = flat.numpy().astype(np.float64)
+        xf = flat.numpy()
+        norms = self._norms(xf)
+        fixed_bits = _HEAD_BITS + 32 * norms.size
+        if self.coding == "fixed":
+            s = (
+                self.levels
+                if self.rate is None
+                else self._choose_levels(np.zeros(0), np.zeros(0), fixed_bits, d)
+            )
+            width = int(s).bit_length()
+            if 1 + width <= 8:  # byte-friendly words: packed 8 at a time (same bytes as the bit writer)
+                head = np.array([self.bucket], ">u4").tobytes() + np.array([s], ">u2").tobytes()
+                head += bytes([_NORMS.index(self.norm), _CODINGS.index(self.coding)])
+                words = self._fixed_levels(xf, norms, s, seed)
+                return head + norms.astype(">f4").tobytes() + pack_uints(words, 1 + width)
+        x = xf.astype(np.float64)
         ax = np.abs(x)
-        norms = self._norms(ax)
         per = np.repeat(norms.astype(np.float64), self.bucket)[:d]
         ratio = np.minimum(np.divide(ax, per, out=np.zeros(d), where=per > 0), 1.0)
         u = np.random.default_rng(seed).random(d)
-        fixed_bits = _HEAD_BITS + 32 * norms.size
         s = self.levels if self.rate is None else self._choose_levels(ratio, u, fixed_bits, d)
         lev = np.clip(np.floor(s * ratio + u), 0, s).astype(np.int64)
         w = BitWriter()
@@ -202,6 +248,8 @@ class QSGD(Codec):
             norms = r.read_f32(nb, "norms").astype(np.float64)
         if not (np.all(np.isfinite(norms)) and np.all(norms >= 0)):
             raise PayloadError("qsgd: bucket norms must be finite and non-negative")
+        if coding_id == 0 and 1 + width <= 8:
+            return cls._decode_fixed_narrow(body, norms, d, bucket, s, fixed_bits)
         if coding_id == 0:
             codes = r.read_uints(d, 1 + width, "entries")
             lev = (codes & np.uint64((1 << width) - 1)).astype(np.int64)
@@ -216,6 +264,37 @@ class QSGD(Codec):
         out = np.zeros(d, dtype=np.float64)
         out[idx] = np.where(neg, -mag, mag)
         return to_f32(out)
+
+    @classmethod
+    def _decode_fixed_narrow(
+        cls, body: bytes, norms: np.ndarray, d: int, bucket: int, s: int, fixed_bits: int
+    ) -> torch.Tensor:
+        """Fixed coding with ``1 + bitlen(s) <= 8``-bit words (the body length is already checked).
+
+        Same values as the generic path (``norm * (level / s)`` in float64, clipped, then float32), computed
+        a chunk at a time from a table of ``level / s`` into a float32 output.
+        """
+        width = s.bit_length()
+        w = 1 + width
+        start = fixed_bits // 8  # header and norms are whole bytes
+        words = unpack_uints(body[start:], d, w) if d else np.zeros(0, dtype=np.uint64)
+        tail_bits = (-(d * w)) % 8
+        if tail_bits and body[-1] & ((1 << tail_bits) - 1):
+            raise PayloadError("non-zero padding bits at the end of the payload")
+        words = words.astype(np.uint8)
+        lev = words & np.uint8((1 << width) - 1)
+        if lev.size and int(lev.max()) > s:
+            raise PayloadError(f"qsgd: level above s={s}")
+        table = np.arange(s + 1) / s  # == level / s elementwise
+        out = np.empty(d, dtype=np.float32)
+        step = max(1, _CHUNK // bucket) * bucket
+        for a in range(0, d, step):
+            e = min(d, a + step)
+            per = np.repeat(norms[a // bucket : -(-e // bucket)], bucket)[: e - a]
+            mag = per * table[lev[a:e]]
+            val = np.where(words[a:e] >> np.uint8(width) != 0, -mag, mag)
+            out[a:e] = np.clip(val, -FP32_MAX, FP32_MAX)
+        return torch.from_numpy(out)
 
     @classmethod
     def _read_elias(

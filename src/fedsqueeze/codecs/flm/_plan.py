@@ -29,10 +29,15 @@ from ._packets import (
     message_header_bytes,
     packet_header_bits,
     plan_packets,
+    plan_packets_fast,
     quant_cost,
 )
 
-__all__ = ["even_stream", "threshold_stream"]
+__all__ = ["SEARCHES", "even_stream", "threshold_stream"]
+
+SEARCHES = ("exact", "fast")  # packet-plan search of the even allocation
+# ``search="fast"`` still runs the exact DP when it is cheap: r * kc below this (~0.1 s of DP at most).
+_EXACT_DP_MAX = 1 << 17
 
 _EXACT_BELOW = 1 << 18  # below this size a plain topk is cheaper than threshold sampling
 THRESHOLD_S_MIN = 2  # smallest interval searched in threshold mode (L = 4)
@@ -167,6 +172,37 @@ def _interval_candidates(a: torch.Tensor, s: int, kc: int) -> tuple[np.ndarray, 
     return vals.double().numpy(), loc.numpy(), energy.numpy()
 
 
+def _single_interval_candidates(
+    u: torch.Tensor, s: int, kc: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_interval_candidates` for one interval (``m = 1``) without a top-k over ``d``.
+
+    A strided-sample threshold (as in :func:`_candidates`) keeps ~1.1 ``kc`` entries, which are sorted by
+    magnitude (descending; ties in index order). Small vectors, or a short guess, take the exact path. The
+    energy is a float32 dot (it only scales the reported estimate).
+    """
+    d = u.numel()
+    if d <= _EXACT_BELOW or d // 4 <= kc:
+        return _interval_candidates(u.abs(), s, kc)
+    # numpy throughout: single-threaded passes, no torch thread hand-off (erratic on a busy 2-core host)
+    x = u.numpy()
+    stride = max(1, d // (1 << 17))
+    sample = np.abs(x[::stride])
+    q = max(0, min(sample.size - 1, int(sample.size * (1.0 - 1.1 * kc / d - 0.002))))
+    tau = np.float32(np.partition(sample, q)[q])
+    hit = x >= tau
+    hit |= x <= -tau
+    cand = np.flatnonzero(hit)
+    del hit
+    if cand.size < kc:
+        return _interval_candidates(u.abs(), s, kc)
+    mag = np.abs(x[cand])
+    order = np.argsort(-mag, kind="stable")[:kc]  # stable: equal magnitudes stay in index order
+    vals = mag[order].astype(np.float64)[None, :]
+    energy = np.array([float(np.dot(x, x))])
+    return vals, cand[order][None, :], energy
+
+
 def _even_geometry(d: int, s: int, count: int) -> tuple[int, np.ndarray]:
     m = -(-d // (1 << s))
     r = np.full(m, count // m, dtype=np.int64)
@@ -198,9 +234,14 @@ def _even_estimate(vals: np.ndarray, energy: np.ndarray, r: np.ndarray, n_of_b: 
 
 
 def even_stream(
-    u: torch.Tensor, budget: int, b_min: int, b_max: int, s_fixed: int | None
+    u: torch.Tensor, budget: int, b_min: int, b_max: int, s_fixed: int | None, search: str = "exact"
 ) -> tuple[Stream, int, dict]:
-    """Plan the ``even`` allocation (the paper's); ``s_fixed = ceil(log2 d)`` gives Fed-CVLC."""
+    """Plan the ``even`` allocation (the paper's); ``s_fixed = ceil(log2 d)`` gives Fed-CVLC.
+
+    ``search="fast"`` (one interval only, i.e. Fed-CVLC) picks the candidates without a top-k over ``d``
+    and plans the packets with :func:`plan_packets_fast` when the exact DP would be costly
+    (``r * kc > _EXACT_DP_MAX``); ``"exact"`` is the exact DP on the top-k candidates.
+    """
     d = u.numel()
     count, cap = layout(budget, message_header_bytes(MODE_EVEN, 1, 1))
     if count == 0:
@@ -208,7 +249,8 @@ def even_stream(
     s_hi = max(1, ceil_log2(d))
     s_lo = min(s_hi, max(1, ceil_log2(-(-d // count))))  # m <= P: every interval owns a whole packet
     s_list = [max(s_fixed, s_lo)] if s_fixed is not None else list(range(s_lo, s_hi + 1))
-    a = u.abs()
+    fast = search == "fast" and len(s_list) == 1 and d <= (1 << s_list[0])  # one interval: Fed-CVLC
+    a = u if fast else u.abs()  # the fast single-interval path never needs |u| whole
 
     def geometry(s: int) -> tuple[np.ndarray, dict[int, int], int]:
         m, r = _even_geometry(d, s, count)
@@ -220,7 +262,10 @@ def even_stream(
     best = None
     for s in s_list:
         r, n_of_b, kc = geometry(s)
-        vals, loc, energy = _interval_candidates(a, s, kc)
+        if fast:
+            vals, loc, energy = _single_interval_candidates(u, s, kc)
+        else:
+            vals, loc, energy = _interval_candidates(a, s, kc)
         score = _even_estimate(vals, energy, r, n_of_b) if len(s_list) > 1 else 0.0
         if best is None or score < best[0]:
             best = (score, s, vals, loc, energy)
@@ -233,7 +278,8 @@ def even_stream(
     err = 0.0
     for rv in np.unique(r):
         rows = np.nonzero(r == rv)[0]
-        g_ns, g_bs, g_err = plan_packets(vals[rows], int(rv), n_of_b)
+        plan = plan_packets_fast if fast and int(rv) * kc > _EXACT_DP_MAX else plan_packets
+        g_ns, g_bs, g_err = plan(vals[rows], int(rv), n_of_b)
         ns[rows, : int(rv)], bs[rows, : int(rv)] = g_ns, g_bs
         err += float(g_err.sum()) + float((energy[rows] - (vals[rows] ** 2).sum(1)).sum())
     # Entries in wire order: interval-major, packet order inside, runs of the sorted candidates.
