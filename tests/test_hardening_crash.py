@@ -177,6 +177,7 @@ def test_repeated_kills_of_the_same_run(tmp_path, cfg_file, reference) -> None:
 
 def test_crash_between_metrics_row_and_checkpoint_truncates_on_resume(tmp_path, monkeypatch) -> None:
     """In-process: die right after round 3's metrics row is appended, before its checkpoint is written."""
+    import fedsqueeze.fl.driver as driver
     import fedsqueeze.fl.loop as loop
     from fedsqueeze.config import load_config
     from fedsqueeze.fl.toy import ToyWorkload
@@ -187,14 +188,14 @@ def test_crash_between_metrics_row_and_checkpoint_truncates_on_resume(tmp_path, 
     wl = lambda: ToyWorkload(8, rank=4, seed=3)  # noqa: E731 - what build_workload makes for this config
     loop.run(cfg, tmp_path / "ref", workload=wl())
 
-    real = loop.save_checkpoint
+    real = driver.save_checkpoint  # the one driver writes every transport's checkpoint
 
     def dying(out, state):
         if state["round"] == 3:
             raise KeyboardInterrupt("simulated kill")
         return real(out, state)
 
-    monkeypatch.setattr(loop, "save_checkpoint", dying)
+    monkeypatch.setattr(driver, "save_checkpoint", dying)
     with pytest.raises(KeyboardInterrupt):
         loop.run(cfg, tmp_path / "run", workload=wl())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3  # one row ahead

@@ -116,6 +116,9 @@ def play(
             on_row(row)
 
 
+NOT_LOADED = object()  # drive's ``checkpoint`` default: load it from ``out`` on resume
+
+
 def drive(
     config: RunConfig,
     out: Path,
@@ -130,6 +133,7 @@ def drive(
     capture: Callable[[int], bool] = lambda r: False,
     on_start: Callable[[Rounds], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: Mapping[str, Any] | object | None = NOT_LOADED,
 ) -> dict[str, Any]:
     """Run ``config`` to its last round through ``transport`` and write every output to ``out``.
 
@@ -161,6 +165,9 @@ def drive(
         (e.g. to restore captures, start a progress bar or wait for the clients).
     on_row
         Called with every round's row, after the checkpoint (progress, log lines).
+    checkpoint
+        The checkpoint of ``out`` when the caller already loaded it (``None``: there is none), so that a
+        damaged one is refused before the model is built; by default ``drive`` loads it on ``resume``.
 
     Returns
     -------
@@ -177,7 +184,9 @@ def drive(
 
     t0 = time.perf_counter() if t_start is None else t_start
     check_job_out_dir(out, resume)
-    ckpt = load_checkpoint(out) if resume else None
+    if checkpoint is NOT_LOADED:
+        checkpoint = load_checkpoint(out) if resume else None
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else None
     if resume and ckpt is None:
         log.info("%s holds no checkpoint yet (stopped in its first round): starting from round 1", out)
     load_s = time.perf_counter() - t0  # model + data loading of this invocation

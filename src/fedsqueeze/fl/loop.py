@@ -25,7 +25,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..out_paths import check_out_dir
 from ..safetensors_errors import reading_safetensors
-from .checkpoint import save_captures
+from .checkpoint import load_checkpoint, save_captures
 from .client import ClientReply, client_step
 from .driver import check_job_out_dir, drive, play
 from .federation import Federation
@@ -223,6 +223,7 @@ def run(
             f"(fl.rounds = {config.fl.rounds}); capture rounds 1..{config.fl.rounds} or 'all'"
         )
     check_job_out_dir(out, resume)  # before the workload is built: a refusal should be quick
+    ckpt = load_checkpoint(out) if resume else None  # so is a damaged checkpoint's
     wl = workload if workload is not None else build_workload(config)
     bar = Progress(config.fl.rounds, 0, enabled=False)
 
@@ -241,6 +242,7 @@ def run(
             config, out, transport, workload=wl, simulate=simulate, resume=resume, progress=progress,
             t_start=t_start, on_start=start, on_row=lambda row: bar.update(row),
             capture=lambda r: captures == "all" or (isinstance(captures, frozenset) and r in captures),
+            checkpoint=ckpt,
         )  # fmt: skip
     finally:
         bar.close()
