@@ -89,10 +89,10 @@ def summarize(
     pick = max if higher_is_better else min  # the first of equal bests either way
     best = pick(evals, key=lambda r: r["eval_metric"], default=None)
 
-    def reached(value: float) -> bool:
+    def reached(value: float, target: float) -> bool:
         return value >= target if higher_is_better else value <= target
 
-    hit = None if target is None else next((r for r in evals if reached(r["eval_metric"])), None)
+    hit = None if target is None else next((r for r in evals if reached(r["eval_metric"], target)), None)
     last = rows[-1] if rows else {}
     return {
         "metric_name": metric_name,
