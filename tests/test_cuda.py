@@ -40,3 +40,18 @@ def test_cuda_and_cpu_training_agree_in_float32():
         out[device] = wl.train_client(1, lora, head, cfg, seed=3)[0]
     for k in out["cpu"]:
         torch.testing.assert_close(out["cuda"][k], out["cpu"][k], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["topk", "flm_topk", "wf_ecq", "blockwise8", "nf4", "qsgd"])
+def test_a_cuda_update_encodes_to_the_bytes_of_its_cpu_copy_and_decodes_onto_the_gpu(name):
+    from fedsqueeze import UpdateSpec, codecs, decode
+
+    gen = torch.Generator().manual_seed(0)
+    cpu = {"q.lora_A": torch.randn(16, 256, generator=gen), "q.lora_B": torch.randn(256, 16, generator=gen)}
+    gpu = {k: v.to("cuda") for k, v in cpu.items()}
+    spec = UpdateSpec.from_tensors(cpu)
+    blob = codecs.get(name).encode(gpu, seed=5)
+    assert blob == codecs.get(name).encode(cpu, seed=5)
+    out = decode(blob, spec, device="cuda")
+    ref = decode(blob, spec)
+    assert all(out[k].device.type == "cuda" and torch.equal(out[k].cpu(), ref[k]) for k in spec.names)

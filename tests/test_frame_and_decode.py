@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import fedsqueeze
-from fedsqueeze import PayloadError, SpecMismatchError, UpdateSpec
-from fedsqueeze.codecs import get
+from fedsqueeze import PayloadError, SpecMismatchError, UpdateSpec, UsageError, codecs
+from fedsqueeze.codecs import decode_flat, get
 from fedsqueeze.wire.frame import HEADER, HEADER_SIZE, MAGIC
 
 
@@ -134,3 +134,25 @@ def test_encode_with_spec_refuses_a_non_tensor() -> None:
         get("identity").encode_with_spec([0.0, 1.0], spec)  # type: ignore[arg-type]
     with pytest.raises(fedsqueeze.UpdateError, match="NaN or Inf"):
         fedsqueeze.ErrorFeedback(get("topk")).encode({"a": torch.tensor([float("nan"), 1.0])})
+
+
+def test_decode_names_the_spec_it_needs_when_given_the_update_itself():
+    update = {"a": torch.randn(4, 8)}
+    blob = codecs.get("topk").encode(update)
+    with pytest.raises(UsageError, match=r"decode needs an UpdateSpec as its spec, got dict \(build it with"):
+        fedsqueeze.decode(blob, update)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="got str"):
+        decode_flat(blob, "a")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["topk", "wf_ecq", "nf4"])
+def test_decode_returns_on_the_device_asked_with_the_values_of_a_cpu_decode(name):
+    update = {"a": torch.randn(16, 64), "b": torch.randn(64, 16)}
+    spec = fedsqueeze.UpdateSpec.from_tensors(update)
+    blob = codecs.get(name).encode(update, seed=3)
+    plain = fedsqueeze.decode(blob, spec)
+    placed = fedsqueeze.decode(blob, spec, device=torch.device("cpu"))
+    assert all(placed[k].device.type == "cpu" and torch.equal(placed[k], plain[k]) for k in spec.names)
+    meta = fedsqueeze.decode(blob, spec, device="meta")  # any torch device: the tensors move after decoding
+    assert {t.device.type for t in meta.values()} == {"meta"}
+    assert {k: tuple(t.shape) for k, t in meta.items()} == dict(spec.entries)

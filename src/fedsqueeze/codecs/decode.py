@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from ..errors import PayloadError
+from ..errors import PayloadError, UsageError
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER, HEADER_SIZE, parse_frame
 from .base import ModelSource, Reference, all_finite
@@ -14,9 +16,14 @@ __all__ = ["decode", "decode_flat"]
 
 
 def decode_flat(
-    blob: bytes, spec: UpdateSpec, *, models: ModelSource = None, reference: Reference | None = None
+    blob: bytes,
+    spec: UpdateSpec,
+    *,
+    models: ModelSource = None,
+    reference: Reference | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Decode a frame into a flat float32 vector of ``spec.numel`` values.
+    """Decode a frame into a flat float32 vector of ``spec.numel`` values (on ``device``, default the CPU).
 
     Raises
     ------
@@ -27,6 +34,7 @@ def decode_flat(
     ``models`` and ``reference`` go to every codec's :meth:`~fedsqueeze.codecs.Codec.decode_body`; codecs
     that use neither ignore them (see :func:`decode`).
     """
+    _check_spec(spec)
     if isinstance(blob, bytes | bytearray | memoryview) and len(blob) >= HEADER_SIZE:
         codec_id = HEADER.unpack_from(bytes(blob[:HEADER_SIZE]))[2]
         cls = by_id(codec_id)
@@ -50,11 +58,25 @@ def decode_flat(
         )
     if not all_finite(flat):
         raise PayloadError(f"{cls.name} payload decodes to NaN or Inf")
-    return flat
+    return flat if device is None else flat.to(device)
+
+
+def _check_spec(spec: object) -> None:
+    """A one-line error for the common mistake of passing the update itself instead of its spec."""
+    if not isinstance(spec, UpdateSpec):
+        hint = (
+            " (build it with fedsqueeze.UpdateSpec.from_tensors(update))" if isinstance(spec, Mapping) else ""
+        )
+        raise UsageError(f"decode needs an UpdateSpec as its spec, got {type(spec).__name__}{hint}")
 
 
 def decode(
-    blob: bytes, spec: UpdateSpec, *, models: ModelSource = None, reference: Reference | None = None
+    blob: bytes,
+    spec: UpdateSpec,
+    *,
+    models: ModelSource = None,
+    reference: Reference | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decode a frame made by any registered codec into named tensors of ``spec``.
 
@@ -75,5 +97,16 @@ def decode(
         length. A predictive frame without it, with one of another spec or with another one than the frame
         names (8-byte hash) is refused with :class:`~fedsqueeze.PayloadError`. Other frames ignore it, so a
         server can pass it for every frame.
+    device
+        Where the decoded tensors go (e.g. ``"cuda"``); decoding itself runs on the CPU, so the values are
+        those of a CPU decode on every device. Default: the CPU.
+
+    Raises
+    ------
+    PayloadError
+        See :func:`decode_flat`.
+    UsageError
+        ``spec`` is not an :class:`~fedsqueeze.UpdateSpec` (e.g. the update itself).
     """
-    return spec.unflatten(decode_flat(blob, spec, models=models, reference=reference))
+    _check_spec(spec)
+    return spec.unflatten(decode_flat(blob, spec, models=models, reference=reference, device=device))
