@@ -218,6 +218,14 @@ def test_resume_into_a_missing_folder(capsys, toy_cfg, tmp_path, no_model) -> No
     assert not out.exists()
 
 
+def test_resume_into_an_empty_folder_stops_instead_of_starting_a_new_run(capsys, toy_cfg, tmp_path, no_model):
+    out = tmp_path / "made-but-empty"
+    out.mkdir()
+    msg = _resume_error(capsys, toy_cfg, out)
+    assert msg == f"--resume: {out} is empty, so there is no run to continue; drop --resume to start one"
+    assert not any(out.iterdir())  # nothing written
+
+
 # -- 3. files that are not safetensors; Ctrl-C during a run --------------------------------------------------
 @pytest.mark.parametrize(
     ("content", "why"),

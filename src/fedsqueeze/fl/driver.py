@@ -86,6 +86,10 @@ def check_job_out_dir(out: Path, resume: bool, markers: tuple[str, ...] = ("chec
         raise ConfigError(
             f"--resume: {out} does not exist, so there is no run to continue; drop --resume to start one"
         )
+    if resume and not any(out.iterdir()):
+        raise ConfigError(
+            f"--resume: {out} is empty, so there is no run to continue; drop --resume to start one"
+        )
     if not resume and any((out / name).exists() for name in markers):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
