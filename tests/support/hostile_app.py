@@ -13,7 +13,7 @@ from fedsqueeze.flower import client_app as honest
 from fedsqueeze.flower.settings import make_workload, settings_from_context
 from support.hostile import FRAME_KINDS, make_hostile
 
-app = ClientApp()
+app = ClientApp(mods=honest.client_mods())  # the honest node's mods rebuild the train message
 
 
 @app.query()
@@ -26,6 +26,6 @@ def train(msg: Message, context: Context) -> Message:
     reply = honest.handle_train(msg, context)
     if not os.environ.get("FSQ_TEST_HOSTILE") or reply.has_error():
         return reply
-    r = int(msg.content.config_records["round"]["server-round"])
+    r = int(msg.content.config_records["config"]["server-round"])
     spec = make_workload(settings_from_context(context.run_config)).lora_spec
     return make_hostile(reply, FRAME_KINDS[(r - 1) % len(FRAME_KINDS)], spec)

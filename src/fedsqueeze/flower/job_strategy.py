@@ -4,15 +4,18 @@
 :meth:`FederationStrategy.configure_train` asks the core for the round's plan
 (:meth:`~fedsqueeze.fl.federation.Federation.configure_round`: the engine's seeded sampling and the downlink
 :class:`~fedsqueeze.fl.server.Delivery` of each sampled client), maps client ids to SuperNodes by
-``partition-id`` (asked once per node with a ``query`` message) and builds one train message per node: the
-delta frames it missed, or the dense state, and the head when its copy is stale, as ``uint8`` arrays, with the
-SHA-256 of the state they must rebuild. :meth:`FederationStrategy.aggregate_train` reads the replies
-(untrusted: anything malformed is dropped with its reason, :func:`read_reply`) and hands them to
-:meth:`~fedsqueeze.fl.federation.Federation.finish_round` (screening, robust aggregation, server momentum,
-ledger, health, evaluation); it returns the global state and the round's scalar metrics, and keeps the row
-in :attr:`FederationStrategy.last_row`. A client that errs or does not reply may hold a stale copy, so it
-gets a dense resync the next time it is sampled. Evaluation is the server's (``fl.eval_every``), so
-``configure_evaluate`` sends nothing.
+``partition-id`` (asked once per node with a ``query`` message) and builds one train message per node in the
+drop-in's downlink layout (:mod:`.downlink`, version 2): an ``"arrays"`` ArrayRecord with the delta frames it
+missed, or the dense state, and the head's frame when its copy is stale; the ``"fedsqueeze.downlink"``
+ConfigRecord with the SHA-256 of the state and head they must rebuild; and a ``"config"`` ConfigRecord with
+the job's fields (``server-round``, ``client``, ``digest``, ``job-id``, what the phases before the rounds tell
+the clients). The ClientApp's ``downlink_mod`` rebuilds it (:func:`.downlink.rebuild`).
+:meth:`FederationStrategy.aggregate_train` reads the replies (untrusted: anything malformed is dropped with
+its reason, :func:`read_reply`) and hands them to :meth:`~fedsqueeze.fl.federation.Federation.finish_round`
+(screening, robust aggregation, server momentum, ledger, health, evaluation); it returns the global state and
+the round's scalar metrics, and keeps the row in :attr:`FederationStrategy.last_row`. A client that errs or
+does not reply may hold a stale copy, so it gets a dense resync the next time it is sampled. Evaluation is the
+server's (``fl.eval_every``), so ``configure_evaluate`` sends nothing.
 
 The outer loop (checkpoint, resume, hooks, outputs) is :func:`fedsqueeze.fl.driver.drive`; the transport
 between the two train calls is ``grid.send_and_receive`` (:mod:`.server_app`).
@@ -36,10 +39,16 @@ from ..fl.console import round_line
 from ..fl.federation import Federation, RoundPlan
 from ..fl.hooks import RunContext
 from ..fl.server import state_sha256
-from .records import array_bytes, bytes_array, sha256
+from .downlink import DOWN_META_KEY, Layout, frame_arrays, pack_delivery
+from .records import array_bytes, sha256
 from .settings import FlowerSettings, make_workload
 
-__all__ = ["FederationStrategy", "GridLike", "read_reply"]
+__all__ = ["ARRAYS_KEY", "CONFIG_KEY", "FederationStrategy", "GridLike", "read_reply"]
+
+ARRAYS_KEY, CONFIG_KEY = (
+    "arrays",
+    "config",
+)  # a train message's records (as a stock Flower strategy names them)
 
 log = logging.getLogger("fedsqueeze.flower")
 
@@ -122,6 +131,7 @@ class FederationStrategy(Strategy):
         self.wl = ctx.workload if ctx is not None else make_workload(settings)
         codec = ctx.codec if ctx is not None else None  # a phase of the run (TGAP) may set the uplink codec
         self.fed = Federation(self.config, self.wl, codec=codec, raw_updates=False, logger=log)
+        self.layout = Layout.of_specs(self.wl.lora_spec, self.wl.head_spec)  # the train messages' arrays
         self.nodes = _NodeMap(settings.digest, self.fed.n)
         self.job_id = secrets.token_hex(8)  # what the nodes key their state by; kept in the checkpoint
         self.resumed = False
@@ -174,11 +184,15 @@ class FederationStrategy(Strategy):
         plan = self.fed.configure_round(r)
         wl, downlink = self.wl, self.fed.downlink
         # Each client gets exactly the bytes the ledger charges it, and the hashes of what they rebuild.
-        expect: dict[str, ConfigRecordValues] = {
-            "lora-sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
-            "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
+        common: dict[str, Any] = {
+            "record": ARRAYS_KEY,
+            "protocol": downlink.protocol,
+            "round": r,
+            "sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
             "head-version": downlink.head_version,
+            "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
         }
+        array_of = frame_arrays()  # a frame sent to several clients is one Array
         dropped: list[dict[str, Any]] = []
         msgs, node_of = [], {}
         for c in plan.clients:
@@ -187,24 +201,15 @@ class FederationStrategy(Strategy):
                 dropped.append({"client": c, "reason": "no SuperNode serves this partition"})
                 continue
             node_of[node] = c
-            d = downlink.deliveries[c]
-            out: dict[str, Array] = {}
-            if d.frames is None:
-                assert d.dense is not None, "a delivery without frames sends the dense state"
-                out["lora"] = bytes_array(d.dense)
-            out.update({f"lora-{i}": bytes_array(f) for i, f in enumerate(d.frames or ())})
-            if d.head is not None:
-                out["head"] = bytes_array(d.head)
-            meta: dict[str, ConfigRecordValues] = {
+            arrays, down = pack_delivery(downlink.deliveries[c], self.layout, common, {}, array_of)
+            conf: dict[str, ConfigRecordValues] = {
                 "server-round": r,
                 "client": c,
                 "digest": self.settings.digest,
                 "job-id": self.job_id,
             }
-            meta.update(expect)
-            meta.update(self.client_config)
-            meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
-            content = RecordDict({"global": ArrayRecord(out), "round": ConfigRecord(meta)})
+            conf.update(self.client_config)
+            content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(conf), DOWN_META_KEY: down})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._round = (plan, node_of, dropped)
         return msgs
