@@ -17,7 +17,7 @@ from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.flower import FlowerSettings
-from support.flower import FakeGrid, make_config
+from support.flower import FakeGrid, make_config, state_from
 from support.loop import strip_times
 
 pytestmark = [
@@ -58,11 +58,10 @@ class Grid(FakeGrid):
         replies = {x.metadata.src_node_id: x for x in out if x.metadata.message_type == "train"}
         for m in train:
             req, rep = m.content.config_records["config"], replies[m.metadata.dst_node_id]
-            meta = rep.content.config_records.get("meta") if not rep.has_error() else None
             self.log.append(
                 {
                     "round": int(req["server-round"]), "client": int(req["client"]),
-                    "frames": frames[id(m)], "from": None if meta is None else meta["state-from"],
+                    "frames": frames[id(m)], "from": state_from(rep),
                 }
             )  # fmt: skip
         if train and int(train[0].content.config_records["config"]["server-round"]) == self.kill_round:

@@ -88,3 +88,56 @@ def test_a_job_delivery_with_a_head_part_rebuilds_from_the_initial_state_and_fra
     down.broadcast(4, lora, head, [0], seed=4)
     with pytest.raises(PayloadError, match="resync"):
         rebuild(_message(down, layout, 4, 0, lora, head), None, lambda: initial)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_compress_mod_codes_a_version_2_reply_in_parts_with_the_seed_sent_as_text():
+    import json
+
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedsqueeze.codecs import ErrorFeedback
+    from fedsqueeze.errors import ConfigError
+    from fedsqueeze.flower import Compressed
+    from fedsqueeze.flower.frames import PARTS_KEY, SEED_KEY, read_parts_reply
+    from fedsqueeze.flower.mods import compress_mod
+
+    with pytest.raises(ConfigError, match="codec=None"):
+        Compressed(FedAvg(), codec=None)  # only a strategy that decodes its own frames names no codec
+    seed = (1 << 64) - 5  # a uint64 past Flower's sint64: it travels as text
+    theta = {
+        "lora.a": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+        "head.w": np.ones(2, np.float32),
+    }
+    parts = [
+        {
+            "name": "lora",
+            "prefix": "lora.",
+            "codec": "topk",
+            "options": {"density": 0.5},
+            "error-feedback": True,
+        },
+        {"name": "head", "prefix": "head.", "codec": "identity", "options": {}, "send": False},
+    ]
+    conf = ConfigRecord({"server-round": 3, SEED_KEY: str(seed), PARTS_KEY: json.dumps(parts)})
+    sent = ArrayRecord({k: Array(v) for k, v in theta.items()})
+    msg = Message(RecordDict({"arrays": sent, "config": conf}), dst_node_id=5, message_type="train")
+    local = {k: (v * 0.5).astype(np.float32) for k, v in theta.items()}
+
+    def app(m, ctx):
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
+                              "metrics": MetricRecord({"num-examples": 4})})  # fmt: skip
+        return Message(content, reply_to=m)
+
+    ctx = _context()
+    reply = compress_mod()(msg, ctx, app)
+    got = read_parts_reply(reply.content)
+    assert got.frames["head"] == b"" and got.info["head"]["sent"] is False
+    assert got.info["lora"]["round"] == 3 and got.info["lora"]["state-from"] == "fresh"
+    spec = UpdateSpec.from_shapes({"a": (3, 4)})
+    u = torch.from_numpy(theta["lora.a"]).reshape(-1) - torch.from_numpy(local["lora.a"]).reshape(-1)
+    want = ErrorFeedback(get("topk", density=0.5)).encode_flat(u, spec, seed=seed)
+    assert got.frames["lora"] == want  # the engine's frame, byte for byte
+    assert StateStore(ctx).load("ef")["round"] == 3  # the residual is kept as round 3's version

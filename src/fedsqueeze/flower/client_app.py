@@ -7,9 +7,11 @@ A train message of fedsqueeze's own strategy holds the node's downlink delivery 
 (:mod:`.downlink`, version 2: the dense state, or the delta frames it missed; the head when it changed).
 ``downlink_mod`` (with :func:`initial_copy`: frames since round 0 apply to the seeded initial state) rebuilds
 it into dense ``lora.*`` / ``head.*`` arrays and checks the SHA-256 the server sent; :func:`handle_train` then
-runs :func:`fedsqueeze.fl.client.client_step` (the very step and codec of ``fedsqueeze run``) and replies
-with the LoRA and head payloads as ``uint8`` arrays plus their SHA-256 (the job's own reply layout, which
-``compress_mod`` lets by). ``query`` tells the server which partition this node serves (how the server maps
+trains with the engine's seeds and replies densely, and ``compress_mod`` codes the reply in parts
+(``fedsqueeze.frame`` version 2: the LoRA update with the job's codec and error feedback, byte for byte the
+frame of :func:`fedsqueeze.fl.client.client_step`; the head's update densely), which
+:class:`~fedsqueeze.flower.Compressed` hands intact to the job's strategy. :func:`sent_log_mod` logs every
+frame sent. ``query`` tells the server which partition this node serves (how the server maps
 its seeded sample of client ids onto Flower node ids).
 
 A node that cannot rebuild the state (it lost its copy, a frame is corrupt, the hash differs) refuses to
@@ -50,22 +52,20 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import ConfigRecordValues, MetricRecordValues
+from flwr.common import MetricRecordValues
 from flwr.common.constant import ErrorCode
 
-from ..codecs import ErrorFeedback
 from ..errors import ConfigError, FedsqueezeError, PayloadError
-from ..fl.client import client_step
 from ..fl.federation import trains_head
 from ..fl.hooks import hooks_for
 from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .downlink import DOWN_META_KEY, Layout
 from .env import apply_offline_env
+from .frames import read_parts_reply
 from .job_strategy import ARRAYS_KEY, CONFIG_KEY
-from .mods import DOWNLINK_PART, EF_PART
 from .node_data import NodeSettings, node_settings, node_workload
-from .records import bytes_array, sha256
+from .records import sha256
 from .settings import FlowerSettings, make_workload
 from .store import KEEP_VERSIONS, StateStore
 
@@ -202,9 +202,10 @@ def handle_train(msg: Message, context: Context) -> Message:
     """Train this partition from the received global state and reply with the compressed update.
 
     A message of fedsqueeze's own strategy (:class:`~.job_strategy.FederationStrategy`: a ``"config"``
-    ConfigRecord with a ``job-id``, and the ``"arrays"`` that ``downlink_mod`` rebuilt) gets the job's reply;
-    any other train message is a stock Flower strategy's (:func:`handle_stock_train`). Sets offline mode
-    first (:func:`.env.apply_offline_env`), before the workload imports transformers.
+    ConfigRecord with a ``job-id``, and the ``"arrays"`` that ``downlink_mod`` rebuilt) trains with the
+    engine's seeds and replies densely (``compress_mod`` codes it in parts, version 2); any other train
+    message is a stock Flower strategy's (:func:`handle_stock_train`). Sets offline mode first
+    (:func:`.env.apply_offline_env`), before the workload imports transformers.
     """
     apply_offline_env()
     t0 = time.perf_counter()
@@ -219,63 +220,46 @@ def handle_train(msg: Message, context: Context) -> Message:
     client, rnd = int(req["client"]), int(req["server-round"])
     if client != partition_id(context):
         raise ConfigError(f"asked to train client {client} on the node of partition {partition_id(context)}")
-    store = job_store(msg, context)  # also checks the job id
-    job = str(req["job-id"])
+    job_store(msg, context)  # checks the job id
     cfg = settings.config
-    wl, codec = _job_workload(settings, client, req)
+    wl, _ = _job_workload(settings, client, req)
     try:
         record = msg.content.array_records[ARRAYS_KEY]
         lora, head = _tensors(record, "lora.", wl.lora_spec), _tensors(record, "head.", wl.head_spec)
     except (KeyError, FedsqueezeError) as exc:
         return _refuse(msg, f"the rebuilt train message lacks its arrays ({exc})")
-    # the last delta frame this round's delivery held (None: dense): a predictive uplink codes against it,
-    # as the server predicts from the same one
-    copy = store.load(DOWNLINK_PART, before=rnd + 1)
-    reference = copy.get("step") if copy is not None and copy.get("round") == rnd else None
-
-    ef = ErrorFeedback(codec if codec is not None else cfg.codec.build(), enabled=cfg.fl.error_feedback)
-    state = store.load(EF_PART, before=rnd)
-    state_from = "fresh" if state is None else store.where
-    if state is not None:
-        ef.load_state_dict(state["ef"])
-    seed = cfg.fl.seed
-    rep = client_step(
-        wl, client, lora, head, cfg.train, ef,
-        train_seed=derive_seed(seed, rnd, client, "train"),
-        encode_seed=derive_seed(seed, rnd, client, "encode"),
+    new_lora, new_head, loss = wl.train_client(
+        client, dict(lora), dict(head), cfg.train,
+        seed=derive_seed(cfg.fl.seed, rnd, client, "train") & ((1 << 63) - 1),
         train_head=trains_head(cfg, wl, rnd),
-        reference=reference,
     )  # fmt: skip
-    store.save(EF_PART, rnd, {"ef": ef.state_dict()})
+    return _dense_reply(msg, ARRAYS_KEY, record, new_lora, new_head, wl, client, loss, t0)
 
-    meta: dict[str, ConfigRecordValues] = {
-        "client": client,
-        "server-round": rnd,
-        "lora-sha256": sha256(rep.lora_payload),
-        "head-sha256": sha256(rep.head_payload),
-        "lora-bytes": len(rep.lora_payload),
-        "head-bytes": len(rep.head_payload),
-        "state-from": state_from,
-    }
+
+def _dense_reply(
+    msg: Message,
+    key: str,
+    record: ArrayRecord,
+    new_lora: Mapping[str, torch.Tensor],
+    new_head: Mapping[str, torch.Tensor],
+    wl: Any,
+    client: int,
+    loss: float,
+    t0: float,
+) -> Message:
+    """The trained arrays under the received keys and in their dtypes (other arrays pass through), plus
+    ``num-examples``, ``train-loss`` and ``client-s``; ``compress_mod`` turns it into frames."""
+    trained = {f"lora.{k}": v for k, v in new_lora.items()} | {f"head.{k}": v for k, v in new_head.items()}
+    out: dict[str, Array] = {}
+    for name, arr in record.items():  # same keys and order; each array back in the dtype it came in
+        value = trained.get(name)
+        out[name] = arr if value is None else Array(value.detach().cpu().numpy().astype(arr.dtype))
     metrics: dict[str, MetricRecordValues] = {
-        "num-examples": rep.num_examples,
-        "train-loss": rep.train_loss,
-        "residual-norm": rep.residual_norm,
+        "num-examples": int(wl.client_num_examples(client)),
+        "train-loss": float(loss),
         "client-s": time.perf_counter() - t0,
     }
-    if rep.rel_error is not None:
-        metrics["rel-error"] = rep.rel_error
-    _log_sent(context, settings, client, {"run_id": context.run_id, "job-id": job, **meta})
-    content = RecordDict(
-        {
-            "payload": ArrayRecord(
-                {"lora": bytes_array(rep.lora_payload), "head": bytes_array(rep.head_payload)}
-            ),
-            "metrics": MetricRecord(metrics),
-            "meta": ConfigRecord(meta),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return Message(RecordDict({key: ArrayRecord(out), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def handle_stock_train(msg: Message, context: Context, settings: FlowerSettings) -> Message:
@@ -312,17 +296,7 @@ def handle_stock_train(msg: Message, context: Context, settings: FlowerSettings)
         seed=derive_seed(cfg.fl.seed, rnd, client, "train") & ((1 << 63) - 1),
         train_head=trains_head(cfg, wl, rnd),
     )  # fmt: skip
-    trained = {f"lora.{k}": v for k, v in new_lora.items()} | {f"head.{k}": v for k, v in new_head.items()}
-    out: dict[str, Array] = {}
-    for name, arr in record.items():  # same keys and order; each array back in the dtype it came in
-        value = trained.get(name)
-        out[name] = arr if value is None else Array(value.detach().cpu().numpy().astype(arr.dtype))
-    metrics: dict[str, MetricRecordValues] = {
-        "num-examples": int(wl.client_num_examples(client)),
-        "train-loss": float(loss),
-        "client-s": time.perf_counter() - t0,
-    }
-    return Message(RecordDict({key: ArrayRecord(out), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return _dense_reply(msg, key, record, new_lora, new_head, wl, client, loss, t0)
 
 
 def _tensors(record: ArrayRecord, prefix: str, spec: UpdateSpec) -> dict[str, torch.Tensor]:
@@ -342,25 +316,50 @@ def _refuse(msg: Message, reason: str) -> Message:
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 
 
-def _unless_job(mod: Any) -> Any:
-    """``mod``, bypassed by the train messages of fedsqueeze's own strategy (their reply is the job's own
-    payload layout, not a dense reply for ``compress_mod``)."""
+def _job_codec(msg: Message, context: Context, part: str) -> Any:
+    """``compress_mod``'s ``codec_for``: the job's LoRA codec (the config's, or the one the phases before the
+    rounds made, e.g. with TGAP's trained model); ``None`` for the other parts (built from the message)."""
+    conf = _job_config(msg)
+    if conf is None or part != "lora":
+        return None
+    settings = node_settings(context.run_config, context.node_config)
+    _, codec = _job_workload(settings, partition_id(context), conf)
+    return codec if codec is not None else settings.config.codec.build()
 
-    def wrapped(msg: Message, context: Context, call_next: Any) -> Message:
-        if _job_config(msg) is not None:
-            return call_next(msg, context)
-        return mod(msg, context, call_next)
 
-    wrapped.__name__ = wrapped.__qualname__ = getattr(mod, "__name__", "mod")
-    return wrapped
+def sent_log_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Log every frame a job's reply carries (and append it to ``STATE_DIR/sent.jsonl`` when the node has a
+    state dir): what the server must have decoded."""
+    conf = _job_config(msg)
+    reply = call_next(msg, context)
+    if conf is None or reply.has_error() or msg.metadata.message_type.split(".", 1)[0] != "train":
+        return reply
+    try:
+        parts = read_parts_reply(reply.content)
+    except FedsqueezeError:
+        return reply
+    row: dict[str, Any] = {
+        "run_id": context.run_id, "job-id": conf.get("job-id"), "client": conf.get("client"),
+        "server-round": conf.get("server-round"),
+    }  # fmt: skip
+    for name, frame in parts.frames.items():
+        row.update({f"{name}-sha256": sha256(frame), f"{name}-bytes": len(frame)})
+    row["state-from"] = parts.info.get("lora", {}).get("state-from")
+    settings = node_settings(context.run_config, context.node_config)
+    _log_sent(context, settings, partition_id(context), row)
+    return reply
 
 
 def client_mods() -> list[Any]:
-    """fedsqueeze's ClientApp mods: ``downlink_mod`` (with the round-0 copy and the node's store) and
-    ``compress_mod`` (for a stock strategy's messages)."""
+    """fedsqueeze's ClientApp mods: the sent log, ``downlink_mod`` (with the round-0 copy and the node's
+    store) and ``compress_mod`` (with the same store and the job's LoRA codec)."""
     from .mods import compress_mod, downlink_mod
 
-    return [downlink_mod(initial=initial_copy, store=job_store), _unless_job(compress_mod())]
+    return [
+        sent_log_mod,
+        downlink_mod(initial=initial_copy, store=job_store),
+        compress_mod(store=job_store, codec_for=_job_codec),
+    ]
 
 
 def client_app(*mods: Any) -> ClientApp:
@@ -368,10 +367,9 @@ def client_app(*mods: Any) -> ClientApp:
     ``fixedclipping_mod``, which must run before the update is compressed), around :func:`handle_train`
     and :func:`handle_query`.
 
-    ``downlink_mod`` rebuilds every compressed delivery: fedsqueeze's own strategy's (whose reply carries its
-    frames already and passes ``compress_mod`` by) and a stock strategy's wrapped in
-    :class:`~fedsqueeze.flower.Compressed` with a ``downlink=`` (whose dense reply ``compress_mod``
-    compresses).
+    ``downlink_mod`` rebuilds every compressed delivery (fedsqueeze's own strategy's, and a stock strategy's
+    wrapped in :class:`~fedsqueeze.flower.Compressed` with a ``downlink=``), and ``compress_mod`` compresses
+    every dense reply: in parts (version 2) for fedsqueeze's own strategy, in one frame for a stock one.
     """
     built = ClientApp(mods=[*client_mods(), *mods])
     built.train()(handle_train)

@@ -23,6 +23,7 @@ between the two train calls is ``grid.send_and_receive`` (:mod:`.server_app`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -36,11 +37,12 @@ from flwr.serverapp.strategy import Strategy
 from ..errors import ConfigError, FedsqueezeError, PayloadError, UsageError
 from ..fl.client import ClientReply
 from ..fl.console import round_line
-from ..fl.federation import Federation, RoundPlan
+from ..fl.federation import Federation, RoundPlan, trains_head
 from ..fl.hooks import RunContext
 from ..fl.server import state_sha256
+from ..seeding import derive_seed
 from .downlink import DOWN_META_KEY, Layout, frame_arrays, pack_delivery
-from .records import array_bytes, sha256
+from .frames import PARTS_KEY, SEED_KEY, read_parts_reply
 from .settings import FlowerSettings, make_workload
 
 __all__ = ["ARRAYS_KEY", "CONFIG_KEY", "FederationStrategy", "GridLike", "read_reply"]
@@ -107,6 +109,10 @@ class FederationStrategy(Strategy):
     """fedsqueeze's server as a Flower ``Strategy`` over the :class:`~fedsqueeze.fl.federation.Federation`
     core; raw updates never leave the clients (``raw_updates=False``).
 
+    It decodes the replies' frames itself (``decodes_frames``: screening decodes each frame once), so
+    :class:`~fedsqueeze.flower.Compressed` hands them over intact; the job's ServerApp is
+    ``Compressed(FederationStrategy(...), codec=None)``.
+
     Parameters
     ----------
     settings
@@ -123,6 +129,8 @@ class FederationStrategy(Strategy):
     last_row
         The ``metrics.jsonl`` row of the last aggregated round.
     """
+
+    decodes_frames = True  # Compressed passes the replies' frames through (version 2, in parts)
 
     def __init__(self, settings: FlowerSettings, ctx: RunContext | None = None) -> None:
         super().__init__()
@@ -193,6 +201,7 @@ class FederationStrategy(Strategy):
             "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
         }
         array_of = frame_arrays()  # a frame sent to several clients is one Array
+        parts = json.dumps(self.parts(r))
         dropped: list[dict[str, Any]] = []
         msgs, node_of = [], {}
         for c in plan.clients:
@@ -207,12 +216,26 @@ class FederationStrategy(Strategy):
                 "client": c,
                 "digest": self.settings.digest,
                 "job-id": self.job_id,
+                SEED_KEY: str(derive_seed(self.config.fl.seed, r, c, "encode")),  # a uint64: as text
+                PARTS_KEY: parts,
             }
             conf.update(self.client_config)
             content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(conf), DOWN_META_KEY: down})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._round = (plan, node_of, dropped)
         return msgs
+
+    def parts(self, server_round: int) -> list[dict[str, Any]]:
+        """The parts a client's reply codes (``fedsqueeze-parts``, :func:`.frames.read_parts_config`): the
+        LoRA update with the job's codec and error feedback, against the last downlink frame; the head's
+        update densely (identity, no error feedback), sent only in the rounds the head trains."""
+        codec = self.config.codec
+        return [
+            {"name": "lora", "prefix": "lora.", "codec": codec.name, "options": dict(codec.options),
+             "error-feedback": self.config.fl.error_feedback, "reference": True},
+            {"name": "head", "prefix": "head.", "codec": "identity", "options": {}, "error-feedback": False,
+             "send": trains_head(self.config, self.wl, server_round)},
+        ]  # fmt: skip
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -282,45 +305,40 @@ def _scalars(row: Mapping[str, Any]) -> dict[str, MetricRecordValues]:
 
 
 def read_reply(rep: Message, client: int, r: int) -> ClientReply:
-    """The payloads and metrics of one reply; :class:`~fedsqueeze.PayloadError` if it is unusable.
+    """The frames and metrics of one reply (:func:`.frames.read_parts_reply`, version 2);
+    :class:`~fedsqueeze.PayloadError` if it is unusable.
 
-    The reply is untrusted: a missing or mistyped record or field, a non-finite metric or a payload that
-    differs from its stated SHA-256/length is refused with a one-line reason (decoding comes later)."""
+    The reply is untrusted: a missing or mistyped record or field, a part of another round or a non-finite
+    metric is refused with a one-line reason (decoding comes later)."""
     if rep.has_error():
         raise PayloadError(f"client error: {rep.error.reason}")
     content = rep.content
+    parts = read_parts_reply(content)
+    if "metrics" not in content.metric_records:
+        raise PayloadError("reply lacks record 'metrics'")
+    metrics = content.metric_records["metrics"]
     try:
-        meta = content.config_records["meta"]
-        metrics = content.metric_records["metrics"]
-        payload = content.array_records["payload"]
-    except KeyError as exc:
-        raise PayloadError(f"reply lacks record {exc}") from None
-    try:
-        said = (_int_field(meta, "client"), _int_field(meta, "server-round"))
-        if said != (client, r):
-            raise PayloadError(f"reply for client {said[0]} round {said[1]}, expected {client}/{r}")
-        blobs = {}
-        for part in ("lora", "head"):
-            blob = array_bytes(payload, part)
-            if sha256(blob) != meta[f"{part}-sha256"] or len(blob) != _int_field(meta, f"{part}-bytes"):
-                raise PayloadError(f"{part} payload differs from what the client stated (SHA-256/length)")
-            blobs[part] = blob
+        lora = parts.info["lora"]
+        for name, info in parts.info.items():
+            if info.get("round") != r:
+                raise PayloadError(f"reply part {name!r} for round {info.get('round')!r}, expected {r}")
         num_examples = _int_field(metrics, "num-examples")
         if num_examples <= 0:
             raise PayloadError(f"num-examples must be > 0, got {num_examples}")
-        floats = {k: _float_field(metrics, k) for k in ("train-loss", "residual-norm", "client-s")}
-        rel = _float_field(metrics, "rel-error") if "rel-error" in metrics else None
+        floats = {k: _float_field(metrics, k) for k in ("train-loss", "client-s")}
+        residual = _float_field(lora, "residual-norm")
+        rel = None if lora.get("rel-error") is None else _float_field(lora, "rel-error")
     except KeyError as exc:
         raise PayloadError(f"reply lacks field {exc}") from None
     return ClientReply(
         client=client,
         num_examples=num_examples,
-        lora_payload=blobs["lora"],
-        head_payload=blobs["head"],
+        lora_payload=parts.frames["lora"],
+        head_payload=parts.frames.get("head", b""),
         train_loss=floats["train-loss"],
         raw_update=None,  # stays on the client
         rel_error=rel,
-        residual_norm=floats["residual-norm"],
+        residual_norm=residual,
         seconds=floats["client-s"],
     )
 

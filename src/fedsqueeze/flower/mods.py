@@ -21,13 +21,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 
-from ..codecs import Codec, ErrorFeedback
+from ..codecs import Codec, ErrorFeedback, get
 from ..errors import ConfigError, FedsqueezeError
+from ..fl.client import relative_error
 from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .downlink import DOWN_META_KEY, rebuild
@@ -39,7 +41,10 @@ from .frames import (
     frame_meta,
     is_float,
     make_codec,
+    part_key,
+    parts_meta,
     read_codec_config,
+    read_parts_config,
     spec_of,
     to_float64,
 )
@@ -78,8 +83,18 @@ def _default_store(msg: Message, context: Context) -> StateStore:
     return StateStore(context)
 
 
+CodecFor = Callable[[Message, Context, str], Codec | None]
+"""The codec of a part of a version-2 reply, for a codec that its name and options cannot rebuild (``None``:
+build it from them)."""
+
+
 def compress_mod(
-    codec: str | None = None, *, error_feedback: bool = True, store: StoreFor | None = None, **options: Any
+    codec: str | None = None,
+    *,
+    error_feedback: bool = True,
+    store: StoreFor | None = None,
+    codec_for: CodecFor | None = None,
+    **options: Any,
 ) -> Mod:
     """A Flower ``Mod`` that replaces a ``train`` reply's float arrays by one fedsqueeze frame.
 
@@ -99,6 +114,10 @@ def compress_mod(
         ``codec`` when the server names none; otherwise ``Compressed(..., error_feedback=...)`` decides.
     store
         Where the residual is kept (:class:`~fedsqueeze.flower.store.StateStore`); default: ``context.state``.
+    codec_for
+        ``(msg, context, part) -> Codec | None``: the codec of a part of a version-2 reply (a train message
+        with ``fedsqueeze-parts``, sent by fedsqueeze's own job) that its name and options cannot rebuild,
+        e.g. one with a trained model.
     **options
         Options of ``codec`` (e.g. ``density=0.01``).
 
@@ -135,8 +154,12 @@ def compress_mod(
             return call_next(msg, context)  # no float arrays (e.g. a model as bytes): nothing to compress
         try:
             asked = read_codec_config(msg.content)
+            in_parts = read_parts_config(msg.content)
+            where = store_for(msg, context) if in_parts is not None else None
         except FedsqueezeError as exc:
             return _error(msg, f"compress_mod: {exc}")
+        if in_parts is not None and where is not None:
+            return _train_parts(msg, context, call_next, in_parts, where, codec_for)
         if asked is not None:
             name, opts, rnd, ef = asked
             if local is not None and (name, opts, ef) != local and "differs" not in warned:
@@ -303,6 +326,99 @@ def _train(
     return reply
 
 
+def _train_parts(
+    msg: Message,
+    context: Context,
+    call_next: ClientAppCallable,
+    asked: tuple[list[dict[str, Any]], int | None, int | None],
+    store: StateStore,
+    codec_for: CodecFor | None,
+) -> Message:
+    """A version-2 reply: one frame per part, ``u = θ_received − θ_local`` in float32 (as the engine forms
+    it, so the frames equal ``fedsqueeze run``'s byte for byte)."""
+    parts, seed, rnd = asked
+    if len(msg.content.array_records) != 1:
+        return _error(msg, "compress_mod expects one ArrayRecord in a train message")
+    received = next(iter(msg.content.array_records.values()))
+    sent = {k: received[k] for k in float_keys(received)}
+    if seed is None:
+        seed = derive_seed(context.run_id, rnd or 0, context.node_id, "encode")
+    try:
+        copy = store.load(DOWNLINK_PART, before=None if rnd is None else rnd + 1)
+    except (FedsqueezeError, RuntimeError, OSError, EOFError):
+        copy = None
+    step = copy.get("step") if copy is not None and copy.get("round") == rnd else None
+
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    content = reply.content
+    if len(content.array_records) != 1:
+        return _error(msg, "compress_mod expects one ArrayRecord in a train reply")
+    record_key, local = next(iter(content.array_records.items()))
+    out: dict[str, Any] = {}
+    framed: set[str] = set()
+    described = []
+    for part in parts:
+        name, prefix = str(part["name"]), str(part.get("prefix", ""))
+        keys = [k for k in sent if k.startswith(prefix)]
+        missing = [k for k in keys if k not in local or tuple(local[k].shape) != tuple(sent[k].shape)]
+        if missing:
+            return _error(msg, f"compress_mod: the reply lacks the received float arrays {missing[:5]}")
+        framed.update(keys)
+        spec = UpdateSpec.from_shapes({k[len(prefix) :]: tuple(sent[k].shape) for k in keys})
+        info: dict[str, Any] = {
+            "name": name,
+            "codec": part.get("codec"),
+            "spec": spec.digest.hex(),
+            "round": rnd,
+        }
+        if part.get("send") is False:
+            described.append({**info, "sent": False})
+            continue
+        try:
+            codec = codec_for(msg, context, name) if codec_for is not None else None
+            codec = codec or get(str(part.get("codec")), **dict(part.get("options") or {}))
+        except FedsqueezeError as exc:
+            return _error(msg, f"compress_mod: part {name!r}: {exc}")
+        f32 = [
+            torch.from_numpy(np.array(a.numpy(), dtype=np.float32)).reshape(-1)
+            for a in (sent[k] for k in keys)
+        ]
+        mine = [torch.from_numpy(np.array(local[k].numpy(), dtype=np.float32)).reshape(-1) for k in keys]
+        u = torch.cat(f32) - torch.cat(mine) if keys else torch.zeros(0)
+        ef_on = part.get("error-feedback") is True
+        ef = ErrorFeedback(codec, enabled=ef_on)
+        ef_part = EF_PART if name == "lora" else f"{EF_PART}.{name}"
+        state_from = _load_ef(store, ef, codec, spec, rnd, ef_part) if ef_on else "off"
+        reference = step if part.get("reference") is True else None
+        before = ef.residual.clone() if ef_on and ef.residual is not None else None
+        try:
+            frame = b"" if spec.numel == 0 else ef.encode_flat(u, spec, seed=seed, reference=reference)
+        except FedsqueezeError as exc:
+            return _error(msg, f"compress_mod: cannot encode part {name!r}: {exc}")
+        if ef_on:
+            _save_ef(store, ef, codec, spec, rnd, ef_part)
+        rel = None
+        if spec.numel and ef.last_decoded is not None:
+            p = u.to(torch.float64) if before is None else u.to(torch.float64) + before
+            rel = relative_error(p, ef.last_decoded)
+        out[part_key(name)] = frame_array(frame)
+        described.append(
+            {
+                **info,
+                "sent": True,
+                "state-from": state_from,
+                "residual-norm": ef.residual_norm,
+                "rel-error": rel,
+            }
+        )
+    out.update((k, a) for k, a in local.items() if k not in framed)
+    content[record_key] = ArrayRecord(out)
+    content[META_KEY] = parts_meta(record_key, described)
+    return reply
+
+
 def _server_round(content: RecordDict) -> int | None:
     """The ``server-round`` a Flower strategy puts in its train config (``FedAvg`` does), if any."""
     for record in content.config_records.values():
@@ -334,9 +450,11 @@ def load_ef_state(context: Context) -> dict[str, Any] | None:
     return StateStore(context).load(EF_PART)
 
 
-def _load_ef(store: StateStore, ef: ErrorFeedback, codec: Codec, spec: UpdateSpec, rnd: int | None) -> str:
+def _load_ef(
+    store: StateStore, ef: ErrorFeedback, codec: Codec, spec: UpdateSpec, rnd: int | None, part: str = EF_PART
+) -> str:
     try:
-        state = store.load(EF_PART, before=rnd)
+        state = store.load(part, before=rnd)
     except (FedsqueezeError, RuntimeError, OSError, EOFError) as exc:  # unreadable: start clean
         log.warning("compress_mod: error-feedback state unreadable (%s); starting from zero", exc)
         return "fresh"
@@ -346,7 +464,7 @@ def _load_ef(store: StateStore, ef: ErrorFeedback, codec: Codec, spec: UpdateSpe
     return store.where
 
 
-def _save_ef(store: StateStore, ef: ErrorFeedback, codec: Codec, spec: UpdateSpec, rnd: int | None) -> None:
-    store.save(
-        EF_PART, -1 if rnd is None else rnd, {"codec-id": _state_id(codec, spec), "ef": ef.state_dict()}
-    )
+def _save_ef(
+    store: StateStore, ef: ErrorFeedback, codec: Codec, spec: UpdateSpec, rnd: int | None, part: str = EF_PART
+) -> None:
+    store.save(part, -1 if rnd is None else rnd, {"codec-id": _state_id(codec, spec), "ef": ef.state_dict()})
