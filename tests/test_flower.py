@@ -20,7 +20,7 @@ from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.flower import OFFLINE_ENV, FlowerSettings
 from fedsqueeze.flower.deploy import child_env, write_app, write_connection
 from support.deployment import Stack, sent_log
-from support.flower import FakeGrid, make_config
+from support.flower import FakeGrid, make_config, state_from
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -128,11 +128,7 @@ def test_error_feedback_state_survives_rounds_and_restart(tmp_path, task_identit
 
         def spy(msgs, *, timeout=None, real=real, grid=grid, froms=froms, state_dir=state_dir):
             out = list(real(msgs, timeout=timeout))
-            froms.extend(
-                m.content.config_records["meta"]["state-from"]
-                for m in out
-                if "meta" in m.content.config_records
-            )
+            froms.extend(state_from(m) for m in out if state_from(m) is not None)
             if state_dir is not None and len(froms) == 2:  # "restart" both SuperNodes: fresh Contexts
                 grid.ctx = {100 + p: grid.context(p) for p in range(2)}
             return out

@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import RecordDict
+from flwr.app import Array, RecordDict
 
 from fedsqueeze.flower import FlowerSettings
-from fedsqueeze.flower.records import bytes_array
+from fedsqueeze.flower.downlink import DENSE_KEY, DOWN_META_KEY, DOWN_STYPE, frame_key
 from support.flower import FakeGrid, make_config
 
 pytestmark = [
@@ -33,11 +33,12 @@ class RecordingGrid(FakeGrid):
         for m in msgs:
             if m.metadata.message_type != "train":
                 continue
-            req, glob = m.content.config_records["round"], m.content.array_records["global"]
+            req, down = m.content.config_records["config"], m.content.config_records[DOWN_META_KEY]
+            glob = m.content.array_records["arrays"]
             r, c = int(req["server-round"]), int(req["client"])
             if self.forget.get(r) == c:  # the node restarted: its in-memory state is gone
                 self.ctx[m.metadata.dst_node_id].state = RecordDict()
-            d = {"round": r, "client": c, "frames": int(req["frames"]), "since": int(req["since"])}
+            d = {"round": r, "client": c, "frames": int(down["frames"]), "since": int(down["since"])}
             self.log.append({**d, "keys": sorted(glob)})
             if self.tamper is not None:
                 self.tamper(r, c, glob)
@@ -60,7 +61,7 @@ def test_nodes_catch_up_from_frames_and_the_bytes_sent_are_the_bytes_charged(tmp
     assert any(d["frames"] > 0 for d in grid.log)  # some clients caught up frame by frame
     assert all(row["num_dropped"] == 0 for row in rows)  # and every rebuilt state matched its hash
     for d in grid.log:
-        assert ("lora" in d["keys"]) == (d["frames"] < 0)
+        assert (DENSE_KEY in d["keys"]) == (d["frames"] < 0)
 
 
 def test_a_node_that_lost_its_copy_refuses_and_is_resynced_densely(tmp_path):
@@ -82,9 +83,9 @@ def test_a_corrupted_downlink_frame_is_refused_not_trained_on(tmp_path):
 
     def tamper(r, c, glob):
         if (r, c) == (hit["round"], hit["client"]):
-            data = bytearray(glob["lora-0"].data)
+            data = bytearray(glob[frame_key(0)].data)
             data[-1] ^= 0xFF
-            glob["lora-0"] = bytes_array(bytes(data))
+            glob[frame_key(0)] = Array(dtype="uint8", shape=(len(data),), stype=DOWN_STYPE, data=bytes(data))
 
     _, rows = _run(tmp_path / "run", {"tamper": tamper})
     row = rows[hit["round"] - 1]

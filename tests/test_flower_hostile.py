@@ -43,7 +43,7 @@ class HostileGrid(FakeGrid):
             out.append(Message(RecordDict({"node": info}), reply_to=m))
         for rep in out:
             if rep.metadata.src_node_id == 100 + HOSTILE and rep.metadata.message_type == "train":
-                r = int(rep.content.config_records["meta"]["server-round"])
+                r = int(json.loads(rep.content.config_records["fedsqueeze.frame"]["parts"])[0]["round"])
                 make_hostile(rep, KINDS[r - 1], self.spec)
         return out
 

@@ -17,7 +17,7 @@ from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl import run
 from fedsqueeze.fl.checkpoint import load_checkpoint
 from fedsqueeze.flower import FlowerSettings
-from support.flower import FakeGrid, make_config
+from support.flower import FakeGrid, make_config, state_from
 from support.loop import strip_times
 
 pytestmark = [
@@ -47,19 +47,24 @@ class Grid(FakeGrid):
 
     def send_and_receive(self, msgs, *, timeout=None):
         msgs = list(msgs)
+        # the delivery as sent (downlink_mod replaces it by the rebuilt arrays in place)
+        frames = {
+            id(m): int(m.content.config_records["fedsqueeze.downlink"]["frames"])
+            for m in msgs
+            if m.metadata.message_type == "train"
+        }
         out = list(super().send_and_receive(msgs, timeout=timeout))
         train = [m for m in msgs if m.metadata.message_type == "train"]
         replies = {x.metadata.src_node_id: x for x in out if x.metadata.message_type == "train"}
         for m in train:
-            req, rep = m.content.config_records["round"], replies[m.metadata.dst_node_id]
-            meta = rep.content.config_records.get("meta") if not rep.has_error() else None
+            req, rep = m.content.config_records["config"], replies[m.metadata.dst_node_id]
             self.log.append(
                 {
                     "round": int(req["server-round"]), "client": int(req["client"]),
-                    "frames": int(req["frames"]), "from": None if meta is None else meta["state-from"],
+                    "frames": frames[id(m)], "from": state_from(rep),
                 }
             )  # fmt: skip
-        if train and int(train[0].content.config_records["round"]["server-round"]) == self.kill_round:
+        if train and int(train[0].content.config_records["config"]["server-round"]) == self.kill_round:
             raise ServerKilledError  # the nodes trained (and kept their state); the server never saw it
         return out
 

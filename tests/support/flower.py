@@ -51,3 +51,12 @@ class FakeGrid:
                 continue
             out.append(self.app(m, self.ctx[m.metadata.dst_node_id]))
         return out
+
+
+def state_from(reply) -> str | None:
+    """Where a job reply's LoRA part got its error-feedback state (``None``: an error or no job reply)."""
+    from fedsqueeze.flower.frames import read_parts_reply
+
+    if reply.has_error() or "fedsqueeze.frame" not in reply.content.config_records:
+        return None
+    return read_parts_reply(reply.content).info["lora"].get("state-from")

@@ -1,33 +1,35 @@
 """Hostile replies for the Flower tests: one train reply of an honest ClientApp, made hostile in place.
 
-:func:`make_hostile` rewrites the reply's LoRA payload (and fixes up its SHA-256/length so it passes the
-transport check and reaches the decoders) or breaks its records; ``tests/support/hostile_app.py`` does it
-on a real SuperNode, the fake-grid tests in-process. No tests here.
+:func:`make_hostile` rewrites the LoRA frame of the reply (version 2 of the ``fedsqueeze.frame`` layout,
+so it passes the record checks and reaches the decoders) or breaks its records;
+``tests/support/hostile_app.py`` does it on a real SuperNode, the fake-grid tests in-process. No tests here.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedsqueeze.codecs.dense import Identity
-from fedsqueeze.flower.records import bytes_array, sha256
+from fedsqueeze.flower.frames import META_KEY, frame_array, part_key
 from fedsqueeze.spec import UpdateSpec
 from fedsqueeze.wire.frame import pack_frame
 
 # What reaches the decoders (the transport check passes), then what is malformed in the records.
 FRAME_KINDS = ("garbage", "other-spec", "nan", "huge-norm")
-RECORD_KINDS = ("bad-sha", "wrong-round", "client-as-text", "no-metrics", "nan-loss", "zero-examples")
+RECORD_KINDS = ("bad-version", "wrong-round", "parts-as-text", "no-metrics", "nan-loss", "zero-examples")
 # What the server's ``dropped`` reason says for each kind.
 REASONS = {
     "garbage": "undecodable",
     "other-spec": "undecodable",
     "nan": "undecodable",  # the decoder refuses non-finite values (screen_replies checks again)
     "huge-norm": "x median",
-    "bad-sha": "SHA-256/length",
+    "bad-version": "frame record version",
     "wrong-round": "expected",
-    "client-as-text": "client must be an integer",
+    "parts-as-text": "not a JSON list",
     "no-metrics": "lacks record",
     "nan-loss": "train-loss must be a finite number",
     "zero-examples": "num-examples must be > 0",
@@ -52,18 +54,19 @@ def hostile_lora(kind: str, spec: UpdateSpec, honest: bytes) -> bytes:
 def make_hostile(reply: Message, kind: str, spec: UpdateSpec) -> Message:
     """Make ``reply`` (an honest train reply) hostile in place; returns it."""
     content = reply.content
-    meta = content.config_records["meta"]
+    meta = dict(content.config_records[META_KEY])
+    key = str(meta["record"])
+    parts = json.loads(str(meta["parts"]))
     if kind in FRAME_KINDS:
-        blob = hostile_lora(kind, spec, bytes(content.array_records["payload"]["lora"].data))
-        payload = content.array_records["payload"]
-        content.array_records["payload"] = ArrayRecord({"lora": bytes_array(blob), "head": payload["head"]})
-        meta["lora-sha256"], meta["lora-bytes"] = sha256(blob), len(blob)
-    elif kind == "bad-sha":
-        meta["lora-sha256"] = "0" * 64
+        record = dict(content.array_records[key].items())
+        record[part_key("lora")] = frame_array(hostile_lora(kind, spec, bytes(record[part_key("lora")].data)))
+        content.array_records[key] = ArrayRecord(record)
+    elif kind == "bad-version":
+        meta["version"] = 99
     elif kind == "wrong-round":
-        meta["server-round"] = int(meta["server-round"]) + 1
-    elif kind == "client-as-text":
-        meta["client"] = "zero"
+        parts[0]["round"] = int(parts[0]["round"]) + 1
+    elif kind == "parts-as-text":
+        meta["parts"] = "lora and head"
     elif kind == "no-metrics":
         del content.metric_records["metrics"]
     elif kind == "nan-loss":
@@ -74,5 +77,7 @@ def make_hostile(reply: Message, kind: str, spec: UpdateSpec) -> Message:
         content.metric_records["metrics"] = MetricRecord({**metrics, "num-examples": 0})
     else:
         raise ValueError(kind)
-    content.config_records["meta"] = ConfigRecord(dict(meta))
+    if kind == "wrong-round":
+        meta["parts"] = json.dumps(parts)
+    content.config_records[META_KEY] = ConfigRecord(meta)
     return reply

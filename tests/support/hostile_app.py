@@ -13,7 +13,18 @@ from fedsqueeze.flower import client_app as honest
 from fedsqueeze.flower.settings import make_workload, settings_from_context
 from support.hostile import FRAME_KINDS, make_hostile
 
-app = ClientApp()
+
+def hostile_mod(msg: Message, context: Context, call_next) -> Message:
+    """Outermost: the compressed reply of the honest mods, made hostile."""
+    reply = call_next(msg, context)
+    if msg.metadata.message_type != "train" or not os.environ.get("FSQ_TEST_HOSTILE") or reply.has_error():
+        return reply
+    r = int(msg.content.config_records["config"]["server-round"])
+    spec = make_workload(settings_from_context(context.run_config)).lora_spec
+    return make_hostile(reply, FRAME_KINDS[(r - 1) % len(FRAME_KINDS)], spec)
+
+
+app = ClientApp(mods=[hostile_mod, *honest.client_mods()])
 
 
 @app.query()
@@ -23,9 +34,4 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    reply = honest.handle_train(msg, context)
-    if not os.environ.get("FSQ_TEST_HOSTILE") or reply.has_error():
-        return reply
-    r = int(msg.content.config_records["round"]["server-round"])
-    spec = make_workload(settings_from_context(context.run_config)).lora_spec
-    return make_hostile(reply, FRAME_KINDS[(r - 1) % len(FRAME_KINDS)], spec)
+    return honest.handle_train(msg, context)

@@ -1,7 +1,9 @@
 """The client step: train locally, form ``u = θ_global − θ_local``, compress it with error feedback.
 
-Engine-agnostic: the local loop calls :func:`client_step` directly; a Flower ``ClientApp`` calls the same
-function with the tensors it received and sends ``reply.lora_payload`` / ``reply.head_payload``.
+Engine-agnostic: the local loop calls :func:`client_step` directly. On Flower the same step is split at the
+wire: the ClientApp trains (``Workload.train_client``) and ``fedsqueeze.flower.compress_mod`` forms ``u`` in
+float32 and encodes it with the same error feedback, seed and reference, so its frames equal
+``reply.lora_payload`` / ``reply.head_payload`` byte for byte (``tests/test_federation_drivers.py``).
 """
 
 from __future__ import annotations

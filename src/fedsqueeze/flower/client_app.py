@@ -3,34 +3,36 @@
 The node trains on slice ``partition-id`` of the job's dataset, or with its own data (``data-path`` in its
 node config, ``fedsqueeze flower supernode --data PATH``) on every row of that (:mod:`.node_data`).
 
-``train`` rebuilds the global state from its downlink delivery (the dense state, or the delta frames it
-missed added to the copy it holds; the head when it changed), checks it against the SHA-256 the server
-sent, runs :func:`fedsqueeze.fl.client.client_step` (the very step and codec of ``fedsqueeze run``) and
-replies with the LoRA and head payloads as ``uint8`` arrays plus their
-SHA-256. ``query`` tells the server which partition this node serves (how the server maps its seeded sample of
-client ids onto Flower node ids).
+A train message of fedsqueeze's own strategy holds the node's downlink delivery in the drop-in's layout
+(:mod:`.downlink`, version 2: the dense state, or the delta frames it missed; the head when it changed).
+``downlink_mod`` (with :func:`initial_copy`: frames since round 0 apply to the seeded initial state) rebuilds
+it into dense ``lora.*`` / ``head.*`` arrays and checks the SHA-256 the server sent; :func:`handle_train` then
+trains with the engine's seeds and replies densely, and ``compress_mod`` codes the reply in parts
+(``fedsqueeze.frame`` version 2: the LoRA update with the job's codec and error feedback, byte for byte the
+frame of :func:`fedsqueeze.fl.client.client_step`; the head's update densely), which
+:class:`~fedsqueeze.flower.Compressed` hands intact to the job's strategy. :func:`sent_log_mod` logs every
+frame sent. ``query`` tells the server which partition this node serves (how the server maps
+its seeded sample of client ids onto Flower node ids).
 
 A node that cannot rebuild the state (it lost its copy, a frame is corrupt, the hash differs) refuses to
-train and replies with an error; the server then resyncs it densely the next time it is sampled.
+train: ``downlink_mod`` replies with an error, and the server resyncs it densely the next time it is sampled.
+A stock Flower strategy's dense train message (``FedAdam``, a DP wrapper, ... wrapped in
+:class:`~fedsqueeze.flower.Compressed`) goes to :func:`handle_stock_train`, whose dense reply
+``compress_mod`` compresses.
 
-The app (:func:`client_app`) has ``downlink_mod`` and ``compress_mod`` in its mods. The messages above carry
-no float arrays and pass both untouched; a stock Flower strategy's dense train message (``FedAdam``, a DP
-wrapper, ... wrapped in :class:`~fedsqueeze.flower.Compressed`) goes to :func:`handle_stock_train`, whose
-dense reply ``compress_mod`` compresses.
-
-Per-client state (the error-feedback residual + codec state, and the downlink copy it holds) survives
-across rounds:
+Per-client state (the error-feedback residual + codec state, and the downlink copy) is one versioned
+:class:`~.store.StateStore` (:func:`job_store`), one version per round the node trained in, the newest
+:data:`KEEP_VERSIONS` kept:
 
 * with a state dir (``state-dir`` in the SuperNode's ``--node-config``, else the run config's
   ``node-state-dir``/``p<id>``, which ``fedsqueeze flower simulate`` sets to ``OUT/nodes``): in
-  ``STATE_DIR/ef-<state digest>-<job id>-p<id>-r<round>.pt`` (atomic writes), one version per round the
-  node trained in, the newest :data:`KEEP_VERSIONS` kept. The job id comes with every train message (the
-  ServerApp draws it when a job starts and keeps it in its checkpoint), so the files survive a SuperNode
-  restart and a resumed job (a new ``flwr run``) finds them, while a new job starts clean. A train message
-  of round ``r`` loads the newest version of a round before ``r``: a round that a resumed job replays
-  (the server stopped after the nodes trained, before it checkpointed) starts from the same state as the
-  first time, so the resumed job equals the uninterrupted one bit for bit. Every payload sent is also
-  logged to ``STATE_DIR/sent.jsonl``;
+  ``STATE_DIR/<part>-<state digest>-<job id>-p<id>-r<round>.pt`` (``ef`` and ``downlink``; atomic writes).
+  The job id comes with every train message (the ServerApp draws it when a job starts and keeps it in its
+  checkpoint), so the files survive a SuperNode restart and a resumed job (a new ``flwr run``) finds them,
+  while a new job starts clean. A train message of round ``r`` loads the newest version of a round before
+  ``r``: a round that a resumed job replays (the server stopped after the nodes trained, before it
+  checkpointed) starts from the same state as the first time, so the resumed job equals the uninterrupted
+  one bit for bit. Every payload sent is also logged to ``STATE_DIR/sent.jsonl``;
 * otherwise in ``context.state`` (in memory: lost if the SuperNode restarts and not carried over to a
   resumed job; the client then starts again from a zero residual, like a new client, and gets the dense
   state).
@@ -50,27 +52,37 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import ConfigRecordValues, MetricRecordValues
+from flwr.common import MetricRecordValues
 from flwr.common.constant import ErrorCode
 
-from ..codecs import ErrorFeedback, decode_flat
 from ..errors import ConfigError, FedsqueezeError, PayloadError
-from ..fl.checkpoint import atomic_write
-from ..fl.client import client_step
 from ..fl.federation import trains_head
 from ..fl.hooks import hooks_for
 from ..seeding import derive_seed
 from ..spec import UpdateSpec
+from .downlink import DOWN_META_KEY, Layout
 from .env import apply_offline_env
+from .frames import read_parts_reply
+from .job_strategy import ARRAYS_KEY, CONFIG_KEY
 from .node_data import NodeSettings, node_settings, node_workload
-from .records import array_bytes, blob_to_state, bytes_array, sha256, state_to_blob
+from .records import sha256
 from .settings import FlowerSettings, make_workload
+from .store import KEEP_VERSIONS, StateStore
 
-__all__ = ["KEEP_VERSIONS", "app", "client_app", "handle_query", "handle_train", "partition_id", "state_dir"]
+__all__ = [
+    "KEEP_VERSIONS",
+    "app",
+    "client_app",
+    "client_mods",
+    "handle_query",
+    "handle_train",
+    "initial_copy",
+    "job_store",
+    "partition_id",
+    "state_dir",
+]
 
 log = logging.getLogger("fedsqueeze.flower")
-STATE_KEY = "fedsqueeze-ef"
-KEEP_VERSIONS = 2  # state versions a node keeps: the one a replayed round needs, and the newest
 _JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
@@ -103,76 +115,66 @@ def state_dir(context: Context, settings: FlowerSettings, client: int) -> Path |
     return None
 
 
-def _versions(root: Path, stem: str) -> dict[int, Path]:
-    """round -> file of the state versions ``root`` holds for ``stem`` (``ef-<digest>-<job>-p<id>``)."""
-    found = {}
-    for path in root.glob(f"{stem}-r*.pt"):
-        tail = path.name[len(stem) + 2 : -3]
-        if tail.isdigit():
-            found[int(tail)] = path
-    return found
+def _job_config(msg: Message) -> Mapping[str, Any] | None:
+    """The job's ConfigRecord of a train message of fedsqueeze's own strategy (``None``: another one's)."""
+    conf = msg.content.config_records.get(CONFIG_KEY)
+    return conf if conf is not None and "job-id" in conf else None
 
 
-def _stem(settings: FlowerSettings, job: str, client: int) -> str:
-    return f"ef-{settings.state_digest}-{job}-p{client}"
+def job_store(msg: Message, context: Context) -> StateStore:
+    """The store of this node's state for a train message (the ``store=`` of both mods): for fedsqueeze's
+    job, the versions of this job and partition, in the node's state dir (:func:`state_dir`) when it has
+    one; ``context.state`` otherwise, and for a stock strategy's messages."""
+    conf = _job_config(msg)
+    if conf is None:
+        return StateStore(context)
+    job = str(conf.get("job-id", ""))
+    if not _JOB_ID.fullmatch(job):
+        raise ConfigError(f"the train message has no valid job-id (got {job!r}); is the server older?")
+    settings = node_settings(context.run_config, context.node_config)
+    client = partition_id(context)
+    return StateStore(
+        context, state_dir(context, settings, client), f"{settings.state_digest}-{job}-p{client}"
+    )
 
 
-def _load_state(
-    context: Context, settings: FlowerSettings, client: int, job: str, rnd: int
-) -> tuple[dict[str, Any] | None, str]:
-    """The newest state saved after a round before ``rnd`` (the state this round starts from)."""
-    root = state_dir(context, settings, client)
-    blob: bytes | None = None
-    if root is not None:
-        older = {r: p for r, p in _versions(root, _stem(settings, job, client)).items() if r < rnd}
-        if older:
-            blob, where = older[max(older)].read_bytes(), "file"
-    elif STATE_KEY in context.state.array_records:
-        blob, where = array_bytes(context.state.array_records[STATE_KEY], "state"), "context"
-    if blob is None:
-        return None, "fresh"
-    state = blob_to_state(blob)
-    key = (state.get("digest"), state.get("client"), state.get("job"))
-    same = key == (settings.state_digest, client, job)
-    if not same or int(state.get("round", 0)) >= rnd:
-        return None, "fresh"  # another job's or another partition's state (or a later one): start clean
-    return state, where
+def _job_workload(settings: FlowerSettings, client: int, conf: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The rounds' workload of this client and the uplink codec the phases before the rounds set (or
+    ``None``: the config's)."""
+    wl = node_workload(settings, client) if isinstance(settings, NodeSettings) else make_workload(settings)
+    codec = None
+    for hook in hooks_for(
+        settings.config
+    ):  # the phases before the rounds (TGAP) changed the workload or codec
+        wl, changed = hook.for_client(wl, conf)
+        codec = changed if changed is not None else codec
+    return wl, codec
 
 
-def _rebuild(
-    glob: ArrayRecord, req: Any, wl: Any, held: dict[str, Any] | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The global ``(lora, head)`` flats this delivery gives, checked by hash (else an error: no training),
-    and its last delta frame decoded (``None`` for a dense delivery): a predictive uplink's reference."""
-    from ..fl.server import state_sha256
+def initial_copy(msg: Message, context: Context) -> dict[str, Any]:
+    """The round-0 downlink copy every node of the job can make (``downlink_mod``'s ``initial=``): the
+    seeded initial LoRA and head, head version 0.
 
-    lspec, hspec = wl.lora_spec, wl.head_spec
-    init_lora, init_head = (s.flatten(t) for s, t in zip((lspec, hspec), wl.initial_params(), strict=True))
-    nframes, since = int(req["frames"]), int(req["since"])
-    step = None
-    if nframes < 0:
-        lora = _flat(array_bytes(glob, "lora"), lspec)
-    else:
-        if since == 0:
-            lora = init_lora  # every client can make the initial state
-        elif held is not None and held.get("round") == since:
-            lora = held["lora"]
-        else:
-            raise ConfigError(f"this node lacks the downlink state of round {since}; it needs a resync")
-        for i in range(nframes):
-            step = _flat(array_bytes(glob, f"lora-{i}"), lspec)
-            lora = lora + step  # the server's own additions, in order
-    if "head" in glob:
-        head = _flat(array_bytes(glob, "head"), hspec)
-    elif int(req["head-version"]) == 0:
-        head = init_head
-    elif held is not None and held.get("head_version") == int(req["head-version"]):
-        head = held["head"]
-    else:
-        raise ConfigError("this node does not hold the current head; it needs a resync")
-    if state_sha256(lora) != req["lora-sha256"] or state_sha256(head) != req["head-sha256"]:
-        raise PayloadError("the rebuilt global state differs from the server's (SHA-256); refusing to train")
-    return lora, head, step
+    Raises
+    ------
+    PayloadError
+        The server's layout is not this node's (another model, or own data with other labels).
+    """
+    conf = _job_config(msg)
+    if conf is None:
+        raise PayloadError("this train message is not fedsqueeze's job's: there is no initial state")
+    settings = node_settings(context.run_config, context.node_config)
+    wl, _ = _job_workload(settings, partition_id(context), conf)
+    layout = Layout.of_specs(wl.lora_spec, wl.head_spec)
+    if msg.content.config_records[DOWN_META_KEY].get("layout-digest") != layout.digest:
+        raise PayloadError(
+            "the server's model (LoRA and head shapes) is not this node's" + _own_data_hint(settings, wl)
+        )
+    lora, head = wl.initial_params()
+    return {
+        "round": 0, "theta": wl.lora_spec.flatten(lora), "layout": layout.to_json(),
+        "layout-digest": layout.digest, "head": wl.head_spec.flatten(head), "head-version": 0,
+    }  # fmt: skip
 
 
 def _own_data_hint(settings: FlowerSettings, wl: Any) -> str:
@@ -184,37 +186,6 @@ def _own_data_hint(settings: FlowerSettings, wl: Any) -> str:
         f" (this node's own data has {classes} classes: its file must hold every label of the job, as the "
         "label ids are the sorted label values)"
     )
-
-
-def _flat(frame: bytes, spec: UpdateSpec) -> torch.Tensor:
-    return torch.zeros(0) if spec.numel == 0 else decode_flat(frame, spec)
-
-
-def _save_state(
-    context: Context,
-    settings: FlowerSettings,
-    client: int,
-    job: str,
-    ef: ErrorFeedback,
-    rnd: int,
-    held: dict[str, Any],
-) -> None:
-    """Save the state after round ``rnd`` as a new version; keep the newest :data:`KEEP_VERSIONS`."""
-    state = {
-        "digest": settings.state_digest, "client": client, "job": job, "round": rnd, "ef": ef.state_dict(),
-        **held,
-    }  # fmt: skip
-    blob = state_to_blob(state)
-    root = state_dir(context, settings, client)
-    if root is None:
-        context.state.array_records[STATE_KEY] = ArrayRecord({"state": bytes_array(blob)})
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    stem = _stem(settings, job, client)
-    atomic_write(root / f"{stem}-r{rnd}.pt", lambda tmp: Path(tmp).write_bytes(blob))
-    versions = _versions(root, stem)
-    for r in sorted(versions)[:-KEEP_VERSIONS]:
-        versions[r].unlink(missing_ok=True)
 
 
 def _log_sent(context: Context, settings: FlowerSettings, client: int, row: dict[str, Any]) -> None:
@@ -230,84 +201,65 @@ def _log_sent(context: Context, settings: FlowerSettings, client: int, row: dict
 def handle_train(msg: Message, context: Context) -> Message:
     """Train this partition from the received global state and reply with the compressed update.
 
-    A message of fedsqueeze's own strategy (:class:`~.job_strategy.FederationStrategy`: a ``"round"``
-    ConfigRecord and the ``"global"`` delivery) gets the job's reply; any other train message is a stock
-    Flower strategy's (:func:`handle_stock_train`). Sets offline mode first (:func:`.env.apply_offline_env`),
-    before the workload imports transformers.
+    A message of fedsqueeze's own strategy (:class:`~.job_strategy.FederationStrategy`: a ``"config"``
+    ConfigRecord with a ``job-id``, and the ``"arrays"`` that ``downlink_mod`` rebuilt) trains with the
+    engine's seeds and replies densely (``compress_mod`` codes it in parts, version 2); any other train
+    message is a stock Flower strategy's (:func:`handle_stock_train`). Sets offline mode first
+    (:func:`.env.apply_offline_env`), before the workload imports transformers.
     """
     apply_offline_env()
     t0 = time.perf_counter()
     settings = node_settings(context.run_config, context.node_config)
-    if "round" not in msg.content.config_records or "global" not in msg.content.array_records:
+    req = _job_config(msg)
+    if req is None:
         return handle_stock_train(msg, context, settings)
-    req: Mapping[str, Any] = msg.content.config_records["round"]  # the server's values, checked below
-    if req["digest"] != settings.digest:
+    if DOWN_META_KEY in msg.content.config_records:
+        return _refuse(msg, "the train message's delivery was not rebuilt: the ClientApp needs downlink_mod")
+    if req.get("digest") != settings.digest:
         raise ConfigError("the server's run config differs from this node's (config digest mismatch)")
-    client, rnd, job = int(req["client"]), int(req["server-round"]), str(req.get("job-id", ""))
-    if not _JOB_ID.fullmatch(job):
-        raise ConfigError(f"the train message has no valid job-id (got {job!r}); is the server older?")
+    client, rnd = int(req["client"]), int(req["server-round"])
     if client != partition_id(context):
         raise ConfigError(f"asked to train client {client} on the node of partition {partition_id(context)}")
+    job_store(msg, context)  # checks the job id
     cfg = settings.config
-    wl = node_workload(settings, client) if isinstance(settings, NodeSettings) else make_workload(settings)
-    codec = None
-    for hook in hooks_for(cfg):  # the phases before the rounds (TGAP) changed the rounds' workload or codec
-        wl, changed = hook.for_client(wl, req)
-        codec = changed if changed is not None else codec
-    glob = msg.content.array_records["global"]
-    state, state_from = _load_state(context, settings, client, job, rnd)
-    held = None if state is None else state.get("held")
+    wl, _ = _job_workload(settings, client, req)
     try:
-        lora_flat, head_flat, reference = _rebuild(glob, req, wl, held)
-    except FedsqueezeError as exc:  # never train on a state that is not the server's: say so instead
-        reason = str(exc) + (_own_data_hint(settings, wl) if isinstance(exc, PayloadError) else "")
-        log.warning("round %s: refusing to train client %s: %s", rnd, client, reason)
-        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
-    lora, head = wl.lora_spec.unflatten(lora_flat), wl.head_spec.unflatten(head_flat)
-
-    ef = ErrorFeedback(codec if codec is not None else cfg.codec.build(), enabled=cfg.fl.error_feedback)
-    if state is not None:
-        ef.load_state_dict(state["ef"])
-    seed = cfg.fl.seed
-    rep = client_step(
-        wl, client, lora, head, cfg.train, ef,
-        train_seed=derive_seed(seed, rnd, client, "train"),
-        encode_seed=derive_seed(seed, rnd, client, "encode"),
+        record = msg.content.array_records[ARRAYS_KEY]
+        lora, head = _tensors(record, "lora.", wl.lora_spec), _tensors(record, "head.", wl.head_spec)
+    except (KeyError, FedsqueezeError) as exc:
+        return _refuse(msg, f"the rebuilt train message lacks its arrays ({exc})")
+    new_lora, new_head, loss = wl.train_client(
+        client, dict(lora), dict(head), cfg.train,
+        seed=derive_seed(cfg.fl.seed, rnd, client, "train") & ((1 << 63) - 1),
         train_head=trains_head(cfg, wl, rnd),
-        reference=reference,  # the last delta frame received: the server predicts from the same one
     )  # fmt: skip
-    version = int(req["head-version"])
-    copy = {"round": rnd, "lora": lora_flat.clone(), "head": head_flat.clone(), "head_version": version}
-    _save_state(context, settings, client, job, ef, rnd, {"held": copy})
+    return _dense_reply(msg, ARRAYS_KEY, record, new_lora, new_head, wl, client, loss, t0)
 
-    meta: dict[str, ConfigRecordValues] = {
-        "client": client,
-        "server-round": rnd,
-        "lora-sha256": sha256(rep.lora_payload),
-        "head-sha256": sha256(rep.head_payload),
-        "lora-bytes": len(rep.lora_payload),
-        "head-bytes": len(rep.head_payload),
-        "state-from": state_from,
-    }
+
+def _dense_reply(
+    msg: Message,
+    key: str,
+    record: ArrayRecord,
+    new_lora: Mapping[str, torch.Tensor],
+    new_head: Mapping[str, torch.Tensor],
+    wl: Any,
+    client: int,
+    loss: float,
+    t0: float,
+) -> Message:
+    """The trained arrays under the received keys and in their dtypes (other arrays pass through), plus
+    ``num-examples``, ``train-loss`` and ``client-s``; ``compress_mod`` turns it into frames."""
+    trained = {f"lora.{k}": v for k, v in new_lora.items()} | {f"head.{k}": v for k, v in new_head.items()}
+    out: dict[str, Array] = {}
+    for name, arr in record.items():  # same keys and order; each array back in the dtype it came in
+        value = trained.get(name)
+        out[name] = arr if value is None else Array(value.detach().cpu().numpy().astype(arr.dtype))
     metrics: dict[str, MetricRecordValues] = {
-        "num-examples": rep.num_examples,
-        "train-loss": rep.train_loss,
-        "residual-norm": rep.residual_norm,
+        "num-examples": int(wl.client_num_examples(client)),
+        "train-loss": float(loss),
         "client-s": time.perf_counter() - t0,
     }
-    if rep.rel_error is not None:
-        metrics["rel-error"] = rep.rel_error
-    _log_sent(context, settings, client, {"run_id": context.run_id, "job-id": job, **meta})
-    content = RecordDict(
-        {
-            "payload": ArrayRecord(
-                {"lora": bytes_array(rep.lora_payload), "head": bytes_array(rep.head_payload)}
-            ),
-            "metrics": MetricRecord(metrics),
-            "meta": ConfigRecord(meta),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return Message(RecordDict({key: ArrayRecord(out), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def handle_stock_train(msg: Message, context: Context, settings: FlowerSettings) -> Message:
@@ -344,17 +296,7 @@ def handle_stock_train(msg: Message, context: Context, settings: FlowerSettings)
         seed=derive_seed(cfg.fl.seed, rnd, client, "train") & ((1 << 63) - 1),
         train_head=trains_head(cfg, wl, rnd),
     )  # fmt: skip
-    trained = {f"lora.{k}": v for k, v in new_lora.items()} | {f"head.{k}": v for k, v in new_head.items()}
-    out: dict[str, Array] = {}
-    for name, arr in record.items():  # same keys and order; each array back in the dtype it came in
-        value = trained.get(name)
-        out[name] = arr if value is None else Array(value.detach().cpu().numpy().astype(arr.dtype))
-    metrics: dict[str, MetricRecordValues] = {
-        "num-examples": int(wl.client_num_examples(client)),
-        "train-loss": float(loss),
-        "client-s": time.perf_counter() - t0,
-    }
-    return Message(RecordDict({key: ArrayRecord(out), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return _dense_reply(msg, key, record, new_lora, new_head, wl, client, loss, t0)
 
 
 def _tensors(record: ArrayRecord, prefix: str, spec: UpdateSpec) -> dict[str, torch.Tensor]:
@@ -374,18 +316,62 @@ def _refuse(msg: Message, reason: str) -> Message:
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 
 
+def _job_codec(msg: Message, context: Context, part: str) -> Any:
+    """``compress_mod``'s ``codec_for``: the job's LoRA codec (the config's, or the one the phases before the
+    rounds made, e.g. with TGAP's trained model); ``None`` for the other parts (built from the message)."""
+    conf = _job_config(msg)
+    if conf is None or part != "lora":
+        return None
+    settings = node_settings(context.run_config, context.node_config)
+    _, codec = _job_workload(settings, partition_id(context), conf)
+    return codec if codec is not None else settings.config.codec.build()
+
+
+def sent_log_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Log every frame a job's reply carries (and append it to ``STATE_DIR/sent.jsonl`` when the node has a
+    state dir): what the server must have decoded."""
+    conf = _job_config(msg)
+    reply = call_next(msg, context)
+    if conf is None or reply.has_error() or msg.metadata.message_type.split(".", 1)[0] != "train":
+        return reply
+    try:
+        parts = read_parts_reply(reply.content)
+    except FedsqueezeError:
+        return reply
+    row: dict[str, Any] = {
+        "run_id": context.run_id, "job-id": conf.get("job-id"), "client": conf.get("client"),
+        "server-round": conf.get("server-round"),
+    }  # fmt: skip
+    for name, frame in parts.frames.items():
+        row.update({f"{name}-sha256": sha256(frame), f"{name}-bytes": len(frame)})
+    row["state-from"] = parts.info.get("lora", {}).get("state-from")
+    settings = node_settings(context.run_config, context.node_config)
+    _log_sent(context, settings, partition_id(context), row)
+    return reply
+
+
+def client_mods() -> list[Any]:
+    """fedsqueeze's ClientApp mods: the sent log, ``downlink_mod`` (with the round-0 copy and the node's
+    store) and ``compress_mod`` (with the same store and the job's LoRA codec)."""
+    from .mods import compress_mod, downlink_mod
+
+    return [
+        sent_log_mod,
+        downlink_mod(initial=initial_copy, store=job_store),
+        compress_mod(store=job_store, codec_for=_job_codec),
+    ]
+
+
 def client_app(*mods: Any) -> ClientApp:
     """fedsqueeze's ClientApp: ``downlink_mod`` and ``compress_mod``, then ``mods`` (e.g. Flower's
     ``fixedclipping_mod``, which must run before the update is compressed), around :func:`handle_train`
     and :func:`handle_query`.
 
-    Messages of fedsqueeze's own strategy carry their frames already and pass both mods untouched; a stock
-    strategy wrapped in :class:`~fedsqueeze.flower.Compressed` gets compressed replies (and, with its
-    ``downlink=``, sends a compressed downlink).
+    ``downlink_mod`` rebuilds every compressed delivery (fedsqueeze's own strategy's, and a stock strategy's
+    wrapped in :class:`~fedsqueeze.flower.Compressed` with a ``downlink=``), and ``compress_mod`` compresses
+    every dense reply: in parts (version 2) for fedsqueeze's own strategy, in one frame for a stock one.
     """
-    from .mods import compress_mod, downlink_mod
-
-    built = ClientApp(mods=[downlink_mod(), compress_mod(), *mods])
+    built = ClientApp(mods=[*client_mods(), *mods])
     built.train()(handle_train)
     built.query()(handle_query)
     return built

@@ -20,6 +20,14 @@ for a dense delivery), ``frames`` (their number; ``-1``: dense), ``sha256``
 (:func:`~fedsqueeze.fl.server.state_sha256` of ``θ̃``), ``layout-digest`` and, in a dense delivery only,
 ``layout`` (JSON: the record's key order and the state's keys, dtypes and shapes). A node keeps the layout
 with its copy, so a frame delivery does not repeat it.
+
+Version 2 adds an optional second part, the *head* (fedsqueeze's own job sends it: the trainable tensors
+outside LoRA, :class:`fedsqueeze.fl.server.Downlink`): the layout then also lists the head's arrays (and the
+name prefixes its two parts carry in the record, ``lora.`` and ``head.``), the ConfigRecord adds
+``head-version`` and ``head-sha256``, and the record holds ``"fedsqueeze.downlink.head"`` (the head's
+identity frame) only when the node's head is stale. A delivery without a head part is written as version 1.
+A node may also be given the round-0 copy (``initial``, :func:`rebuild`): then frames ``since = 0`` apply to
+the initial state every node can make, as in ``fedsqueeze run``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO
 from typing import Any, TypeGuard
 
@@ -38,7 +46,7 @@ from flwr.supercore import log
 
 from ..codecs import Codec, decode_flat
 from ..errors import PayloadError
-from ..fl.server import Downlink, state_sha256
+from ..fl.server import Delivery, Downlink, state_sha256
 from ..spec import UpdateSpec
 from .frames import float_keys, is_float
 from .records import array_bytes
@@ -49,18 +57,23 @@ __all__ = [
     "DOWN_META_KEY",
     "DOWN_STYPE",
     "DOWN_VERSION",
+    "HEAD_KEY",
     "DownlinkSender",
     "Layout",
+    "frame_arrays",
     "frame_key",
     "is_downlink_key",
+    "pack_delivery",
     "rebuild",
 ]
 
 DOWN_FORMAT = "fedsqueeze.downlink"
-DOWN_VERSION = 1
+DOWN_VERSION = 2  # the newest version written; 1 (no head part) is still written and read
+READ_VERSIONS = (1, 2)
 DOWN_META_KEY = "fedsqueeze.downlink"  # the ConfigRecord of a train message with a compressed downlink
-DOWN_STYPE = f"{DOWN_FORMAT}/{DOWN_VERSION}"
+DOWN_STYPE = f"{DOWN_FORMAT}/1"  # the frames' storage type (unchanged by version 2)
 DENSE_KEY = "fedsqueeze.downlink.dense"
+HEAD_KEY = "fedsqueeze.downlink.head"
 _FRAME_PREFIX = "fedsqueeze.downlink."
 
 
@@ -84,10 +97,17 @@ class Layout:
         Every key of the record, in record order.
     state
         ``(key, dtype, shape)`` of the float arrays in the state, in record order.
+    head
+        ``(key, dtype, shape)`` of the head's arrays (version 2; empty: no head part).
+    prefixes
+        What the record keys of the state and of the head add to the names of the spec their frames are
+        coded with (version 2; fedsqueeze's job: ``("lora.", "head.")``).
     """
 
     order: tuple[str, ...]
     state: tuple[tuple[str, str, tuple[int, ...]], ...]
+    head: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    prefixes: tuple[str, str] = ("", "")
 
     @classmethod
     def of(cls, record: ArrayRecord) -> Layout:
@@ -95,6 +115,19 @@ class Layout:
         keys = float_keys(record)
         state = tuple((k, str(record[k].dtype), tuple(int(x) for x in record[k].shape)) for k in keys)
         return cls(tuple(record.keys()), state)
+
+    @classmethod
+    def of_specs(cls, lora: UpdateSpec, head: UpdateSpec) -> Layout:
+        """fedsqueeze's job: ``lora.<name>`` arrays (the state), then ``head.<name>`` (the head); fp32."""
+        state = tuple((f"lora.{n}", "float32", tuple(s)) for n, s in lora.entries)
+        heads = tuple((f"head.{n}", "float32", tuple(s)) for n, s in head.entries)
+        order = tuple(k for k, _, _ in state + heads)
+        return cls(order, state, heads, ("lora.", "head."))
+
+    @property
+    def version(self) -> int:
+        """The downlink version a delivery of this layout is written in (2 when it uses a version-2 field)."""
+        return 2 if self.head or self.prefixes != ("", "") else 1
 
     def fits(self, record: ArrayRecord) -> bool:
         """True when ``record`` has the same keys in the same order and the state's arrays are still floats
@@ -112,10 +145,25 @@ class Layout:
 
     @property
     def spec(self) -> UpdateSpec:
-        return UpdateSpec.from_shapes({k: shape for k, _, shape in self.state})
+        """The spec the state's frames are coded with."""
+        cut = len(self.prefixes[0])
+        return UpdateSpec.from_shapes({k[cut:]: shape for k, _, shape in self.state})
+
+    @property
+    def head_spec(self) -> UpdateSpec:
+        """The spec of the head's frame."""
+        cut = len(self.prefixes[1])
+        return UpdateSpec.from_shapes({k[cut:]: shape for k, _, shape in self.head})
 
     def to_json(self) -> str:
-        return json.dumps({"order": list(self.order), "state": [[k, d, list(s)] for k, d, s in self.state]})
+        raw: dict[str, Any] = {
+            "order": list(self.order),
+            "state": [[k, d, list(s)] for k, d, s in self.state],
+        }
+        if self.version > 1:  # version 1 layouts keep their JSON (and digest)
+            raw["head"] = [[k, d, list(s)] for k, d, s in self.head]
+            raw["prefixes"] = list(self.prefixes)
+        return json.dumps(raw)
 
     @classmethod
     def from_json(cls, text: object) -> Layout:
@@ -129,28 +177,43 @@ class Layout:
         try:
             raw: Any = json.loads(text) if isinstance(text, str) else None  # JSON; None raises TypeError
             order = tuple(str(k) for k in raw["order"])
-            state = tuple((str(k), str(np.dtype(d)), tuple(int(x) for x in s)) for k, d, s in raw["state"])
-        except (TypeError, ValueError, KeyError) as exc:
+            state, head = (
+                tuple((str(k), str(np.dtype(d)), tuple(int(x) for x in s)) for k, d, s in raw.get(part, ()))
+                for part in ("state", "head")
+            )
+            first, second = (str(p) for p in raw.get("prefixes", ("", "")))
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise PayloadError(f"the downlink layout is malformed ({type(exc).__name__})") from None
-        if not set(k for k, _, _ in state) <= set(order):
+        if not set(k for k, _, _ in state + head) <= set(order):
             raise PayloadError("the downlink layout names state arrays outside its key order")
-        return cls(order, state)
+        if not all(k.startswith(first) for k, _, _ in state) or not all(
+            k.startswith(second) for k, _, _ in head
+        ):
+            raise PayloadError("the downlink layout's keys lack their prefixes")
+        return cls(order, state, head, (first, second))
 
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
-    def record(self, flat: torch.Tensor, others: Mapping[str, Array]) -> ArrayRecord:
-        """The dense ArrayRecord: the state ``flat`` (fp32) cast to each array's dtype, ``others`` for the
-        rest of the keys, in the layout's order.
+    def record(
+        self, flat: torch.Tensor, others: Mapping[str, Array], head: torch.Tensor | None = None
+    ) -> ArrayRecord:
+        """The dense ArrayRecord: the state ``flat`` (fp32) and the ``head`` cast to each array's dtype,
+        ``others`` for the rest of the keys, in the layout's order.
 
         Raises
         ------
         PayloadError
             ``others`` lacks a key of the layout.
         """
-        state = self.spec.unflatten(flat)
-        dtypes = {k: d for k, d, _ in self.state}
+        keys = [k for k, _, _ in self.state]
+        state = dict(zip(keys, self.spec.unflatten(flat).values(), strict=True))
+        if self.head:
+            assert head is not None, "a layout with a head part needs the head"
+            heads = [k for k, _, _ in self.head]
+            state.update(zip(heads, self.head_spec.unflatten(head).values(), strict=True))
+        dtypes = {k: d for k, d, _ in self.state + self.head}
         missing = [k for k in self.order if k not in dtypes and k not in others]
         if missing:
             raise PayloadError(f"the downlink delivery lacks the arrays {missing[:5]}")
@@ -163,6 +226,42 @@ class Layout:
 
 def _frame_array(frame: bytes) -> Array:
     return Array(dtype="uint8", shape=(len(frame),), stype=DOWN_STYPE, data=bytes(frame))
+
+
+def frame_arrays() -> Callable[[bytes], Array]:
+    """``frame -> Array``, one Array per frame object: the nodes a frame goes to share it."""
+    made: dict[int, Array] = {}
+
+    def array_of(frame: bytes) -> Array:
+        if id(frame) not in made:
+            made[id(frame)] = _frame_array(frame)
+        return made[id(frame)]
+
+    return array_of
+
+
+def pack_delivery(
+    d: Delivery,
+    layout: Layout,
+    common: Mapping[str, Any],
+    others: Mapping[str, Array],
+    array_of: Callable[[bytes], Array],
+) -> tuple[ArrayRecord, ConfigRecord]:
+    """One node's delivery in the message layout: its ArrayRecord (``others``, then the dense frame or the
+    delta frames, and the head's frame when sent) and its ``"fedsqueeze.downlink"`` ConfigRecord (``common``
+    plus ``since``, ``frames``, the version and, when dense, the layout)."""
+    arrays = dict(others)
+    meta = {**common, "format": DOWN_FORMAT, "version": layout.version, "layout-digest": layout.digest}
+    if d.frames is None:
+        assert d.dense is not None, "a delivery without frames sends the dense state"
+        arrays[DENSE_KEY] = array_of(d.dense)
+        meta.update({"since": -1, "frames": -1, "layout": layout.to_json()})
+    else:
+        arrays.update((frame_key(i), array_of(f)) for i, f in enumerate(d.frames))
+        meta.update({"since": int(d.since), "frames": len(d.frames)})
+    if layout.head and d.head is not None:
+        arrays[HEAD_KEY] = array_of(d.head)
+    return ArrayRecord(arrays), ConfigRecord(meta)
 
 
 class DownlinkSender:
@@ -222,34 +321,11 @@ class DownlinkSender:
         flat = layout.spec.flatten(lora)
         others = {k: a for k, a in record.items() if k not in lora}
         as_sent = layout.record(flat, others)
-        common: dict[str, Any] = {
-            "format": DOWN_FORMAT,
-            "version": DOWN_VERSION,
-            "protocol": downlink.protocol,
-            "round": int(server_round),
-            "sha256": state_sha256(flat),
-            "layout-digest": layout.digest,
+        common = {"protocol": downlink.protocol, "round": int(server_round), "sha256": state_sha256(flat)}
+        array_of = frame_arrays()
+        per_node = {
+            node: pack_delivery(downlink.deliveries[node], layout, common, others, array_of) for node in nodes
         }
-        arrays_of: dict[int, Array] = {}  # one Array per frame, shared by the nodes it goes to
-
-        def arr(frame: bytes) -> Array:
-            if id(frame) not in arrays_of:
-                arrays_of[id(frame)] = _frame_array(frame)
-            return arrays_of[id(frame)]
-
-        per_node: dict[int, tuple[ArrayRecord, ConfigRecord]] = {}
-        for node in nodes:
-            d = downlink.deliveries[node]
-            arrays = dict(others)
-            meta = dict(common)
-            if d.frames is None:
-                assert d.dense is not None
-                arrays[DENSE_KEY] = arr(d.dense)
-                meta.update({"since": -1, "frames": -1, "layout": layout.to_json()})
-            else:
-                arrays.update((frame_key(i), arr(f)) for i, f in enumerate(d.frames))
-                meta.update({"since": int(d.since), "frames": len(d.frames)})
-            per_node[node] = (ArrayRecord(arrays), ConfigRecord(meta))
         return as_sent, per_node
 
 
@@ -263,8 +339,15 @@ def _frame_of(record: ArrayRecord, key: str) -> bytes:
     return array_bytes(record, key, stype=DOWN_STYPE, what="downlink delivery")
 
 
-def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, ArrayRecord, dict[str, Any]]:
+def rebuild(
+    content: RecordDict,
+    held: Mapping[str, Any] | None,
+    initial: Callable[[], Mapping[str, Any]] | None = None,
+) -> tuple[str, ArrayRecord, dict[str, Any]]:
     """Turn a train message's delivery back into the dense ArrayRecord the server's state gives.
+
+    This is the one rebuild of a downlink delivery: the drop-in's (``Compressed(..., downlink=...)``) and
+    fedsqueeze's own job's.
 
     Parameters
     ----------
@@ -272,11 +355,18 @@ def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, A
         The message's content (with the ``"fedsqueeze.downlink"`` ConfigRecord).
     held
         The copy this node kept from its last delivery (``None``: none).
+    initial
+        Makes the round-0 copy every node can build itself (fedsqueeze's job: the seeded initial LoRA and
+        head); called only when the delivery starts from it (frames ``since = 0``, or head version 0 without
+        a head frame). ``None``: a node holds no state it did not receive.
 
     Returns
     -------
     tuple
         ``(record key, dense ArrayRecord in the original keys, dtypes and order, the new copy to keep)``.
+        The copy holds ``round``, ``theta`` (float32, flat), ``layout``, ``layout-digest``, with a head part
+        ``head`` and ``head-version``, and after delta frames ``step``: the last frame decoded (what a
+        predictive uplink codes against).
 
     Raises
     ------
@@ -285,9 +375,9 @@ def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, A
         not hold (lost, never received, another layout), or a rebuilt state whose SHA-256 is not the server's.
     """
     meta = content.config_records[DOWN_META_KEY]
-    if meta.get("format") != DOWN_FORMAT or meta.get("version") != DOWN_VERSION:
+    if meta.get("format") != DOWN_FORMAT or meta.get("version") not in READ_VERSIONS:
         raise PayloadError(f"downlink record format {meta.get('format')!r} version {meta.get('version')!r}, "
-                           f"this fedsqueeze reads {DOWN_FORMAT!r} version {DOWN_VERSION}")  # fmt: skip
+                           f"this fedsqueeze reads {DOWN_FORMAT!r} versions {READ_VERSIONS}")  # fmt: skip
     key, nframes, since, rnd = meta.get("record"), meta.get("frames"), meta.get("since"), meta.get("round")
     sha, digest = meta.get("sha256"), meta.get("layout-digest")
     if not isinstance(key, str) or key not in content.array_records:
@@ -297,6 +387,17 @@ def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, A
     if not isinstance(sha, str) or not isinstance(digest, str):
         raise PayloadError("the downlink record lacks its sha256 or layout digest")
     record = content.array_records[key]
+    start: Mapping[str, Any] | None = None  # the round-0 copy, made once if needed
+
+    def initial_copy() -> Mapping[str, Any] | None:
+        nonlocal start
+        if start is None and initial is not None:
+            start = initial()
+            if start.get("layout-digest") != digest:
+                raise PayloadError("the server's downlink layout is not this node's (another model?)")
+        return start
+
+    step = None
     if nframes < 0:
         layout = Layout.from_json(meta.get("layout"))
         if layout.digest != digest:
@@ -304,25 +405,71 @@ def rebuild(content: RecordDict, held: Mapping[str, Any] | None) -> tuple[str, A
         spec = layout.spec
         flat = decode_flat(_frame_of(record, DENSE_KEY), spec) if spec.numel else torch.zeros(0)
     else:
-        if held is None or held.get("round") != since or held.get("layout-digest") != digest:
-            have = "no copy" if held is None else f"the copy of round {held.get('round')}"
+        base = initial_copy() if since == 0 and initial is not None else held
+        if base is None or base.get("round") != since or base.get("layout-digest") != digest:
+            have = "no copy" if base is None else f"the copy of round {base.get('round')}"
             raise PayloadError(f"the server sent frames for the state of round {since} but this node holds "
                                f"{have}; it needs a dense resync (sent when next sampled)")  # fmt: skip
-        layout = Layout.from_json(held.get("layout"))
+        layout = Layout.from_json(base.get("layout"))
         spec = layout.spec
-        theta = held.get("theta")
-        if (
-            not isinstance(theta, torch.Tensor)
-            or theta.dtype != torch.float32
-            or theta.shape != (spec.numel,)
-        ):
+        theta = base.get("theta")
+        if not _flat_of(theta, spec.numel):
             raise PayloadError("this node's copy of the downlink state is malformed; it needs a dense resync")
         flat = theta
         for i in range(nframes):
-            flat = flat + decode_flat(_frame_of(record, frame_key(i)), spec)  # the server's own additions
+            step = decode_flat(_frame_of(record, frame_key(i)), spec)
+            flat = flat + step  # the server's own additions
     if state_sha256(flat) != sha:
         raise PayloadError("the rebuilt state differs from the server's (SHA-256); refusing to train")
+    copy: dict[str, Any] = {
+        "round": rnd,
+        "theta": flat.clone(),
+        "layout": layout.to_json(),
+        "layout-digest": digest,
+    }
+    head = _rebuild_head(meta, record, layout, held, initial_copy) if layout.head else None
+    if head is not None:
+        copy.update({"head": head.clone(), "head-version": meta["head-version"]})
+    if step is not None:
+        copy["step"] = step
     others = {k: a for k, a in record.items() if not is_downlink_key(k)}
-    dense = layout.record(flat, others)
-    copy = {"round": rnd, "theta": flat.clone(), "layout": layout.to_json(), "layout-digest": digest}
-    return key, dense, copy
+    return key, layout.record(flat, others, head), copy
+
+
+def _flat_of(value: object, numel: int) -> TypeGuard[torch.Tensor]:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.shape == (numel,)
+
+
+def _rebuild_head(
+    meta: ConfigRecord,
+    record: ArrayRecord,
+    layout: Layout,
+    held: Mapping[str, Any] | None,
+    initial_copy: Callable[[], Mapping[str, Any] | None],
+) -> torch.Tensor:
+    """The head a version-2 delivery gives: its frame, else the node's copy of that head version (or the
+    initial head, version 0), checked by SHA-256."""
+    version, sha = meta.get("head-version"), meta.get("head-sha256")
+    if not _is_int(version) or not isinstance(sha, str):
+        raise PayloadError("the downlink record lacks its head-version or head-sha256")
+    spec = layout.head_spec
+    if HEAD_KEY in record:
+        frame = _frame_of(record, HEAD_KEY)
+        head = decode_flat(frame, spec) if spec.numel else torch.zeros(0)
+    else:
+        source = None
+        digest = meta.get("layout-digest")
+        for copy in (held, initial_copy() if version == 0 else None):
+            if (
+                copy is not None
+                and copy.get("head-version") == version
+                and copy.get("layout-digest") == digest
+            ):
+                source = copy.get("head")
+                break
+        if not _flat_of(source, spec.numel):
+            raise PayloadError("this node does not hold the current head; it needs a dense resync")
+        head = source
+    if state_sha256(head) != sha:
+        raise PayloadError("the rebuilt head differs from the server's (SHA-256); refusing to train")
+    return head

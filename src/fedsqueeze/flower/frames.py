@@ -16,6 +16,12 @@ ArrayRecord key), ``codec`` (name) and ``spec`` (hex digest of the frame's
 The codec travels the other way in the train ConfigRecord: ``fedsqueeze-codec`` (name),
 ``fedsqueeze-codec-options`` (JSON object), ``fedsqueeze-round`` and ``fedsqueeze-error-feedback``. See
 ``docs/flower-dropin.md``.
+
+Version 2 (fedsqueeze's own job) codes the update in named parts: the train ConfigRecord holds
+``fedsqueeze-parts`` (JSON, :func:`read_parts_config`) and ``fedsqueeze-seed``; the reply holds one frame per
+part sent, ``"fedsqueeze.frame.<part>"``, and its ConfigRecord ``"fedsqueeze.frame"`` has ``version = 2`` and
+``parts`` (JSON: per part its codec, spec digest, round, ``state-from``, ``residual-norm``, ``rel-error``).
+Version 1 is unchanged.
 """
 
 from __future__ import annotations
@@ -40,9 +46,13 @@ __all__ = [
     "FRAME_STYPE",
     "META_KEY",
     "OPTIONS_KEY",
+    "PARTS_KEY",
+    "PARTS_VERSION",
     "ROUND_KEY",
+    "SEED_KEY",
     "VERSION",
     "FrameReply",
+    "PartsReply",
     "codec_config",
     "content_bytes",
     "float_keys",
@@ -50,8 +60,12 @@ __all__ = [
     "frame_meta",
     "is_float",
     "make_codec",
+    "part_key",
+    "parts_meta",
     "read_codec_config",
     "read_frame_reply",
+    "read_parts_config",
+    "read_parts_reply",
     "spec_of",
     "to_float64",
 ]
@@ -240,3 +254,113 @@ def frame_meta(record_key: str, codec: str, spec: UpdateSpec) -> ConfigRecord:
             "spec": spec.digest.hex(),
         }
     )
+
+
+# -- version 2: an update in named parts (fedsqueeze's own job) ---------------------------------------------
+PARTS_VERSION = 2
+SEED_KEY = "fedsqueeze-seed"  # the encode seed as a decimal string (a uint64 does not fit Flower's sint64)
+PARTS_KEY = "fedsqueeze-parts"  # JSON: the parts a version-2 reply codes (see read_parts_config)
+_PART_FIELDS = {"name", "prefix", "codec", "options", "error-feedback", "reference", "send"}
+
+
+def part_key(name: str) -> str:
+    """Key of part ``name``'s frame inside a version-2 reply's ArrayRecord."""
+    return f"{FRAME_KEY}.{name}"
+
+
+def read_parts_config(content: RecordDict) -> tuple[list[dict[str, Any]], int | None, int | None] | None:
+    """``(parts, seed, round)`` of a train message that asks for a version-2 reply, or ``None``.
+
+    Each part is a JSON object: ``name``, ``prefix`` (its arrays are the received float arrays whose keys
+    start with it, in record order; its spec names drop the prefix), ``codec`` and ``options``,
+    ``error-feedback``, ``reference`` (code against the last downlink frame ``downlink_mod`` decoded) and
+    ``send`` (``false``: the part is not sent this round).
+
+    Raises
+    ------
+    ConfigError
+        The parts or the seed are malformed.
+    """
+    for record in content.config_records.values():
+        if PARTS_KEY not in record:
+            continue
+        raw, seed = record.get(PARTS_KEY), record.get(SEED_KEY)
+        try:
+            parts = json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError:
+            parts = None
+        names = [p.get("name") for p in parts] if isinstance(parts, list) and all(
+            isinstance(p, dict) and set(p) <= _PART_FIELDS for p in parts
+        ) else None  # fmt: skip
+        if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise ConfigError(f"{PARTS_KEY} must be a JSON list of parts with distinct names, got {raw!r}")
+        if seed is not None and not (isinstance(seed, str) and seed.isdigit() and int(seed) < 1 << 64):
+            raise ConfigError(f"{SEED_KEY} must be a uint64 as a decimal string, got {seed!r}")
+        rnd = record.get(ROUND_KEY, record.get("server-round"))
+        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None
+        return list(parts), None if seed is None else int(seed), rnd  # type: ignore[arg-type]
+    return None
+
+
+def parts_meta(record_key: str, parts: list[dict[str, Any]]) -> ConfigRecord:
+    """The ConfigRecord of a version-2 reply: ``parts`` is one JSON object per part (``name``, ``codec``,
+    ``spec``, ``sent``, ``round``, ``state-from``, ``residual-norm``, ``rel-error``)."""
+    return ConfigRecord(
+        {"format": FORMAT, "version": PARTS_VERSION, "record": record_key, "parts": json.dumps(parts)}
+    )
+
+
+class PartsReply:
+    """A version-2 reply (see :func:`read_parts_reply`).
+
+    Attributes
+    ----------
+    frames
+        Part name -> its frame (``b""``: not sent).
+    info
+        Part name -> its JSON object from the reply's ``parts``.
+    """
+
+    def __init__(self, frames: dict[str, bytes], info: dict[str, dict[str, Any]]) -> None:
+        self.frames, self.info = frames, info
+
+
+def read_parts_reply(content: RecordDict) -> PartsReply:
+    """The parts of a version-2 reply; :class:`~fedsqueeze.PayloadError` if it is not one or is malformed.
+
+    Decoding comes later: this checks the records (the reply is untrusted)."""
+    meta = content.config_records.get(META_KEY)
+    if meta is None or meta.get("format") != FORMAT:
+        raise PayloadError(f"reply lacks record {META_KEY!r}")
+    if meta.get("version") != PARTS_VERSION:
+        raise PayloadError(f"frame record version {meta.get('version')!r}, expected {PARTS_VERSION}")
+    key = meta.get("record")
+    if not isinstance(key, str) or key not in content.array_records:
+        raise PayloadError(f"the frame record names ArrayRecord {key!r}, which the reply lacks")
+    raw = meta.get("parts")
+    try:
+        parts = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        parts = None
+    if not isinstance(parts, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) for p in parts
+    ):
+        raise PayloadError("the frame record's parts are not a JSON list of named parts")
+    record = content.array_records[key]
+    frames: dict[str, bytes] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        name = part["name"]
+        if name in info:
+            raise PayloadError(f"the frame record names part {name!r} twice")
+        info[name] = part
+        if part.get("sent") is False:
+            frames[name] = b""
+            continue
+        arr = record.get(part_key(name))
+        if arr is None:
+            raise PayloadError(f"ArrayRecord {key!r} has no {part_key(name)!r} array")
+        if arr.dtype != "uint8" or arr.stype != FRAME_STYPE or tuple(arr.shape) != (len(arr.data),):
+            raise PayloadError(f"{part_key(name)!r} is not a frame (dtype {arr.dtype}, stype {arr.stype})")
+        frames[name] = bytes(arr.data)
+    return PartsReply(frames, info)

@@ -4,15 +4,18 @@
 :meth:`FederationStrategy.configure_train` asks the core for the round's plan
 (:meth:`~fedsqueeze.fl.federation.Federation.configure_round`: the engine's seeded sampling and the downlink
 :class:`~fedsqueeze.fl.server.Delivery` of each sampled client), maps client ids to SuperNodes by
-``partition-id`` (asked once per node with a ``query`` message) and builds one train message per node: the
-delta frames it missed, or the dense state, and the head when its copy is stale, as ``uint8`` arrays, with the
-SHA-256 of the state they must rebuild. :meth:`FederationStrategy.aggregate_train` reads the replies
-(untrusted: anything malformed is dropped with its reason, :func:`read_reply`) and hands them to
-:meth:`~fedsqueeze.fl.federation.Federation.finish_round` (screening, robust aggregation, server momentum,
-ledger, health, evaluation); it returns the global state and the round's scalar metrics, and keeps the row
-in :attr:`FederationStrategy.last_row`. A client that errs or does not reply may hold a stale copy, so it
-gets a dense resync the next time it is sampled. Evaluation is the server's (``fl.eval_every``), so
-``configure_evaluate`` sends nothing.
+``partition-id`` (asked once per node with a ``query`` message) and builds one train message per node in the
+drop-in's downlink layout (:mod:`.downlink`, version 2): an ``"arrays"`` ArrayRecord with the delta frames it
+missed, or the dense state, and the head's frame when its copy is stale; the ``"fedsqueeze.downlink"``
+ConfigRecord with the SHA-256 of the state and head they must rebuild; and a ``"config"`` ConfigRecord with
+the job's fields (``server-round``, ``client``, ``digest``, ``job-id``, what the phases before the rounds tell
+the clients). The ClientApp's ``downlink_mod`` rebuilds it (:func:`.downlink.rebuild`).
+:meth:`FederationStrategy.aggregate_train` reads the replies (untrusted: anything malformed is dropped with
+its reason, :func:`read_reply`) and hands them to :meth:`~fedsqueeze.fl.federation.Federation.finish_round`
+(screening, robust aggregation, server momentum, ledger, health, evaluation); it returns the global state and
+the round's scalar metrics, and keeps the row in :attr:`FederationStrategy.last_row`. A client that errs or
+does not reply may hold a stale copy, so it gets a dense resync the next time it is sampled. Evaluation is the
+server's (``fl.eval_every``), so ``configure_evaluate`` sends nothing.
 
 The outer loop (checkpoint, resume, hooks, outputs) is :func:`fedsqueeze.fl.driver.drive`; the transport
 between the two train calls is ``grid.send_and_receive`` (:mod:`.server_app`).
@@ -20,6 +23,7 @@ between the two train calls is ``grid.send_and_receive`` (:mod:`.server_app`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -33,13 +37,20 @@ from flwr.serverapp.strategy import Strategy
 from ..errors import ConfigError, FedsqueezeError, PayloadError, UsageError
 from ..fl.client import ClientReply
 from ..fl.console import round_line
-from ..fl.federation import Federation, RoundPlan
+from ..fl.federation import Federation, RoundPlan, trains_head
 from ..fl.hooks import RunContext
 from ..fl.server import state_sha256
-from .records import array_bytes, bytes_array, sha256
+from ..seeding import derive_seed
+from .downlink import DOWN_META_KEY, Layout, frame_arrays, pack_delivery
+from .frames import PARTS_KEY, SEED_KEY, read_parts_reply
 from .settings import FlowerSettings, make_workload
 
-__all__ = ["FederationStrategy", "GridLike", "read_reply"]
+__all__ = ["ARRAYS_KEY", "CONFIG_KEY", "FederationStrategy", "GridLike", "read_reply"]
+
+ARRAYS_KEY, CONFIG_KEY = (
+    "arrays",
+    "config",
+)  # a train message's records (as a stock Flower strategy names them)
 
 log = logging.getLogger("fedsqueeze.flower")
 
@@ -98,6 +109,10 @@ class FederationStrategy(Strategy):
     """fedsqueeze's server as a Flower ``Strategy`` over the :class:`~fedsqueeze.fl.federation.Federation`
     core; raw updates never leave the clients (``raw_updates=False``).
 
+    It decodes the replies' frames itself (``decodes_frames``: screening decodes each frame once), so
+    :class:`~fedsqueeze.flower.Compressed` hands them over intact; the job's ServerApp is
+    ``Compressed(FederationStrategy(...), codec=None)``.
+
     Parameters
     ----------
     settings
@@ -115,6 +130,8 @@ class FederationStrategy(Strategy):
         The ``metrics.jsonl`` row of the last aggregated round.
     """
 
+    decodes_frames = True  # Compressed passes the replies' frames through (version 2, in parts)
+
     def __init__(self, settings: FlowerSettings, ctx: RunContext | None = None) -> None:
         super().__init__()
         self.settings = settings
@@ -122,6 +139,7 @@ class FederationStrategy(Strategy):
         self.wl = ctx.workload if ctx is not None else make_workload(settings)
         codec = ctx.codec if ctx is not None else None  # a phase of the run (TGAP) may set the uplink codec
         self.fed = Federation(self.config, self.wl, codec=codec, raw_updates=False, logger=log)
+        self.layout = Layout.of_specs(self.wl.lora_spec, self.wl.head_spec)  # the train messages' arrays
         self.nodes = _NodeMap(settings.digest, self.fed.n)
         self.job_id = secrets.token_hex(8)  # what the nodes key their state by; kept in the checkpoint
         self.resumed = False
@@ -174,11 +192,16 @@ class FederationStrategy(Strategy):
         plan = self.fed.configure_round(r)
         wl, downlink = self.wl, self.fed.downlink
         # Each client gets exactly the bytes the ledger charges it, and the hashes of what they rebuild.
-        expect: dict[str, ConfigRecordValues] = {
-            "lora-sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
-            "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
+        common: dict[str, Any] = {
+            "record": ARRAYS_KEY,
+            "protocol": downlink.protocol,
+            "round": r,
+            "sha256": state_sha256(wl.lora_spec.flatten(plan.lora)),
             "head-version": downlink.head_version,
+            "head-sha256": state_sha256(wl.head_spec.flatten(plan.head)),
         }
+        array_of = frame_arrays()  # a frame sent to several clients is one Array
+        parts = json.dumps(self.parts(r))
         dropped: list[dict[str, Any]] = []
         msgs, node_of = [], {}
         for c in plan.clients:
@@ -187,27 +210,32 @@ class FederationStrategy(Strategy):
                 dropped.append({"client": c, "reason": "no SuperNode serves this partition"})
                 continue
             node_of[node] = c
-            d = downlink.deliveries[c]
-            out: dict[str, Array] = {}
-            if d.frames is None:
-                assert d.dense is not None, "a delivery without frames sends the dense state"
-                out["lora"] = bytes_array(d.dense)
-            out.update({f"lora-{i}": bytes_array(f) for i, f in enumerate(d.frames or ())})
-            if d.head is not None:
-                out["head"] = bytes_array(d.head)
-            meta: dict[str, ConfigRecordValues] = {
+            arrays, down = pack_delivery(downlink.deliveries[c], self.layout, common, {}, array_of)
+            conf: dict[str, ConfigRecordValues] = {
                 "server-round": r,
                 "client": c,
                 "digest": self.settings.digest,
                 "job-id": self.job_id,
+                SEED_KEY: str(derive_seed(self.config.fl.seed, r, c, "encode")),  # a uint64: as text
+                PARTS_KEY: parts,
             }
-            meta.update(expect)
-            meta.update(self.client_config)
-            meta.update({"since": d.since, "frames": -1 if d.frames is None else len(d.frames)})
-            content = RecordDict({"global": ArrayRecord(out), "round": ConfigRecord(meta)})
+            conf.update(self.client_config)
+            content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(conf), DOWN_META_KEY: down})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         self._round = (plan, node_of, dropped)
         return msgs
+
+    def parts(self, server_round: int) -> list[dict[str, Any]]:
+        """The parts a client's reply codes (``fedsqueeze-parts``, :func:`.frames.read_parts_config`): the
+        LoRA update with the job's codec and error feedback, against the last downlink frame; the head's
+        update densely (identity, no error feedback), sent only in the rounds the head trains."""
+        codec = self.config.codec
+        return [
+            {"name": "lora", "prefix": "lora.", "codec": codec.name, "options": dict(codec.options),
+             "error-feedback": self.config.fl.error_feedback, "reference": True},
+            {"name": "head", "prefix": "head.", "codec": "identity", "options": {}, "error-feedback": False,
+             "send": trains_head(self.config, self.wl, server_round)},
+        ]  # fmt: skip
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -277,45 +305,40 @@ def _scalars(row: Mapping[str, Any]) -> dict[str, MetricRecordValues]:
 
 
 def read_reply(rep: Message, client: int, r: int) -> ClientReply:
-    """The payloads and metrics of one reply; :class:`~fedsqueeze.PayloadError` if it is unusable.
+    """The frames and metrics of one reply (:func:`.frames.read_parts_reply`, version 2);
+    :class:`~fedsqueeze.PayloadError` if it is unusable.
 
-    The reply is untrusted: a missing or mistyped record or field, a non-finite metric or a payload that
-    differs from its stated SHA-256/length is refused with a one-line reason (decoding comes later)."""
+    The reply is untrusted: a missing or mistyped record or field, a part of another round or a non-finite
+    metric is refused with a one-line reason (decoding comes later)."""
     if rep.has_error():
         raise PayloadError(f"client error: {rep.error.reason}")
     content = rep.content
+    parts = read_parts_reply(content)
+    if "metrics" not in content.metric_records:
+        raise PayloadError("reply lacks record 'metrics'")
+    metrics = content.metric_records["metrics"]
     try:
-        meta = content.config_records["meta"]
-        metrics = content.metric_records["metrics"]
-        payload = content.array_records["payload"]
-    except KeyError as exc:
-        raise PayloadError(f"reply lacks record {exc}") from None
-    try:
-        said = (_int_field(meta, "client"), _int_field(meta, "server-round"))
-        if said != (client, r):
-            raise PayloadError(f"reply for client {said[0]} round {said[1]}, expected {client}/{r}")
-        blobs = {}
-        for part in ("lora", "head"):
-            blob = array_bytes(payload, part)
-            if sha256(blob) != meta[f"{part}-sha256"] or len(blob) != _int_field(meta, f"{part}-bytes"):
-                raise PayloadError(f"{part} payload differs from what the client stated (SHA-256/length)")
-            blobs[part] = blob
+        lora = parts.info["lora"]
+        for name, info in parts.info.items():
+            if info.get("round") != r:
+                raise PayloadError(f"reply part {name!r} for round {info.get('round')!r}, expected {r}")
         num_examples = _int_field(metrics, "num-examples")
         if num_examples <= 0:
             raise PayloadError(f"num-examples must be > 0, got {num_examples}")
-        floats = {k: _float_field(metrics, k) for k in ("train-loss", "residual-norm", "client-s")}
-        rel = _float_field(metrics, "rel-error") if "rel-error" in metrics else None
+        floats = {k: _float_field(metrics, k) for k in ("train-loss", "client-s")}
+        residual = _float_field(lora, "residual-norm")
+        rel = None if lora.get("rel-error") is None else _float_field(lora, "rel-error")
     except KeyError as exc:
         raise PayloadError(f"reply lacks field {exc}") from None
     return ClientReply(
         client=client,
         num_examples=num_examples,
-        lora_payload=blobs["lora"],
-        head_payload=blobs["head"],
+        lora_payload=parts.frames["lora"],
+        head_payload=parts.frames.get("head", b""),
         train_loss=floats["train-loss"],
         raw_update=None,  # stays on the client
         rel_error=rel,
-        residual_norm=floats["residual-norm"],
+        residual_norm=residual,
         seconds=floats["client-s"],
     )
 

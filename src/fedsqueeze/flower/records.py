@@ -1,8 +1,9 @@
 """Conversions between fedsqueeze values and Flower records (imports ``flwr``).
 
-Payloads travel as ``Array("uint8", (n,), "raw-bytes", payload)`` inside an ``ArrayRecord``: Flower sends the
-bytes unchanged (content-addressed 5 MiB chunks) and, unlike a ``ConfigRecord``, does not re-deflate them on
-every access. Per-client state (error-feedback residual + codec state) is a ``torch.save`` blob of the
+Raw bytes (a node's saved state in ``context.state``) travel as ``Array("uint8", (n,), "raw-bytes", data)``
+inside an ``ArrayRecord``: Flower keeps the bytes unchanged (content-addressed 5 MiB chunks) and, unlike a
+``ConfigRecord``, does not re-deflate them on every access; frames use the same form with their own ``stype``.
+Per-client state (error-feedback residual + codec state) is a ``torch.save`` blob of the
 :func:`fedsqueeze.fl.checkpoint.pack_state`-ed state dict, loaded with ``weights_only=True``.
 """
 

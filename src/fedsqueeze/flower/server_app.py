@@ -3,7 +3,8 @@
 The outer loop (checkpoint after every round, resume, the phases before the rounds such as TGAP, metrics and
 outputs) is :func:`fedsqueeze.fl.driver.drive`, the same as ``fedsqueeze run``'s. What differs is the
 transport: each round calls the server strategy's ``configure_train``
-(:class:`~.job_strategy.FederationStrategy`, the federation core as a Flower ``Strategy``), sends those
+(``Compressed(FederationStrategy(...), codec=None)``: the federation core as a Flower ``Strategy``, wrapped
+like any strategy of the drop-in; it decodes the replies' frames itself), sends those
 messages with ``grid.send_and_receive`` (waiting up to ``round-timeout`` seconds) and hands the replies to
 its ``aggregate_train``. The outputs are those of ``fedsqueeze run``, except ``rel_error`` and
 ``mean_update_norm``, which need the raw updates that never leave the clients (``None`` here). With fewer
@@ -48,29 +49,34 @@ app = ServerApp()
 
 class _GridRounds:
     """The Flower transport of the driver (a :class:`~fedsqueeze.fl.driver.Rounds`): the strategy's
-    ``configure_train`` → ``grid.send_and_receive`` → ``aggregate_train``."""
+    ``configure_train`` → ``grid.send_and_receive`` → ``aggregate_train``, with the job's strategy wrapped
+    in :class:`~.strategy.Compressed` (which hands it the replies' frames intact)."""
 
-    def __init__(self, strategy: FederationStrategy, grid: GridLike, timeout: float) -> None:
-        self.strategy, self.grid, self.timeout = strategy, grid, timeout
+    def __init__(self, job: FederationStrategy, grid: GridLike, timeout: float) -> None:
+        from .strategy import Compressed
+
+        self.job, self.grid, self.timeout = job, grid, timeout
+        self.strategy = Compressed(job, codec=None)
 
     @property
     def fed(self) -> Federation:
-        return self.strategy.fed
+        return self.job.fed
 
     def run_round(self, r: int, capture: bool) -> dict[str, Any]:
         if capture:
             raise ConfigError("this driver cannot capture updates: raw updates never reach the server")
-        msgs = list(self.strategy.configure_train(r, ArrayRecord(), ConfigRecord(), self.grid))
+        grid: Any = self.grid  # a flwr Grid, or a test's fake with the same two methods
+        msgs = list(self.strategy.configure_train(r, ArrayRecord(), ConfigRecord(), grid))
         answers = list(self.grid.send_and_receive(msgs, timeout=self.timeout)) if msgs else []
         self.strategy.aggregate_train(r, answers)
-        assert self.strategy.last_row is not None, "aggregate_train records the round's row"
-        return self.strategy.last_row
+        assert self.job.last_row is not None, "aggregate_train records the round's row"
+        return self.job.last_row
 
     def state_dict(self) -> dict[str, Any]:
-        return self.strategy.state_dict()
+        return self.job.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.strategy.load_state_dict(state)
+        self.job.load_state_dict(state)
 
 
 @app.main()

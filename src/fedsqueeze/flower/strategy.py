@@ -27,6 +27,7 @@ from ..errors import ConfigError, FedsqueezeError, PayloadError, SpecMismatchErr
 from ..seeding import derive_seed
 from .downlink import DOWN_META_KEY, DownlinkSender
 from .frames import (
+    FRAME_KEY,
     META_KEY,
     FrameReply,
     codec_config,
@@ -122,7 +123,10 @@ class Compressed(Strategy):
         The strategy to wrap (``FedAvg``, ``FedAvgM``, ``FedAdam``, a DP wrapper, ...). Its
         ``aggregate_train`` receives dense ArrayRecords ``θ_sent − û`` in the sent dtypes and key order.
     codec
-        Codec name (``fedsqueeze codecs`` lists them); sent to the clients in the train config.
+        Codec name (``fedsqueeze codecs`` lists them); sent to the clients in the train config. ``None``:
+        only with a strategy that names its codecs itself and decodes the frames (``decodes_frames = True``,
+        e.g. fedsqueeze's own :class:`~fedsqueeze.flower.job_strategy.FederationStrategy`, which asks for
+        version-2 replies in parts): the replies then reach it intact, and this wrapper counts the bytes.
     error_feedback
         Whether each client keeps the part of its update the codec dropped and adds it to its next update
         (the default). Turn it off where every round's update must stay within a bound, e.g. under
@@ -157,7 +161,7 @@ class Compressed(Strategy):
     def __init__(
         self,
         strategy: Strategy,
-        codec: str = "flm_topk",
+        codec: str | None = "flm_topk",
         *,
         error_feedback: bool = True,
         downlink: str | None = None,
@@ -172,7 +176,11 @@ class Compressed(Strategy):
             )
         if not isinstance(error_feedback, bool):
             raise ConfigError(f"Compressed: error_feedback must be True or False, got {error_feedback!r}")
-        make_codec(codec, options)
+        self.passes_frames = getattr(strategy, "decodes_frames", False) is True
+        if codec is None and not self.passes_frames:
+            raise ConfigError("Compressed: codec=None only wraps a strategy that names its codecs itself")
+        if codec is not None:
+            make_codec(codec, options)
         self.strategy = strategy
         self.codec_name = codec
         self.error_feedback = bool(error_feedback)
@@ -221,7 +229,11 @@ class Compressed(Strategy):
         arrays, plus the ``"fedsqueeze.downlink"`` ConfigRecord (:mod:`.downlink`).
         """
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        extra = codec_config(self.codec_name, self.codec_options, server_round, self.error_feedback)
+        extra = (
+            {}
+            if self.codec_name is None
+            else codec_config(self.codec_name, self.codec_options, server_round, self.error_feedback)
+        )
         copies: dict[int, RecordDict] = {}
         sent: dict[int, ArrayRecord | None] = {}
         down: dict[int, int] = {}
@@ -229,9 +241,10 @@ class Compressed(Strategy):
         live = [m for m in messages if not m.has_error()]  # a strategy does not send errors
         for msg in live:
             content = msg.content
-            if id(content) not in copies:
-                copies[id(content)] = _with_codec(content, extra)
-            msg.content = copies[id(content)]
+            if extra:
+                if id(content) not in copies:
+                    copies[id(content)] = _with_codec(content, extra)
+                msg.content = copies[id(content)]
             records = content.array_records
             node = msg.metadata.dst_node_id
             sent[node] = next(iter(records.values())) if len(records) == 1 else None
@@ -315,6 +328,11 @@ class Compressed(Strategy):
                 continue
             node, content = reply.metadata.src_node_id, reply.content
             rb.uplink[node] = content_bytes(content)
+            if self.passes_frames:  # the wrapped strategy decodes (and screens) the frames itself
+                rb.frame[node] = _frame_bytes(content)
+                rb.dense[node] = rb.uplink[node]
+                kept.append(reply)
+                continue
             try:
                 framed = read_frame_reply(content)
                 if framed is None:
@@ -399,6 +417,16 @@ def _with_codec(content: RecordDict, extra: dict[str, str | int]) -> RecordDict:
     if not added:
         out["config" if "config" not in out else "fedsqueeze.config"] = ConfigRecord(dict(extra))
     return out
+
+
+def _frame_bytes(content: RecordDict) -> int:
+    """Bytes of the frames a reply carries (``fedsqueeze.frame`` and ``fedsqueeze.frame.<part>`` arrays)."""
+    return sum(
+        len(a.data)
+        for record in content.array_records.values()
+        for k, a in record.items()
+        if k == FRAME_KEY or k.startswith(FRAME_KEY + ".")
+    )
 
 
 def _rebase(local: ArrayRecord, as_sent: ArrayRecord, base: ArrayRecord) -> ArrayRecord:
