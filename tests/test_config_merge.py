@@ -82,3 +82,15 @@ def test_bad_base_is_one_config_error(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_rate_replaces_the_density_a_preset_gives_and_null_clears_it():
+    # smoke sets codec.options.density; the rate that `fedsqueeze codecs --help` shows must still work
+    cfg = load_config("smoke", ["codec.options.rate=0.5"])
+    assert cfg.codec.options == {"rate": 0.5}
+    assert load_config("smoke", ["codec.options.density=null"]).codec.options == {}
+    both = ["codec.options.rate=0.5", "codec.options.density=0.1"]  # both given on purpose: still an error
+    with pytest.raises(ConfigError, match="density or rate, not both|not both"):
+        load_config("smoke", both)
+    down = load_config("default", ["downlink.options.rate=1"])  # the downlink too (it already uses a rate)
+    assert down.downlink.options.get("rate") == 1 and "density" not in down.downlink.options

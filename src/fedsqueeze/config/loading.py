@@ -76,7 +76,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
     Setting ``codec.name`` (or ``downlink.name``) to another codec than ``data`` names drops ``data``'s
     options for it: the new codec starts from its own defaults, plus any ``codec.options...`` the same
-    overrides set (in any order).
+    overrides set (in any order). Setting ``codec.options.rate`` without ``codec.options.density`` drops a
+    density ``data`` gives (a preset's budget), and ``codec.options.density=null`` clears it.
     """
     sections = section_names()
     parsed = []
@@ -95,6 +96,15 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         names = [value for _, parts, value in parsed if parts == [section, "name"]]
         if names and names[-1] != _codec_name(data, section):
             _drop_options(data, section)
+        # A rate replaces the budget a preset gave as a density (the two knobs exclude each other), and
+        # `density=null` clears it: no codec takes a None density.
+        given = {tuple(parts[2:]) for _, parts, _ in parsed if parts[:2] == [section, "options"]}
+        cleared = any(parts == [section, "options", "density"] and v is None for _, parts, v in parsed)
+        if (("rate",) in given and ("density",) not in given) or cleared:
+            options = data.get(section, {}).get("options") if isinstance(data.get(section), dict) else None
+            if isinstance(options, dict):
+                options.pop("density", None)
+    parsed = [p for p in parsed if not (p[1][1:] == ["options", "density"] and p[2] is None)]
     for key, parts, value in parsed:
         node = data
         for part in parts[:-1]:
