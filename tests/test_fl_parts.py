@@ -205,6 +205,19 @@ def test_the_default_downlink_falls_back_to_dense_where_it_cannot_code_the_lora(
     assert "broadcast is dense fp32" in caplog.text
     assert downlink_codec(cfg, big, log).name == "wf_ecq"
     explicit = RunConfig(downlink=CodecConfig("wf_ecq", {"rate": 0.05}))
-    with pytest.raises(ConfigError, match="^downlink: wf_ecq: budget"):
+    with pytest.raises(ConfigError, match=r"^downlink \(the broadcast\): wf_ecq: budget"):
         downlink_codec(explicit, tiny, log)
     assert downlink_codec(RunConfig(downlink=CodecConfig("identity")), tiny, log).name == "identity"
+
+
+def test_an_uplink_codec_that_cannot_code_the_lora_is_refused_before_training_by_name():
+    from fedsqueeze.config import load_config
+    from fedsqueeze.errors import ConfigError
+    from fedsqueeze.fl.federation import Federation
+
+    cfg = load_config("smoke", ["model.name=toy", "codec.name=wf_ecq", "codec.options.rate=0.1"])
+    wl = ToyWorkload(cfg.data.num_clients, rank=cfg.model.lora_r, alpha=cfg.data.alpha, seed=cfg.fl.seed)
+    with pytest.raises(ConfigError, match=r"^codec \(the uplink\): wf_ecq: budget of \d+ bits for d=\d+"):
+        Federation(cfg, wl)
+    ok = load_config("smoke", ["model.name=toy", "codec.name=topk"])
+    assert Federation(ok, wl).codec_options["density"] == pytest.approx(0.05)  # smoke's own density

@@ -35,7 +35,7 @@ from .ledger import TrafficLedger
 from .network import sim_columns
 from .report import eval_columns
 from .robust import ReplyPart, screen_and_aggregate
-from .server import Downlink, ServerMomentum, apply_update, downlink_codec, weighted_mean
+from .server import Downlink, ServerMomentum, apply_update, check_uplink, downlink_codec, weighted_mean
 from .workload import Workload
 
 __all__ = ["Federation", "RoundPlan", "check_same_config", "trains_head"]
@@ -132,7 +132,9 @@ class Federation:
         )
         self.lora, self.head = workload.initial_params()
         self.momentum = ServerMomentum(config.fl.server_momentum)
-        self.codec_options = (codec if codec is not None else config.codec.build()).options()
+        uplink = codec if codec is not None else config.codec.build()
+        check_uplink(uplink, workload.lora_spec)  # a codec that cannot code this LoRA fails now, by name
+        self.codec_options = uplink.options()
         down = downlink_codec(config, workload.lora_spec, self.log)
         self.downlink = Downlink(
             down,

@@ -38,7 +38,15 @@ from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
 from .client import encode_dense
 
-__all__ = ["Delivery", "Downlink", "apply_update", "downlink_codec", "state_sha256", "weighted_mean"]
+__all__ = [
+    "Delivery",
+    "Downlink",
+    "apply_update",
+    "check_uplink",
+    "downlink_codec",
+    "state_sha256",
+    "weighted_mean",
+]
 
 
 class _ById(dict[int, int]):
@@ -295,6 +303,20 @@ class Downlink:
             self.codec.load_state_dict(state["codec_state"])
 
 
+def check_uplink(codec: Codec, spec: UpdateSpec) -> None:
+    """Refuse, before any training, an uplink codec that cannot code a LoRA of ``spec`` (a budget codec whose
+    frame cannot hold its own header at this ``d``), with a message that names the uplink.
+
+    Codecs with a trained model (CG-FedLLM) are not probed: they check their model when they first encode.
+    """
+    if spec.numel == 0 or type(codec).uses_trained_model:
+        return
+    try:  # a fresh instance: the probe must not touch the state of the codec the run uses
+        type(codec)(**codec.options()).encode_with_spec(torch.zeros(spec.numel), spec, seed=0)
+    except ConfigError as exc:
+        raise ConfigError(f"codec (the uplink): {exc}") from None
+
+
 def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
     """The codec of ``config.downlink`` for a LoRA of ``spec``; ``None`` for the dense protocol.
 
@@ -312,7 +334,7 @@ def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
         config.downlink.build().encode_with_spec(torch.zeros(spec.numel), spec, seed=0)
     except ConfigError as exc:
         if config.downlink != default_codec("downlink"):
-            raise ConfigError(f"downlink: {exc}") from None
+            raise ConfigError(f"downlink (the broadcast): {exc}") from None
         logger.warning(
             "the default downlink (%s, %s) cannot code this LoRA (d = %d): the broadcast is dense fp32",
             codec.name, config.downlink.options, spec.numel,
