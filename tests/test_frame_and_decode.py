@@ -156,3 +156,14 @@ def test_decode_returns_on_the_device_asked_with_the_values_of_a_cpu_decode(name
     meta = fedsqueeze.decode(blob, spec, device="meta")  # any torch device: the tensors move after decoding
     assert {t.device.type for t in meta.values()} == {"meta"}
     assert {k: tuple(t.shape) for k, t in meta.items()} == dict(spec.entries)
+
+
+def test_a_spec_mismatch_says_names_shapes_or_order_differ_and_the_order_alone_is_enough():
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    blob = get("topk").encode({"a": a, "b": b})
+    swapped = UpdateSpec.from_tensors({"b": b, "a": a})  # same tensors, other order: another spec
+    with pytest.raises(
+        SpecMismatchError, match=r"\(2 tensors, 64 values\): the sender's tensor names, shapes or"
+    ):
+        fedsqueeze.decode(blob, swapped)
+    assert UpdateSpec.from_json(swapped.to_json()) == swapped

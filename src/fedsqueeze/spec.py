@@ -42,6 +42,13 @@ def check_update(tensors: object) -> None:
 class UpdateSpec:
     """Ordered ``(name, shape)`` pairs of the update tensors.
 
+    The order is part of the spec: the same tensors in another order are another spec, with another
+    :attr:`digest`, and a frame made for one is refused by the other
+    (:class:`~fedsqueeze.SpecMismatchError`). :meth:`from_tensors` keeps the mapping's order, so both ends
+    should build it from tensors in the same order (e.g. the model's ``named_parameters()`` order), or ship
+    the sender's :meth:`to_json`. Updates of any float dtype (fp16, bf16, fp64) are encoded from their
+    float32 values, and decoding always returns float32 tensors.
+
     Parameters
     ----------
     entries
@@ -155,6 +162,8 @@ class UpdateSpec:
         return self.unflatten(torch.zeros(self.numel, dtype=dtype))
 
     def to_json(self) -> list[list[object]]:
+        """The spec as JSON values, ``[[name, [dim, ...]], ...]`` in wire order: what a receiver that does not
+        hold the model can rebuild it from with :meth:`from_json`."""
         return [[n, list(s)] for n, s in self.entries]
 
     @classmethod

@@ -75,7 +75,9 @@ def parse_frame(blob: bytes, spec: UpdateSpec, max_body: int | None = None) -> t
         raise PayloadError(f"unknown frame flags 0x{flags:04x}")
     if digest != spec.digest:
         raise SpecMismatchError(
-            f"payload was made for spec {digest.hex()}, the receiver's spec is {spec.digest.hex()}"
+            f"payload was made for spec {digest.hex()}, the receiver's spec is {spec.digest.hex()} "
+            f"({len(spec)} tensors, {spec.numel} values): the sender's tensor names, shapes or their order "
+            "differ (both ends must build the spec from the same tensors in the same order)"
         )
     if length != len(blob) - HEADER_SIZE:
         kind = "truncated" if length > len(blob) - HEADER_SIZE else "extended"
