@@ -171,6 +171,38 @@ def test_the_docs_name_the_defaults_the_config_has() -> None:
         assert load_config(preset).downlink.name == "identity", preset
 
 
+def test_the_readme_describes_the_presets_as_the_config_has_them() -> None:
+    """The README's sentences about the `default` and `paper` presets, checked against the config (the
+    numbers are read from the text, so a changed default fails here until the README says so)."""
+    import re
+
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    d = load_config(None)
+    m = re.search(
+        r"`make run` fine-tunes MiniLM with LoRA on (\w+) across (\d+) label-skewed clients "
+        r"\(Dirichlet α ([\d.]+), (\d+) per round, (\d+) rounds\)",
+        text,
+    )
+    assert m, "the README's make-run sentence changed: update this test with it"
+    assert (d.model.name, d.data.partition) == ("minilm", "dirichlet")
+    assert (m[1], int(m[2]), float(m[3]), int(m[4]), int(m[5])) == (
+        d.data.dataset, d.data.num_clients, d.data.alpha, d.fl.clients_per_round, d.fl.rounds
+    )  # fmt: skip
+    p = load_config("paper")
+    m = re.search(
+        r"`paper` \(the FLM-TopK authors' setting: (\d+) clients, (\d+) per round, (\d+) rounds, (\d+) local "
+        r"epochs, batch (\d+), r (\d+), p = ([\d.]+), the head trained in round 1 only\)",
+        text,
+    )
+    assert m, "the README's paper-preset sentence changed: update this test with it"
+    got = (int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5]), int(m[6]), float(m[7]))
+    want = (
+        p.data.num_clients, p.fl.clients_per_round, p.fl.rounds, p.train.epochs, p.train.batch_size,
+        p.model.lora_r, p.codec.build().options()["density"],
+    )  # fmt: skip
+    assert got == want and p.model.head == "first_round"
+
+
 def test_the_packaged_study_grids_pin_their_downlink() -> None:
     """The pages say: every packaged grid sets the dense broadcast in `[study] set`, except downlink-default,
     whose columns each set a downlink."""
