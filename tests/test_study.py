@@ -227,6 +227,16 @@ def test_toy_study_end_to_end_resume_and_aggregate_only(tmp_path: Path, capsys) 
     assert cli_main(["study", str(study), "--out", str(out), "--only", "*/seed0", "--dry-run"]) == 0
     listed = capsys.readouterr().out
     assert "2 cells" in listed and "done" in listed and "seed1" not in listed
+    # the cell left to run is estimated from the finished ones' measured wall time, and says so
+    assert cli_main(["study", str(study), "--out", str(out), "--dry-run"]) == 0
+    listed_all = capsys.readouterr().out
+    walls = [
+        json.loads((c.out_dir(out) / "summary.json").read_text())["wall_s"]
+        for c in grid.cells()
+        if c.id != redo.id
+    ]
+    assert f"~{sum(walls) / len(walls):6.0f} s" in listed_all and "mean of 3 finished cells" in listed_all
+    assert "'name@rR' is that codec at a target rate of R bits per parameter" in listed_all
     results = run_cells(grid.cells(), out, progress=False)
     assert [r.id for r in results if r.status == "done"] == [redo.id]
 

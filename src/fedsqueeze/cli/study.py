@@ -18,6 +18,7 @@ import fnmatch
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_arguments", "main", "resolve_study"]
 
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..study.aggregate import write_results
     from ..study.grid import load_study
-    from ..study.runner import done_summary, group_cells, run_cells
+    from ..study.runner import done_summary, run_cells
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
@@ -78,22 +79,7 @@ def main(args: argparse.Namespace) -> int:
         + ([f"--jobs {args.jobs}"] if args.jobs > 1 else [])
     )
     if args.dry_run:
-        per_task: dict[str, float] = {}
-        for group in group_cells(cells):  # the runner's order; a group loads its model once
-            loaded = False
-            for c in group:
-                done = done_summary(c, root) is not None
-                est = 0.0 if done else c.estimate_s(setup=not loaded)
-                loaded = loaded or not done
-                per_task[c.task] = per_task.get(c.task, 0.0) + est
-                print(f"{c.id:60s} {'done' if done else f'~{est:6.0f} s'}")
-        total = sum(per_task.values())
-        print("per task: " + ", ".join(f"{t} {_fmt_s(s)}" for t, s in per_task.items()))
-        print(
-            f"{len(cells)} cells ({len(grid.tasks)} tasks × {len(grid.partitions)} partitions × "
-            f"{len(grid.columns)} codecs × {len(grid.seeds)} seeds{', filtered' if args.only else ''}); "
-            f"estimated {_fmt_s(total)} left at the tasks' timing (idle machine, one job) -> {root}"
-        )
+        _dry_run(grid, cells, root, filtered=bool(args.only))
         return 0
     if args.aggregate_only and not any(done_summary(c, root) is not None for c in cells):
         raise ConfigError(
@@ -116,3 +102,48 @@ def main(args: argparse.Namespace) -> int:
         f"{root / 'results.md'}"
     )
     return 0
+
+
+def _dry_run(grid: Any, cells: list[Any], root: Path, *, filtered: bool) -> None:
+    """Print the cells, each with ``done`` or its estimated time, and the total.
+
+    A task with finished cells in ``root`` is estimated from their measured mean wall time (the machine
+    that ran them, as loaded as it was); a task without any from its nominal ``timing`` (an idle machine).
+    """
+    from ..study.runner import done_summary, group_cells
+
+    summaries = {c.id: done_summary(c, root) for c in cells}
+    measured: dict[str, list[float]] = {}
+    for c in cells:
+        wall = (summaries[c.id] or {}).get("wall_s")
+        if isinstance(wall, int | float) and wall > 0:
+            measured.setdefault(c.task, []).append(float(wall))
+    width = max((len(c.id) for c in cells), default=0) + 2
+    per_task: dict[str, float] = {}
+    for group in group_cells(cells):  # the runner's order; a group loads its model once
+        loaded = False
+        for c in group:
+            done = summaries[c.id] is not None
+            if done:
+                est = 0.0
+            elif c.task in measured:
+                est = sum(measured[c.task]) / len(measured[c.task])
+            else:
+                est = c.estimate_s(setup=not loaded)
+            loaded = loaded or not done
+            per_task[c.task] = per_task.get(c.task, 0.0) + est
+            print(f"{c.id:{width}s}{'done' if done else f'~{est:6.0f} s'}")
+    print(
+        "cell ids are task/partition/column/seed; a column label 'name@rR' is that codec at a target rate of "
+        "R bits per parameter, and '-down_X' marks a column whose downlink (broadcast) is X"
+    )
+    basis = ", ".join(
+        f"{t}: mean of {len(measured[t])} finished cells" if t in measured else f"{t}: the task's timing"
+        for t in per_task
+    )
+    print("per task: " + ", ".join(f"{t} {_fmt_s(s)}" for t, s in per_task.items()) + f" ({basis})")
+    print(
+        f"{len(cells)} cells ({len(grid.tasks)} tasks × {len(grid.partitions)} partitions × "
+        f"{len(grid.columns)} codecs × {len(grid.seeds)} seeds{', filtered' if filtered else ''}); "
+        f"estimated {_fmt_s(sum(per_task.values()))} left, one job -> {root}"
+    )
