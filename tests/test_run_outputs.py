@@ -80,6 +80,13 @@ def test_accuracy_plot_draws_the_target(tmp_path):
     assert labels == ["total (uplink + downlink)", "uplink only"]  # no target: the two curves only
 
 
+def test_a_one_round_plot_draws_every_curve_its_legend_names(tmp_path):
+    rows = [{"round": 1, "eval_metric": 0.5, "eval_metric_name": "accuracy", "cum_uplink_bytes": 1000}]
+    fig = plot_metric_vs_uplink(rows, tmp_path / "one.png", title="t")
+    for line in fig.axes[0].get_lines():  # one point: only a marker makes it visible
+        assert len(line.get_xdata()) > 1 or line.get_marker() not in (None, "None", "", " "), line.get_label()
+
+
 def _is_grey(color) -> bool:
     r, g, b = mcolors.to_rgb(color)
     return max(r, g, b) - min(r, g, b) < 0.05

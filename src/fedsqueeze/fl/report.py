@@ -225,7 +225,8 @@ def plot_metric_vs_uplink(
     total = [(offset_bytes + r["cum_uplink_bytes"] + r.get("cum_downlink_bytes", 0)) / 1e6 for r in evals]
     ax.plot(total, ys, marker="o", ms=3, label="total (uplink + downlink)")
     uplink = [(offset_bytes + r["cum_uplink_bytes"]) / 1e6 for r in evals]
-    ax.plot(uplink, ys, ls="--", lw=1, label="uplink only")
+    # hollow markers: a one-round run has one point per curve, and a line alone would draw nothing
+    ax.plot(uplink, ys, ls="--", lw=1, marker="o", ms=3, mfc="none", label="uplink only")
     if target is not None:
         ax.axhline(target, color="0.45", ls=":", lw=1, label=f"target {target:g}")
     if offset_bytes:
