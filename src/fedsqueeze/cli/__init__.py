@@ -88,7 +88,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if (
             action.option_strings
             and "default" not in text
-            and not (default is None or default is False or default is argparse.SUPPRESS or default == [])
+            and not (
+                default is None or default is False or default is argparse.SUPPRESS or default in ([], "")
+            )
         ):
             text += " (default: %(default)s)"
         return text

@@ -45,7 +45,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--workload",
         default="",
         metavar="MODULE:CALLABLE",
-        help="custom workload factory, callable(RunConfig) -> Workload, importable on every node",
+        help="custom workload factory, callable(RunConfig) -> Workload, importable on every node "
+        "(default: the built-in workload of model.name and data.dataset)",
     )
 
 
