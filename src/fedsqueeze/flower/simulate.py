@@ -50,6 +50,11 @@ def quiet_simulation(*, progress: bool = True) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(message)s"))
     level = ours.level
     flwr_log.addFilter(drop)
+    # Flower colours its level names with ANSI codes even when stderr is a file or a pipe: plain text there.
+    colored = [h for h in flwr_log.handlers if getattr(h, "colored", False)]
+    if not sys.stderr.isatty():
+        for h in colored:
+            setattr(h, "colored", False)  # noqa: B010 - a Flower ConsoleHandler attribute
     ours.addHandler(handler)
     if progress:
         ours.setLevel(logging.INFO)
@@ -58,6 +63,8 @@ def quiet_simulation(*, progress: bool = True) -> Iterator[None]:
             warnings.filterwarnings("ignore", message=_RAY_TIP, category=FutureWarning)
             yield
     finally:
+        for h in colored:
+            setattr(h, "colored", True)  # noqa: B010
         flwr_log.removeFilter(drop)
         ours.removeHandler(handler)
         ours.setLevel(level)
@@ -96,7 +103,10 @@ def simulate(
     from .client_app import app as client_app
     from .server_app import app as server_app
 
-    init_args: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False}
+    # log_to_driver=False: the actors' own log lines (e.g. Flower's "Manually terminating ClientAppActor"
+    # at every clean shutdown) stay out of the user's terminal; a client's error still reaches the
+    # ServerApp as an error reply and is reported in the round's `dropped`.
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False, "log_to_driver": False}
     if num_cpus is not None:
         init_args["num_cpus"] = num_cpus
     with quiet_simulation(progress=progress):
