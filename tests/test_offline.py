@@ -78,9 +78,12 @@ def test_importing_every_module_changes_no_environment_or_global_state():
         ("fedsqueeze.flower.client_app", "flwr"),
         ("fedsqueeze.flower.downlink", "flwr"),
         ("fedsqueeze.flower.frames", "flwr"),
+        ("fedsqueeze.flower.job_strategy", "flwr"),
         ("fedsqueeze.flower.mods", "flwr"),
         ("fedsqueeze.flower.records", "flwr"),
         ("fedsqueeze.flower.server_app", "flwr"),
+        ("fedsqueeze.flower.stock_rounds", "flwr"),
+        ("fedsqueeze.flower.store", "flwr"),
         ("fedsqueeze.flower.strategy", "flwr"),
         ("fedsqueeze.models.pooling", "transformers"),
     ]

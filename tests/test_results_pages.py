@@ -133,3 +133,17 @@ def test_a_grid_with_missing_cells_renders_with_its_seed_counts(tmp_path: Path) 
     assert "| 2.0 |" in text  # 4 MB of the dense baseline over 2 MB
     assert "fewer seeds than the grid's" in text
     assert pages.render(bench, tmp_path) == text
+
+
+def test_the_broadcast_table_in_the_downlink_page_is_what_its_script_prints() -> None:
+    spec = importlib.util.spec_from_file_location("broadcast_table", ROOT / "docs/results/broadcast_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((ROOT / "docs/results/lora-bench/results.json").read_text(encoding="utf-8"))
+    page = (ROOT / "docs/downlink.md").read_text(encoding="utf-8")
+    start, end = "<!-- broadcast-table -->\n", "<!-- /broadcast-table -->"
+    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
+    assert committed == module.table(results, "minilm-rt-lora-adamw/iid"), (
+        "rerun: python docs/results/broadcast_table.py docs/results/lora-bench/results.json "
+        "minilm-rt-lora-adamw/iid, and paste its table into docs/downlink.md"
+    )
