@@ -10,7 +10,14 @@ import pytest
 
 import fedsqueeze.fl.loop as loop
 from fedsqueeze.cli import main as cli_main
-from fedsqueeze.config import RunConfig, apply_overrides, load_config, preset_names
+from fedsqueeze.config import (
+    CODEC_DEFAULT,
+    DOWNLINK_DEFAULT,
+    RunConfig,
+    apply_overrides,
+    load_config,
+    preset_names,
+)
 from fedsqueeze.errors import ConfigError
 from fedsqueeze.fl.toy import ToyWorkload
 
@@ -33,9 +40,14 @@ def test_presets_load_and_default_is_the_embedded_default():
         assert isinstance(load_config(name), RunConfig)
     cfg = load_config()
     assert (cfg.model.name, cfg.data.dataset, cfg.data.num_clients) == ("minilm", "rotten_tomatoes", 20)
-    assert (cfg.data.partition, cfg.data.alpha, cfg.fl.clients_per_round) == ("dirichlet", 0.5, 5)
-    assert cfg.codec.name in ("flm_topk", "topk")
-    assert (cfg.downlink.name, cfg.downlink.options) == ("wf_ecq", {"rate": 0.25})  # delta frames
+    # the LoRA-carried task (lora-bench's AdamW/IID one): the head trains in round 1 only
+    assert (cfg.data.partition, cfg.fl.clients_per_round, cfg.fl.rounds) == ("iid", 4, 12)
+    assert (cfg.model.head, cfg.train.optimizer, cfg.train.max_steps) == ("first_round", "adamw", 20)
+    assert (cfg.codec.name, cfg.codec.options) == (CODEC_DEFAULT[0], dict(CODEC_DEFAULT[1]))
+    assert (cfg.downlink.name, cfg.downlink.options) == (DOWNLINK_DEFAULT[0], dict(DOWNLINK_DEFAULT[1]))
+    old = load_config("skewed-head")  # the previous default, kept for the grids built on it
+    assert (old.data.partition, old.data.alpha, old.fl.clients_per_round) == ("dirichlet", 0.5, 5)
+    assert (old.model.head, old.train.optimizer, old.codec.name) == ("train", "adam", "flm_topk")
     assert load_config("paper").downlink.name == "identity"  # the papers' dense broadcast
     paper = load_config("paper")
     assert (paper.data.num_clients, paper.fl.clients_per_round, paper.fl.rounds) == (100, 10, 200)
@@ -134,7 +146,10 @@ def test_resume_without_config_continues_the_run_it_was(tmp_path, monkeypatch, c
     """The README's sequence: a 3-round run, then `run --out DIR --resume` (no CONFIG, no --set)."""
     monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(config.data.num_clients))
     cfg = tmp_path / "toy.toml"
-    cfg.write_text('[model]\nname = "toy"\n[data]\nnum_clients = 6\n[fl]\nrounds = 2\nclients_per_round = 2')
+    cfg.write_text(  # the toy's 112 parameters: a codec whose frame fits them (wf_ecq's header does not)
+        '[model]\nname = "toy"\n[data]\nnum_clients = 6\n[fl]\nrounds = 2\nclients_per_round = 2\n'
+        '[codec]\nname = "flm_topk"'
+    )
     out = tmp_path / "out"
     assert cli_main(["run", str(cfg), "--set", "fl.rounds=3", "--out", str(out), "--no-progress"]) == 0
     assert cli_main(["run", "--out", str(out), "--resume", "--no-progress"]) == 0
@@ -169,10 +184,10 @@ def test_the_default_preset_is_the_code_defaults() -> None:
     assert raw == {"base": "none"}  # one source: the dataclasses hold the values
     cfg = RunConfig()
     assert (cfg.fl.rounds, cfg.fl.target_metric, cfg.codec.name, cfg.train.max_steps) == (
-        11,
-        0.72,
-        "flm_topk",
-        40,
+        12,
+        0.8,
+        CODEC_DEFAULT[0],
+        20,
     )
 
 
@@ -191,4 +206,4 @@ def test_downlink_options_without_a_name_refine_the_default_downlink(tmp_path):
     path.write_text("[downlink]\n", encoding="utf-8")  # an empty table is the default downlink
     assert load_config(path).downlink == RunConfig().downlink
     path.write_text("[downlink]\noptions = { block = 2048 }\n", encoding="utf-8")
-    assert load_config(path).downlink.options == {"rate": 0.25, "block": 2048}
+    assert load_config(path).downlink.options == {**DOWNLINK_DEFAULT[1], "block": 2048}

@@ -78,22 +78,22 @@ BENCHES = (
         "downlink-default",
         "downlink-default",
         "downlink-default",
-        "downlink-default: the default run's broadcast",
-        "The default run (`fedsqueeze run` with no arguments) with only `[downlink]` changed, seed-paired: "
+        "downlink-default: the broadcast on the skewed-head preset",
+        "The `skewed-head` preset (the default run until this version) with only `[downlink]` changed, seed-paired: "
         "the "
         "columns differ in the broadcast alone, over the same FLM-TopK uplink. The baseline is the dense "
         "fp32 "
         "broadcast (`down_identity`), so the traffic ratios on this page are against that column, not "
         "against "
         "dense fp32 both ways. In this setting the densely sent head carries most of the accuracy "
-        "([the head-only control](../default-run.md#how-much-of-this-is-lora-a-head-only-control)).",
+        "([the head-only control](../skewed-head.md#how-much-of-this-is-lora-a-head-only-control)).",
     ),
     Bench(
         "default",
         "study-default",
         "default",
         "default: the CPU grid, 13 codecs on a short schedule",
-        "MiniLM × rotten_tomatoes with the default run's recipe on a short schedule, every codec at its "
+        "MiniLM × rotten_tomatoes with the `skewed-head` recipe on a short schedule, every codec at its "
         "defaults "
         "(`make reproduce`), on three partitions. In runs this short the densely sent classifier head "
         "carries "
@@ -106,7 +106,7 @@ BENCHES = (
         "study-e2e-default",
         "e2e-default",
         "e2e-default: the default setup end to end",
-        "The default run's setup (11 rounds, 5 of 20 clients, Dirichlet 0.5) with dense fp32, FLM-TopK and "
+        "The `skewed-head` setup (11 rounds, 5 of 20 clients, Dirichlet 0.5) with dense fp32, FLM-TopK and "
         "wf_ecq (scalar and trellis-coded quantizer) on the uplink, over the dense fp32 broadcast. One "
         "seed. Its "
         "`results.json` predates the downlink and total-traffic fields.",

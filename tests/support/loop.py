@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, RunConfig
+from fedsqueeze.config import CodecConfig, DataConfig, FLConfig, LocalTrainConfig, ModelConfig, RunConfig
 from fedsqueeze.fl.toy import ToyWorkload
 
 N = 6
@@ -12,9 +12,10 @@ N = 6
 
 def make_config(codec="topk", options=None, *, downlink="identity", **fl) -> RunConfig:
     fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, "server_lr": 1.0, "server_momentum": 0.0, **fl}
-    return RunConfig(
+    return RunConfig(  # the head trains every round (the loop tests count and check its bytes)
+        model=ModelConfig(head="train"),
         data=DataConfig(num_clients=N),
-        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
+        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8, optimizer="adam", head_lr=None),
         fl=FLConfig(**fl),
         codec=CodecConfig(codec, {"density": 0.1} if options is None and codec == "topk" else options or {}),
         downlink=CodecConfig(downlink, {"density": 0.2} if downlink == "topk" else {}),

@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..fl.console import final_line
+    from ..fl.reference import reference_line
     from ..fl.health import describe
     from ..fl.loop import default_out_dir, run
     from ..out_paths import check_out_dir
@@ -99,6 +100,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"fedsqueeze run: {interrupted_hint(args, out)}", file=sys.stderr)
         return 130
     warned = describe(summary["warnings"])
+    if (recorded := reference_line(summary)) is not None:
+        print(recorded)
     print(final_line(summary) + (f"; finished with {warned} (see summary.json)" if warned else ""))
     return 0
 

@@ -13,7 +13,7 @@ A run config is a TOML file (or a packaged preset) with one table per registered
 - Text: :mod:`.doc` (the resolved TOML of ``--print-config`` and the key reference).
 """
 
-from .codec import DOWNLINK_DEFAULT, CodecConfig, default_codec
+from .codec import CODEC_DEFAULT, DOWNLINK_DEFAULT, CodecConfig, default_codec
 from .data import DataConfig, check_classifier
 from .fl import FLConfig
 from .loading import apply_overrides, load_config, load_config_data, merge_config, preset_names, preset_text
@@ -25,6 +25,7 @@ from .tgap import TGAPConfig, tgap_codecs
 from .train import LocalTrainConfig
 
 __all__ = [
+    "CODEC_DEFAULT",
     "DOWNLINK_DEFAULT",
     "CodecConfig",
     "DataConfig",

@@ -92,10 +92,10 @@ class DataConfig:
         "`hf:NAME[:CONFIG]`",
     )
     num_clients: int = setting(20, range=POSITIVE)
-    partition: str = setting("dirichlet", choices=PARTITIONS)
+    partition: str = setting("iid", choices=PARTITIONS)
     alpha: float = setting(0.5, range=POSITIVE)
     max_train_examples: int | None = setting(None, range=POSITIVE)
-    test_examples: int = setting(500, range=POSITIVE)
+    test_examples: int = setting(300, range=POSITIVE)
     seed: int = 0
     gen_max_new_tokens: int = setting(128, range=POSITIVE)
     test_dataset: str | None = None

@@ -61,14 +61,14 @@ class FLConfig:
         dense resync instead. Server memory grows with this window, not with the number of clients.
     """
 
-    rounds: int = setting(11, range=Range(1))
-    clients_per_round: int = setting(5, range=Range(1), allowed="1..data.num_clients")
+    rounds: int = setting(12, range=Range(1))
+    clients_per_round: int = setting(4, range=Range(1), allowed="1..data.num_clients")
     server_lr: float = setting(0.3, range=POSITIVE)
     server_momentum: float = setting(0.7, range=Range(0, 1))
     seed: int = setting(0, range=Range(0, 2**63, text="[0, 2**63)"))
     error_feedback: bool = True
     eval_every: int = setting(1, range=Range(1))
-    target_metric: float | None = 0.72
+    target_metric: float | None = 0.8
     min_replies: int | None = setting(None, allowed="1..fl.clients_per_round")
     norm_bound_factor: float | None = setting(10.0, allowed="0 (off) or >= 1")
     aggregation: str = setting("mean", choices=AGGREGATIONS)

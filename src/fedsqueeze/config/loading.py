@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .codec import CODEC_SECTIONS, DOWNLINK_DEFAULT, CodecConfig
+from .codec import CODEC_SECTIONS, default_codec
 from .coerce import parse_assignment
 from .run import RunConfig
 from .sections import section_names
@@ -58,7 +58,7 @@ def _codec_name(data: Mapping[str, Any], section: str) -> str:
         return raw
     if isinstance(raw, Mapping) and "name" in raw:
         return raw["name"]
-    return DOWNLINK_DEFAULT[0] if section == "downlink" else CodecConfig.name
+    return default_codec(section).name
 
 
 def _drop_options(data: dict[str, Any], section: str) -> None:

@@ -103,7 +103,7 @@ class ModelConfig:
     layer_cache_mb: int = setting(4096, range=Range(0, note=" (0 turns it off)"))
     pooling: str = setting("auto", choices=POOLINGS)
     device: str = setting("cpu", choices=DEVICES)
-    head: str = setting("train", choices=HEAD_MODES)
+    head: str = setting("first_round", choices=HEAD_MODES)
     classifier: str = setting("head", choices=CLASSIFIERS)
     kind: str = setting(AUTO, choices=MODEL_KINDS)
     dtype: str = setting("float32", choices=DTYPES)

@@ -38,7 +38,7 @@ class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: LocalTrainConfig = dataclasses.field(default_factory=LocalTrainConfig)
     fl: FLConfig = dataclasses.field(default_factory=FLConfig)
-    codec: CodecConfig = dataclasses.field(default_factory=CodecConfig)
+    codec: CodecConfig = dataclasses.field(default_factory=lambda: default_codec("codec"))
     downlink: CodecConfig = dataclasses.field(default_factory=lambda: default_codec("downlink"))
     tgap: TGAPConfig = dataclasses.field(default_factory=TGAPConfig)
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
@@ -112,6 +112,12 @@ class RunConfig:
         return out
 
     @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> RunConfig:
+        """The config a stored :meth:`to_dict` (``summary.json`` → ``config``) was made with: keys it lacks
+        (files from before a key existed) take the value they had then, as in :meth:`differences`."""
+        return cls.from_dict(_filled(saved))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build and validate from a nested mapping (missing keys take defaults)."""
         if not isinstance(data, Mapping):
@@ -131,10 +137,22 @@ class RunConfig:
         return cls(**built, extra=extra)
 
 
+#: Keys whose code default changed after the key was added, with the default they had before: a saved
+#: config without the key was made before the key existed, so with that value, not with today's default.
+LEGACY_FILL: Mapping[tuple[str, str], Any] = {
+    ("train", "optimizer"): "adam",
+    ("model", "head"): "train",
+}
+
+
 def _filled(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """``saved`` with the keys it lacks at their code defaults (section by section)."""
+    """``saved`` with the keys it lacks at their code defaults (section by section), or at
+    :data:`LEGACY_FILL`'s value for a key whose default changed."""
     out: dict[str, Any] = {}
-    for sec, table in RunConfig().to_dict().items():
+    defaults = RunConfig().to_dict()
+    for (sec, key), value in LEGACY_FILL.items():
+        defaults[sec][key] = value
+    for sec, table in defaults.items():
         got = saved.get(sec)
         out[sec] = {**table, **got} if isinstance(got, Mapping) else (table if got is None else got)
     out.update({sec: got for sec, got in saved.items() if sec not in out})

@@ -51,12 +51,12 @@ class LocalTrainConfig:
 
     epochs: int = setting(1, range=POSITIVE)
     batch_size: int = setting(16, range=POSITIVE)
-    lr: float = setting(5e-3, range=POSITIVE)
+    lr: float = setting(3e-3, range=POSITIVE)
     weight_decay: float = setting(0.02, range=Range(0))
     amsgrad: bool = True
-    optimizer: str = setting("adam", choices=tuple(OPTIMIZERS))
-    max_steps: int | None = setting(40, range=POSITIVE)
-    head_lr: float | None = setting(None, range=POSITIVE)
+    optimizer: str = setting("adamw", choices=tuple(OPTIMIZERS))
+    max_steps: int | None = setting(20, range=POSITIVE)
+    head_lr: float | None = setting(1e-3, range=POSITIVE)
     logit_adjust: float = setting(1.0, range=Range(0, note=" (0 turns it off)"))
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from .checkpoint import write_json
 from .federation import Federation
 from .final import save_final
+from .reference import reference_for
 from .report import include_tgap, package_versions, plot_metric_vs_uplink, summarize, traffic_totals
 
 __all__ = ["write_run_outputs"]
@@ -75,6 +76,7 @@ def write_run_outputs(
             "versions": {**package_versions(), **(versions or {})},
             "out_dir": str(out),
             "warnings": fed.health.summary(),
+            "reference": reference_for(cfg),  # the recorded benchmark task this config runs, if any
             "load_s": load_s,
             **(extra or {}),
         }

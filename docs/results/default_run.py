@@ -1,0 +1,141 @@
+"""The default run's recorded figures, generated into the pages that state them.
+
+The default config (``fedsqueeze run`` with no arguments) is one column of a benchmark task; its recorded
+cells, and the task's dense fp32 column, are in ``src/fedsqueeze/configs/references.json``
+(``docs/results/references.py``). This prints the table the README, ``docs/getting-started.md`` and
+``docs/default-run.md`` show between ``<!-- default-run -->`` markers, and ``--write`` puts it there::
+
+    python docs/results/default_run.py --write
+
+``tests/test_reference.py`` fails when a page's table differs from what this prints.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+from fedsqueeze.config import load_config
+from fedsqueeze.fl.reference import reference_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = ("README.md", "docs/getting-started.md", "docs/default-run.md")
+START, END = "<!-- default-run -->\n", "<!-- /default-run -->"
+CHOICES_PAGE = "docs/default-run.md"
+CHOICES = ("<!-- default-run-choices -->\n", "<!-- /default-run-choices -->")
+
+
+def _describe(codec: dict) -> str:
+    name, options = codec["name"], codec.get("options") or {}
+    if name == "identity":
+        return "dense fp32"
+    if name == "predictive":
+        inner = {"name": options.get("inner", "?"), "options": options.get("inner_options") or {}}
+        return f"predictive {_describe(inner)}"
+    rate = options.get("rate")
+    return f"{name} at {rate:g} bits/param" if rate is not None else name
+
+
+def table() -> str:
+    ref = reference_for(load_config())
+    if ref is None or ref["same_config"] is None:
+        raise SystemExit("the default config is not a recorded column of a benchmark task (references.json)")
+    dense, mine = ref["dense"], ref["same_config"]
+    seeds = sorted(set(dense["per_seed"]) & set(mine["per_seed"]), key=int)
+    diffs = [100 * (mine["per_seed"][s] - dense["per_seed"][s]) for s in seeds]
+    spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+
+    def row(label: str, col: dict) -> str:
+        m = col["final_metric"]
+        ratio = dense["total_mb"] / col["total_mb"]
+        return (
+            f"| {label} | {m['mean']:.3f} ± {m['std']:.3f} | {col['uplink_mb']:.2f} MB | "
+            f"{col['downlink_mb']:.2f} MB | {col['total_mb']:.2f} MB | {ratio:.1f}× |"
+        )
+
+    up, down = _describe(mine["codec"]), _describe(mine["downlink"])
+    return "\n".join(
+        [
+            f"| run ({ref['task']}, {ref['partition']}) | final {ref['metric_name']}, mean ± std over "
+            f"{len(seeds)} seeds | uplink | downlink | total | less than dense fp32 |",
+            "|---|---|---|---|---|---|",
+            row(f"`make run`: {up} up, {down} down", mine),
+            row("dense fp32 both ways", dense),
+            "",
+            f"Seed-paired, the default run ends {sum(diffs) / len(diffs):+.1f}{spread} points from dense fp32 "
+            f"(seeds {', '.join(seeds)}). Recorded on a 2-core CPU by `{ref['command']}` "
+            f"(`python docs/results/default_run.py --write` rewrites this table).",
+        ]
+    )
+
+
+def _label(col: dict) -> str:
+    return f"{_describe(col['codec'])} up, {_describe(col['downlink'])} down"
+
+
+def choices() -> str:
+    """Every recorded column of the default's task by total MB, with its seed-paired distance from dense."""
+    ref = reference_for(load_config())
+    if ref is None:
+        raise SystemExit("the default config is not a recorded benchmark task (references.json)")
+    dense = ref["dense"]
+    lines = [
+        "| column | uplink, downlink | seeds | final (mean ± std) | − dense, seed-paired (points) "
+        "| total MB | less than dense fp32 | within 1 point |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cols = sorted(ref_columns(ref), key=lambda c: c["total_mb"])
+    for col in cols:
+        seeds = sorted(set(dense["per_seed"]) & set(col["per_seed"]), key=int)
+        diffs = [100 * (col["per_seed"][s] - dense["per_seed"][s]) for s in seeds]
+        mean = sum(diffs) / len(diffs)
+        spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+        m = col["final_metric"]
+        std = f" ± {m['std']:.3f}" if m["n"] > 1 else ""
+        near = "yes" if mean >= -1.0 else "no"
+        default = " (default)" if col is ref["same_config"] or col == ref["same_config"] else ""
+        lines.append(
+            f"| `{col['label']}`{default} | {_label(col)} | {len(seeds)} | {m['mean']:.3f}{std} | "
+            f"{mean:+.1f}{spread} | {col['total_mb']:.2f} | {dense['total_mb'] / col['total_mb']:.1f}× | {near} |"
+        )
+    return "\n".join(lines)
+
+
+def ref_columns(ref: dict) -> list[dict]:
+    """The columns of the default's recorded task (from the packaged references)."""
+    from fedsqueeze.fl.reference import load_references
+
+    task = next(t for t in load_references() if (t["study"], t["task"]) == (ref["study"], ref["task"]))
+    return list(task["columns"])
+
+
+def block(text: str, markers: tuple[str, str] = (START, END)) -> str | None:
+    """The text between ``markers`` in a page, or ``None`` if it has none."""
+    start, end = markers
+    if start not in text:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0].rstrip("\n")
+
+
+def _put(page: str, markers: tuple[str, str], new: str) -> None:
+    path = ROOT / page
+    start, end = markers
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + start + new + "\n" + end + tail, encoding="utf-8")
+
+
+def write() -> None:
+    new = table()
+    for page in PAGES:
+        _put(page, (START, END), new)
+    _put(CHOICES_PAGE, CHOICES, choices())
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        write()
+    else:
+        print(table() + "\n\n" + choices())

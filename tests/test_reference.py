@@ -1,0 +1,82 @@
+"""The recorded benchmark task a run is compared with (fedsqueeze.fl.reference, configs/references.json)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from fedsqueeze.config import load_config
+from fedsqueeze.fl.reference import load_references, reference_for, reference_line
+
+ROOT = Path(__file__).resolve().parents[1]
+LORA_BENCH = ROOT / "docs" / "results" / "lora-bench" / "results.json"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("references_script", ROOT / "docs/results/references.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _column(group: str, label: str) -> dict:
+    task, partition = group.split("/")
+    results = json.loads(LORA_BENCH.read_text(encoding="utf-8"))
+    g = next(x for x in results["groups"] if x["task"] == task and x["partition"] == partition)
+    return next(c for c in g["codecs"] if c["codec"] == label)
+
+
+def test_the_packaged_references_are_what_the_script_writes_from_the_committed_cells():
+    mod = _script()
+    packaged = (ROOT / "src/fedsqueeze/configs/references.json").read_text(encoding="utf-8")
+    assert packaged == mod.render(mod.build()), "run: python docs/results/references.py"
+
+
+def test_the_default_run_is_the_lora_bench_task_and_reports_its_recorded_dense_column():
+    ref = reference_for(load_config())
+    assert ref is not None and (ref["study"], ref["task"], ref["partition"]) == (
+        "lora-bench",
+        "minilm-rt-lora-adamw",
+        "iid",
+    )
+    dense = _column("minilm-rt-lora-adamw/iid", "identity")  # read independently of the module
+    assert ref["dense"]["final_metric"]["mean"] == pytest.approx(dense["final_metric"]["mean"])
+    assert ref["dense"]["final_metric"]["n"] == dense["final_metric"]["n"] >= 3
+    assert ref["dense"]["total_mb"] == pytest.approx(dense["total_mb"]["mean"])
+    assert ref["dense"]["codec"]["name"] == "identity" and ref["dense"]["downlink"]["name"] == "identity"
+    # the default's own codec and downlink were recorded on the task too, over 3 seeds
+    same = ref["same_config"]
+    assert same is not None and same["final_metric"]["n"] >= 3
+    cfg = load_config().to_dict()
+    assert same["codec"]["name"] == cfg["codec"]["name"]
+    assert same["downlink"]["name"] == cfg["downlink"]["name"]
+
+
+def test_a_run_on_another_task_or_recipe_gets_no_reference():
+    assert reference_for(load_config("smoke")) is None
+    assert reference_for(load_config("skewed-head")) is None
+    assert reference_for(load_config(None, ["train.lr=1e-3"])) is None  # another recipe: not comparable
+    # the codec, the downlink, the seed and the target may differ
+    other = reference_for(load_config(None, ["codec.name=topk", "fl.seed=1", "downlink.name=identity"]))
+    assert other is not None and other["same_config"] is None  # identity broadcast with topk defaults: not run
+
+
+def test_the_reference_line_names_the_task_the_dense_result_and_the_seed():
+    ref = reference_for(load_config())
+    line = reference_line({"reference": ref, "seed": 0})
+    dense = ref["dense"]
+    assert line.startswith("recorded on this task (lora-bench minilm-rt-lora-adamw/iid): dense fp32 ")
+    assert f"{dense['final_metric']['mean']:.3f} ± {dense['final_metric']['std']:.3f} (3 seeds)" in line
+    assert f"dense with seed 0: {dense['per_seed']['0']:.3f}" in line
+    assert reference_line({"reference": None}) is None
+
+
+def test_every_recorded_task_has_a_dense_column_and_a_config():
+    tasks = load_references()
+    assert len(tasks) >= 1
+    for t in tasks:
+        labels = [c["label"] for c in t["columns"]]
+        assert t["dense"] in labels and "fl" in t["config"] and "seed" not in t["config"]["fl"]
