@@ -3,7 +3,8 @@
 Writes a small Flower app (pyproject.toml with the resolved config + a two-line shim importing
 fedsqueeze.flower) and calls `flwr run APP CONNECTION --stream`. The ServerApp writes metrics.jsonl and
 summary.json (and a checkpoint after every round) to --out on the SuperLink's machine; --resume continues
-that job (give the same CONFIG and --set, unless --out is also on this machine). Example:
+that job (give the same CONFIG and --set, unless --out is also on this machine). --bind-partitions or
+--partition-map bind each partition to a SuperNode key (needs SuperNode authentication). Example:
   fedsqueeze flower run smoke --superlink 127.0.0.1:9091 --insecure --round-timeout 120 --out /srv/runs/a
   fedsqueeze flower run smoke --superlink 127.0.0.1:9091 --insecure --round-timeout 120 --out /srv/runs/a \
       --resume
@@ -12,6 +13,7 @@ that job (give the same CONFIG and --set, unless --out is also on this machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,12 +39,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="FLWR_HOME for the flwr CLI (connection file); default: a fresh one inside the app dir",
     )
+    parser.add_argument(
+        "--bind-partitions",
+        action="store_true",
+        help="bind each partition to the public key of the first SuperNode that claims it; claims from "
+        "other keys are refused (needs SuperNode authentication on the SuperLink)",
+    )
+    parser.add_argument(
+        "--partition-map",
+        default="",
+        metavar="FILE",
+        help="JSON file on this machine mapping SuperNode public keys (OpenSSH or PEM text, SHA256: "
+        "fingerprints) or node ids to partition ids, {identity: id}; only those nodes may serve, each its "
+        "own partition",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..flower.binding import read_partition_map
     from ..flower.deploy import child_env, flower_exe, write_app, write_connection
 
-    settings = settings_from_args(args)
+    settings = dataclasses.replace(
+        settings_from_args(args),
+        bind_partitions=bool(args.bind_partitions),
+        partition_map=read_partition_map(args.partition_map),
+    )
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flower-") as tmp:
         app_dir = Path(args.app_dir) if args.app_dir else Path(tmp) / "app"
         write_app(app_dir, settings)

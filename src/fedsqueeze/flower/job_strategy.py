@@ -41,11 +41,12 @@ from ..fl.federation import Federation, RoundPlan, trains_head
 from ..fl.hooks import RunContext
 from ..fl.server import state_sha256
 from ..seeding import derive_seed
+from .binding import PartitionBinding
 from .downlink import DOWN_META_KEY, Layout, frame_arrays, pack_delivery
 from .frames import PARTS_KEY, SEED_KEY, read_parts_reply
 from .settings import FlowerSettings, make_workload
 
-__all__ = ["ARRAYS_KEY", "CONFIG_KEY", "FederationStrategy", "GridLike", "read_reply"]
+__all__ = ["ARRAYS_KEY", "CONFIG_KEY", "FederationStrategy", "GridLike", "binding_of", "read_reply"]
 
 ARRAYS_KEY, CONFIG_KEY = (
     "arrays",
@@ -66,21 +67,29 @@ class GridLike(Protocol):
 
 
 class _NodeMap:
-    """partition id -> Flower node id, learned by asking every new node (``query`` message)."""
+    """partition id -> Flower node id, learned by asking every new node (``query`` message).
 
-    def __init__(self, digest: str, n: int) -> None:
+    With a :class:`~.binding.PartitionBinding` on, a claim counts only from the identity the partition belongs
+    to; refused claims wait in :attr:`refused` (``{"client", "node", "reason"}``) for the round's ``dropped``.
+    A node that went offline is asked again when it comes back."""
+
+    def __init__(self, digest: str, n: int, binding: PartitionBinding | None = None) -> None:
         self.digest, self.n = digest, n
+        self.binding = binding or PartitionBinding()
         self.by_partition: dict[int, int] = {}
         self.durable: dict[int, bool] = {}  # partition -> its node keeps its state on disk
         self.rejected: set[int] = set()
+        self.refused: list[dict[str, Any]] = []
 
     def refresh(self, grid: GridLike, timeout: float) -> list[int]:
         """Map the nodes not seen yet; returns the partitions (re)mapped to a new node."""
         live = set(grid.get_node_ids())
         self.by_partition = {p: n for p, n in self.by_partition.items() if n in live}
+        self.rejected &= live  # a node that restarts is asked again
         new = sorted(live - set(self.by_partition.values()) - self.rejected)
         if not new:
             return []
+        keys = _public_keys(grid, new) if self.binding.enabled else {}
         mapped = []
         msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
         for rep in grid.send_and_receive(msgs, timeout=timeout):
@@ -89,20 +98,51 @@ class _NodeMap:
                 continue
             if rep.has_error() or "node" not in rep.content.config_records:
                 continue  # try again next round
-            info = rep.content.config_records["node"]
-            if info.get("digest") != self.digest:
-                log.warning("node %s runs another config (digest %s); ignoring it", node, info.get("digest"))
-                self.rejected.add(node)
-                continue
-            pid = info.get("partition-id")
-            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.n:
-                log.warning("node %s serves no partition of 0..%d (%r); ignoring it", node, self.n - 1, pid)
-                self.rejected.add(node)
-                continue
-            self.by_partition[pid] = node  # a restarted node replaces the old id
-            self.durable[pid] = info.get("durable") is True
-            mapped.append(pid)
+            pid = self._claim(node, rep.content.config_records["node"], keys.get(node, b""))
+            if pid is not None:
+                mapped.append(pid)
         return mapped
+
+    def _claim(self, node: int, info: ConfigRecord, public_key: bytes) -> int | None:
+        """Map ``node`` to the partition its ``query`` reply claims; ``None`` if the claim does not count."""
+        if info.get("digest") != self.digest:
+            log.warning("node %s runs another config (digest %s); ignoring it", node, info.get("digest"))
+            self.rejected.add(node)
+            return None
+        pid = info.get("partition-id")
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.n:
+            log.warning("node %s serves no partition of 0..%d (%r); ignoring it", node, self.n - 1, pid)
+            self.rejected.add(node)
+            return None
+        reason = self.binding.admit(node, public_key, pid)
+        if reason is not None:
+            log.warning("refused a partition claim: %s", reason)
+            self.refused.append({"client": pid, "node": node, "reason": f"claim refused: {reason}"})
+            self.rejected.add(node)
+            return None
+        self.by_partition[pid] = node  # without a binding, a restarted node replaces the old id
+        self.durable[pid] = info.get("durable") is True
+        return pid
+
+    def take_refused(self) -> list[dict[str, Any]]:
+        """The claims refused since the last call (for the round's ``dropped``)."""
+        out, self.refused = self.refused, []
+        return out
+
+
+def _public_keys(grid: GridLike, nodes: Iterable[int]) -> dict[int, bytes]:
+    """Node id -> its public key as the SuperLink registered it (``grid.get_nodes()``: Flower's ``NodeInfo``;
+    empty for a grid without it)."""
+    get_nodes = getattr(grid, "get_nodes", None)
+    if get_nodes is None:
+        return {}
+    want = set(nodes)
+    return {int(info.node_id): bytes(info.public_key) for info in get_nodes() if info.node_id in want}
+
+
+def binding_of(settings: FlowerSettings) -> PartitionBinding:
+    """The job's partition binding: ``partition-map``, else ``bind-partitions`` (first contact), else off."""
+    return PartitionBinding(settings.bind_partitions, settings.partition_entries)
 
 
 class FederationStrategy(Strategy):
@@ -140,7 +180,7 @@ class FederationStrategy(Strategy):
         codec = ctx.codec if ctx is not None else None  # a phase of the run (TGAP) may set the uplink codec
         self.fed = Federation(self.config, self.wl, codec=codec, raw_updates=False, logger=log)
         self.layout = Layout.of_specs(self.wl.lora_spec, self.wl.head_spec)  # the train messages' arrays
-        self.nodes = _NodeMap(settings.digest, self.fed.n)
+        self.nodes = _NodeMap(settings.digest, self.fed.n, binding_of(settings))
         self.job_id = secrets.token_hex(8)  # what the nodes key their state by; kept in the checkpoint
         self.resumed = False
         # what the phases before the rounds tell every client (sent with each train message)
@@ -158,7 +198,11 @@ class FederationStrategy(Strategy):
     # -- checkpoint --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: the federation's state plus the job's Flower part (``"flower"``)."""
-        flower = {"job_id": self.job_id, "workload": self.settings.workload}
+        flower = {
+            "job_id": self.job_id,
+            "workload": self.settings.workload,
+            "partition_keys": self.nodes.binding.state_dict(),  # the bound partitions stay bound on resume
+        }
         return {**self.fed.state_dict(), "flower": flower}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -176,6 +220,7 @@ class FederationStrategy(Strategy):
             )
         self.fed.load_state_dict(dict(state))
         self.job_id, self.resumed = str(flower["job_id"]), True
+        self.nodes.binding.load_state_dict(flower.get("partition_keys") or {})
 
     # -- training ----------------------------------------------------------------------------------------
     def configure_train(
@@ -202,7 +247,7 @@ class FederationStrategy(Strategy):
         }
         array_of = frame_arrays()  # a frame sent to several clients is one Array
         parts = json.dumps(self.parts(r))
-        dropped: list[dict[str, Any]] = []
+        dropped = self.nodes.take_refused()  # claims of partitions that belong to another node
         msgs, node_of = [], {}
         for c in plan.clients:
             node = self.nodes.by_partition.get(c)
@@ -268,7 +313,7 @@ class FederationStrategy(Strategy):
             if c not in got:
                 dropped.append({"client": c, "reason": f"no reply within {timeout:g} s"})
         kept = [rep for rep in got.values() if rep is not None]
-        for c in {int(d["client"]) for d in dropped}:
+        for c in {int(d["client"]) for d in dropped if "node" not in d}:  # not a refused claim
             self.fed.downlink.lost(c)  # it may not hold this round's state: resync it densely next time
         # the downlink is charged to the clients a frame was sent to
         row = self.fed.finish_round(plan, kept, dropped=dropped, reached=node_of.values())

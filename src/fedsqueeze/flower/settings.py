@@ -22,6 +22,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..fl.driver import check_job_out_dir  # re-exported: the driver's refusal, shared by the CLI
 from ..fl.workload import Workload
+from .binding import parse_partition_map
 
 __all__ = [
     "DEFAULT_ROUND_TIMEOUT",
@@ -65,6 +66,14 @@ class FlowerSettings:
         (``NODE_STATE_DIR/p<partition id>``; run-config key ``node-state-dir``). ``fedsqueeze flower
         simulate`` sets ``OUT/nodes``, which makes a resumed simulation bit-identical; ``""``: such nodes
         keep their state in ``context.state`` (memory).
+    bind_partitions
+        Bind each partition to the public key of the first SuperNode that claims it (run-config key
+        ``bind-partitions``): a later claim from another key is refused (:mod:`.binding`). Needs SuperNode
+        authentication; ``False``: a restarted node replaces the old id.
+    partition_map
+        The JSON text of ``{identity: partition id}`` (run-config key ``partition-map``;
+        :func:`~.binding.parse_partition_map`): only the identities it lists may serve, each its own
+        partition. ``""``: no map.
     """
 
     config: RunConfig
@@ -73,6 +82,8 @@ class FlowerSettings:
     out_dir: str = ""
     resume: bool = False
     node_state_dir: str = ""
+    bind_partitions: bool = False
+    partition_map: str = ""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.round_timeout, int | float) and math.isfinite(self.round_timeout)) or (
@@ -83,6 +94,14 @@ class FlowerSettings:
             raise ConfigError(f"resume must be true or false, got {self.resume!r}")
         if self.workload and ":" not in self.workload:
             raise ConfigError(f'workload must be "" or "module:callable", got {self.workload!r}')
+        if not isinstance(self.bind_partitions, bool):
+            raise ConfigError(f"bind-partitions must be true or false, got {self.bind_partitions!r}")
+        parse_partition_map(self.partition_map, self.config.data.num_clients)  # a bad map fails here
+
+    @property
+    def partition_entries(self) -> dict[str, int]:
+        """The partition map as canonical identity -> partition id (empty without one)."""
+        return parse_partition_map(self.partition_map, self.config.data.num_clients)
 
     @property
     def digest(self) -> str:
@@ -112,6 +131,8 @@ class FlowerSettings:
             "out-dir": self.out_dir,
             "resume": self.resume,
             "node-state-dir": self.node_state_dir,
+            "bind-partitions": self.bind_partitions,
+            "partition-map": self.partition_map,
         }
 
     @classmethod
@@ -133,6 +154,8 @@ class FlowerSettings:
             out_dir=str(run_config.get("out-dir", "")),
             resume=_flag(run_config.get("resume", False), "resume"),
             node_state_dir=str(run_config.get("node-state-dir", "")),
+            bind_partitions=_flag(run_config.get("bind-partitions", False), "bind-partitions"),
+            partition_map=str(run_config.get("partition-map", "")),
         )
 
 

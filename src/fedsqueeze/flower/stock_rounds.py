@@ -13,8 +13,9 @@ strategy's then, so ``metrics.jsonl`` rows cannot come from
 :meth:`~fedsqueeze.fl.federation.Federation.finish_round`. Each row holds instead:
 
 * ``round``, ``strategy`` (the wrapped strategy's class), ``clients`` (the partitions sent a message),
-  ``replied`` (those whose reply was used) and ``dropped`` (error replies and frames
-  :class:`~.strategy.Compressed` could not decode, with their reasons), ``aggregated``;
+  ``replied`` (those whose reply was used) and ``dropped`` (error replies, frames
+  :class:`~.strategy.Compressed` could not decode and refused partition claims, with their reasons),
+  ``aggregated``;
 * the traffic columns of ``fedsqueeze run`` (``uplink_bytes``, ``cum_uplink_bytes``, ``downlink_bytes``,
   ...), from :attr:`Compressed.history <.strategy.Compressed.history>`: Flower's ``count_bytes`` of each
   reply as received and of each train message's arrays (the job's own strategy counts payload lengths);
@@ -43,7 +44,7 @@ from ..errors import ConfigError
 from ..fl.federation import Federation
 from ..fl.hooks import RunContext
 from ..fl.report import eval_columns
-from .job_strategy import GridLike, _NodeMap
+from .job_strategy import GridLike, _NodeMap, binding_of
 from .settings import FlowerSettings
 from .strategy import Compressed
 
@@ -97,7 +98,7 @@ class StrategyRounds:
             raise ConfigError("a stock Flower strategy cannot run the phases before the rounds (TGAP)")
         self.strategy, self.settings, self.grid = strategy, settings, grid
         self.fed = Federation(settings.config, ctx.workload, codec=ctx.codec, raw_updates=False, logger=log)
-        self.nodes = _NodeMap(settings.digest, self.fed.n)
+        self.nodes = _NodeMap(settings.digest, self.fed.n, binding_of(settings))
 
     def global_arrays(self) -> ArrayRecord:
         """The global state: ``lora.<name>`` and ``head.<name>`` float32 arrays."""
@@ -136,9 +137,8 @@ class StrategyRounds:
 
         sent = sorted(cid(m.metadata.dst_node_id) for m in msgs)
         errors = {rep.metadata.src_node_id: rep.error.reason for rep in replies if rep.has_error()}
-        dropped: list[dict[str, Any]] = [
-            {"client": cid(n), "reason": f"client error: {why}"} for n, why in errors.items()
-        ]
+        dropped = self.nodes.take_refused()  # claims of partitions that belong to another node
+        dropped += [{"client": cid(n), "reason": f"client error: {why}"} for n, why in errors.items()]
         dropped += [{"client": cid(n), "reason": why} for n, why in rb.dropped.items()]
         answered = {rep.metadata.src_node_id for rep in replies}
         dropped += [
