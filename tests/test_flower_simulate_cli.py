@@ -75,6 +75,8 @@ def test_quiet_simulation_drops_only_the_known_noise():
             with quiet_simulation(progress=False):
                 flwr_log.warning("DEPRECATED FEATURE: %s", "The `run_simulation` function is deprecated")
                 flwr_log.warning("DEPRECATED FEATURE: %s", "something else")
+                flwr_log.info("")  # Flower's bare `INFO :` line
+                flwr_log.warning("")  # an empty warning still shows
                 warnings.warn(
                     "Tip: In future versions of Ray, Ray will no longer ...", FutureWarning, stacklevel=1
                 )
@@ -84,6 +86,7 @@ def test_quiet_simulation_drops_only_the_known_noise():
         flwr_log.removeHandler(keep)
     assert seen == [
         "DEPRECATED FEATURE: something else",
+        "",
         "DEPRECATED FEATURE: The `run_simulation` function is deprecated",  # after the context: shown again
     ]
     assert [str(w.message) for w in caught] == ["another FutureWarning"]

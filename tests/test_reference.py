@@ -61,7 +61,7 @@ def test_a_run_on_another_task_or_recipe_gets_no_reference():
     assert reference_for(load_config(None, ["train.lr=1e-3"])) is None  # another recipe: not comparable
     # the codec, the downlink, the seed and the target may differ
     other = reference_for(load_config(None, ["codec.name=topk", "fl.seed=1", "downlink.name=identity"]))
-    assert other is not None and other["same_config"] is None  # identity broadcast with topk defaults: not run
+    assert other is not None and other["same_config"] is None  # topk at its defaults: never recorded
 
 
 def test_the_reference_line_names_the_task_the_dense_result_and_the_seed():

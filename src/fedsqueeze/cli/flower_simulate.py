@@ -2,8 +2,8 @@
 
 Same job, outputs and numbers as `fedsqueeze run` (same seeds, client step, codec and aggregation), driven by
 a Flower ServerApp/ClientApp pair through flwr.simulation.run_simulation. Needs flwr[simulation]==1.41.0.
-Telemetry, update checks and runtime installs are off. A checkpoint is written to --out after every round
-and the nodes keep their state under --out/nodes, so an interrupted job continues bit for bit:
+Telemetry, update checks and runtime dependency installs are off. A checkpoint is written to --out after
+every round and the nodes keep their state under --out/nodes, so an interrupted job continues bit for bit:
   fedsqueeze flower simulate smoke --set fl.rounds=3 --out runs/flower-smoke
   fedsqueeze flower simulate --out runs/flower-smoke --resume                    # after an interruption
   fedsqueeze flower simulate --out runs/flower-smoke --resume --set fl.rounds=5  # or extend it
@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from .flower_common import add_job_arguments, refuse_existing_run, settings_from_args
+from .flower_common import add_job_arguments, refuse_existing_run, result_line, settings_from_args
 
 __all__ = ["add_arguments", "main"]
 
@@ -39,8 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..fl.console import final_line
-    from ..fl.health import describe
     from ..flower.deploy import RUN_CONFIG_ENV, child_env
 
     t0 = time.perf_counter()
@@ -55,7 +53,5 @@ def main(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         progress=not args.no_progress,
     )
-    warned = describe(summary["warnings"])
-    line = final_line(summary, engine="Flower (simulation)", elapsed_s=time.perf_counter() - t0)
-    print(line + (f"; finished with {warned} (see summary.json)" if warned else ""))
+    print(result_line(summary, engine="Flower (simulation)", elapsed_s=time.perf_counter() - t0))
     return 0

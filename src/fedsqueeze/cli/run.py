@@ -67,9 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..fl.console import final_line
-    from ..fl.reference import reference_line
     from ..fl.health import describe
     from ..fl.loop import default_out_dir, run
+    from ..fl.reference import reference_line
     from ..out_paths import check_out_dir
 
     config = _resume_config(args) or load_config(args.config, args.overrides)

@@ -14,7 +14,14 @@ from typing import Any
 from ..errors import ConfigError
 from .sections import register_section
 
-__all__ = ["CODEC_DEFAULT", "CODEC_SECTIONS", "DOWNLINK_DEFAULT", "CodecConfig", "build_codec", "default_codec"]
+__all__ = [
+    "CODEC_DEFAULT",
+    "CODEC_SECTIONS",
+    "DOWNLINK_DEFAULT",
+    "CodecConfig",
+    "build_codec",
+    "default_codec",
+]
 
 CODEC_SECTIONS = ("codec", "downlink")
 

@@ -67,7 +67,8 @@ def reference_for(config: RunConfig) -> dict[str, Any] | None:
 def _stat(column: Mapping[str, Any]) -> str:
     m = column["final_metric"]
     spread = f" ± {m['std']:.3f}" if m.get("std") is not None and m["n"] > 1 else ""
-    return f"{m['mean']:.3f}{spread} ({m['n']} seed{'s' if m['n'] != 1 else ''}) at {column['total_mb']:.2f} MB"
+    seeds = f"{m['n']} seed{'s' if m['n'] != 1 else ''}"
+    return f"{m['mean']:.3f}{spread} ({seeds}) at {column['total_mb']:.2f} MB"
 
 
 def reference_line(summary: Mapping[str, Any]) -> str | None:

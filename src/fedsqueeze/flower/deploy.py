@@ -57,7 +57,7 @@ name = "fedsqueeze-flower"
 version = "{__version__}"
 description = "fedsqueeze on Flower (generated)"
 license = "Apache-2.0"  # fedsqueeze's; without it Flower warns that the property is missing
-dependencies = []  # everything comes from the installed fedsqueeze; runtime installs are disabled
+dependencies = []  # all from the installed fedsqueeze; runtime dependency installation is off
 
 [tool.hatch.build.targets.wheel]
 packages = ["."]
@@ -118,7 +118,8 @@ def flower_exe(name: str) -> str:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """``os.environ`` plus the offline defaults (telemetry, update check, runtime installs off)."""
+    """``os.environ`` plus the offline defaults (telemetry, update check and runtime dependency
+    installation off)."""
     env = dict(os.environ)
     apply_offline_env(env)
     # Flower's SuperExec finds `flwr-clientapp`/`flwr-serverapp` on PATH: put the venv's bin first.

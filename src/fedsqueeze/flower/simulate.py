@@ -28,10 +28,13 @@ _RAY_TIP = r"Tip: In future versions of Ray"  # its accelerator env-var notice (
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
-    """Flower warns that ``run_simulation`` is deprecated each time it is called: we call it on purpose."""
+    """Flower warns that ``run_simulation`` is deprecated each time it is called: we call it on purpose.
+    Also drops Flower's empty INFO/DEBUG messages (a bare ``INFO :`` line each)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        if not text.strip() and record.levelno <= logging.INFO:
+            return False
         return not ("DEPRECATED FEATURE" in text and "run_simulation" in text)
 
 
@@ -40,8 +43,9 @@ def quiet_simulation(*, progress: bool = True) -> Iterator[None]:
     """Silence the library noise of a simulation that says nothing to a user of it, and (``progress``)
     show the ServerApp's per-round lines (logger ``fedsqueeze.flower`` at INFO) on stderr.
 
-    Dropped: Flower's ``run_simulation`` deprecation warning and Ray's ``FutureWarning`` tip about
-    accelerator environment variables (clients here ask for no GPU). Everything else of Flower and Ray,
+    Dropped: Flower's ``run_simulation`` deprecation warning, its empty INFO messages (bare ``INFO :``
+    lines), and Ray's ``FutureWarning`` tip about accelerator environment variables (clients here ask for
+    no GPU). Everything else of Flower and Ray,
     and every fedsqueeze warning, still shows.
     """
     flwr_log, ours = logging.getLogger("flwr"), logging.getLogger("fedsqueeze.flower")
