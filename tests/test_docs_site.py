@@ -20,7 +20,7 @@ import pytest
 
 from fedsqueeze.cli import build_parser
 from fedsqueeze.cli.reference import cli_reference, commands
-from fedsqueeze.config import DOWNLINK_DEFAULT, load_config
+from fedsqueeze.config import CODEC_DEFAULT, DOWNLINK_DEFAULT, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -163,10 +163,13 @@ def test_the_docs_name_the_defaults_the_config_has() -> None:
     default = load_config(None)
     name, options = DOWNLINK_DEFAULT
     assert (default.downlink.name, default.downlink.options) == (name, dict(options))
+    up_name, up_options = CODEC_DEFAULT
+    assert (default.codec.name, default.codec.options) == (up_name, dict(up_options))
     broadcast = f"{name} delta frames at {options['rate']:g} bits per parameter"
+    uplink = f"{up_name} at {up_options['rate']:g} bits per parameter"
     for doc in ("README.md", "docs/getting-started.md", "docs/default-run.md"):
-        assert broadcast in " ".join((ROOT / doc).read_text(encoding="utf-8").split()), doc
-    assert default.codec.name == "flm_topk" and default.codec.options == {}
+        text = " ".join((ROOT / doc).read_text(encoding="utf-8").split())
+        assert broadcast in text and uplink in text, doc
     for preset in ("smoke", "paper"):  # the pages say these two keep the dense broadcast
         assert load_config(preset).downlink.name == "identity", preset
 
@@ -179,14 +182,17 @@ def test_the_readme_describes_the_presets_as_the_config_has_them() -> None:
     text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     d = load_config(None)
     m = re.search(
-        r"`make run` fine-tunes MiniLM with LoRA on (\w+) across (\d+) label-skewed clients "
-        r"\(Dirichlet α ([\d.]+), (\d+) per round, (\d+) rounds\)",
+        r"`make run` fine-tunes MiniLM with LoRA on (\w+) across (\d+) IID clients "
+        r"\((\d+) per round, (\d+) rounds of (\d+) local AdamW steps\)\. The classifier head trains in "
+        r"round 1 only",
         text,
     )
     assert m, "the README's make-run sentence changed: update this test with it"
-    assert (d.model.name, d.data.partition) == ("minilm", "dirichlet")
-    assert (m[1], int(m[2]), float(m[3]), int(m[4]), int(m[5])) == (
-        d.data.dataset, d.data.num_clients, d.data.alpha, d.fl.clients_per_round, d.fl.rounds
+    assert (d.model.name, d.data.partition, d.train.optimizer, d.model.head) == (
+        "minilm", "iid", "adamw", "first_round"
+    )  # fmt: skip
+    assert (m[1], int(m[2]), int(m[3]), int(m[4]), int(m[5])) == (
+        d.data.dataset, d.data.num_clients, d.fl.clients_per_round, d.fl.rounds, d.train.max_steps
     )  # fmt: skip
     p = load_config("paper")
     m = re.search(

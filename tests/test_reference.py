@@ -80,3 +80,22 @@ def test_every_recorded_task_has_a_dense_column_and_a_config():
     for t in tasks:
         labels = [c["label"] for c in t["columns"]]
         assert t["dense"] in labels and "fl" in t["config"] and "seed" not in t["config"]["fl"]
+
+
+def test_the_pages_show_the_default_runs_recorded_figures_as_generated():
+    mod = _default_run_script()
+    table = mod.table()
+    for page in mod.PAGES:
+        assert mod.block((ROOT / page).read_text(encoding="utf-8")) == table, (
+            f"{page}: run python docs/results/default_run.py --write"
+        )
+    choices = mod.block((ROOT / mod.CHOICES_PAGE).read_text(encoding="utf-8"), mod.CHOICES)
+    assert choices == mod.choices(), "run python docs/results/default_run.py --write"
+    assert "(default)" in choices
+
+
+def _default_run_script():
+    spec = importlib.util.spec_from_file_location("default_run_script", ROOT / "docs/results/default_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,7 +1,8 @@
 """Run federated LoRA fine-tuning with compressed uplinks and exact byte accounting.
 
-With no CONFIG the embedded default preset runs (MiniLM on rotten_tomatoes, 20 clients, flm_topk). CONFIG is
-a TOML file or a packaged preset name (default, smoke, paper). Override any key with --set, e.g.
+With no CONFIG the embedded default preset runs (MiniLM on rotten_tomatoes, 20 IID clients, the head trained
+in round 1 only, wf_ecq at 2 bits/param both ways). CONFIG is a TOML file or a packaged preset name (default,
+skewed-head, smoke, paper). Override any key with --set, e.g.
   fedsqueeze run smoke --set fl.rounds=3 --set codec.name=topk --set codec.options.density=0.05
 Setting codec.name (or downlink.name) to another codec resets its options to that codec's defaults; the
 codec.options.* given with it apply on top.
