@@ -60,16 +60,22 @@ class Stack:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     break
             time.sleep(0.2)
+        self.node_extra: dict[int, dict[str, str]] = {}
         for p in range(n):
             extra = {"FSQ_TEST_HANG_MARKER": str(hang[p])} if hang and p in hang else {}
             extra.update((node_env or {}).get(p, {}))
-            self.start(f"node{p}", [flower_exe("flower-supernode"), "--insecure",
-                                    "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
-                                    "--node-config", f'partition-id={p} state-dir="{root / f"state{p}"}"'],
-                       extra)  # fmt: skip
+            self.node_extra[p] = extra
+            self.start_node(p)
+
+    def start_node(self, p: int) -> None:
+        """(Re)start the SuperNode of partition ``p`` (state dir ``root/state<p>``, a fresh port)."""
+        self.start(f"node{p}", [flower_exe("flower-supernode"), "--insecure",
+                                "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
+                                "--node-config", f'partition-id={p} state-dir="{self.root / f"state{p}"}"'],
+                   self.node_extra.get(p))  # fmt: skip
 
     def start(self, name: str, cmd: list[str], extra: dict[str, str] | None = None) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115  (a restart appends)
         self.procs[name] = subprocess.Popen(
             cmd,
             env={**self.env, **(extra or {})},
@@ -78,9 +84,10 @@ class Stack:
             start_new_session=True,
         )
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str, *, hard: bool = False) -> None:
+        """Stop ``name``'s process group: SIGTERM, then SIGKILL after 3 s (``hard``: SIGKILL at once)."""
         proc = self.procs[name]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (signal.SIGKILL,) if hard else (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:

@@ -186,7 +186,7 @@ class FederationStrategy(Strategy):
         # what the phases before the rounds tell every client (sent with each train message)
         self.client_config: dict[str, str] = dict(ctx.client_config) if ctx is not None else {}
         self.last_row: dict[str, Any] | None = None
-        self._round: tuple[RoundPlan, dict[int, int], list[dict[str, Any]]] | None = None
+        self._round: tuple[RoundPlan, dict[int, int], list[dict[str, Any]], list[Message]] | None = None
 
     def summary(self) -> None:
         """Log the federation's settings."""
@@ -267,7 +267,7 @@ class FederationStrategy(Strategy):
             conf.update(self.client_config)
             content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: ConfigRecord(conf), DOWN_META_KEY: down})
             msgs.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
-        self._round = (plan, node_of, dropped)
+        self._round = (plan, node_of, dropped, msgs)
         return msgs
 
     def parts(self, server_round: int) -> list[dict[str, Any]]:
@@ -297,11 +297,18 @@ class FederationStrategy(Strategy):
         """
         if self._round is None or self._round[0].round != server_round:
             raise UsageError(f"aggregate_train({server_round}) without configure_train of that round")
-        (plan, node_of, dropped), self._round = self._round, None
+        (plan, node_of, dropped, sent), self._round = self._round, None
         timeout = self.settings.round_timeout
+        # The SuperLink answers for a node it considers gone (NODE_UNAVAILABLE): an error reply from the
+        # SuperLink's own node id, tied to the message by reply_to_message_id (set when the grid pushed it).
+        by_message = {
+            m.metadata.message_id: node_of[m.metadata.dst_node_id] for m in sent if m.metadata.message_id
+        }
         got: dict[int, ClientReply | None] = {}
         for ans in replies:
             sender = node_of.get(ans.metadata.src_node_id)
+            if sender is None and ans.has_error():
+                sender = by_message.get(ans.metadata.reply_to_message_id)
             if sender is None or sender in got:
                 continue
             try:
