@@ -169,9 +169,9 @@ def test_fl_config_validates_the_new_keys() -> None:
 def make_config(**fl) -> RunConfig:
     fl = {"rounds": 3, "clients_per_round": N, "seed": 2, "server_lr": 1.0, "server_momentum": 0.0, **fl}
     return RunConfig(
-        model=ModelConfig(name="toy", lora_r=4),
+        model=ModelConfig(name="toy", lora_r=4, head="train"),  # the head goes up every round (faulted)
         data=DataConfig(num_clients=N),
-        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
+        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8, optimizer="adam", head_lr=None),
         fl=FLConfig(**fl),
         codec=CodecConfig("topk", {"density": 0.25}),
     )

@@ -48,11 +48,17 @@ def test_without_weight_decay_the_two_take_identical_steps():
 
 def test_optimizer_is_a_validated_run_config_key():
     cfg = RunConfig.from_dict({"train": {"optimizer": "adamw"}})
-    assert cfg.train.optimizer == "adamw" and RunConfig.from_dict({}).train.optimizer == "adam"
+    assert cfg.train.optimizer == "adamw"
+    assert RunConfig.from_dict({}).train.optimizer == "adamw"  # the default (the LoRA-carried run)
+    # a config saved before the key existed was made with Adam, its default then
+    assert RunConfig.from_saved({"train": {"lr": 0.01}}).train.optimizer == "adam"
+    assert RunConfig.from_saved({"model": {"name": "toy"}}).model.head == "train"
     with pytest.raises(ConfigError, match="optimizer"):
         RunConfig.from_dict({"train": {"optimizer": "sgd"}})
-    # a recorded config from before the key existed counts as the default, so finished cells stay valid
+    # a recorded config from before the key existed counts as Adam (its default then), so finished cells
+    # made with Adam stay valid and a run with today's AdamW default does not pass for one of them
     saved = RunConfig.from_dict({}).to_dict()
     del saved["train"]["optimizer"]
-    assert RunConfig.from_dict({}).differences(saved) == []
+    adam = RunConfig.from_dict({"train": {"optimizer": "adam"}})
+    assert adam.differences(saved) == []
     assert cfg.differences(saved) == ["train.optimizer"]

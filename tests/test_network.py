@@ -109,9 +109,9 @@ def test_the_round_waits_for_the_slowest_replying_client() -> None:
 # -- a toy run ----------------------------------------------------------------------------------------------
 def _cfg(network: NetworkConfig) -> RunConfig:
     return RunConfig(
-        model=ModelConfig(name="toy"),
+        model=ModelConfig(name="toy", head="train"),  # every download the same size (the head each round)
         data=DataConfig(num_clients=4),
-        train=LocalTrainConfig(lr=0.05, max_steps=2, batch_size=8),
+        train=LocalTrainConfig(lr=0.05, max_steps=2, batch_size=8, optimizer="adam", head_lr=None),
         fl=FLConfig(rounds=3, clients_per_round=2, target_metric=0.5),
         codec=CodecConfig("identity"),
         network=network,

@@ -308,6 +308,7 @@ def test_group_field_gives_a_dirichlet_partition_over_its_values(files):
         prompt_field="question",
         response_field="answer",
         group_field="topic",
+        partition="dirichlet",
         num_clients=2,
         test_examples=4,
         alpha=0.05,

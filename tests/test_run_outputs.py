@@ -32,9 +32,9 @@ TRAFFIC = (
 
 def _summary(tmp_path, codec, options):
     cfg = RunConfig(
-        model=ModelConfig(name="toy"),
+        model=ModelConfig(name="toy", head="train"),  # the head goes up every round (counted below)
         data=DataConfig(num_clients=4),
-        train=LocalTrainConfig(lr=0.05, max_steps=2, batch_size=8),
+        train=LocalTrainConfig(lr=0.05, max_steps=2, batch_size=8, optimizer="adam", head_lr=None),
         fl=FLConfig(rounds=2, clients_per_round=2, target_metric=0.9),
         codec=CodecConfig(codec, options),
     )

@@ -71,18 +71,18 @@ def test_task_extends_an_earlier_task() -> None:
         {
             "name": "toy-adamw",
             "extends": "toy",
-            "set": ["train.optimizer=adamw"],
+            "set": ["train.optimizer=adam"],
             "config": {"data": {"num_clients": 8}},
             "timing": {"eval_s": 2.0},
         }
     )
     grid = study_from_dict(data)
     child = grid.tasks[1]
-    assert child.overrides == ("train.lr=0.01", "train.optimizer=adamw")
+    assert child.overrides == ("train.lr=0.01", "train.optimizer=adam")
     assert child.target == 0.6 and dict(child.timing) == {"step_s": 0.5, "eval_s": 2.0}
     by_id = {c.id: c.config for c in grid.cells()}
     mine, theirs = by_id["toy-adamw/iid/qsgd/seed3"], by_id["toy/iid/qsgd/seed3"]
-    assert mine.train.optimizer == "adamw" and theirs.train.optimizer == "adam"
+    assert mine.train.optimizer == "adam" and theirs.train.optimizer == "adamw"  # adamw: the default
     assert mine.train.lr == theirs.train.lr == 0.01
     assert (mine.data.num_clients, theirs.data.num_clients) == (8, 6)
     assert mine.fl.clients_per_round == theirs.fl.clients_per_round == 2  # the parent's inline config

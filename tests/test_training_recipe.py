@@ -114,7 +114,7 @@ def test_logit_adjustment_damps_a_skewed_clients_pull_on_the_bias():
     counts = torch.bincount(y)
     assert 0.9 < float(counts.max()) / len(y) < 1.0
     lora, head = w.initial_params()
-    cfg = dict(batch_size=16, lr=5e-2, max_steps=20)
+    cfg = dict(batch_size=16, lr=5e-2, max_steps=20, optimizer="adam", head_lr=None)
     _, plain, _ = w.train_client(1, lora, head, LocalTrainConfig(**cfg, logit_adjust=0.0), seed=0)
     _, adj, _ = w.train_client(1, lora, head, LocalTrainConfig(**cfg, logit_adjust=1.0), seed=0)
     top = int(counts.argmax())

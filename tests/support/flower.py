@@ -14,9 +14,9 @@ from fedsqueeze.flower import FlowerSettings
 def make_config(n=4, k=2, rounds=3, downlink=None, codec=None, **fl) -> RunConfig:
     return RunConfig(
         downlink=CodecConfig(*downlink) if downlink else CodecConfig("identity"),
-        model=ModelConfig(name="toy"),
+        model=ModelConfig(name="toy", head="train"),  # the head trains every round, as the tests count
         data=DataConfig(num_clients=n),
-        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8),
+        train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8, optimizer="adam", head_lr=None),
         fl=FLConfig(rounds=rounds, clients_per_round=k, seed=1, **fl),
         codec=CodecConfig(*codec) if codec else CodecConfig("topk", {"density": 0.1}),
     )
