@@ -99,3 +99,47 @@ def _default_run_script():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_a_run_on_a_recorded_task_writes_and_prints_its_reference(tmp_path, monkeypatch, capsys):
+    """End to end through ``fedsqueeze run``: a toy task recorded in a stand-in references file."""
+    import fedsqueeze.fl.loop as loop
+    from fedsqueeze.cli import main as cli_main
+    from fedsqueeze.fl import reference as ref_mod
+    from fedsqueeze.fl.toy import ToyWorkload
+
+    monkeypatch.setattr(loop, "build_workload", lambda config: ToyWorkload(config.data.num_clients))
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text(
+        '[model]\nname = "toy"\n[data]\nnum_clients = 4\n[fl]\nrounds = 2\nclients_per_round = 2\n'
+        '[codec]\nname = "flm_topk"\n',
+        encoding="utf-8",
+    )
+    task = load_config(cfg).to_dict()
+    del task["fl"]["seed"], task["fl"]["target_metric"]
+    column = {"final_metric": {"mean": 0.5, "std": 0.01, "n": 2}, "per_seed": {"0": 0.49, "1": 0.51}}
+    record = {
+        "study": "toy-bench", "task": "toy", "partition": "iid", "command": "fedsqueeze study toy-bench",
+        "machine": None, "metric_name": "accuracy", "dense": "identity", "config": task,
+        "columns": [{"label": "identity", "codec": {"name": "identity", "options": {}},
+                     "downlink": {"name": "identity", "options": {}}, **column,
+                     "uplink_mb": 1.0, "downlink_mb": 1.0, "total_mb": 2.0}],
+    }  # fmt: skip
+    monkeypatch.setattr(ref_mod, "load_references", lambda: (record,))
+    out = tmp_path / "out"
+    assert cli_main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2] == (
+        "recorded on this task (toy-bench toy/iid): dense fp32 0.500 ± 0.010 (2 seeds) at 2.00 MB; "
+        "dense with seed 0: 0.490"
+    )
+    assert printed[-1].startswith("2 rounds, final accuracy")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["reference"]["dense"]["total_mb"] == 2.0 and summary["reference"]["same_config"] is None
+    # another recipe: no reference, and no line
+    assert (
+        cli_main(["run", str(cfg), "--set", "train.lr=0.5", "--out", str(tmp_path / "b"), "--no-progress"])
+        == 0
+    )
+    assert not any(line.startswith("recorded") for line in capsys.readouterr().out.splitlines())
+    assert json.loads((tmp_path / "b" / "summary.json").read_text(encoding="utf-8"))["reference"] is None
