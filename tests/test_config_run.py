@@ -33,6 +33,7 @@ def test_presets_and_study_grids_are_stored_once_as_package_data():
     assert sorted((ROOT / "configs").rglob("*.toml")) == []  # no second copy in the repository root
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert '"configs/*.toml"' in pyproject and '"configs/study/*.toml"' in pyproject
+    assert '"configs/*.json"' in pyproject and (packaged / "references.json").is_file()  # summary's reference
 
 
 def test_presets_load_and_default_is_the_embedded_default():
