@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedsqueeze.cli import main as cli_main
-from fedsqueeze.cli.flower_common import result_line
+from fedsqueeze.fl.console import result_line
 from fedsqueeze.flower.stream import fresh_summary, job_status, shown
 
 GREEN, RESET = "\x1b[92m", "\x1b[0m"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from fedsqueeze.config import load_config
-from fedsqueeze.fl.reference import reference_for
+from fedsqueeze.fl.reference import load_references, reference_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "docs/getting-started.md", "docs/default-run.md")
@@ -37,14 +37,25 @@ def _describe(codec: dict) -> str:
     return f"{name} at {rate:g} bits/param" if rate is not None else name
 
 
+def _label(col: dict) -> str:
+    return f"{_describe(col['codec'])} up, {_describe(col['downlink'])} down"
+
+
+def _paired(col: dict, dense: dict) -> tuple[list[str], float, str]:
+    """The seeds ``col`` shares with ``dense``, its seed-paired mean difference from it in points, and the
+    ``" ± std"`` of those differences (empty for one seed)."""
+    seeds = sorted(set(dense["per_seed"]) & set(col["per_seed"]), key=int)
+    diffs = [100 * (col["per_seed"][s] - dense["per_seed"][s]) for s in seeds]
+    spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+    return seeds, sum(diffs) / len(diffs), spread
+
+
 def table() -> str:
     ref = reference_for(load_config())
     if ref is None or ref["same_config"] is None:
         raise SystemExit("the default config is not a recorded column of a benchmark task (references.json)")
     dense, mine = ref["dense"], ref["same_config"]
-    seeds = sorted(set(dense["per_seed"]) & set(mine["per_seed"]), key=int)
-    diffs = [100 * (mine["per_seed"][s] - dense["per_seed"][s]) for s in seeds]
-    spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+    seeds, mean, spread = _paired(mine, dense)
 
     def row(label: str, col: dict) -> str:
         m = col["final_metric"]
@@ -54,24 +65,19 @@ def table() -> str:
             f"{col['downlink_mb']:.2f} MB | {col['total_mb']:.2f} MB | {ratio:.1f}× |"
         )
 
-    up, down = _describe(mine["codec"]), _describe(mine["downlink"])
     return "\n".join(
         [
             f"| run ({ref['task']}, {ref['partition']}) | final {ref['metric_name']}, mean ± std over "
             f"{len(seeds)} seeds | uplink | downlink | total | less than dense fp32 |",
             "|---|---|---|---|---|---|",
-            row(f"`make run`: {up} up, {down} down", mine),
+            row(f"`make run`: {_label(mine)}", mine),
             row("dense fp32 both ways", dense),
             "",
-            f"Seed-paired, the default run ends {sum(diffs) / len(diffs):+.1f}{spread} points from dense fp32 "
+            f"Seed-paired, the default run ends {mean:+.1f}{spread} points from dense fp32 "
             f"(seeds {', '.join(seeds)}). Recorded on a 2-core CPU by `{ref['command']}` "
             f"(`python docs/results/default_run.py --write` rewrites this table).",
         ]
     )
-
-
-def _label(col: dict) -> str:
-    return f"{_describe(col['codec'])} up, {_describe(col['downlink'])} down"
 
 
 def choices() -> str:
@@ -87,25 +93,21 @@ def choices() -> str:
     ]
     cols = sorted(ref_columns(ref), key=lambda c: c["total_mb"])
     for col in cols:
-        seeds = sorted(set(dense["per_seed"]) & set(col["per_seed"]), key=int)
-        diffs = [100 * (col["per_seed"][s] - dense["per_seed"][s]) for s in seeds]
-        mean = sum(diffs) / len(diffs)
-        spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+        seeds, mean, spread = _paired(col, dense)
         m = col["final_metric"]
         std = f" ± {m['std']:.3f}" if m["n"] > 1 else ""
         near = "yes" if mean >= -1.0 else "no"
-        default = " (default)" if col is ref["same_config"] or col == ref["same_config"] else ""
+        default = " (default)" if col == ref["same_config"] else ""
         lines.append(
             f"| `{col['label']}`{default} | {_label(col)} | {len(seeds)} | {m['mean']:.3f}{std} | "
-            f"{mean:+.1f}{spread} | {col['total_mb']:.2f} | {dense['total_mb'] / col['total_mb']:.1f}× | {near} |"
+            f"{mean:+.1f}{spread} | {col['total_mb']:.2f} | {dense['total_mb'] / col['total_mb']:.1f}× "
+            f"| {near} |"
         )
     return "\n".join(lines)
 
 
 def ref_columns(ref: dict) -> list[dict]:
     """The columns of the default's recorded task (from the packaged references)."""
-    from fedsqueeze.fl.reference import load_references
-
     task = next(t for t in load_references() if (t["study"], t["task"]) == (ref["study"], ref["task"]))
     return list(task["columns"])
 

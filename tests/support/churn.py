@@ -193,6 +193,13 @@ def _logfile(path: Path) -> Any:
     return open(path, "wb")
 
 
+def _flwr_run(stack: Stack, settings: FlowerSettings, log: Path) -> subprocess.Popen:
+    """``flwr run`` of the job (``settings.resume`` for the restart), its output into ``log``."""
+    return subprocess.Popen(
+        stack.flwr_command(settings), env=stack.env, stdout=_logfile(log), stderr=subprocess.STDOUT
+    )
+
+
 def _link_pids(stack: Stack) -> list[int]:
     """The SuperLink's SuperExec and the ServerApp processes it runs (their own process groups): the
     processes whose command line names the SuperLink's address."""
@@ -252,12 +259,7 @@ def run_deployment(
     cli: subprocess.Popen | None = None
     try:
         t_up = time.monotonic()
-        cli = subprocess.Popen(
-            stack.flwr_command(settings),
-            env=stack.env,
-            stdout=_logfile(root / "flwr-run-1.log"),
-            stderr=subprocess.STDOUT,
-        )
+        cli = _flwr_run(stack, settings, root / "flwr-run-1.log")
         resumed = False
         last_rows = -1
         while True:
@@ -324,12 +326,7 @@ def run_deployment(
                 cli.wait()
                 server_kill["rows_after"] = len(_rows(out))
                 settings = dataclasses.replace(settings, resume=True)
-                cli = subprocess.Popen(
-                    stack.flwr_command(settings),
-                    env=stack.env,
-                    stdout=_logfile(root / "flwr-run-2.log"),
-                    stderr=subprocess.STDOUT,
-                )
+                cli = _flwr_run(stack, settings, root / "flwr-run-2.log")
                 resumed = True
                 started_at = {r: t for r, t in started_at.items() if r < cur}
                 last_rows = -1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..flower.settings import DEFAULT_ROUND_TIMEOUT, FlowerSettings, check_job_out_dir, default_out_dir
 from ..out_paths import check_out_dir
@@ -14,7 +14,7 @@ from .run import add_config_arguments
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["RUN_FILES", "add_job_arguments", "refuse_existing_run", "result_line", "settings_from_args"]
+__all__ = ["RUN_FILES", "add_job_arguments", "refuse_existing_run", "settings_from_args"]
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoint")  # what marks a folder as holding a run
 
@@ -84,21 +84,3 @@ def refuse_existing_run(out: Path, resume: bool = False) -> None:
     """As ``fedsqueeze run``: refuse ``--resume`` without ``out``, and an ``out`` that already holds a run
     (any of :data:`RUN_FILES`) without ``--resume`` (it would silently replace the earlier results)."""
     check_job_out_dir(out, resume, RUN_FILES)
-
-
-def result_line(summary: dict[str, Any], *, engine: str, elapsed_s: float) -> str:
-    """The last line of a Flower job: ``fedsqueeze run``'s (:func:`~fedsqueeze.fl.console.final_line`),
-    plus the health warnings the job finished with; like ``fedsqueeze run``, preceded by the recorded
-    benchmark task the job's config runs, if any (:func:`~fedsqueeze.fl.reference.reference_line`)."""
-    from ..fl.console import final_line
-    from ..fl.health import describe
-    from ..fl.reference import reference_line
-
-    warned = describe(summary.get("warnings") or [])
-    line = final_line(summary, engine=engine, elapsed_s=elapsed_s)
-    recorded = reference_line(summary)
-    return (
-        (f"{recorded}\n" if recorded else "")
-        + line
-        + (f"; finished with {warned} (see summary.json)" if warned else "")
-    )

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .flower_common import add_job_arguments, result_line, settings_from_args
+from .flower_common import add_job_arguments, settings_from_args
 
 __all__ = ["add_arguments", "main"]
 
@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..fl.console import result_line
     from ..flower.binding import read_partition_map
     from ..flower.deploy import child_env, flower_exe, write_app, write_connection
     from ..flower.stream import follow, fresh_summary, job_status

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from .flower_common import add_job_arguments, refuse_existing_run, result_line, settings_from_args
+from .flower_common import add_job_arguments, refuse_existing_run, settings_from_args
 
 __all__ = ["add_arguments", "main"]
 
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..fl.console import result_line
     from ..flower.deploy import RUN_CONFIG_ENV, child_env
 
     t0 = time.perf_counter()

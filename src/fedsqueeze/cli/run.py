@@ -67,10 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..fl.console import final_line
-    from ..fl.health import describe
+    from ..fl.console import result_line
     from ..fl.loop import default_out_dir, run
-    from ..fl.reference import reference_line
     from ..out_paths import check_out_dir
 
     config = _resume_config(args) or load_config(args.config, args.overrides)
@@ -100,10 +98,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"fedsqueeze run: {interrupted_hint(args, out)}", file=sys.stderr)
         return 130
-    warned = describe(summary["warnings"])
-    if (recorded := reference_line(summary)) is not None:
-        print(recorded)
-    print(final_line(summary) + (f"; finished with {warned} (see summary.json)" if warned else ""))
+    print(result_line(summary))
     return 0
 
 

@@ -1,8 +1,9 @@
 """How numbers read on the console: metrics, sizes, durations, and the per-round and final lines of a run.
 
-``fedsqueeze run`` and ``fedsqueeze flower simulate`` print the same lines through :func:`round_line` and
-:func:`final_line`. Metrics show 4 significant digits, sizes 3 in decimal units chosen by size (B, kB, MB,
-GB), durations in s / min / h; counts agree with their noun ("1 round", "3 rounds").
+``fedsqueeze run`` and the ``fedsqueeze flower`` commands print the same lines through :func:`round_line`
+and :func:`result_line` (:func:`final_line` with what goes around it). Metrics show 4 significant digits,
+sizes 3 in decimal units chosen by size (B, kB, MB, GB), durations in s / min / h; counts agree with their
+noun ("1 round", "3 rounds").
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["duration", "final_line", "metric", "plural", "round_line", "size"]
+__all__ = ["duration", "final_line", "metric", "plural", "result_line", "round_line", "size"]
 
 
 def metric(value: float | None, digits: int = 4) -> str:
@@ -97,3 +98,19 @@ def final_line(summary: Mapping[str, Any], *, engine: str = "", elapsed_s: float
     else:
         parts.append(duration(summary.get("wall_s", 0.0)))
     return ", ".join(parts) + f" -> {summary.get('out_dir', '')}"
+
+
+def result_line(summary: Mapping[str, Any], *, engine: str = "", elapsed_s: float | None = None) -> str:
+    """What a finished run prints: :func:`final_line` plus the health warnings it finished with, preceded by a
+    line on the recorded benchmark task its config runs, if any (:func:`~.reference.reference_line`)."""
+    from .health import describe
+    from .reference import reference_line
+
+    warned = describe(summary.get("warnings") or [])
+    line = final_line(summary, engine=engine, elapsed_s=elapsed_s)
+    recorded = reference_line(summary)
+    return (
+        (f"{recorded}\n" if recorded else "")
+        + line
+        + (f"; finished with {warned} (see summary.json)" if warned else "")
+    )
