@@ -9,6 +9,8 @@ from ..errors import ConfigError
 from .fields import POSITIVE, Range, setting, validate
 from .sections import register_section
 
+CATCH_UP = ("frames", "reencode")  # fl.downlink_catch_up; fedsqueeze.fl.server.Downlink implements them
+
 __all__ = ["FLConfig"]
 
 
@@ -59,6 +61,12 @@ class FLConfig:
         With a compressed downlink: how many rounds of broadcast frames the server keeps so that a client
         that missed rounds can catch up frame by frame. A client whose copy is older (or lost) gets one
         dense resync instead. Server memory grows with this window, not with the number of clients.
+    downlink_catch_up
+        With a compressed downlink, how a client that missed rounds catches up: ``"frames"``, every frame it
+        missed (it ends exactly on the broadcast state), or ``"reencode"``, one frame that codes the
+        difference between the broadcast state and its copy (it ends near it, and the error is carried into
+        its next catch-up). ``"reencode"`` sends one frame per sampled client instead of one per missed
+        round, and keeps a copy of the LoRA per client on the server.
     """
 
     rounds: int = setting(12, range=Range(1))
@@ -76,6 +84,7 @@ class FLConfig:
     aggregation_memory_mb: float = setting(8192.0, range=POSITIVE)
     decode_workers: int = setting(1, range=Range(1))
     downlink_window: int = setting(32, range=Range(1))
+    downlink_catch_up: str = setting("frames", choices=CATCH_UP)
 
     def __post_init__(self) -> None:
         validate(self, "fl")

@@ -67,6 +67,9 @@ class RoundPlan:
     references
         Per client, the reference a predictive uplink codec codes its update against (the decoded last
         broadcast delta frame it received), or ``None``.
+    starts
+        Per client whose start is not ``lora`` (a re-encoded catch-up frame, ``fl.downlink_catch_up``), the
+        LoRA it starts from; :meth:`lora_of` gives any client's.
     """
 
     round: int
@@ -78,6 +81,11 @@ class RoundPlan:
     downlink_seed: int
     train_head: bool = True
     references: dict[int, torch.Tensor | None] = dataclasses.field(default_factory=dict)
+    starts: dict[int, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+    def lora_of(self, client: int) -> dict[str, torch.Tensor]:
+        """The LoRA ``client`` starts from this round (decoded from the bytes it was charged)."""
+        return self.starts.get(client, self.lora)
 
     def train_seed(self, client: int) -> int:
         """The seed of ``client``'s local training this round."""
@@ -144,6 +152,7 @@ class Federation:
             self.n,
             self.head,
             window=config.fl.downlink_window,
+            catch_up=config.fl.downlink_catch_up,
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []
@@ -170,7 +179,8 @@ class Federation:
         dseed = derive_seed(seed, r, -1, "downlink")
         lora0, head0, down = self.downlink.broadcast(r, self.lora, self.head, clients, seed=dseed)
         refs = {c: self.downlink.reference(c) for c in clients}
-        return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r), refs)
+        starts = {c: s for c in clients if (s := self.downlink.start(c)) is not None}
+        return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r), refs, starts)
 
     def trains_head(self, r: int) -> bool:
         """Whether round ``r``'s clients train the head (see :func:`trains_head`)."""

@@ -108,7 +108,7 @@ class _Federation(Federation):
         for i, c in enumerate(plan.clients, 1):
             tc = time.perf_counter()
             rep = client_step(
-                self.workload, c, plan.lora, plan.head, self.config.train, self.efs[c],
+                self.workload, c, plan.lora_of(c), plan.head, self.config.train, self.efs[c],
                 train_seed=plan.train_seed(c), encode_seed=plan.encode_seed(c), train_head=plan.train_head,
                 reference=plan.references.get(c),
             )  # fmt: skip

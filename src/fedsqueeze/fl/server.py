@@ -17,6 +17,13 @@ any other codec: the FLASC protocol (sparse download of the global delta)
     missing rounds downloads all the delta frames it missed, or the dense fp32 ``θ̃`` when that is smaller:
     both give it exactly ``θ̃``, and it is charged the smaller.
 
+    With ``catch_up="reencode"`` (``fl.downlink_catch_up``) a client that missed rounds gets *one* frame
+    instead: the server codes ``θ̃ − (the copy the client holds)`` with the downlink codec, once per stale
+    client. The client then holds an approximation of ``θ̃`` of its own, which the server mirrors; its
+    coding error is carried into the client's next catch-up frame (error feedback per client), so it never
+    accumulates. A client that holds exactly the previous round's ``θ̃`` gets the round's shared frame, as
+    with ``"frames"``.
+
 The head (the trainable tensors outside LoRA) is downloaded densely, and only by a client whose copy is
 stale: every client holds the seeded initial head, so a fixed head (``model.head = "frozen"``) is never
 downloaded and one trained in round 1 only is downloaded once per client.
@@ -33,12 +40,15 @@ import torch
 
 from ..aggregation import weighted_mean  # re-exported: FedAvg lives with the other aggregation rules
 from ..codecs import Codec, decode_flat
+from ..config.fl import CATCH_UP  # fl.downlink_catch_up: how a client that missed rounds catches up
 from ..errors import ConfigError
+from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from ..wire.frame import HEADER_SIZE
 from .client import encode_dense
 
 __all__ = [
+    "CATCH_UP",
     "Delivery",
     "Downlink",
     "apply_update",
@@ -91,12 +101,16 @@ class Delivery:
         The identity frame of the whole broadcast LoRA state, or ``None`` when ``frames`` are sent.
     head
         The head's identity frame, or ``None`` when the client's head is current.
+    sha256
+        :func:`state_sha256` of the state the client rebuilds when it is not the broadcast state ``θ̃``
+        (a re-encoded catch-up frame), else ``None``.
     """
 
     since: int
     frames: list[bytes] | None
     dense: bytes | None
     head: bytes | None
+    sha256: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -127,9 +141,14 @@ class Downlink:
         The initial head (``None``: zeros), which every client holds before round 1.
     window
         Rounds of delta frames kept for catch-up; a client whose copy is older is resynced densely.
+    catch_up
+        ``"frames"``: a client that missed rounds downloads every frame it missed. ``"reencode"``: one frame
+        coding the difference between ``θ̃`` and its copy (see the module docstring).
 
     Memory: the broadcast state ``θ̃`` (``d`` floats), the last ``window`` frames, the head and two ints
-    per client (per client served, with ``num_clients=None``); never a ``d``-sized copy per client.
+    per client (per client served, with ``num_clients=None``). With ``catch_up="reencode"`` also the copy
+    of each client whose copy is not a broadcast state (after a re-encoded frame): up to ``d`` floats per
+    client, while the clients whose copy is ``θ̃`` of some round share that round's tensor.
     """
 
     def __init__(
@@ -142,9 +161,12 @@ class Downlink:
         head: Mapping[str, torch.Tensor] | None = None,
         *,
         window: int = 32,
+        catch_up: str = "frames",
     ) -> None:
         if window < 1:
             raise ConfigError(f"the downlink window must be >= 1 round, got {window}")
+        if catch_up not in CATCH_UP:
+            raise ConfigError(f"the downlink catch-up is one of {', '.join(CATCH_UP)}, got {catch_up!r}")
         head = head if head is not None else {n: torch.zeros(s) for n, s in head_spec.entries}
         self.codec = None if codec is None or codec.name == "identity" else codec
         self.lora_spec, self.head_spec, self.window = lora_spec, head_spec, int(window)
@@ -162,6 +184,15 @@ class Downlink:
         self.last_step: torch.Tensor | None = None  # the last broadcast delta frame, decoded
         # ‖δ‖ and ‖δ − decode(frame)‖ of the last broadcast: how far the clients' θ̃ is from θ_global
         self.last_norms: tuple[float, float] | None = None
+        # catch_up="reencode": the copy each client holds (None: none, resync densely). A client whose copy
+        # is θ̃ of some round refers to that round's tensor (θ̃ is replaced, never changed in place).
+        self.reencode = catch_up == "reencode"
+        self.copies: list[torch.Tensor | None] | dict[int, torch.Tensor | None] = (
+            {} if num_clients is None else [self.held] * num_clients
+        )
+        self.starts: dict[int, torch.Tensor] = {}  # last broadcast: a client's own start (not θ̃)
+        self.steps: dict[int, torch.Tensor] = {}  # last broadcast: its re-encoded frame, decoded
+        self.start_lags: list[float] = []  # last broadcast: ‖θ̃ − start‖ of each re-encoded client
 
     @property
     def protocol(self) -> str:
@@ -176,6 +207,7 @@ class Downlink:
         """``client`` no longer holds a usable copy (restart, new machine, a bad frame): resync it densely."""
         self.last_sync[client] = -1
         self.head_held[client] = -1
+        self.copies[client] = None
 
     def catch_up(self, client: int, server_round: int) -> list[bytes] | None:
         """The frames that bring ``client``'s copy to round ``server_round``'s ``θ̃`` (after
@@ -222,6 +254,8 @@ class Downlink:
         delta = self.lora_spec.flatten(lora) - self.held
         frame = b""
         self.last_step = None
+        previous = self.held
+        self.starts, self.steps, self.start_lags = {}, {}, []
         if self.lora_spec.numel:
             frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
             self.last_step = decode_flat(frame, self.lora_spec)
@@ -233,7 +267,11 @@ class Downlink:
         self.frames.pop(server_round - self.window, None)  # bounded: the last `window` rounds only
         cost, dense = {}, None
         for c in clients:
-            frames = self.catch_up(c, server_round)
+            own: torch.Tensor | None = None  # the client's own start (a re-encoded catch-up), else θ̃
+            if self.reencode:
+                frames, own = self._reencoded(c, server_round, previous, seed)
+            else:
+                frames = self.catch_up(c, server_round)
             if frames is not None:
                 lora_cost = sum(map(len, frames))
             else:
@@ -242,10 +280,52 @@ class Downlink:
                 lora_cost = len(dense)
             cost[c] = lora_cost + head_cost[c]
             head_part, dense_part = head_frame if head_sent[c] else None, dense if frames is None else None
-            self.deliveries[c] = Delivery(self.last_sync[c], frames, dense_part, head_part)
+            sha = None if own is None else state_sha256(own)
+            self.deliveries[c] = Delivery(self.last_sync[c], frames, dense_part, head_part, sha)
             self.last_sync[c] = server_round
+            if self.reencode:
+                self.copies[c] = self.held if own is None else own
         lora_out = {k: v.clone() for k, v in self.lora_spec.unflatten(self.held.clone()).items()}
         return lora_out, head_out, cost
+
+    def _copy(self, client: int) -> torch.Tensor | None:
+        copies = self.copies
+        if isinstance(copies, dict):
+            return copies.get(client)
+        return copies[client]
+
+    def _reencoded(
+        self, client: int, server_round: int, previous: torch.Tensor, seed: int
+    ) -> tuple[list[bytes] | None, torch.Tensor | None]:
+        """``catch_up="reencode"``: the frames for ``client`` and the start it rebuilds (``None``: ``θ̃``).
+
+        A client holding the previous round's ``θ̃`` gets the round's shared frame; any other copy gets one
+        frame coding ``θ̃ − copy`` (seeded per client); a lost copy, or a frame larger than the dense state,
+        gets ``(None, None)``: the dense ``θ̃``."""
+        base = self._copy(client)
+        if base is None:
+            return None, None
+        if base is previous:  # exactly last round's θ̃: the round's frame (shared by all such clients)
+            frame = self.frames[server_round]
+            return ([frame] if frame else []), None
+        if base is self.held:
+            return [], None
+        assert self.codec is not None, "re-encoded catch-up needs the downlink codec"
+        own_seed = derive_seed(seed, server_round, client, "catch-up")
+        frame = self.codec.encode_with_spec(self.held - base, self.lora_spec, seed=own_seed)
+        if len(frame) > self.dense_lora_bytes:
+            return None, None
+        step = decode_flat(frame, self.lora_spec)
+        own = base + step
+        self.starts[client], self.steps[client] = own, step
+        self.start_lags.append(float((self.held.to(torch.float64) - own.to(torch.float64)).norm()))
+        return [frame], own
+
+    def start(self, client: int) -> dict[str, torch.Tensor] | None:
+        """The LoRA ``client`` starts from after the last :meth:`broadcast` when it is not ``θ̃`` (a
+        re-encoded catch-up frame), else ``None``."""
+        own = self.starts.get(client)
+        return None if own is None else {k: v.clone() for k, v in self.lora_spec.unflatten(own).items()}
 
     def row_columns(self) -> dict[str, Any]:
         """The last broadcast's diagnostics for the metrics row (``None`` with the dense protocol).
@@ -253,10 +333,22 @@ class Downlink:
         ``downlink_delta_norm`` is ``‖δ‖ = ‖θ_global − θ̃‖`` before the frame (this round's step plus what
         earlier frames left out), ``downlink_lag_norm`` the distance ``‖θ_global − θ̃‖`` the sampled clients
         start from after it, ``downlink_rel_error`` their ratio squared, and ``downlink_frames`` the
-        number of delta frames in each sampled client's delivery (``-1``: the dense state).
+        number of delta frames in each sampled client's delivery (``-1``: the dense state). With
+        ``catch_up="reencode"``, ``downlink_reencoded`` counts the sampled clients that got a re-encoded
+        catch-up frame and ``downlink_start_lag`` is their mean ``‖θ̃ − start‖`` (``None``: none).
         """
         delta, lag = self.last_norms if self.codec is not None and self.last_norms else (None, None)
+        lags = self.start_lags
+        extra = (
+            {
+                "downlink_reencoded": len(lags),
+                "downlink_start_lag": sum(lags) / len(lags) if lags else None,
+            }
+            if self.reencode and self.codec is not None
+            else {}
+        )
         return {
+            **extra,
             "downlink_delta_norm": delta,
             "downlink_lag_norm": lag,
             "downlink_rel_error": None if delta is None or lag is None or delta == 0 else (lag / delta) ** 2,
@@ -272,7 +364,7 @@ class Downlink:
         d = self.deliveries.get(client)
         if d is None or not d.frames or self.last_step is None:
             return None
-        return self.last_step
+        return self.steps.get(client, self.last_step)
 
     @staticmethod
     def _decode(frame: bytes, spec: UpdateSpec) -> dict[str, torch.Tensor]:
@@ -289,7 +381,35 @@ class Downlink:
             "head_version": self.head_version,
             "head_last": self.head_last.clone(),
             "head_held": _table(self.head_held),
+            **({"copies": self._copies_state()} if self.reencode else {}),
         }
+
+    def _copies_state(self) -> dict[str, Any]:
+        """The clients' copies, each distinct tensor once (``index``: per client, ``-1`` for none)."""
+        tensors: list[torch.Tensor] = []
+        seen: dict[int, int] = {}
+        items = self.copies.items() if isinstance(self.copies, dict) else enumerate(self.copies)
+        index: dict[int, int] = {}
+        for c, t in items:
+            if t is None:
+                index[c] = -1
+                continue
+            if id(t) not in seen:
+                seen[id(t)] = len(tensors)
+                tensors.append(t.clone())
+            index[c] = seen[id(t)]
+        table = index if isinstance(self.copies, dict) else [index[c] for c in range(len(self.copies))]
+        return {"tensors": tensors, "index": table, "held": seen.get(id(self.held), -1)}
+
+    def _load_copies(self, state: Mapping[str, Any]) -> None:
+        tensors = [t.clone() for t in state["tensors"]]
+        if 0 <= int(state["held"]) < len(tensors):
+            tensors[int(state["held"])] = self.held  # the clients holding θ̃ refer to θ̃ itself again
+        index = state["index"]
+        if isinstance(index, Mapping):
+            self.copies = {int(c): (None if int(k) < 0 else tensors[int(k)]) for c, k in index.items()}
+        else:
+            self.copies = [None if int(k) < 0 else tensors[int(k)] for k in index]
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.held = state["held"].clone()
@@ -301,6 +421,13 @@ class Downlink:
             self.head_last = state["head_last"].clone()
         if self.codec is not None and state.get("codec_state") is not None:
             self.codec.load_state_dict(state["codec_state"])
+        if self.reencode:
+            if "copies" not in state:
+                raise ConfigError(
+                    "the checkpoint was written with fl.downlink_catch_up = 'frames'; resume it with that "
+                    "setting"
+                )
+            self._load_copies(state["copies"])
 
 
 def check_uplink(codec: Codec, spec: UpdateSpec) -> None:

@@ -255,7 +255,9 @@ class FederationStrategy(Strategy):
                 dropped.append({"client": c, "reason": "no SuperNode serves this partition"})
                 continue
             node_of[node] = c
-            arrays, down = pack_delivery(downlink.deliveries[c], self.layout, common, {}, array_of)
+            delivery = downlink.deliveries[c]
+            own = {} if delivery.sha256 is None else {"sha256": delivery.sha256}  # a re-encoded catch-up
+            arrays, down = pack_delivery(delivery, self.layout, {**common, **own}, {}, array_of)
             conf: dict[str, ConfigRecordValues] = {
                 "server-round": r,
                 "client": c,
