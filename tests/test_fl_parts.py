@@ -167,6 +167,8 @@ def test_flasc_downlink_reports_how_far_the_clients_start_from_the_global_state(
         "downlink_lag_norm": None,
         "downlink_rel_error": None,
         "downlink_frames": {"2": -1},
+        "downlink_reencoded": None,
+        "downlink_start_lag": None,
     }
 
 

@@ -335,20 +335,14 @@ class Downlink:
         start from after it, ``downlink_rel_error`` their ratio squared, and ``downlink_frames`` the
         number of delta frames in each sampled client's delivery (``-1``: the dense state). With
         ``catch_up="reencode"``, ``downlink_reencoded`` counts the sampled clients that got a re-encoded
-        catch-up frame and ``downlink_start_lag`` is their mean ``‖θ̃ − start‖`` (``None``: none).
+        catch-up frame (``None`` in the other modes) and ``downlink_start_lag`` is their mean
+        ``‖θ̃ − start‖`` (``None`` when there were none).
         """
         delta, lag = self.last_norms if self.codec is not None and self.last_norms else (None, None)
-        lags = self.start_lags
-        extra = (
-            {
-                "downlink_reencoded": len(lags),
-                "downlink_start_lag": sum(lags) / len(lags) if lags else None,
-            }
-            if self.reencode and self.codec is not None
-            else {}
-        )
+        lags, reencoding = self.start_lags, self.reencode and self.codec is not None
         return {
-            **extra,
+            "downlink_reencoded": len(lags) if reencoding else None,
+            "downlink_start_lag": sum(lags) / len(lags) if lags else None,
             "downlink_delta_norm": delta,
             "downlink_lag_norm": lag,
             "downlink_rel_error": None if delta is None or lag is None or delta == 0 else (lag / delta) ** 2,
