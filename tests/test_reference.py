@@ -64,6 +64,25 @@ def test_a_run_on_another_task_or_recipe_gets_no_reference():
     assert other is not None and other["same_config"] is None  # topk at its defaults: never recorded
 
 
+def test_the_catch_up_is_part_of_a_columns_protocol():
+    """A run with re-encoded catch-up gets the task's record, and only a column recorded with it."""
+    task = next(t for t in load_references() if t["task"] == "minilm-rt-lora-adamw")
+    assert task["config"]["fl"]["downlink_catch_up"] == "frames"
+    plain = reference_for(load_config())
+    assert plain is not None and "changes" not in plain["same_config"]
+    ref = reference_for(load_config(None, ["fl.downlink_catch_up=reencode"]))
+    assert ref is not None and ref["dense"]["label"] == "identity"
+    same = ref["same_config"]
+    recorded = [
+        c for c in task["columns"] if c.get("changes") == {"fl.downlink_catch_up": "reencode"}
+        and c["codec"] == plain["same_config"]["codec"] and c["downlink"] == plain["same_config"]["downlink"]
+    ]  # fmt: skip
+    assert same == (recorded[0] if recorded else None)
+    # a column with another recipe (FFA-LoRA) is recorded with its changes and never matches the task's runs
+    ffa = [c for c in task["columns"] if c["label"] == "identity-ffa"]
+    assert ffa and ffa[0]["changes"] == {"model.lora_train": "b"}
+
+
 def test_the_reference_line_names_the_task_the_dense_result_and_the_seed():
     ref = reference_for(load_config())
     line = reference_line({"reference": ref, "seed": 0})

@@ -37,8 +37,24 @@ def _describe(codec: dict) -> str:
     return f"{name} at {rate:g} bits/param" if rate is not None else name
 
 
+# How a column's recipe changes read (``changes`` in references.json); anything else reads ``key = value``.
+CHANGES = {
+    ("fl.downlink_catch_up", "reencode"): "one re-encoded catch-up frame",
+    ("model.lora_train", "b"): "FFA-LoRA (A frozen, only B trained and sent)",
+}
+
+
+def _changes(changes: dict) -> list[str]:
+    rest = dict(changes)
+    out = [CHANGES[k, rest.pop(k)] for k, v in changes.items() if (k, v) in CHANGES]
+    if "fl.rounds" in rest and "train.max_steps" in rest:
+        out.append(f"{rest.pop('fl.rounds')} rounds × {rest.pop('train.max_steps')} local steps")
+    return out + [f"{k} = {v}" for k, v in rest.items()]
+
+
 def _label(col: dict) -> str:
-    return f"{_describe(col['codec'])} up, {_describe(col['downlink'])} down"
+    extra = "".join(f"; {c}" for c in _changes(col.get("changes", {})))
+    return f"{_describe(col['codec'])} up, {_describe(col['downlink'])} down{extra}"
 
 
 def _paired(col: dict, dense: dict) -> tuple[list[str], float, str]:

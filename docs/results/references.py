@@ -46,12 +46,22 @@ def _mean(stat: dict | None) -> float | None:
 
 
 def _task_config(cfg: dict, *, codecs: bool = True) -> dict:
-    """A cell's config without the keys a compared run may change (and without the codecs if not ``codecs``)."""
+    """A cell's config without the keys a compared run may change (without the codecs if not ``codecs``)."""
     drop = {**STRIP, **({} if codecs else {"codec": None, "downlink": None})}
     return {
         s: {k: v for k, v in t.items() if k not in (drop.get(s) or ())}
         for s, t in cfg.items()
         if not (s in drop and drop[s] is None)
+    }
+
+
+def _changes(task: dict, cell: dict) -> dict:
+    """``section.key -> value`` of ``cell`` wherever it differs from ``task``."""
+    return {
+        f"{s}.{k}": v
+        for s in sorted(set(task) | set(cell))
+        for k, v in sorted((cell.get(s) or {}).items())
+        if (task.get(s) or {}).get(k) != v
     }
 
 
@@ -84,14 +94,16 @@ def task_record(study: str, task: str, partition: str, dense: str, command: str,
     if config is None:
         raise SystemExit(f"{study} {task}/{partition}: no finished cell of the dense column {dense!r}")
     for col, cfg in cells:
-        if _task_config(cfg, codecs=False) != _task_config(config, codecs=False):
-            continue  # another recipe (e.g. FFA-LoRA's model.lora_train): not a codec column of this task
+        # keys outside the codecs where this column's recipe differs from the task's (e.g. the downlink's
+        # catch-up, FFA-LoRA's model.lora_train, a schedule): empty for the task's own codec columns
+        changes = _changes(_task_config(config, codecs=False), _task_config(cfg, codecs=False))
         stat = col["final_metric"]
         columns.append(
             {
                 "label": col["codec"],
                 "codec": cfg["codec"],
                 "downlink": cfg["downlink"],
+                **({"changes": changes} if changes else {}),
                 "final_metric": {"mean": stat["mean"], "std": stat["std"], "n": stat["n"]},
                 "per_seed": {s: v["final"] for s, v in sorted(col["per_seed"].items())},
                 "uplink_mb": _mean(col["uplink_mb"]),

@@ -23,8 +23,18 @@ __all__ = ["FREE_KEYS", "load_references", "reference_for", "reference_line"]
 
 #: Keys a run may differ in from a recorded task and still be compared with it.
 FREE_KEYS = frozenset(
-    {"codec.name", "codec.options", "downlink.name", "downlink.options", "fl.seed", "fl.target_metric"}
+    {
+        "codec.name",
+        "codec.options",
+        "downlink.name",
+        "downlink.options",
+        "fl.downlink_catch_up",  # part of the downlink protocol: a column records it in its changes
+        "fl.seed",
+        "fl.target_metric",
+    }
 )
+#: Of those, the keys a recorded column may set apart from its task's value (its ``changes``).
+PROTOCOL_KEYS = ("fl.downlink_catch_up",)
 
 
 @cache
@@ -32,6 +42,11 @@ def load_references() -> tuple[dict[str, Any], ...]:
     """The recorded benchmark tasks of the packaged ``configs/references.json``."""
     text = (resources.files("fedsqueeze") / "configs" / "references.json").read_text(encoding="utf-8")
     return tuple(json.loads(text)["tasks"])
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return config[section][key]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -51,12 +66,20 @@ def reference_for(config: RunConfig) -> dict[str, Any] | None:
     """
     now = config.to_dict()
     for task in load_references():
-        if not set(config.differences(task["config"], except_rounds=False)) <= FREE_KEYS:
+        differs = set(config.differences(task["config"], except_rounds=False))
+        if not differs <= FREE_KEYS:
             continue
+        protocol = {k: _get(now, k) for k in PROTOCOL_KEYS if k in differs}
         columns = task["columns"]
         dense = next(c for c in columns if c["label"] == task["dense"])
         same = next(
-            (c for c in columns if _same(c["codec"], now["codec"]) and _same(c["downlink"], now["downlink"])),
+            (
+                c
+                for c in columns
+                if _same(c["codec"], now["codec"])
+                and _same(c["downlink"], now["downlink"])
+                and _same(c.get("changes", {}), protocol)
+            ),
             None,
         )
         meta = {k: task[k] for k in ("study", "task", "partition", "command", "machine", "metric_name")}
