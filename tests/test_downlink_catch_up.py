@@ -72,6 +72,7 @@ def test_a_stale_client_gets_one_frame_and_an_in_sync_one_the_shared_frame():
     assert d[1].frames is not None and len(d[1].frames) == 1 and d[1].frames[0] != dl.frames[5]
     cols = dl.row_columns()
     assert cols["downlink_reencoded"] == 1 and cols["downlink_start_lag"] > 0
+    assert dl.protocol == "flasc:topk+reencode" and _downlink("frames").protocol == "flasc:topk"
 
 
 def test_the_coding_error_goes_into_the_next_catch_up_frame():

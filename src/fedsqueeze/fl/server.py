@@ -196,7 +196,9 @@ class Downlink:
 
     @property
     def protocol(self) -> str:
-        return "dense" if self.codec is None else f"flasc:{self.codec.name}"
+        if self.codec is None:
+            return "dense"
+        return f"flasc:{self.codec.name}" + ("+reencode" if self.reencode else "")
 
     def state_sha256(self) -> str:
         """:func:`state_sha256` of the broadcast LoRA state ``θ̃``: what a client checks after applying
