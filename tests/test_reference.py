@@ -162,3 +162,27 @@ def test_a_run_on_a_recorded_task_writes_and_prints_its_reference(tmp_path, monk
     )
     assert not any(line.startswith("recorded") for line in capsys.readouterr().out.splitlines())
     assert json.loads((tmp_path / "b" / "summary.json").read_text(encoding="utf-8"))["reference"] is None
+
+
+def test_the_equal_accuracy_plot_draws_every_recorded_column(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs" / "results"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "equal_accuracy", ROOT / "docs/results/equal_accuracy.py"
+        )
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "results"))
+    monkeypatch.setattr(mod, "OUT", tmp_path / "plot.png")
+    drawn = []
+    real = mod.plt.Axes.scatter
+    monkeypatch.setattr(
+        mod.plt.Axes, "scatter", lambda self, x, y, **kw: drawn.append((x, y)) or real(self, x, y, **kw)
+    )
+    assert mod.plot().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    task = next(t for t in load_references() if t["task"] == "minilm-rt-lora-adamw")
+    want = sorted((c["total_mb"], c["final_metric"]["mean"]) for c in task["columns"])
+    assert sorted(drawn) == want  # one point per recorded column, at its total MB and mean accuracy

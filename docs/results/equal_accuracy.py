@@ -1,0 +1,103 @@
+"""Accuracy against total traffic for every recorded column of the default run's task, with the band within
+1 point of dense fp32: where a configuration saves bytes at dense accuracy.
+
+It reads the packaged ``src/fedsqueeze/configs/references.json`` (``docs/results/references.py``) and writes
+``docs/results/lora-bench/plots/equal_accuracy.png``::
+
+    python docs/results/equal_accuracy.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedsqueeze.config import load_config  # noqa: E402
+from fedsqueeze.fl.reference import reference_for  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from default_run import _paired, ref_columns  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "docs" / "results" / "lora-bench" / "plots" / "equal_accuracy.png"
+
+# the peers' protocols as columns, and the default
+ANCHORS = {
+    "nf4-down_nf4": "NVFlare-style: nf4 both ways",
+    "topk-down_topk2@r2": "FLASC-style: TopK both ways",
+    "identity-ffa": "FFA-LoRA (dense, B only)",
+}
+
+
+def _kind(col: dict, default: dict) -> str:
+    if col["label"] == "identity":
+        return "dense"
+    if col == default:
+        return "default"
+    if col["label"] in ANCHORS:
+        return "anchor"
+    if col["downlink"]["name"] == "identity":
+        return "uplink"  # a compressed uplink over the dense broadcast
+    return "both"
+
+
+STYLE = {
+    "dense": {"color": "black", "marker": "s", "s": 70, "zorder": 5},
+    "default": {"color": "tab:red", "marker": "*", "s": 180, "zorder": 6},
+    "anchor": {"color": "tab:purple", "marker": "D", "s": 55, "zorder": 4},
+    "uplink": {"color": "tab:gray", "marker": "o", "s": 22, "zorder": 2, "alpha": 0.6},
+    "both": {"color": "tab:blue", "marker": "o", "s": 40, "zorder": 3},
+}
+NAMES = {
+    "dense": "dense fp32 both ways",
+    "default": "the default run",
+    "anchor": "peers' protocols",
+    "uplink": "compressed uplink, dense broadcast",
+    "both": "compressed both ways",
+}
+
+
+def plot() -> Path:
+    ref = reference_for(load_config())
+    if ref is None or ref["same_config"] is None:
+        raise SystemExit("the default config is not a recorded column of a benchmark task (references.json)")
+    dense, default = ref["dense"], ref["same_config"]
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    d = dense["final_metric"]["mean"]
+    ax.axhspan(d - 0.01, d + 0.01, color="tab:green", alpha=0.12, label="within 1 point of dense")
+    seen: set[str] = set()
+    for col in sorted(ref_columns(ref), key=lambda c: c["total_mb"]):
+        kind = _kind(col, default)
+        m = col["final_metric"]
+        ax.errorbar(col["total_mb"], m["mean"], yerr=m["std"] if m["n"] > 1 else None, fmt="none",
+                    ecolor=STYLE[kind]["color"], alpha=0.5, zorder=1)  # fmt: skip
+        ax.scatter(col["total_mb"], m["mean"], label=None if kind in seen else NAMES[kind], **STYLE[kind])
+        seen.add(kind)
+        seeds, diff, _ = _paired(col, dense)
+        if kind in ("default", "anchor") or (kind == "both" and diff >= -1.5):
+            text = "default: " + col["label"] if kind == "default" else ANCHORS.get(col["label"], col["label"])
+            below = kind == "default"  # the nf4 anchor sits at the same height, further right
+            ax.annotate(f"{text} ({len(seeds)}s)", (col["total_mb"], m["mean"]), fontsize=7,
+                        xytext=(4, -10 if below else 4), textcoords="offset points")  # fmt: skip
+    target = dense["total_mb"] / 100
+    ax.axvline(target, color="tab:green", ls="--", lw=1, label=f"100× less than dense ({target:.2f} MB)")
+    ax.set_xscale("log")
+    ax.set_xlabel("total MB per run, uplink + downlink (log scale)")
+    ax.set_ylabel(f"final {ref['metric_name']} (mean ± std over seeds)")
+    ax.set_title(f"{ref['study']} {ref['task']} / {ref['partition']}: accuracy against total traffic", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT, dpi=110)
+    plt.close(fig)
+    return OUT
+
+
+if __name__ == "__main__":
+    print(f"wrote {plot().relative_to(ROOT)}", file=sys.stderr)
