@@ -147,3 +147,20 @@ def test_the_broadcast_table_in_the_downlink_page_is_what_its_script_prints() ->
         "rerun: python docs/results/broadcast_table.py docs/results/lora-bench/results.json "
         "minilm-rt-lora-adamw/iid, and paste its table into docs/downlink.md"
     )
+
+
+def test_the_transfer_table_in_the_results_page_is_what_its_script_prints() -> None:
+    spec = importlib.util.spec_from_file_location("transfer_table", ROOT / "docs/results/transfer_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs/results.md").read_text(encoding="utf-8")
+    start, end = "<!-- transfer-table -->\n", "<!-- /transfer-table -->"
+    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
+    results = ROOT / "docs" / "results"
+    printed = module.table(
+        (results / "lora-bench" / "results.json", "minilm-rt-lora-adamw/iid"),
+        (results / "smollm2-bench" / "results.json", "smollm2-rt-verbalizer/iid"),
+    )
+    assert committed == printed, (
+        "rerun the command above the <!-- transfer-table --> block of docs/results.md and paste its table"
+    )
