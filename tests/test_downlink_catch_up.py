@@ -176,3 +176,21 @@ def test_the_loop_trains_each_client_from_its_own_start_and_resumes_exactly(tmp_
     assert all(row["downlink_reencoded"] is None for row in frows)
     reencoded, every_frame = (sum(row["downlink_bytes"] for row in rs) for rs in (rows, frows))
     assert reencoded < every_frame  # the same run, fewer downlink bytes
+
+
+def test_reencoding_that_could_hold_too_many_copies_falls_back_to_frames(caplog):
+    import logging
+
+    from fedsqueeze.config import FLConfig, RunConfig
+    from fedsqueeze.fl.server import REENCODE_MEMORY_BYTES, catch_up_mode
+
+    cfg = RunConfig(fl=FLConfig(downlink_catch_up="reencode"))
+    log = logging.getLogger("test")
+    small = UpdateSpec.from_shapes({"w": (147_456,)})
+    assert catch_up_mode(cfg, small, 20, log) == "reencode"
+    huge = UpdateSpec.from_shapes({"w": (8_388_608,)})  # 1,000 clients × 8.4 M floats: 31 GiB of copies
+    assert 4 * 1000 * huge.numel > REENCODE_MEMORY_BYTES
+    with caplog.at_level(logging.WARNING):
+        assert catch_up_mode(cfg, huge, 1000, log) == "frames"
+    assert "frame by frame" in caplog.text
+    assert catch_up_mode(RunConfig(fl=FLConfig(downlink_catch_up="frames")), small, 20, log) == "frames"

@@ -66,7 +66,8 @@ class FLConfig:
         missed (it ends exactly on the broadcast state), or ``"reencode"``, one frame that codes the
         difference between the broadcast state and its copy (it ends near it, and the error is carried into
         its next catch-up). ``"reencode"`` sends one frame per sampled client instead of one per missed
-        round, and keeps a copy of the LoRA per client on the server.
+        round, and keeps a copy of the LoRA per client on the server; where those copies could exceed
+        2 GiB (clients × LoRA size × 4 bytes), the run catches up frame by frame instead and logs it.
     """
 
     rounds: int = setting(12, range=Range(1))

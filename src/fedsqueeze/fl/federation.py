@@ -35,7 +35,15 @@ from .ledger import TrafficLedger
 from .network import sim_columns
 from .report import eval_columns
 from .robust import ReplyPart, screen_and_aggregate
-from .server import Downlink, ServerMomentum, apply_update, check_uplink, downlink_codec, weighted_mean
+from .server import (
+    Downlink,
+    ServerMomentum,
+    apply_update,
+    catch_up_mode,
+    check_uplink,
+    downlink_codec,
+    weighted_mean,
+)
 from .workload import Workload
 
 __all__ = ["Federation", "RoundPlan", "check_same_config", "trains_head"]
@@ -152,7 +160,7 @@ class Federation:
             self.n,
             self.head,
             window=config.fl.downlink_window,
-            catch_up=config.fl.downlink_catch_up,
+            catch_up=catch_up_mode(config, workload.lora_spec, self.n, self.log),
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []

@@ -52,6 +52,7 @@ __all__ = [
     "Delivery",
     "Downlink",
     "apply_update",
+    "catch_up_mode",
     "check_uplink",
     "downlink_codec",
     "state_sha256",
@@ -464,6 +465,26 @@ def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
         )  # fmt: skip
         return None
     return codec
+
+
+#: Most memory (bytes) the server may spend on the clients' copies under re-encoded catch-up.
+REENCODE_MEMORY_BYTES = 2 * 2**30
+
+
+def catch_up_mode(config: Any, spec: UpdateSpec, num_clients: int, logger: Any) -> str:
+    """``config.fl.downlink_catch_up``, unless re-encoding could hold more than
+    :data:`REENCODE_MEMORY_BYTES` of client copies (``num_clients · d`` floats): then ``"frames"``, with a
+    warning (the summary's ``downlink_protocol`` records which ran)."""
+    mode = str(config.fl.downlink_catch_up)
+    need = 4 * num_clients * spec.numel
+    if mode == "reencode" and need > REENCODE_MEMORY_BYTES:
+        logger.warning(
+            "re-encoded catch-up could keep %.1f GiB of client copies (%d clients × d = %d), over %.0f GiB: "
+            "clients catch up frame by frame instead (fl.downlink_catch_up = 'frames')",
+            need / 2**30, num_clients, spec.numel, REENCODE_MEMORY_BYTES / 2**30,
+        )  # fmt: skip
+        return "frames"
+    return mode
 
 
 class ServerMomentum:
