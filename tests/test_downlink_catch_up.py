@@ -187,10 +187,14 @@ def test_reencoding_that_could_hold_too_many_copies_falls_back_to_frames(caplog)
     cfg = RunConfig(fl=FLConfig(downlink_catch_up="reencode"))
     log = logging.getLogger("test")
     small = UpdateSpec.from_shapes({"w": (147_456,)})
-    assert catch_up_mode(cfg, small, 20, log) == "reencode"
+    assert catch_up_mode(cfg, small, 20, log, compressed=True) == "reencode"
     huge = UpdateSpec.from_shapes({"w": (8_388_608,)})  # 1,000 clients × 8.4 M floats: 31 GiB of copies
     assert 4 * 1000 * huge.numel > REENCODE_MEMORY_BYTES
     with caplog.at_level(logging.WARNING):
-        assert catch_up_mode(cfg, huge, 1000, log) == "frames"
+        assert catch_up_mode(cfg, huge, 1000, log, compressed=True) == "frames"
     assert "frame by frame" in caplog.text
-    assert catch_up_mode(RunConfig(fl=FLConfig(downlink_catch_up="frames")), small, 20, log) == "frames"
+    assert (
+        catch_up_mode(RunConfig(fl=FLConfig(downlink_catch_up="frames")), small, 20, log, compressed=True)
+        == "frames"
+    )
+    assert catch_up_mode(cfg, huge, 1000, log, compressed=False) == "frames"  # a dense broadcast has none

@@ -147,6 +147,12 @@ def test_the_broadcast_table_in_the_downlink_page_is_what_its_script_prints() ->
         "rerun: python docs/results/broadcast_table.py docs/results/lora-bench/results.json "
         "minilm-rt-lora-adamw/iid, and paste its table into docs/downlink.md"
     )
+    start, end = "<!-- catch-up-table -->\n", "<!-- /catch-up-table -->"
+    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
+    assert committed == module.table(results, "minilm-rt-lora-adamw/iid", catch_up=True), (
+        "rerun: python docs/results/broadcast_table.py docs/results/lora-bench/results.json "
+        "minilm-rt-lora-adamw/iid --catch-up, and paste its table into docs/downlink.md"
+    )
 
 
 def test_the_transfer_table_in_the_results_page_is_what_its_script_prints() -> None:

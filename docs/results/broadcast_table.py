@@ -7,6 +7,9 @@ each column's total MB::
 
     python docs/results/broadcast_table.py docs/results/lora-bench/results.json minilm-rt-lora-adamw/iid
 
+With ``--catch-up`` the pairs hold both codecs fixed and change how a stale client catches up: every frame it
+missed (``a``) against one re-encoded frame (``b``, ``fl.downlink_catch_up = "reencode"``).
+
 Reads only ``results.json`` (``groups[].codecs[].per_seed`` and ``total_mb``); a pair with no common seed
 is listed as not run.
 """
@@ -29,16 +32,27 @@ PAIRS = (
 )
 
 
-def table(results: dict, group: str) -> str:
+# (catch-up frame by frame, re-encoded catch-up): the uplink and the downlink codec are the same within a pair.
+CATCH_UP_PAIRS = (
+    ("wf_ecq-down_wf_ecq2@r1", "wf_ecq-down_wf_ecq2-reencode@r1"),
+    ("wf_ecq-down_wf_ecq2@r2", "wf_ecq-down_wf_ecq2-reencode@r2"),
+)
+HEADS = {
+    False: ("uplink over dense broadcast (a)", "over compressed broadcast (b)"),
+    True: ("catch-up frame by frame (a)", "re-encoded catch-up (b)"),
+}
+
+
+def table(results: dict, group: str, *, catch_up: bool = False) -> str:
     task, partition = group.split("/")
     g = next(x for x in results["groups"] if x["task"] == task and x["partition"] == partition)
     cols = {c["codec"]: c for c in g["codecs"]}
+    head_a, head_b = HEADS[catch_up]
     lines = [
-        "| uplink over dense broadcast (a) | over compressed broadcast (b) | seeds | final a | final b "
-        "| b − a (points) | total MB a | total MB b |",
+        f"| {head_a} | {head_b} | seeds | final a | final b | b − a (points) | total MB a | total MB b |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for a, b in PAIRS:
+    for a, b in CATCH_UP_PAIRS if catch_up else PAIRS:
         ca, cb = cols.get(a), cols.get(b)
         seeds = sorted(set(ca["per_seed"]) & set(cb["per_seed"])) if ca and cb else []
         if not seeds:
@@ -57,11 +71,13 @@ def table(results: dict, group: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    catch_up = "--catch-up" in argv
+    argv = [a for a in argv if a != "--catch-up"]
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        print("usage: broadcast_table.py RESULTS_JSON TASK/PARTITION", file=sys.stderr)
+        print("usage: broadcast_table.py RESULTS_JSON TASK/PARTITION [--catch-up]", file=sys.stderr)
         return 2
-    print(table(json.loads(Path(argv[0]).read_text()), argv[1]))
+    print(table(json.loads(Path(argv[0]).read_text()), argv[1], catch_up=catch_up))
     return 0
 
 

@@ -17,7 +17,7 @@ def make_config(n=4, k=2, rounds=3, downlink=None, codec=None, **fl) -> RunConfi
         model=ModelConfig(name="toy", head="train"),  # the head trains every round, as the tests count
         data=DataConfig(num_clients=n),
         train=LocalTrainConfig(lr=0.05, max_steps=3, batch_size=8, optimizer="adam", head_lr=None),
-        fl=FLConfig(rounds=rounds, clients_per_round=k, seed=1, **fl),
+        fl=FLConfig(rounds=rounds, clients_per_round=k, seed=1, **{"downlink_catch_up": "frames", **fl}),
         codec=CodecConfig(*codec) if codec else CodecConfig("topk", {"density": 0.1}),
     )
 

@@ -11,7 +11,9 @@ N = 6
 
 
 def make_config(codec="topk", options=None, *, downlink="identity", **fl) -> RunConfig:
-    fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, "server_lr": 1.0, "server_momentum": 0.0, **fl}
+    # clients catch up frame by frame unless a test asks for re-encoding (tests/test_downlink_catch_up.py)
+    fl = {"rounds": 3, "clients_per_round": 2, "seed": 1, "server_lr": 1.0, "server_momentum": 0.0,
+          "downlink_catch_up": "frames", **fl}  # fmt: skip
     return RunConfig(  # the head trains every round (the loop tests count and check its bytes)
         model=ModelConfig(head="train"),
         data=DataConfig(num_clients=N),

@@ -85,7 +85,7 @@ class FLConfig:
     aggregation_memory_mb: float = setting(8192.0, range=POSITIVE)
     decode_workers: int = setting(1, range=Range(1))
     downlink_window: int = setting(32, range=Range(1))
-    downlink_catch_up: str = setting("frames", choices=CATCH_UP)
+    downlink_catch_up: str = setting("reencode", choices=CATCH_UP)
 
     def __post_init__(self) -> None:
         validate(self, "fl")

@@ -142,6 +142,7 @@ class RunConfig:
 LEGACY_FILL: Mapping[tuple[str, str], Any] = {
     ("train", "optimizer"): "adam",
     ("model", "head"): "train",
+    ("fl", "downlink_catch_up"): "frames",
 }
 
 

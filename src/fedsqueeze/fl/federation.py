@@ -160,7 +160,7 @@ class Federation:
             self.n,
             self.head,
             window=config.fl.downlink_window,
-            catch_up=catch_up_mode(config, workload.lora_spec, self.n, self.log),
+            catch_up=catch_up_mode(config, workload.lora_spec, self.n, self.log, compressed=down is not None),
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []

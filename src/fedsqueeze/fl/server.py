@@ -471,11 +471,12 @@ def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
 REENCODE_MEMORY_BYTES = 2 * 2**30
 
 
-def catch_up_mode(config: Any, spec: UpdateSpec, num_clients: int, logger: Any) -> str:
-    """``config.fl.downlink_catch_up``, unless re-encoding could hold more than
-    :data:`REENCODE_MEMORY_BYTES` of client copies (``num_clients · d`` floats): then ``"frames"``, with a
-    warning (the summary's ``downlink_protocol`` records which ran)."""
-    mode = str(config.fl.downlink_catch_up)
+def catch_up_mode(config: Any, spec: UpdateSpec, num_clients: int, logger: Any, *, compressed: bool) -> str:
+    """``config.fl.downlink_catch_up`` for a ``compressed`` downlink (a dense one has no catch-up:
+    ``"frames"``), unless re-encoding could hold more than :data:`REENCODE_MEMORY_BYTES` of client copies
+    (``num_clients · d`` floats): then ``"frames"``, with a warning (the summary's ``downlink_protocol``
+    records which ran)."""
+    mode = str(config.fl.downlink_catch_up) if compressed else "frames"
     need = 4 * num_clients * spec.numel
     if mode == "reencode" and need > REENCODE_MEMORY_BYTES:
         logger.warning(
