@@ -65,19 +65,20 @@ def test_a_run_on_another_task_or_recipe_gets_no_reference():
 
 
 def test_the_catch_up_is_part_of_a_columns_protocol():
-    """A run with re-encoded catch-up gets the task's record, and only a column recorded with it."""
+    """The default run (re-encoded catch-up) gets its task's record and the column recorded with re-encoding;
+    the same codecs catching up frame by frame get the task's own column."""
     task = next(t for t in load_references() if t["task"] == "minilm-rt-lora-adamw")
-    assert task["config"]["fl"]["downlink_catch_up"] == "frames"
-    plain = reference_for(load_config())
-    assert plain is not None and "changes" not in plain["same_config"]
-    ref = reference_for(load_config(None, ["fl.downlink_catch_up=reencode"]))
-    assert ref is not None and ref["dense"]["label"] == "identity"
-    same = ref["same_config"]
-    recorded = [
-        c for c in task["columns"] if c.get("changes") == {"fl.downlink_catch_up": "reencode"}
-        and c["codec"] == plain["same_config"]["codec"] and c["downlink"] == plain["same_config"]["downlink"]
-    ]  # fmt: skip
-    assert same == (recorded[0] if recorded else None)
+    assert task["config"]["fl"]["downlink_catch_up"] == "frames"  # the task's cells catch up frame by frame
+    default = reference_for(load_config())
+    assert default is not None and default["same_config"]["changes"] == {"fl.downlink_catch_up": "reencode"}
+    frames = reference_for(load_config(None, ["fl.downlink_catch_up=frames"]))
+    assert frames is not None and frames["dense"]["label"] == "identity"
+    same = frames["same_config"]
+    assert same is not None and "changes" not in same
+    assert (same["codec"], same["downlink"]) == (
+        default["same_config"]["codec"],
+        default["same_config"]["downlink"],
+    )
     # a column with another recipe (FFA-LoRA) is recorded with its changes and never matches the task's runs
     ffa = [c for c in task["columns"] if c["label"] == "identity-ffa"]
     assert ffa and ffa[0]["changes"] == {"model.lora_train": "b"}

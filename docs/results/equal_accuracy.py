@@ -26,6 +26,12 @@ from default_run import _paired, ref_columns  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "lora-bench" / "plots" / "equal_accuracy.png"
 
+# columns named on the plot besides the default and the anchors
+NOTED = {
+    "wf_ecq-down_wf_ecq2@r2": "the default's codecs, catch-up frame by frame",
+    "wf_ecq-down_wf_ecq1-reencode-r4x60@r1": "4 rounds × 60 steps, 1 bit/param both ways",
+    "randk-down_randk0.25-reencode@r0.25": "randk both ways (seeded coordinates)",
+}
 # the peers' protocols as columns, and the default
 ANCHORS = {
     "nf4-down_nf4": "NVFlare-style: nf4 both ways",
@@ -78,10 +84,10 @@ def plot() -> Path:
                     ecolor=STYLE[kind]["color"], alpha=0.5, zorder=1)  # fmt: skip
         ax.scatter(col["total_mb"], m["mean"], label=None if kind in seen else NAMES[kind], **STYLE[kind])
         seen.add(kind)
-        seeds, diff, _ = _paired(col, dense)
-        if kind in ("default", "anchor") or (kind == "both" and diff >= -1.5):
-            text = "default: " + col["label"] if kind == "default" else ANCHORS.get(col["label"], col["label"])
-            below = kind == "default"  # the nf4 anchor sits at the same height, further right
+        seeds, _, _ = _paired(col, dense)
+        if kind in ("default", "anchor") or col["label"] in NOTED:
+            text = "default" if kind == "default" else ANCHORS.get(col["label"]) or NOTED[col["label"]]
+            below = kind == "default" or col["label"] in NOTED
             ax.annotate(f"{text} ({len(seeds)}s)", (col["total_mb"], m["mean"]), fontsize=7,
                         xytext=(4, -10 if below else 4), textcoords="offset points")  # fmt: skip
     target = dense["total_mb"] / 100
