@@ -193,7 +193,6 @@ class Downlink:
         )
         self.starts: dict[int, torch.Tensor] = {}  # last broadcast: a client's own start (not θ̃)
         self.steps: dict[int, torch.Tensor] = {}  # last broadcast: its re-encoded frame, decoded
-        self.start_lags: list[float] = []  # last broadcast: ‖θ̃ − start‖ of each re-encoded client
 
     @property
     def protocol(self) -> str:
@@ -258,7 +257,7 @@ class Downlink:
         frame = b""
         self.last_step = None
         previous = self.held
-        self.starts, self.steps, self.start_lags = {}, {}, []
+        self.starts, self.steps = {}, {}
         if self.lora_spec.numel:
             frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
             self.last_step = decode_flat(frame, self.lora_spec)
@@ -311,8 +310,6 @@ class Downlink:
         if base is previous:  # exactly last round's θ̃: the round's frame (shared by all such clients)
             frame = self.frames[server_round]
             return ([frame] if frame else []), None
-        if base is self.held:
-            return [], None
         assert self.codec is not None, "re-encoded catch-up needs the downlink codec"
         own_seed = derive_seed(seed, server_round, client, "catch-up")
         frame = self.codec.encode_with_spec(self.held - base, self.lora_spec, seed=own_seed)
@@ -321,7 +318,6 @@ class Downlink:
         step = decode_flat(frame, self.lora_spec)
         own = base + step
         self.starts[client], self.steps[client] = own, step
-        self.start_lags.append(float((self.held.to(torch.float64) - own.to(torch.float64)).norm()))
         return [frame], own
 
     def start(self, client: int) -> dict[str, torch.Tensor] | None:
@@ -342,7 +338,9 @@ class Downlink:
         ``‖θ̃ − start‖`` (``None`` when there were none).
         """
         delta, lag = self.last_norms if self.codec is not None and self.last_norms else (None, None)
-        lags, reencoding = self.start_lags, self.reencode and self.codec is not None
+        held = self.held.to(torch.float64)
+        lags = [float((held - own.to(torch.float64)).norm()) for own in self.starts.values()]
+        reencoding = self.reencode and self.codec is not None
         return {
             "downlink_reencoded": len(lags) if reencoding else None,
             "downlink_start_lag": sum(lags) / len(lags) if lags else None,
