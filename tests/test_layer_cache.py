@@ -160,3 +160,65 @@ def test_the_store_folder_comes_from_the_environment(wl, tmp_path, monkeypatch):
     assert cache.store is not None and cache.store.parent == tmp_path
     monkeypatch.delenv(STORE_ENV)
     assert LayerCache(wl.model, wl.task.layer_cache.boundary).store is None
+
+
+# Causal-LM training on answer tokens (gsm8k, instruction tuning): right-padded batches, the LM head read at
+# the answer tokens only.
+GEN_MODEL = dataclasses.replace(MODEL, classifier="head", max_length=160)
+GEN_DATA = DataConfig(dataset="gsm8k", num_clients=2, max_train_examples=24, test_examples=6)
+
+
+@pytest.fixture(scope="module")
+def gen_wl():
+    return build_workload(GEN_MODEL, GEN_DATA, seed=3)
+
+
+def _loss_and_grads(wl, batch, cache):
+    wl.task.layer_cache = cache
+    wl.model.zero_grad(set_to_none=True)
+    loss = wl.task.loss(wl.model, batch)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in wl._lora_params.items()}
+    wl.model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def test_answer_token_loss_and_gradients_match_the_full_model(gen_wl):
+    cache = gen_wl.task.layer_cache
+    assert isinstance(cache, LayerCache) and cache.boundary == 2
+    try:
+        gen_wl.load(*_perturbed(gen_wl))
+        batch = gen_wl.task.train_batch([0, 4, 9, 17])  # right-padded rows of different lengths
+        assert (batch["attention_mask"][:, -1] == 0).any()
+        ref_loss, ref_grads = _loss_and_grads(gen_wl, batch, None)
+        for _ in range(2):  # first call fills the cache, the second reads it
+            loss, grads = _loss_and_grads(gen_wl, batch, cache)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+            for name, g in grads.items():
+                assert ref_grads[name].abs().max() > 0, name
+                torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6)
+        assert cache.hits >= 4
+        # The same example inside another batch (other padding width) gives the same loss.
+        alone = gen_wl.task.train_batch([9])
+        with torch.no_grad():
+            a = gen_wl.task.loss(gen_wl.model, alone)
+            gen_wl.task.layer_cache = None
+            b = gen_wl.task.loss(gen_wl.model, alone)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    finally:
+        gen_wl.task.layer_cache = cache
+
+
+def test_heldout_answer_loss_matches_the_full_model(gen_wl):
+    cache = gen_wl.task.layer_cache
+    try:
+        gen_wl.load(*_perturbed(gen_wl, 5))
+        with torch.no_grad():
+            gen_wl.task.layer_cache = None
+            ref = gen_wl.task.heldout_loss(gen_wl.model)
+            gen_wl.task.layer_cache = cache
+            got = gen_wl.task.heldout_loss(gen_wl.model)
+    finally:
+        gen_wl.task.layer_cache = cache
+    assert ref > 0 and got == pytest.approx(ref, rel=1e-5)
+    assert any(k < 0 for k in cache._states)  # the held-out examples were cached under their own keys

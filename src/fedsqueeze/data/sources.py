@@ -28,6 +28,7 @@ __all__ = [
     "load_bbc_news",
     "load_dataset",
     "load_gsm8k",
+    "load_gsm8k_sft",
     "load_rotten_tomatoes",
     "package_dir",
     "register_dataset",
@@ -216,6 +217,16 @@ def load_gsm8k() -> RawDataset:
                 questions.append(row["question"].strip())
                 answers.append(row["answer"].strip())
     return RawDataset("gsm8k", tuple(questions), None, (), tuple(answers))
+
+
+@register_dataset("gsm8k_sft", kind="sft")
+@cache
+def load_gsm8k_sft() -> RawDataset:
+    """The problems of :func:`load_gsm8k` as instruction tuning: the question is the prompt, the worked
+    solution (``... #### N``) the response. Scored by the held-out loss per solution token (lower is
+    better), which needs no generation, where ``gsm8k`` scores the exact match of generated answers."""
+    raw = load_gsm8k()
+    return RawDataset("gsm8k_sft", raw.texts, None, (), raw.answers, kind="sft")
 
 
 def load_dataset(name: str) -> RawDataset:

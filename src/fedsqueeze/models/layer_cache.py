@@ -3,8 +3,10 @@
 With LoRA on the top ``N`` decoder layers (``model.lora_layers = N``), nothing below layer ``L - N`` ever
 trains: the hidden state an example reaches there is a function of its tokens alone. :class:`LayerCache`
 computes it once per example (a no-grad pass through the bottom layers) and keeps it, so every later
-training step, evaluation, round and client of the same run pays only for the top ``N`` layers. The label
-logits are then read from the final norm and the label words' rows of the LM head at the last position.
+training step, evaluation, round and client of the same run pays only for the top ``N`` layers. A verbalizer
+task then reads the label logits from the final norm and the label words' rows of the LM head at the last
+position; an instruction-tuning (or gsm8k) task applies the LM head at the answer tokens only, the only
+positions its loss reads.
 
 Exactness: the top layers see the same inputs (the cached states of the real tokens, the same attention
 mask and position ids) as in a full forward pass, so logits and LoRA gradients agree with the uncached
@@ -159,19 +161,19 @@ class LayerCache:
 
     @torch.no_grad()
     def _bottom(self, batch: dict[str, torch.Tensor], rows: Sequence[int]) -> list[torch.Tensor]:
-        """Boundary states of ``rows`` of the (left-padded) batch, each ``[real_tokens, hidden]``."""
+        """Boundary states of ``rows`` of the batch (left- or right-padded), each ``[tokens, hidden]``."""
         ids = batch["input_ids"][rows]
         mask = batch["attention_mask"][rows]
-        # Drop the columns that are padding in every selected row (rows were padded to the batch's longest).
-        keep = int(mask.sum(-1).max())
-        ids, mask = ids[:, -keep:], mask[:, -keep:]
-        pos = batch["position_ids"][rows][:, -keep:]
+        pos = _positions(batch)[rows]
+        # Drop the columns that are padding in every selected row (rows were padded to the batch's longest);
+        # padding sits on one side, so the columns kept are contiguous.
+        cols = mask.bool().any(0)
+        ids, mask, pos = ids[:, cols], mask[:, cols], pos[:, cols]
         bottom = torch.nn.ModuleList(list(self.decoder.layers)[: self.boundary])
         with self._layers(bottom, torch.nn.Identity()):
             out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
         hidden = out.last_hidden_state
-        lengths = mask.sum(-1).tolist()
-        return [hidden[i, keep - n :].detach().clone() for i, n in enumerate(lengths)]
+        return [hidden[i][mask[i].bool()].detach().clone() for i in range(len(rows))]
 
     def _keep(self, key: int, state: torch.Tensor) -> None:
         size = state.numel() * state.element_size()
@@ -203,25 +205,53 @@ class LayerCache:
         rows = [fresh[i] if i in fresh else self._states[k] for i, k in enumerate(keys)]
         width = batch["input_ids"].shape[1]
         out = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype, device=rows[0].device)
+        mask = batch["attention_mask"].bool()
         for i, state in enumerate(rows):  # one copy per example, not per element
-            out[i, width - state.shape[0] :] = state
+            out[i, mask[i]] = state
         return out
 
-    def label_logits(
-        self, batch: dict[str, torch.Tensor], keys: Sequence[int], label_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """``[batch, num_labels]`` logits of ``label_ids`` at the last position, via the top layers only."""
+    def hidden(self, batch: dict[str, torch.Tensor], keys: Sequence[int]) -> torch.Tensor:
+        """``[batch, width, hidden]`` final (normed) hidden states of the batch, via the top layers only:
+        what the LM head reads at every position."""
         embeds = self.states(batch, keys)
         top = torch.nn.ModuleList(list(self.decoder.layers)[self.boundary :])
         with self._layers(top, None):
             out = self.decoder(
                 inputs_embeds=embeds,
                 attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"],
+                position_ids=_positions(batch),
                 use_cache=False,
             )
-        last = out.last_hidden_state[:, -1, :]
+        return out.last_hidden_state
+
+    def token_loss(
+        self, batch: dict[str, torch.Tensor], keys: Sequence[int], *, ignore_index: int, reduction: str
+    ) -> tuple[torch.Tensor, int]:
+        """Next-token cross-entropy of the batch's labelled positions (``labels`` shifted by one, as a
+        causal LM's loss) and their count, with the LM head applied at those positions only."""
+        hidden = self.hidden(batch, keys)[:, :-1]
+        labels = batch["labels"][:, 1:].to(hidden.device)
+        keep = labels != ignore_index
+        logits = self.lm.lm_head(hidden[keep]).float()
+        loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction=reduction)
+        return loss, int(keep.sum())
+
+    def label_logits(
+        self, batch: dict[str, torch.Tensor], keys: Sequence[int], label_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``[batch, num_labels]`` logits of ``label_ids`` at the last position (a left-padded batch), via the
+        top layers only."""
+        last = self.hidden(batch, keys)[:, -1, :]
         weight = self.lm.lm_head.weight[label_ids.to(last.device)]
         bias = getattr(self.lm.lm_head, "bias", None)
         logits = torch.nn.functional.linear(last, weight, None if bias is None else bias[label_ids])
         return logits.float()
+
+
+def _positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's ``position_ids``, or those a forward pass derives for it: 0 at each row's first real
+    token (right padding, as the causal-LM training batches, has none)."""
+    pos = batch.get("position_ids")
+    if pos is None:
+        pos = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    return pos

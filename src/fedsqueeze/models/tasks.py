@@ -205,6 +205,9 @@ class GenerationTask:
         self.eval_batch_size = eval_batch_size
         self.last_generations: list[str] = []  # kept for inspection / debugging
         self.device: torch.device | str = "cpu"  # where evaluation batches go (set by the workload)
+        # Set by the workload when LoRA sits on the top layers only (model.lora_layers): the frozen bottom
+        # layers then run once per example and the LM head only at answer tokens (models.layer_cache).
+        self.layer_cache: Any = None
 
     @property
     def num_train(self) -> int:
@@ -214,12 +217,18 @@ class GenerationTask:
     def num_test(self) -> int:
         return len(self.test_prompts)
 
+    # Example keys of the layer cache, as for VerbalizerTask: training example i is i, held-out i is -(i + 1).
     def train_batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
-        return collate_causal(
+        batch = collate_causal(
             [self.train_ids[i] for i in idx], [self.train_labels[i] for i in idx], self.pad_id
         )
+        batch["example_key"] = torch.as_tensor(list(idx), dtype=torch.long)
+        return batch
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.layer_cache is not None and "example_key" in batch:
+            keys = batch["example_key"].tolist()
+            return self.layer_cache.token_loss(batch, keys, ignore_index=IGNORE_INDEX, reduction="mean")[0]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         return cross_entropy(
@@ -246,6 +255,13 @@ class GenerationTask:
                 [self.test_ids[i] for i in idx], [self.test_labels[i] for i in idx], self.pad_id
             )
             batch = to_device(batch, self.device)
+            if self.layer_cache is not None:
+                keys = [-1 - int(i) for i in idx]
+                part, count = self.layer_cache.token_loss(
+                    batch, keys, ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+                loss_sum, tokens = loss_sum + float(part), tokens + count
+                continue
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:].reshape(-1)
             loss_sum += float(

@@ -387,7 +387,7 @@ def build_workload(model: ModelConfig, data: DataConfig, *, seed: int) -> PeftWo
         if model.lora_train == "b":  # FFA-LoRA: A keeps the seeded values every client draws alike
             freeze_lora_a(peft_model)
     peft_model.eval()
-    if layers is not None and layers[0] > 0 and verbalizer and model.layer_cache_mb > 0:
+    if layers is not None and layers[0] > 0 and (verbalizer or generation) and model.layer_cache_mb > 0:
         task.layer_cache = LayerCache(peft_model, layers[0], max_bytes=model.layer_cache_mb << 20)
     device = _resolve_device(model.device)
     info = {
