@@ -249,9 +249,12 @@ def pack_delivery(
 ) -> tuple[ArrayRecord, ConfigRecord]:
     """One node's delivery in the message layout: its ArrayRecord (``others``, then the dense frame or the
     delta frames, and the head's frame when sent) and its ``"fedsqueeze.downlink"`` ConfigRecord (``common``
-    plus ``since``, ``frames``, the version and, when dense, the layout)."""
+    plus ``since``, ``frames``, the version and, when dense, the layout). A re-encoded catch-up carries the
+    hash of the node's own copy (``d.sha256``) in place of ``common``'s."""
     arrays = dict(others)
     meta = {**common, "format": DOWN_FORMAT, "version": layout.version, "layout-digest": layout.digest}
+    if d.sha256 is not None:
+        meta["sha256"] = d.sha256
     if d.frames is None:
         assert d.dense is not None, "a delivery without frames sends the dense state"
         arrays[DENSE_KEY] = array_of(d.dense)

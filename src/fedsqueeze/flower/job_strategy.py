@@ -256,8 +256,7 @@ class FederationStrategy(Strategy):
                 continue
             node_of[node] = c
             delivery = downlink.deliveries[c]
-            own = {} if delivery.sha256 is None else {"sha256": delivery.sha256}  # a re-encoded catch-up
-            arrays, down = pack_delivery(delivery, self.layout, {**common, **own}, {}, array_of)
+            arrays, down = pack_delivery(delivery, self.layout, common, {}, array_of)
             conf: dict[str, ConfigRecordValues] = {
                 "server-round": r,
                 "client": c,
