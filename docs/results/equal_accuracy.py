@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from fedsqueeze.config import load_config  # noqa: E402
-from fedsqueeze.fl.reference import reference_for  # noqa: E402
+from fedsqueeze.config import load_config
+from fedsqueeze.fl.reference import reference_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_run import _paired, ref_columns  # noqa: E402
+from default_run import _paired, ref_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "results" / "lora-bench" / "plots" / "equal_accuracy.png"
@@ -95,7 +95,9 @@ def plot() -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("total MB per run, uplink + downlink (log scale)")
     ax.set_ylabel(f"final {ref['metric_name']} (mean ± std over seeds)")
-    ax.set_title(f"{ref['study']} {ref['task']} / {ref['partition']}: accuracy against total traffic", fontsize=10)
+    ax.set_title(
+        f"{ref['study']} {ref['task']} / {ref['partition']}: accuracy against total traffic", fontsize=10
+    )
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

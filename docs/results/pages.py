@@ -71,7 +71,11 @@ BENCHES = (
         "`fedsqueeze.models.layer_cache`); the task `smollm2-rt-verbalizer-gpu` is the same grid with LoRA "
         "on "
         "every layer, for a GPU. Why this setting: [journal](../journal/2026-12-07-smollm2-bench.md).",
-        (("smollm2-rt-verbalizer", "smollm2-gap", "frozenlora-"),),
+        (
+            ("smollm2-rt-verbalizer", "smollm2-gap", "frozenlora-"),
+            ("smollm2-bbc-verbalizer", "smollm2-gap", "bbc-frozenlora-"),
+            ("smollm2-gsm8k-sft", "smollm2-gap", "gsm8k-frozenlora-"),
+        ),
         ("smollm2-rt-verbalizer", "iid"),
     ),
     Bench(
@@ -513,12 +517,13 @@ def _group(bench: Bench, root: Path, results: dict, g: dict, bd_rows: list[dict]
     if any(len(done_seeds.get(c["codec"], [])) < len(results.get("seeds", [])) for c in codecs):
         out += ["", "Columns with fewer seeds than the grid's have not finished the others."]
     if controls:
+        unit = f"in {metric} (lower is better)" if lower else "in points"
         out += [
             "",
             "The control is the same task with LoRA frozen (`train.lr = 1e-9`), one round, from "
             + ", ".join(f"`{r['_path']}`" for r in controls)
-            + ". The LoRA gap, seed-paired: dense fp32 (`identity`) minus the control of the same seed, in "
-            "points.",
+            + ". The LoRA gap, seed-paired: what dense fp32 (`identity`) gains over the control of the same "
+            f"seed, {unit}.",
             "",
         ]
         dense = next((c for c in codecs if c["codec"] == "identity"), None)
@@ -529,16 +534,13 @@ def _group(bench: Bench, root: Path, results: dict, g: dict, bd_rows: list[dict]
                 gap_rows.append(
                     [
                         str(r["seed"]),
-                        f"{100 * (s['final'] - r['final_metric']):+.1f}",
-                        f"{100 * (s['best'] - r['best_metric']):+.1f}",
+                        _gain(s["final"], r["final_metric"], lower),
+                        _gain(s["best"], r["best_metric"], lower),
                     ]
                 )
-        out += (
-            _table(["seed", "final − control", "best − control"], gap_rows)
-            if gap_rows
-            else ["(no paired seed)"]
-        )
-    out += _paired(g)
+        head = ["control − final", "control − best"] if lower else ["final − control", "best − control"]
+        out += _table(["seed", *head], gap_rows) if gap_rows else ["(no paired seed)"]
+    out += _paired(g, lower)
     out += _bd(results, g, bd_rows)
     out += _plots(bench, folder, task, part)
     return [*out, ""]
@@ -548,8 +550,16 @@ def _ms(xs: list[float]) -> str:
     return f"{xs[0]:.3f}" if len(xs) == 1 else f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def _paired(g: dict) -> list[str]:
-    """The seed-paired differences of ``groups[].paired_differences`` with two seeds or more."""
+def _gain(value: float, control: float, lower: bool) -> str:
+    """How far ``value`` is better than ``control``: points of a higher-is-better metric in [0, 1], the
+    metric's own units (3 decimals) for a lower-is-better one (a loss)."""
+    return f"{control - value:+.3f}" if lower else f"{100 * (value - control):+.1f}"
+
+
+def _paired(g: dict, lower: bool = False) -> list[str]:
+    """The seed-paired differences of ``groups[].paired_differences`` with two seeds or more (in points, or
+    in the metric's units for a lower-is-better metric)."""
+    scale, digits, unit = (1.0, 3, "") if lower else (100.0, 1, " (points)")
     rows = []
     for p in g.get("paired_differences", []):
         if p.get("delta") is None or p.get("threshold") is None or (p.get("n") or 0) < 2:
@@ -560,8 +570,8 @@ def _paired(g: dict) -> list[str]:
                 f"`{p['b']}`",
                 p["metric"],
                 str(p["n"]),
-                f"{100 * p['delta']:+.1f}",
-                f"{100 * p['threshold']:.1f}",
+                f"{scale * p['delta']:+.{digits}f}",
+                f"{scale * p['threshold']:.{digits}f}",
                 "yes" if p.get("exceeds") else "no",
             ]
         )
@@ -573,10 +583,12 @@ def _paired(g: dict) -> list[str]:
         "",
         "Pairs of columns at the same rate with two or more seeds in common (`paired_differences`): Δ is "
         "the mean "
-        "over those seeds of a − b, in points; it exceeds the seed spread when |Δ| is above 2 · std / √n of "
+        "over those seeds of a − b, "
+        + ("in the metric's units (lower is better)" if lower else "in points")
+        + "; it exceeds the seed spread when |Δ| is above 2 · std / √n of "
         "the per-seed differences ([Studies](../study.md#differences-that-exceed-the-seed-spread)).",
         "",
-        *_table(["a", "b", "metric", "n", "Δ (points)", "threshold", "exceeds"], rows),
+        *_table(["a", "b", "metric", "n", f"Δ{unit}", "threshold", "exceeds"], rows),
     ]
 
 

@@ -38,7 +38,8 @@ class DataConfig:
     ----------
     dataset
         ``rotten_tomatoes`` (review snippets, 2 classes), ``bbc_news`` (articles, 5 classes), ``gsm8k``
-        (math problems, exact match of the final number; needs a causal model), or your own data: a
+        (math problems, exact match of the final number; needs a causal model), ``gsm8k_sft`` (the same
+        problems as instruction tuning: held-out loss per solution token), or your own data: a
         ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file, a folder of such files (one format), or
         ``hf:NAME[:CONFIG]``, a Hugging Face hub dataset's ``train`` split (only with
         ``FEDSQUEEZE_OFFLINE=0``). Your own data is read with Hugging Face ``datasets``

@@ -47,8 +47,9 @@ class ModelConfig:
         Keep only the first this many transformer layers (smoke runs of big models); ``None``: all.
     lora_layers
         Put LoRA on the top this many transformer layers only (PEFT's ``layers_to_transform``); ``None``:
-        on every layer. With a verbalizer, the frozen layers below then run once per example and their
-        output is reused across steps, rounds and clients (:mod:`fedsqueeze.models.layer_cache`).
+        on every layer. With a causal LM (a verbalizer, gsm8k or instruction tuning), the frozen layers
+        below then run once per example and their output is reused across steps, rounds and clients
+        (:mod:`fedsqueeze.models.layer_cache`).
     layer_cache_mb
         Memory bound of that reuse, in MiB of cached hidden states; examples beyond it are recomputed.
         ``0`` turns the reuse off (every step runs the whole model).
