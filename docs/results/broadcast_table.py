@@ -32,7 +32,8 @@ PAIRS = (
 )
 
 
-# (catch-up frame by frame, re-encoded catch-up): the uplink and the downlink codec are the same within a pair.
+# (catch-up frame by frame, re-encoded catch-up): the uplink and the downlink codec are the same within a
+# pair.
 CATCH_UP_PAIRS = (
     ("wf_ecq-down_wf_ecq2@r1", "wf_ecq-down_wf_ecq2-reencode@r1"),
     ("wf_ecq-down_wf_ecq2@r2", "wf_ecq-down_wf_ecq2-reencode@r2"),

@@ -83,8 +83,8 @@ BENCHES = (
         "downlink-default",
         "downlink-default",
         "downlink-default: the broadcast on the skewed-head preset",
-        "The `skewed-head` preset (the default run until this version) with only `[downlink]` changed, seed-paired: "
-        "the "
+        "The `skewed-head` preset (the default run until this version) with only `[downlink]` changed, "
+        "seed-paired: the "
         "columns differ in the broadcast alone, over the same FLM-TopK uplink. The baseline is the dense "
         "fp32 "
         "broadcast (`down_identity`), so the traffic ratios on this page are against that column, not "
