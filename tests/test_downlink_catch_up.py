@@ -4,6 +4,9 @@ client's next catch-up frame."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -198,3 +201,79 @@ def test_reencoding_that_could_hold_too_many_copies_falls_back_to_frames(caplog)
         == "frames"
     )
     assert catch_up_mode(cfg, huge, 1000, log, compressed=False) == "frames"  # a dense broadcast has none
+
+
+# fl.downlink_catch_up_rate = "by_staleness": a re-encoded frame gets more bits the larger its gap.
+def _reencoding(
+    rate: float, *, by_staleness: bool, codec: str = "wf_ecq", mode: str = "reencode"
+) -> Downlink:
+    return Downlink(
+        get(codec, **({"rate": rate} if rate else {})),
+        SPEC,
+        HSPEC,
+        {"w": torch.zeros(D)},
+        5,
+        catch_up=mode,
+        rate_by_staleness=by_staleness,
+    )
+
+
+def test_rate_by_staleness_gives_a_larger_gap_more_bits_and_less_error():
+    fixed, stale = _reencoding(2.0, by_staleness=False), _reencoding(2.0, by_staleness=True)
+    for dl in (fixed, stale):  # client 1 takes part in round 1, then misses rounds 2-6
+        for r in range(1, 8):
+            dl.broadcast(r, _global(r), {}, [0, 1] if r in (1, 7) else [0], seed=r)
+    copy = stale.start(1)["w"]
+    gap = float((stale.steps[1] + (stale.held - copy)).to(torch.float64).norm())  # what the frame coded
+    want = 2.0 + min(3.0, round(4 * math.log2(gap / stale.last_norms[0])) / 4)
+    assert stale.rates == {1: want} and want > 2.0  # client 0 is in sync: the shared frame, no rate
+    cost_fixed, cost_stale = (len(dl.deliveries[1].frames[0]) for dl in (fixed, stale))
+    assert cost_stale > cost_fixed  # more bits ...
+    err_fixed = float((fixed.held - fixed.start(1)["w"]).norm())
+    err_stale = float((stale.held - copy).norm())
+    assert err_stale < err_fixed  # ... and a copy closer to θ̃
+    assert stale.row_columns()["downlink_catch_up_rate"] == want
+    assert "downlink_catch_up_rate" not in fixed.row_columns()
+    assert stale.protocol == "flasc:wf_ecq+reencode+by_staleness"
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 4), min_size=1, max_size=3), min_size=1, max_size=8))
+def test_rate_by_staleness_stays_within_three_extra_bits_and_mirrors_exactly(schedule):
+    dl, clients = _reencoding(2.0, by_staleness=True), {c: Client() for c in range(5)}
+    for r, sampled in enumerate(schedule, 1):
+        got, _, _ = dl.broadcast(r, _global(r), {}, sorted(sampled), seed=r)
+        _check_round(dl, clients, sorted(sampled), dl.held, got)
+        assert all(2.0 <= v <= 5.0 and 4 * v == int(4 * v) for v in dl.rates.values())
+        assert set(dl.rates) == set(dl.steps)  # a rate for every re-encoded frame, and only for those
+
+
+def test_rate_by_staleness_needs_a_codec_with_a_rate():
+    with pytest.raises(ConfigError, match="downlink_catch_up_rate = 'by_staleness' needs a downlink codec"):
+        _reencoding(0, by_staleness=True, codec="signsgd")
+    frames = _reencoding(0, by_staleness=True, codec="signsgd", mode="frames")
+    assert frames.base_rate is None  # frame-by-frame catch-up has no re-encoded frame to raise
+
+
+def test_the_loop_records_the_rate_by_staleness_and_rejects_a_rateless_broadcast(tmp_path):
+    import dataclasses
+
+    from fedsqueeze.config import CodecConfig
+    from fedsqueeze.fl import run
+    from support.loop import N, make_config, rows_of
+
+    base = make_config("topk", downlink="topk", rounds=5, downlink_catch_up="reencode")
+    cfg = dataclasses.replace(
+        base,
+        fl=dataclasses.replace(base.fl, downlink_catch_up_rate="by_staleness"),
+        downlink=CodecConfig("topk", {"rate": 4.0}),
+    )
+    run(cfg, tmp_path / "stale", workload=ToyWorkload(N))
+    rows = rows_of(tmp_path / "stale")
+    rates = [row["downlink_catch_up_rate"] for row in rows if row["downlink_reencoded"]]
+    assert rates and all(4.0 <= v <= 7.0 for v in rates)
+    summary = json.loads((tmp_path / "stale" / "summary.json").read_text())
+    assert summary["downlink_protocol"] == "flasc:topk+reencode+by_staleness"
+    rateless = dataclasses.replace(cfg, downlink=CodecConfig("signsgd", {}))
+    with pytest.raises(ConfigError, match="'signsgd' has none"):
+        run(rateless, tmp_path / "signs", workload=ToyWorkload(N))

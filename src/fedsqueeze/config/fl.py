@@ -10,6 +10,7 @@ from .fields import POSITIVE, Range, setting, validate
 from .sections import register_section
 
 CATCH_UP = ("frames", "reencode")  # fl.downlink_catch_up; fedsqueeze.fl.server.Downlink implements them
+CATCH_UP_RATES = ("fixed", "by_staleness")  # fl.downlink_catch_up_rate (re-encoded catch-up only)
 
 __all__ = ["FLConfig"]
 
@@ -68,6 +69,13 @@ class FLConfig:
         its next catch-up). ``"reencode"`` sends one frame per sampled client instead of one per missed
         round, and keeps a copy of the LoRA per client on the server; where those copies could exceed
         2 GiB (clients × LoRA size × 4 bytes), the run catches up frame by frame instead and logs it.
+    downlink_catch_up_rate
+        With ``downlink_catch_up = "reencode"``, the rate of a re-encoded catch-up frame: ``"fixed"``, the
+        downlink codec's own; ``"by_staleness"``, that rate plus ``log2`` of how much larger the gap it
+        codes (``‖θ̃ − copy‖``) is than the round's broadcast step, in quarter bits, from +0 to +3 bits
+        per parameter. A codec whose error halves per extra bit then leaves a client that missed rounds
+        about as far from ``θ̃`` as one that missed none. Needs a downlink codec with a ``rate`` option
+        (``wf_ecq``, ``topk``, ...).
     """
 
     rounds: int = setting(12, range=Range(1))
@@ -86,6 +94,7 @@ class FLConfig:
     decode_workers: int = setting(1, range=Range(1))
     downlink_window: int = setting(32, range=Range(1))
     downlink_catch_up: str = setting("reencode", choices=CATCH_UP)
+    downlink_catch_up_rate: str = setting("fixed", choices=CATCH_UP_RATES)
 
     def __post_init__(self) -> None:
         validate(self, "fl")

@@ -161,6 +161,7 @@ class Federation:
             self.head,
             window=config.fl.downlink_window,
             catch_up=catch_up_mode(config, workload.lora_spec, self.n, self.log, compressed=down is not None),
+            rate_by_staleness=config.fl.downlink_catch_up_rate == "by_staleness",
         )
         self.ledger = TrafficLedger()
         self.rows: list[dict[str, Any]] = []

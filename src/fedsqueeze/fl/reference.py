@@ -29,12 +29,13 @@ FREE_KEYS = frozenset(
         "downlink.name",
         "downlink.options",
         "fl.downlink_catch_up",  # part of the downlink protocol: a column records it in its changes
+        "fl.downlink_catch_up_rate",
         "fl.seed",
         "fl.target_metric",
     }
 )
 #: Of those, the keys a recorded column may set apart from its task's value (its ``changes``).
-PROTOCOL_KEYS = ("fl.downlink_catch_up",)
+PROTOCOL_KEYS = ("fl.downlink_catch_up", "fl.downlink_catch_up_rate")
 
 
 @cache

@@ -22,7 +22,9 @@ any other codec: the FLASC protocol (sparse download of the global delta)
     client. The client then holds an approximation of ``θ̃`` of its own, which the server mirrors; its
     coding error is carried into the client's next catch-up frame (error feedback per client), so it never
     accumulates. A client that holds exactly the previous round's ``θ̃`` gets the round's shared frame, as
-    with ``"frames"``.
+    with ``"frames"``. With ``rate_by_staleness`` (``fl.downlink_catch_up_rate = "by_staleness"``) such
+    a frame is coded at the codec's rate plus ``log2(‖θ̃ − copy‖ / ‖δ‖)`` bits per parameter (quarter
+    bits, +0 to +3): the larger the gap, the more bits, so its coding error stays near the shared frame's.
 
 The head (the trainable tensors outside LoRA) is downloaded densely, and only by a client whose copy is
 stale: every client holds the seeded initial head, so a fixed head (``model.head = "frozen"``) is never
@@ -33,13 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..aggregation import weighted_mean  # re-exported: FedAvg lives with the other aggregation rules
-from ..codecs import Codec, decode_flat
+from ..codecs import Codec, decode_flat, get
 from ..config.fl import CATCH_UP  # fl.downlink_catch_up: how a client that missed rounds catches up
 from ..errors import ConfigError
 from ..seeding import derive_seed
@@ -145,6 +148,9 @@ class Downlink:
     catch_up
         ``"frames"``: a client that missed rounds downloads every frame it missed. ``"reencode"``: one frame
         coding the difference between ``θ̃`` and its copy (see the module docstring).
+    rate_by_staleness
+        With ``catch_up="reencode"``: code a re-encoded frame at the codec's ``rate`` plus the ``log2`` of
+        its gap's norm over the round's ``‖δ‖`` (see the module docstring). Needs a codec with a ``rate``.
 
     Memory: the broadcast state ``θ̃`` (``d`` floats), the last ``window`` frames, the head and two ints
     per client (per client served, with ``num_clients=None``). With ``catch_up="reencode"`` also the copy
@@ -163,6 +169,7 @@ class Downlink:
         *,
         window: int = 32,
         catch_up: str = "frames",
+        rate_by_staleness: bool = False,
     ) -> None:
         if window < 1:
             raise ConfigError(f"the downlink window must be >= 1 round, got {window}")
@@ -193,12 +200,15 @@ class Downlink:
         )
         self.starts: dict[int, torch.Tensor] = {}  # last broadcast: a client's own start (not θ̃)
         self.steps: dict[int, torch.Tensor] = {}  # last broadcast: its re-encoded frame, decoded
+        self.rates: dict[int, float] = {}  # last broadcast: a re-encoded frame's rate, by staleness
+        self.base_rate = _base_rate(self.codec) if rate_by_staleness and self.reencode else None
 
     @property
     def protocol(self) -> str:
         if self.codec is None:
             return "dense"
-        return f"flasc:{self.codec.name}" + ("+reencode" if self.reencode else "")
+        stale = "+by_staleness" if self.base_rate is not None else ""
+        return f"flasc:{self.codec.name}" + ("+reencode" if self.reencode else "") + stale
 
     def state_sha256(self) -> str:
         """:func:`state_sha256` of the broadcast LoRA state ``θ̃``: what a client checks after applying
@@ -257,7 +267,7 @@ class Downlink:
         frame = b""
         self.last_step = None
         previous = self.held
-        self.starts, self.steps = {}, {}
+        self.starts, self.steps, self.rates = {}, {}, {}
         if self.lora_spec.numel:
             frame = self.codec.encode_with_spec(delta, self.lora_spec, seed=seed)
             self.last_step = decode_flat(frame, self.lora_spec)
@@ -312,13 +322,30 @@ class Downlink:
             return ([frame] if frame else []), None
         assert self.codec is not None, "re-encoded catch-up needs the downlink codec"
         own_seed = derive_seed(seed, server_round, client, "catch-up")
-        frame = self.codec.encode_with_spec(self.held - base, self.lora_spec, seed=own_seed)
+        gap = self.held - base
+        codec = self.codec
+        if self.base_rate is not None:
+            rate = self._stale_rate(gap)
+            self.rates[client] = rate
+            codec = get(self.codec.name, **{**self.codec.options(), "rate": rate})
+        frame = codec.encode_with_spec(gap, self.lora_spec, seed=own_seed)
         if len(frame) > self.dense_lora_bytes:
             return None, None
         step = decode_flat(frame, self.lora_spec)
         own = base + step
         self.starts[client], self.steps[client] = own, step
         return [frame], own
+
+    def _stale_rate(self, gap: torch.Tensor) -> float:
+        """The rate of a re-encoded frame coding ``gap``: the codec's, plus ``log2(‖gap‖ / ‖δ‖)`` in quarter
+        bits within ``[0, MAX_STALE_BITS]`` (``δ``: the round's broadcast step, which the shared frame codes
+        at the codec's rate)."""
+        assert self.base_rate is not None
+        step = self.last_norms[0] if self.last_norms else 0.0
+        size = float(gap.to(torch.float64).norm())
+        if step <= 0 or size <= step:
+            return self.base_rate
+        return self.base_rate + min(MAX_STALE_BITS, round(4 * math.log2(size / step)) / 4)
 
     def start(self, client: int) -> dict[str, torch.Tensor] | None:
         """The LoRA ``client`` starts from after the last :meth:`broadcast` when it is not ``θ̃`` (a
@@ -335,15 +362,19 @@ class Downlink:
         number of delta frames in each sampled client's delivery (``-1``: the dense state). With
         ``catch_up="reencode"``, ``downlink_reencoded`` counts the sampled clients that got a re-encoded
         catch-up frame (``None`` in the other modes) and ``downlink_start_lag`` is their mean
-        ``‖θ̃ − start‖`` (``None`` when there were none).
+        ``‖θ̃ − start‖`` (``None`` when there were none). With ``rate_by_staleness`` the row also has
+        ``downlink_catch_up_rate``, the mean rate of those frames in bits per parameter.
         """
         delta, lag = self.last_norms if self.codec is not None and self.last_norms else (None, None)
         held = self.held.to(torch.float64)
         lags = [float((held - own.to(torch.float64)).norm()) for own in self.starts.values()]
         reencoding = self.reencode and self.codec is not None
+        rates = list(self.rates.values())
+        by_staleness = {"downlink_catch_up_rate": sum(rates) / len(rates) if rates else None}
         return {
             "downlink_reencoded": len(lags) if reencoding else None,
             "downlink_start_lag": sum(lags) / len(lags) if lags else None,
+            **(by_staleness if self.base_rate is not None else {}),
             "downlink_delta_norm": delta,
             "downlink_lag_norm": lag,
             "downlink_rel_error": None if delta is None or lag is None or delta == 0 else (lag / delta) ** 2,
@@ -463,6 +494,22 @@ def downlink_codec(config: Any, spec: UpdateSpec, logger: Any) -> Codec | None:
         )  # fmt: skip
         return None
     return codec
+
+
+#: Most bits per parameter that rate by staleness adds to the downlink codec's rate (a gap 8x the step).
+MAX_STALE_BITS = 3.0
+
+
+def _base_rate(codec: Codec | None) -> float:
+    """The ``rate`` option of the downlink ``codec`` that rate by staleness raises."""
+    rate = None if codec is None else codec.options().get("rate")
+    if not isinstance(rate, int | float) or isinstance(rate, bool):
+        name = "the dense broadcast" if codec is None else f"downlink codec {codec.name!r}"
+        raise ConfigError(
+            f"fl.downlink_catch_up_rate = 'by_staleness' needs a downlink codec with a rate in bits/param "
+            f"(wf_ecq, topk, ...); {name} has none: set downlink.options.rate, or use 'fixed'"
+        )
+    return float(rate)
 
 
 #: Most memory (bytes) the server may spend on the clients' copies under re-encoded catch-up.
