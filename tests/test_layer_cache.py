@@ -183,15 +183,19 @@ def _loss_and_grads(wl, batch, cache):
     return loss.detach(), grads
 
 
-def test_answer_token_loss_and_gradients_match_the_full_model(gen_wl):
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_answer_token_loss_and_gradients_match_the_full_model(gen_wl, train_mode):
     cache = gen_wl.task.layer_cache
     assert isinstance(cache, LayerCache) and cache.boundary == 2
     try:
         gen_wl.load(*_perturbed(gen_wl))
+        gen_wl.model.train(train_mode)  # LoRA dropout draws alike: the bottom layers carry no LoRA
         batch = gen_wl.task.train_batch([0, 4, 9, 17])  # right-padded rows of different lengths
         assert (batch["attention_mask"][:, -1] == 0).any()
+        torch.manual_seed(0)
         ref_loss, ref_grads = _loss_and_grads(gen_wl, batch, None)
         for _ in range(2):  # first call fills the cache, the second reads it
+            torch.manual_seed(0)
             loss, grads = _loss_and_grads(gen_wl, batch, cache)
             torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
             for name, g in grads.items():
@@ -199,6 +203,7 @@ def test_answer_token_loss_and_gradients_match_the_full_model(gen_wl):
                 torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6)
         assert cache.hits >= 4
         # The same example inside another batch (other padding width) gives the same loss.
+        gen_wl.model.eval()
         alone = gen_wl.task.train_batch([9])
         with torch.no_grad():
             a = gen_wl.task.loss(gen_wl.model, alone)
@@ -206,6 +211,7 @@ def test_answer_token_loss_and_gradients_match_the_full_model(gen_wl):
             b = gen_wl.task.loss(gen_wl.model, alone)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     finally:
+        gen_wl.model.eval()
         gen_wl.task.layer_cache = cache
 
 
