@@ -37,6 +37,8 @@ PAIRS = (
 CATCH_UP_PAIRS = (
     ("wf_ecq-down_wf_ecq2@r1", "wf_ecq-down_wf_ecq2-reencode@r1"),
     ("wf_ecq-down_wf_ecq2@r2", "wf_ecq-down_wf_ecq2-reencode@r2"),
+    ("wf_ecq-down_wf_ecq1@r1", "wf_ecq-down_wf_ecq1-reencode@r1"),
+    ("wf_ecq-down_wf_ecq1@r1", "wf_ecq-down_wf_ecq1-reencode-stale@r1"),  # rate by staleness
 )
 HEADS = {
     False: ("uplink over dense broadcast (a)", "over compressed broadcast (b)"),

@@ -40,6 +40,7 @@ def _describe(codec: dict) -> str:
 # How a column's recipe changes read (``changes`` in references.json); anything else reads ``key = value``.
 CHANGES = {
     ("fl.downlink_catch_up", "reencode"): "one re-encoded catch-up frame",
+    ("fl.downlink_catch_up_rate", "by_staleness"): "its rate by staleness",
     ("model.lora_train", "b"): "FFA-LoRA (A frozen, only B trained and sent)",
 }
 
