@@ -462,7 +462,7 @@ def _group(bench: Bench, root: Path, results: dict, g: dict, bd_rows: list[dict]
         f"finished seeds; the seeds column gives n and which seeds. Target {_num(target)}: "
         f"{g.get('target_source', '?')}.",
         "",
-        "### Accuracy and traffic",
+        f"### {f'`{metric}`' if lower else 'Accuracy'} and traffic",
         "",
     ]
     ratio_head = "× less total than dense fp32" if dense_both else f"× less total than `{g.get('baseline')}`"
