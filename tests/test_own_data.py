@@ -91,15 +91,18 @@ def tok():
 
 # -- the registry ------------------------------------------------------------------------------------------
 def test_builtins_are_registry_entries_with_their_kind():
-    assert DATASETS == tuple(BUILTIN_DATASETS) == ("rotten_tomatoes", "bbc_news", "gsm8k")
+    assert DATASETS == tuple(BUILTIN_DATASETS) == ("rotten_tomatoes", "bbc_news", "gsm8k", "gsm8k_sft")
     assert {n: e.kind for n, e in BUILTIN_DATASETS.items()} == {
         "rotten_tomatoes": "classification",
         "bbc_news": "classification",
         "gsm8k": "generation",
+        "gsm8k_sft": "sft",
     }
     for name in ("rotten_tomatoes", "gsm8k"):
         assert load_data(DataConfig(dataset=name)) is load_dataset(name)  # the same cached object
     assert load_dataset("gsm8k").kind == "generation" and load_dataset("bbc_news").kind == "classification"
+    sft, gen = load_dataset("gsm8k_sft"), load_dataset("gsm8k")  # the same problems, scored by their loss
+    assert sft.kind == "sft" and sft.texts == gen.texts and sft.answers == gen.answers and sft.labels is None
 
 
 def test_importing_fedsqueeze_does_not_import_datasets():
