@@ -31,14 +31,29 @@ def _perturbed(wl, seed=0):
     return {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in lora.items()}, head
 
 
-def _logits_and_grads(wl, batch, cache):
+def _with_grads(wl, batch, cache, forward):
+    """``forward(task, model, batch) -> (output, loss)`` with ``cache``: the output and the LoRA gradients."""
     wl.task.layer_cache = cache
     wl.model.zero_grad(set_to_none=True)
-    logits = wl.task.logits(wl.model, batch)
-    cross_entropy(logits, batch["labels"]).backward()
+    out, loss = forward(wl.task, wl.model, batch)
+    loss.backward()
     grads = {k: p.grad.clone() for k, p in wl._lora_params.items()}
     wl.model.zero_grad(set_to_none=True)
-    return logits.detach(), grads
+    return out.detach(), grads
+
+
+def _label_logits(task, model, batch):
+    logits = task.logits(model, batch)
+    return logits, cross_entropy(logits, batch["labels"])
+
+
+def _answer_loss(task, model, batch):
+    loss = task.loss(model, batch)
+    return loss, loss
+
+
+def _logits_and_grads(wl, batch, cache):
+    return _with_grads(wl, batch, cache, _label_logits)
 
 
 def test_lora_sits_on_the_top_layers_only(wl):
@@ -174,13 +189,7 @@ def gen_wl():
 
 
 def _loss_and_grads(wl, batch, cache):
-    wl.task.layer_cache = cache
-    wl.model.zero_grad(set_to_none=True)
-    loss = wl.task.loss(wl.model, batch)
-    loss.backward()
-    grads = {k: p.grad.clone() for k, p in wl._lora_params.items()}
-    wl.model.zero_grad(set_to_none=True)
-    return loss.detach(), grads
+    return _with_grads(wl, batch, cache, _answer_loss)
 
 
 @pytest.mark.parametrize("train_mode", [False, True])
