@@ -14,7 +14,7 @@ from .budget import budget_bits, paper_packets
 from .decode import decode, decode_flat
 from .error_feedback import ErrorFeedback
 from .predictive import Predictive
-from .registry import available, by_id, codec_class, get, register
+from .registry import available, by_id, codec_class, get, register, with_rate
 
 __all__ = [
     "Codec",
@@ -29,4 +29,5 @@ __all__ = [
     "get",
     "paper_packets",
     "register",
+    "with_rate",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from ..errors import ConfigError
 from ..spec import UpdateSpec
 from .base import Codec, Reference
 from .decode import decode_flat
+from .registry import get
 
 __all__ = ["ErrorFeedback"]
 
@@ -83,19 +85,37 @@ class ErrorFeedback:
     def residual_norm(self) -> float:
         return 0.0 if self.residual is None else float(self.residual.norm())
 
+    def set_codec(self, codec: Codec) -> None:
+        """Code with ``codec`` from the next :meth:`encode` on (a rate schedule's next rate,
+        ``fl.uplink_rates``). The residual carries over; the codec's state starts afresh when its name or
+        options differ from the current codec's, and stays when they are the same."""
+        if codec.name != self.codec.name or _options_key(codec) != _options_key(self.codec):
+            self.codec = codec.fresh()
+
     def state_dict(self) -> dict[str, Any]:
-        """Residual, spec and the wrapped codec's state."""
+        """Residual, spec, the wrapped codec's state and the options it belongs to."""
         return {
             "residual": None if self.residual is None else self.residual.clone(),
             "spec": None if self.spec is None else self.spec.to_json(),
             "codec_state": self.codec.state_dict(),
+            "codec_options": _options_key(self.codec),
             "enabled": self.enabled,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state saved under other options of the same codec (a rate schedule)
+        restores that codec, so a following :meth:`set_codec` decides as in the uninterrupted run."""
         res = state.get("residual")
         self.residual = None if res is None else torch.as_tensor(res, dtype=torch.float64).clone()
         spec = state.get("spec")
         self.spec = None if spec is None else UpdateSpec.from_json(spec)
         self.enabled = bool(state.get("enabled", self.enabled))
+        saved = state.get("codec_options")
+        if isinstance(saved, str) and saved != _options_key(self.codec):
+            self.codec = get(self.codec.name, **json.loads(saved))
         self.codec.load_state_dict(state.get("codec_state", {}))
+
+
+def _options_key(codec: Codec) -> str:
+    """``codec``'s options as canonical JSON (what a saved state records and compares)."""
+    return json.dumps(codec.options(), sort_keys=True, default=str)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, UsageError
 from .base import Codec
 
-__all__ = ["BUILTIN", "PLUGINS", "available", "by_id", "get", "register"]
+__all__ = ["BUILTIN", "PLUGINS", "available", "by_id", "get", "register", "with_path", "with_rate"]
 
 # The modules of the built-in codecs, relative to this package; importing one registers its codecs.
 # Adding a built-in codec is one new module plus its line here.
@@ -106,6 +107,31 @@ def get(name: str, **options: Any) -> Codec:
         return cls(**options)
     except TypeError as exc:
         raise ConfigError(f"codec {name!r}: {exc}") from None
+
+
+def with_path(options: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``options`` with ``value`` at ``path``, copying the nested tables on the way."""
+    out = dict(options)
+    inner = out.get(path[0])
+    out[path[0]] = (
+        value if len(path) == 1 else with_path(inner if isinstance(inner, Mapping) else {}, path[1:], value)
+    )
+    return out
+
+
+def with_rate(name: str, options: Mapping[str, Any], rate: float) -> dict[str, Any]:
+    """Codec ``name``'s ``options`` with its target rate set to ``rate`` bits per parameter (at its
+    ``rate_path``: ``rate``, or the inner codec's for ``predictive``).
+
+    Raises
+    ------
+    ConfigError
+        A codec whose rate is fixed (no rate option), e.g. ``identity`` or ``signsgd``.
+    """
+    path = codec_class(name).rate_path(options)
+    if path is None:
+        raise ConfigError(f"codec {name!r} has a fixed rate (no rate option); it cannot take rate {rate:g}")
+    return with_path(options, path, float(rate))
 
 
 def by_id(codec_id: int) -> type[Codec] | None:

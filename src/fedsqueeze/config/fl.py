@@ -76,6 +76,12 @@ class FLConfig:
         per parameter. A codec whose error halves per extra bit then leaves a client that missed rounds
         about as far from ``θ̃`` as one that missed none. Needs a downlink codec with a ``rate`` option
         (``wf_ecq``, ``topk``, ...).
+    uplink_rates
+        A rate schedule for the uplink codec, in bits per parameter: round ``i`` (from 1) codes its
+        updates at the ``i``-th rate, every round after the list at its last one; empty (the default): the
+        codec's own rate throughout. More bits early and fewer late is ``[2, 2, 1, 1, 0.5]``. Needs an
+        uplink codec with a rate option (``wf_ecq``, ``topk``, ...). A stateful codec (``flm_topk``,
+        ``powersgd``) starts its state afresh when the rate changes; error feedback carries over.
     """
 
     rounds: int = setting(12, range=Range(1))
@@ -95,9 +101,14 @@ class FLConfig:
     downlink_window: int = setting(32, range=Range(1))
     downlink_catch_up: str = setting("reencode", choices=CATCH_UP)
     downlink_catch_up_rate: str = setting("fixed", choices=CATCH_UP_RATES)
+    uplink_rates: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         validate(self, "fl")
+        object.__setattr__(self, "uplink_rates", tuple(self.uplink_rates))
+        bad = [r for r in self.uplink_rates if isinstance(r, bool) or not 0 < r < float("inf")]
+        if bad:
+            raise ConfigError(f"fl.uplink_rates holds rates > 0 in bits per parameter, got {bad[0]!r}")
         if self.target_metric is not None and not (
             isinstance(self.target_metric, int | float)
             and not isinstance(self.target_metric, bool)

@@ -60,6 +60,11 @@ class RunConfig:
                 f"codec {self.codec.name!r} predicts each update from the last broadcast delta frame, which "
                 "a dense downlink has none of: set downlink.name to a codec (see docs/downlink.md)"
             )
+        for rate in sorted(set(self.fl.uplink_rates)):
+            try:
+                CodecConfig(self.codec.name, _with_rate(self.codec, rate))
+            except ConfigError as exc:
+                raise ConfigError(f"fl.uplink_rates: {exc}") from None
         unknown = sorted(set(self.extra) - _extra_names())
         if unknown:
             raise ConfigError(f"unknown section {unknown[0]}; allowed: {', '.join(section_names())}")
@@ -75,6 +80,17 @@ class RunConfig:
         if name in self.extra:
             return self.extra[name]
         return get_section(name).build(None)
+
+    def uplink_rate(self, r: int) -> float | None:
+        """Round ``r``'s (from 1) uplink rate under ``fl.uplink_rates``, or ``None`` without a schedule."""
+        rates = self.fl.uplink_rates
+        return None if not rates else rates[min(r, len(rates)) - 1]
+
+    def uplink_codec(self, r: int) -> CodecConfig:
+        """The uplink codec of round ``r`` (from 1): ``codec`` at the round's rate of ``fl.uplink_rates``,
+        or ``codec`` itself without a schedule."""
+        rate = self.uplink_rate(r)
+        return self.codec if rate is None else CodecConfig(self.codec.name, _with_rate(self.codec, rate))
 
     @property
     def tgap_variant(self) -> str:
@@ -178,3 +194,9 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig) if f.name != "
 def _extra_names() -> set[str]:
     """The registered sections that ``RunConfig`` has no attribute for (they live in ``extra``)."""
     return set(section_names()) - _FIELDS
+
+
+def _with_rate(codec: CodecConfig, rate: float) -> dict[str, Any]:
+    from ..codecs import with_rate  # lazily: the codecs pull in torch
+
+    return with_rate(codec.name, codec.options, rate)

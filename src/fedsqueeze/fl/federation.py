@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..aggregation import check_memory
+from ..codecs import Codec, get, with_rate
 from ..config import RunConfig
 from ..errors import ConfigError, UsageError
 from ..seeding import derive_seed, sample_clients
@@ -149,7 +150,16 @@ class Federation:
         self.lora, self.head = workload.initial_params()
         self.momentum = ServerMomentum(config.fl.server_momentum)
         uplink = codec if codec is not None else config.codec.build()
-        check_uplink(uplink, workload.lora_spec)  # a codec that cannot code this LoRA fails now, by name
+        self.uplink = uplink
+        # a codec that cannot code this LoRA fails now, by name: at each rate of a schedule (which replaces
+        # the codec's own rate in every round), else at its own
+        for rate in sorted(set(config.fl.uplink_rates)):
+            try:
+                check_uplink(at_rate(uplink, rate), workload.lora_spec)
+            except ConfigError as exc:
+                raise ConfigError(f"fl.uplink_rates: at {rate:g} bits/param, {exc}") from None
+        if not config.fl.uplink_rates:
+            check_uplink(uplink, workload.lora_spec)
         self.codec_options = uplink.options()
         down = downlink_codec(config, workload.lora_spec, self.log)
         self.downlink = Downlink(
@@ -190,6 +200,11 @@ class Federation:
         refs = {c: self.downlink.reference(c) for c in clients}
         starts = {c: s for c in clients if (s := self.downlink.start(c)) is not None}
         return RoundPlan(r, clients, lora0, head0, down, seed, dseed, self.trains_head(r), refs, starts)
+
+    def uplink_codec(self, r: int) -> Codec:
+        """Round ``r``'s uplink codec: the run's, at the rate ``fl.uplink_rates`` gives round ``r``."""
+        rate = self.config.uplink_rate(r)
+        return self.uplink if rate is None else at_rate(self.uplink, rate)
 
     def trains_head(self, r: int) -> bool:
         """Whether round ``r``'s clients train the head (see :func:`trains_head`)."""
@@ -267,6 +282,7 @@ class Federation:
             "client_rel_error": sum(rels) / len(rels) if rels else None,
             "residual_norms": [rep.residual_norm for rep in reps],
             "mean_update_norm": None if dense is None else float(dense.norm()),
+            "uplink_rate": cfg.uplink_rate(r),  # fl.uplink_rates' rate for this round (None: the codec's)
             **self.downlink.row_columns(),  # how far the clients' broadcast state is from θ_global
             "aggregated": mean_lora is not None,
             "num_dropped": len(dropped),
@@ -377,6 +393,11 @@ class Federation:
         for row in self.rows:
             row.setdefault("warnings", self.health.observe(row))
         torch.set_rng_state(state["torch_rng"])
+
+
+def at_rate(codec: Codec, rate: float) -> Codec:
+    """A fresh ``codec`` with its target rate set to ``rate`` bits per parameter."""
+    return get(codec.name, **with_rate(codec.name, codec.options(), rate))
 
 
 def _raw_update(rep: ClientReply) -> torch.Tensor:

@@ -105,8 +105,10 @@ class _Federation(Federation):
         on_client = self.on_client(r) if self.on_client is not None else None
         plan = self.configure_round(r)
         replies: list[ClientReply] = []
+        codec = self.uplink_codec(r)  # fl.uplink_rates: this round's rate (else the run's codec, a no-op)
         for i, c in enumerate(plan.clients, 1):
             tc = time.perf_counter()
+            self.efs[c].set_codec(codec)
             rep = client_step(
                 self.workload, c, plan.lora_of(c), plan.head, self.config.train, self.efs[c],
                 train_seed=plan.train_seed(c), encode_seed=plan.encode_seed(c), train_head=plan.train_head,

@@ -464,8 +464,10 @@ def check_uplink(codec: Codec, spec: UpdateSpec) -> None:
     """
     if spec.numel == 0 or type(codec).uses_trained_model:
         return
+    # A nonzero probe: a codec may code an all-zero update without reaching the checks on its budget.
+    probe = torch.linspace(-1.0, 1.0, spec.numel)
     try:  # a fresh instance: the probe must not touch the state of the codec the run uses
-        type(codec)(**codec.options()).encode_with_spec(torch.zeros(spec.numel), spec, seed=0)
+        type(codec)(**codec.options()).encode_with_spec(probe, spec, seed=0)
     except ConfigError as exc:
         raise ConfigError(f"codec (the uplink): {exc}") from None
 

@@ -56,13 +56,13 @@ from flwr.common import MetricRecordValues
 from flwr.common.constant import ErrorCode
 
 from ..errors import ConfigError, FedsqueezeError, PayloadError
-from ..fl.federation import trains_head
+from ..fl.federation import at_rate, trains_head
 from ..fl.hooks import hooks_for
 from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .downlink import DOWN_META_KEY, Layout
 from .env import apply_offline_env
-from .frames import read_parts_reply
+from .frames import read_parts_config, read_parts_reply
 from .job_strategy import ARRAYS_KEY, CONFIG_KEY
 from .node_data import NodeSettings, node_settings, node_workload
 from .records import sha256
@@ -318,13 +318,17 @@ def _refuse(msg: Message, reason: str) -> Message:
 
 def _job_codec(msg: Message, context: Context, part: str) -> Any:
     """``compress_mod``'s ``codec_for``: the job's LoRA codec (the config's, or the one the phases before the
-    rounds made, e.g. with TGAP's trained model); ``None`` for the other parts (built from the message)."""
+    rounds made, e.g. with TGAP's trained model) at the round's rate of ``fl.uplink_rates``; ``None`` for the
+    other parts (built from the message)."""
     conf = _job_config(msg)
     if conf is None or part != "lora":
         return None
     settings = node_settings(context.run_config, context.node_config)
     _, codec = _job_workload(settings, partition_id(context), conf)
-    return codec if codec is not None else settings.config.codec.build()
+    codec = codec if codec is not None else settings.config.codec.build()
+    asked = read_parts_config(msg.content)
+    rate = None if asked is None or asked[2] is None else settings.config.uplink_rate(asked[2])
+    return codec if rate is None else at_rate(codec, rate)
 
 
 def sent_log_mod(msg: Message, context: Context, call_next: Any) -> Message:

@@ -275,7 +275,7 @@ class FederationStrategy(Strategy):
         """The parts a client's reply codes (``fedsqueeze-parts``, :func:`.frames.read_parts_config`): the
         LoRA update with the job's codec and error feedback, against the last downlink frame; the head's
         update densely (identity, no error feedback), sent only in the rounds the head trains."""
-        codec = self.config.codec
+        codec = self.config.uplink_codec(server_round)  # fl.uplink_rates: the round's rate
         return [
             {"name": "lora", "prefix": "lora.", "codec": codec.name, "options": dict(codec.options),
              "error-feedback": self.config.fl.error_feedback, "reference": True},

@@ -28,6 +28,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 
 from ..codecs import Codec, ErrorFeedback, get
+from ..codecs.registry import with_path
 from ..errors import ConfigError, FedsqueezeError
 from ..fl.client import relative_error
 from ..seeding import derive_seed
@@ -435,8 +436,13 @@ def _error(msg: Message, reason: str) -> Message:
 
 # -- error-feedback state in context.state -------------------------------------------------------------------
 def _state_id(codec: Codec, spec: UpdateSpec) -> str:
-    """Which state a residual belongs to: the codec, its options and the spec (another one starts fresh)."""
-    blob = json.dumps([codec.name, codec.options(), spec.digest.hex()], sort_keys=True, default=str)
+    """Which state a residual belongs to: the codec, its options but the rate, and the spec (another one
+    starts fresh; another rate of the same codec, a rate schedule's, keeps the residual)."""
+    options = codec.options()
+    path = codec.rate_path(options)
+    if path is not None:
+        options = with_path(options, path, None)
+    blob = json.dumps([codec.name, options, spec.digest.hex()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -461,6 +467,7 @@ def _load_ef(
     if state is None or state.get("codec-id") != _state_id(codec, spec):
         return "fresh"  # first round, or another codec / model: the old residual does not apply
     ef.load_state_dict(state["ef"])
+    ef.set_codec(codec)  # this round's options (a rate schedule); the codec's state stays if they are equal
     return store.where
 
 

@@ -171,11 +171,13 @@ class CodecEntry:
         """One column per rate of :attr:`rates` (with the rate option set), or the entry itself."""
         if not self.rates:
             return [self]
+        from ..codecs.registry import with_path  # lazily: the codecs pull in torch
+
         path = _rate_path(f"codecs.{self.label}", self.name, self.options)
         assert path is not None  # _codec only sweeps codecs with a rate path
         return [
             CodecEntry(
-                rate_label(self.label, r), self.name, _with_path(self.options, path, r), self.overrides, (),
+                rate_label(self.label, r), self.name, with_path(self.options, path, r), self.overrides, (),
                 self.label, r,
             )
             for r in self.rates
@@ -431,16 +433,6 @@ def _path_set(options: Mapping[str, Any], path: tuple[str, ...]) -> bool:
             return False
         node = node[key]
     return True
-
-
-def _with_path(options: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    """A copy of ``options`` with ``value`` at ``path``, copying the nested tables on the way."""
-    out = dict(options)
-    inner = out.get(path[0])
-    out[path[0]] = (
-        value if len(path) == 1 else _with_path(inner if isinstance(inner, Mapping) else {}, path[1:], value)
-    )
-    return out
 
 
 def _rates(where: str, value: Any) -> tuple[float, ...]:
