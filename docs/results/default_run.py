@@ -50,12 +50,21 @@ def _changes(changes: dict) -> list[str]:
     out = [CHANGES[k, rest.pop(k)] for k, v in changes.items() if (k, v) in CHANGES]
     if "fl.rounds" in rest and "train.max_steps" in rest:
         out.append(f"{rest.pop('fl.rounds')} rounds × {rest.pop('train.max_steps')} local steps")
+    if "model.lora_r" in rest:  # lora_alpha moves with it (alpha = 2 r keeps the LoRA scaling)
+        rest.pop("model.lora_alpha", None)
+        out.append(f"LoRA rank {rest.pop('model.lora_r')}")
+    rest.pop("fl.uplink_rates", None)  # in the uplink's own description (_label)
     return out + [f"{k} = {v}" for k, v in rest.items()]
 
 
 def _label(col: dict) -> str:
-    extra = "".join(f"; {c}" for c in _changes(col.get("changes", {})))
-    return f"{_describe(col['codec'])} up, {_describe(col['downlink'])} down{extra}"
+    changes = col.get("changes", {})
+    extra = "".join(f"; {c}" for c in _changes(changes))
+    up = _describe(col["codec"])
+    if changes.get("fl.uplink_rates"):
+        rates = ", ".join(f"{r:g}" for r in changes["fl.uplink_rates"])
+        up = f"{col['codec']['name']} at {rates} bits/param over the rounds (the last from then on)"
+    return f"{up} up, {_describe(col['downlink'])} down{extra}"
 
 
 def _paired(col: dict, dense: dict) -> tuple[list[str], float, str]:

@@ -31,11 +31,12 @@ FREE_KEYS = frozenset(
         "fl.downlink_catch_up",  # part of the downlink protocol: a column records it in its changes
         "fl.downlink_catch_up_rate",
         "fl.seed",
+        "fl.uplink_rates",  # the uplink's rate schedule: part of the uplink, recorded in a column's changes
         "fl.target_metric",
     }
 )
 #: Of those, the keys a recorded column may set apart from its task's value (its ``changes``).
-PROTOCOL_KEYS = ("fl.downlink_catch_up", "fl.downlink_catch_up_rate")
+PROTOCOL_KEYS = ("fl.downlink_catch_up", "fl.downlink_catch_up_rate", "fl.uplink_rates")
 
 
 @cache
