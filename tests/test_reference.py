@@ -112,6 +112,11 @@ def test_the_pages_show_the_default_runs_recorded_figures_as_generated():
     choices = mod.block((ROOT / mod.CHOICES_PAGE).read_text(encoding="utf-8"), mod.CHOICES)
     assert choices == mod.choices(), "run python docs/results/default_run.py --write"
     assert "(default)" in choices
+    others = mod.other_tasks()
+    assert others  # SmolLM2's task: its columns by total MB in docs/results.md
+    for task in others:
+        shown = mod.block((ROOT / mod.OTHER_PAGE).read_text(encoding="utf-8"), mod.other_markers(task))
+        assert shown == mod.choices(task), f"{task['study']}: run python docs/results/default_run.py --write"
 
 
 def _default_run_script():
@@ -177,13 +182,14 @@ def test_the_equal_accuracy_plot_draws_every_recorded_column(tmp_path, monkeypat
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(ROOT / "docs" / "results"))
-    monkeypatch.setattr(mod, "OUT", tmp_path / "plot.png")
     drawn = []
     real = mod.plt.Axes.scatter
     monkeypatch.setattr(
         mod.plt.Axes, "scatter", lambda self, x, y, **kw: drawn.append((x, y)) or real(self, x, y, **kw)
     )
-    assert mod.plot().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    task = next(t for t in load_references() if t["task"] == "minilm-rt-lora-adamw")
-    want = sorted((c["total_mb"], c["final_metric"]["mean"]) for c in task["columns"])
-    assert sorted(drawn) == want  # one point per recorded column, at its total MB and mean accuracy
+    default = reference_for(load_config())["same_config"]
+    for i, task in enumerate(load_references()):  # lora-bench's task and SmolLM2's
+        drawn.clear()
+        assert mod.plot(task, default, tmp_path / f"{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        want = sorted((c["total_mb"], c["final_metric"]["mean"]) for c in task["columns"])
+        assert sorted(drawn) == want  # one point per recorded column, at its total MB and mean accuracy

@@ -3,7 +3,8 @@
 The default config (``fedsqueeze run`` with no arguments) is one column of a benchmark task; its recorded
 cells, and the task's dense fp32 column, are in ``src/fedsqueeze/configs/references.json``
 (``docs/results/references.py``). This prints the table the README, ``docs/getting-started.md`` and
-``docs/default-run.md`` show between ``<!-- default-run -->`` markers, and ``--write`` puts it there::
+``docs/default-run.md`` show between ``<!-- default-run -->`` markers, the default's task's columns by total
+MB, and those of every other recorded task (``docs/results.md``); ``--write`` puts them there::
 
     python docs/results/default_run.py --write
 
@@ -24,6 +25,7 @@ PAGES = ("README.md", "docs/getting-started.md", "docs/default-run.md")
 START, END = "<!-- default-run -->\n", "<!-- /default-run -->"
 CHOICES_PAGE = "docs/default-run.md"
 CHOICES = ("<!-- default-run-choices -->\n", "<!-- /default-run-choices -->")
+OTHER_PAGE = "docs/results.md"  # the other recorded tasks' columns by total MB (other_markers)
 
 
 def _describe(codec: dict) -> str:
@@ -47,7 +49,7 @@ CHANGES = {
 
 def _changes(changes: dict) -> list[str]:
     rest = dict(changes)
-    out = [CHANGES[k, rest.pop(k)] for k, v in changes.items() if (k, v) in CHANGES]
+    out = [CHANGES[k, rest.pop(k)] for k, v in changes.items() if isinstance(v, str) and (k, v) in CHANGES]
     if "fl.rounds" in rest and "train.max_steps" in rest:
         out.append(f"{rest.pop('fl.rounds')} rounds × {rest.pop('train.max_steps')} local steps")
     if "model.lora_r" in rest:  # lora_alpha moves with it (alpha = 2 r keeps the LoRA scaling)
@@ -106,24 +108,26 @@ def table() -> str:
     )
 
 
-def choices() -> str:
-    """Every recorded column of the default's task by total MB, with its seed-paired distance from dense."""
+def choices(task: dict | None = None) -> str:
+    """Every recorded column of ``task`` (a record of references.json; default: the default's task) by
+    total MB, with its seed-paired distance from the task's dense column. The default's own column (its
+    label in the default's task) is marked."""
     ref = reference_for(load_config())
-    if ref is None:
+    if ref is None or ref["same_config"] is None:
         raise SystemExit("the default config is not a recorded benchmark task (references.json)")
-    dense = ref["dense"]
+    task = task if task is not None else default_task(ref)
+    dense = next(c for c in task["columns"] if c["label"] == task["dense"])
     lines = [
         "| column | uplink, downlink | seeds | final (mean ± std) | − dense, seed-paired (points) "
         "| total MB | less than dense fp32 | within 1 point |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    cols = sorted(ref_columns(ref), key=lambda c: c["total_mb"])
-    for col in cols:
+    for col in sorted(task["columns"], key=lambda c: c["total_mb"]):
         seeds, mean, spread = _paired(col, dense)
         m = col["final_metric"]
         std = f" ± {m['std']:.3f}" if m["n"] > 1 else ""
         near = "yes" if mean >= -1.0 else "no"
-        default = " (default)" if col == ref["same_config"] else ""
+        default = " (default)" if col["label"] == ref["same_config"]["label"] else ""
         lines.append(
             f"| `{col['label']}`{default} | {_label(col)} | {len(seeds)} | {m['mean']:.3f}{std} | "
             f"{mean:+.1f}{spread} | {col['total_mb']:.2f} | {dense['total_mb'] / col['total_mb']:.1f}× "
@@ -132,10 +136,14 @@ def choices() -> str:
     return "\n".join(lines)
 
 
+def default_task(ref: dict) -> dict:
+    """The recorded task (references.json) the default config is a column of."""
+    return next(t for t in load_references() if (t["study"], t["task"]) == (ref["study"], ref["task"]))
+
+
 def ref_columns(ref: dict) -> list[dict]:
     """The columns of the default's recorded task (from the packaged references)."""
-    task = next(t for t in load_references() if (t["study"], t["task"]) == (ref["study"], ref["task"]))
-    return list(task["columns"])
+    return list(default_task(ref)["columns"])
 
 
 def block(text: str, markers: tuple[str, str] = (START, END)) -> str | None:
@@ -155,11 +163,25 @@ def _put(page: str, markers: tuple[str, str], new: str) -> None:
     path.write_text(head + start + new + "\n" + end + tail, encoding="utf-8")
 
 
+def other_tasks() -> list[dict]:
+    """The recorded tasks besides the default's: their tables go in :data:`OTHER_PAGE`."""
+    ref = reference_for(load_config())
+    assert ref is not None
+    return [t for t in load_references() if (t["study"], t["task"]) != (ref["study"], ref["task"])]
+
+
+def other_markers(task: dict) -> tuple[str, str]:
+    """The markers of ``task``'s table of columns by total MB in :data:`OTHER_PAGE`."""
+    return f"<!-- equal-accuracy {task['study']} -->\n", f"<!-- /equal-accuracy {task['study']} -->"
+
+
 def write() -> None:
     new = table()
     for page in PAGES:
         _put(page, (START, END), new)
     _put(CHOICES_PAGE, CHOICES, choices())
+    for task in other_tasks():
+        _put(OTHER_PAGE, other_markers(task), choices(task))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Accuracy against total traffic for every recorded column of the default run's task, with the band within
-1 point of dense fp32: where a configuration saves bytes at dense accuracy.
+"""Accuracy against total traffic for every recorded column of each recorded benchmark task (the default
+run's, lora-bench, and SmolLM2's), with the band within 1 point of dense fp32: where a configuration saves
+bytes at dense accuracy.
 
 It reads the packaged ``src/fedsqueeze/configs/references.json`` (``docs/results/references.py``) and writes
-``docs/results/lora-bench/plots/equal_accuracy.png``::
+``docs/results/<study>/plots/equal_accuracy.png`` for each task::
 
     python docs/results/equal_accuracy.py
 """
@@ -21,16 +22,18 @@ from fedsqueeze.config import load_config
 from fedsqueeze.fl.reference import reference_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_run import _paired, ref_columns
+from default_run import _paired
+
+from fedsqueeze.fl.reference import load_references
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "docs" / "results" / "lora-bench" / "plots" / "equal_accuracy.png"
 
 # columns named on the plot besides the default and the anchors
 NOTED = {
     "wf_ecq-down_wf_ecq2@r2": "the default's codecs, catch-up frame by frame",
     "wf_ecq-down_wf_ecq1-reencode-r4x60@r1": "4 rounds × 60 steps, 1 bit/param both ways",
     "randk-down_randk0.25-reencode@r0.25": "randk both ways (seeded coordinates)",
+    "wf_ecq-down_wf_ecq2-reencode-rank4@r2": "the default's protocol at LoRA rank 4",
 }
 # the peers' protocols as columns, and the default
 ANCHORS = {
@@ -43,10 +46,12 @@ ANCHORS = {
 def _kind(col: dict, default: dict) -> str:
     if col["label"] == "identity":
         return "dense"
-    if col == default:
+    if col["label"] == default["label"]:
         return "default"
     if col["label"] in ANCHORS:
         return "anchor"
+    if col["codec"]["name"] == "identity" and col["downlink"]["name"] == "identity":
+        return "recipe"  # dense fp32 both ways with another recipe (rank, rounds): not a codec
     if col["downlink"]["name"] == "identity":
         return "uplink"  # a compressed uplink over the dense broadcast
     return "both"
@@ -58,6 +63,7 @@ STYLE = {
     "anchor": {"color": "tab:purple", "marker": "D", "s": 55, "zorder": 4},
     "uplink": {"color": "tab:gray", "marker": "o", "s": 22, "zorder": 2, "alpha": 0.6},
     "both": {"color": "tab:blue", "marker": "o", "s": 40, "zorder": 3},
+    "recipe": {"facecolors": "none", "edgecolors": "black", "marker": "s", "s": 60, "zorder": 4},
 }
 NAMES = {
     "dense": "dense fp32 both ways",
@@ -65,23 +71,24 @@ NAMES = {
     "anchor": "peers' protocols",
     "uplink": "compressed uplink, dense broadcast",
     "both": "compressed both ways",
+    "recipe": "dense fp32 both ways, another recipe",
 }
 
 
-def plot() -> Path:
-    ref = reference_for(load_config())
-    if ref is None or ref["same_config"] is None:
-        raise SystemExit("the default config is not a recorded column of a benchmark task (references.json)")
-    dense, default = ref["dense"], ref["same_config"]
+def plot(task: dict, default: dict, out: Path | None = None) -> Path:
+    """``task``'s plot (a record of references.json) into ``out`` (default:
+    ``docs/results/<study>/plots/equal_accuracy.png``); ``default``: the default run's column (its label
+    marks the same protocol in any task)."""
+    dense = next(c for c in task["columns"] if c["label"] == task["dense"])
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     d = dense["final_metric"]["mean"]
     ax.axhspan(d - 0.01, d + 0.01, color="tab:green", alpha=0.12, label="within 1 point of dense")
     seen: set[str] = set()
-    for col in sorted(ref_columns(ref), key=lambda c: c["total_mb"]):
+    for col in sorted(task["columns"], key=lambda c: c["total_mb"]):
         kind = _kind(col, default)
         m = col["final_metric"]
         ax.errorbar(col["total_mb"], m["mean"], yerr=m["std"] if m["n"] > 1 else None, fmt="none",
-                    ecolor=STYLE[kind]["color"], alpha=0.5, zorder=1)  # fmt: skip
+                    ecolor=STYLE[kind].get("color", "black"), alpha=0.5, zorder=1)  # fmt: skip
         ax.scatter(col["total_mb"], m["mean"], label=None if kind in seen else NAMES[kind], **STYLE[kind])
         seen.add(kind)
         seeds, _, _ = _paired(col, dense)
@@ -94,18 +101,27 @@ def plot() -> Path:
     ax.axvline(target, color="tab:green", ls="--", lw=1, label=f"100× less than dense ({target:.2f} MB)")
     ax.set_xscale("log")
     ax.set_xlabel("total MB per run, uplink + downlink (log scale)")
-    ax.set_ylabel(f"final {ref['metric_name']} (mean ± std over seeds)")
+    ax.set_ylabel(f"final {task['metric_name']} (mean ± std over seeds)")
     ax.set_title(
-        f"{ref['study']} {ref['task']} / {ref['partition']}: accuracy against total traffic", fontsize=10
+        f"{task['study']} {task['task']} / {task['partition']}: accuracy against total traffic", fontsize=10
     )
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(OUT, dpi=110)
+    out = out or ROOT / "docs" / "results" / task["study"] / "plots" / "equal_accuracy.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
-    return OUT
+    return out
+
+
+def main() -> None:
+    ref = reference_for(load_config())
+    if ref is None or ref["same_config"] is None:
+        raise SystemExit("the default config is not a recorded column of a benchmark task (references.json)")
+    for task in load_references():
+        print(f"wrote {plot(task, ref['same_config']).relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    print(f"wrote {plot().relative_to(ROOT)}", file=sys.stderr)
+    main()
