@@ -143,11 +143,6 @@ def default_task(ref: dict) -> dict:
     return next(t for t in load_references() if (t["study"], t["task"]) == (ref["study"], ref["task"]))
 
 
-def ref_columns(ref: dict) -> list[dict]:
-    """The columns of the default's recorded task (from the packaged references)."""
-    return list(default_task(ref)["columns"])
-
-
 def block(text: str, markers: tuple[str, str] = (START, END)) -> str | None:
     """The text between ``markers`` in a page, or ``None`` if it has none."""
     start, end = markers

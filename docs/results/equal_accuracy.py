@@ -19,12 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from fedsqueeze.config import load_config
-from fedsqueeze.fl.reference import reference_for
+from fedsqueeze.fl.reference import load_references, reference_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_run import _paired
-
-from fedsqueeze.fl.reference import load_references
 
 ROOT = Path(__file__).resolve().parents[2]
 
