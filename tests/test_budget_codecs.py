@@ -38,7 +38,7 @@ EXACT = 1e-5  # rel. error at the codecs' value-precision floor (fp16-like value
 MIN_USE = 0.5
 # Codecs whose selection is random by design (unbiased sampling): on sparse data a sample may hold only
 # zeros, and the error falls with the budget in expectation. They are checked over SEEDS seeds instead.
-RANDOMIZED = {"randk"}
+RANDOMIZED = {"randk", "seedproj"}
 SEEDS = 8
 
 

@@ -103,6 +103,7 @@ def _predictive_bodies(spec: UpdateSpec) -> list[tuple[str, bytes]]:
 def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
     """``{codec: [(what, body), ...]}``: header fields with absurd claims (the tail is zeros or 0xFF)."""
     d, t = spec.numel, len(spec.sizes)
+    n = 1 << (d - 1).bit_length()  # seedproj's transform length
     nan, inf = float("nan"), float("inf")
     out: dict[str, list[tuple[str, bytes]]] = {
         "identity": [("short body", b"\0" * (4 * d - 4)), ("odd body", b"\0" * 3)],
@@ -127,6 +128,19 @@ def hostile_bodies(spec: UpdateSpec) -> dict[str, list[tuple[str, bytes]]]:
             ("width 64", _u((4, 32), (64, 8), (0, 8)).getvalue()),
             ("unbiased 2", _u((4, 32), (32, 8), (2, 8)).getvalue()),
             ("scale NaN", _f32(_u((4, 32), (16, 8), (0, 8)), nan).getvalue()),
+        ],
+        "seedproj": [
+            ("k = 2^31", _u((2**31, 32), (8, 8), (0, 8)).getvalue()),
+            ("k = 2^32-1", _u((U32, 32), (32, 8), (1, 8)).getvalue()),
+            ("k = n+1", _u((n + 1, 32), (8, 8), (0, 8)).getvalue()),
+            ("width 64", _u((4, 32), (64, 8), (0, 8)).getvalue()),
+            ("width 0", _u((4, 32), (0, 8), (0, 8)).getvalue()),
+            ("width 3", _u((4, 32), (3, 8), (0, 8)).getvalue()),
+            ("unbiased 2", _u((4, 32), (32, 8), (2, 8)).getvalue()),
+            # exact lengths (4 codes of 8 bits after the scale), so the scale itself is what is refused
+            ("scale NaN", _f32(_u((4, 32), (8, 8), (0, 8)), nan).getvalue() + b"\0" * 4),
+            ("scale -1", _f32(_u((4, 32), (8, 8), (1, 8)), -1.0).getvalue() + b"\0" * 4),
+            ("scale Inf", _f32(_u((4, 32), (16, 8), (0, 8)), inf).getvalue() + b"\0" * 8),
         ],
         "qsgd": [
             ("bucket 0", _u((0, 32), (1, 16), (0, 8), (0, 8)).getvalue()),

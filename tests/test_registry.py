@@ -99,6 +99,7 @@ def test_every_rate_codec_is_listed() -> None:
     expected = {
         "topk",
         "randk",
+        "seedproj",
         "qsgd",
         "powersgd",
         "compeft",
@@ -108,7 +109,7 @@ def test_every_rate_codec_is_listed() -> None:
         "cg_fedllm_q",
     }
     assert expected <= set(RATE_CODECS)
-    assert {"topk", "randk", "compeft", "flm_topk", "fed_cvlc", "wf_ecq"} <= set(DENSITY_CODECS)
+    assert {"topk", "randk", "seedproj", "compeft", "flm_topk", "fed_cvlc", "wf_ecq"} <= set(DENSITY_CODECS)
 
 
 @pytest.mark.parametrize("bad", BAD_RATES, ids=repr)

@@ -64,6 +64,8 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
     "topk-fixed-b2-rate": ("topk", {"rate": 1.5, "value_bits": 2, "positions": "fixed"}, 4),
     "randk-fp32": ("randk", {"density": 0.05}, 5),
     "randk-fp16-unbiased": ("randk", {"density": 0.05, "value_bits": 16, "unbiased": True}, 6),
+    "seedproj-b8": ("seedproj", {"density": 0.05}, 32),
+    "seedproj-fp32-unbiased": ("seedproj", {"density": 0.05, "value_bits": 32, "unbiased": True}, 33),
     "qsgd-fixed": ("qsgd", {}, 7),
     "qsgd-elias-l2": ("qsgd", {"coding": "elias", "norm": "l2", "levels": 4, "bucket": 64}, 8),
     "qsgd-elias-rate": ("qsgd", {"coding": "elias", "rate": 3.0}, 9),

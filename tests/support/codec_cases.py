@@ -17,7 +17,7 @@ from fedsqueeze.wire.frame import HEADER, HEADER_SIZE
 KINDS = ("gauss", "zero", "const", "tiny", "huge", "mixed", "sparse", "heavy")
 
 # The classical baselines of this package (their body headers are tampered with in the property tests).
-BASELINES = ("topk", "randk", "qsgd", "signsgd", "powersgd", "compeft")
+BASELINES = ("topk", "randk", "seedproj", "qsgd", "signsgd", "powersgd", "compeft")
 # The blockwise absmax quantizers (bitsandbytes-style); their body headers are tampered with too.
 BLOCKWISE = ("blockwise8", "nf4", "fp4")
 

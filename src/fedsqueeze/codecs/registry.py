@@ -19,6 +19,7 @@ BUILTIN: tuple[str, ...] = (
     "dense",
     "baselines.topk",
     "baselines.randk",
+    "baselines.seedproj",
     "baselines.qsgd",
     "baselines.signsgd",
     "baselines.powersgd",

@@ -1,4 +1,5 @@
-"""Helpers shared by the classical baseline codecs (topk, randk, qsgd, signsgd, powersgd, compeft).
+"""Helpers shared by the classical baseline codecs (topk, randk, seedproj, qsgd, signsgd, powersgd,
+compeft).
 
 Not a codec module (leading underscore): the rate search, TopK selection, the value coders and the float32
 clamp that keeps decoded values finite. The option checks every budget codec shares are in ``..budget``.
