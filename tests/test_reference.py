@@ -193,3 +193,16 @@ def test_the_equal_accuracy_plot_draws_every_recorded_column(tmp_path, monkeypat
         assert mod.plot(task, default, tmp_path / f"{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         want = sorted((c["total_mb"], c["final_metric"]["mean"]) for c in task["columns"])
         assert sorted(drawn) == want  # one point per recorded column, at its total MB and mean accuracy
+
+
+def test_a_columns_recipe_changes_read_as_words():
+    changes = _default_run_script()._changes
+    assert changes(
+        {"fl.clients_per_round": 2, "train.max_steps": 40, "model.lora_r": 4, "model.lora_alpha": 8}
+    ) == [
+        "2 clients a round × 40 local steps",
+        "LoRA rank 4",
+    ]
+    assert changes({"fl.rounds": 6, "train.max_steps": 40}) == ["6 rounds × 40 local steps"]
+    assert changes({"fl.clients_per_round": 2}) == ["2 clients a round"]
+    assert changes({"fl.uplink_rates": [4, 2], "fl.seed": 3}) == ["fl.seed = 3"]

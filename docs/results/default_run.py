@@ -52,6 +52,10 @@ def _changes(changes: dict) -> list[str]:
     out = [CHANGES[k, rest.pop(k)] for k, v in changes.items() if isinstance(v, str) and (k, v) in CHANGES]
     if "fl.rounds" in rest and "train.max_steps" in rest:
         out.append(f"{rest.pop('fl.rounds')} rounds × {rest.pop('train.max_steps')} local steps")
+    if "fl.clients_per_round" in rest:
+        steps = rest.pop("train.max_steps", None)
+        per = f" × {steps} local steps" if steps is not None else ""
+        out.append(f"{rest.pop('fl.clients_per_round')} clients a round{per}")
     if "model.lora_r" in rest:  # lora_alpha moves with it (alpha = 2 r keeps the LoRA scaling)
         rest.pop("model.lora_alpha", None)
         out.append(f"LoRA rank {rest.pop('model.lora_r')}")
