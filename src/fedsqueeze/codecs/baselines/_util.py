@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, PayloadError
-from ...wire.bitpack import BitReader
+from ...wire.bitpack import BitReader, BitWriter
 from ..base import FP32_MAX
 from ..budget import HEADER_BITS, check_rate_fits
 
@@ -23,12 +23,15 @@ __all__ = [
     "density_k",
     "expect_body_bits",
     "frame_bits",
+    "kept_body_bits",
     "largest_fitting",
+    "read_kept_values",
     "read_scale",
     "read_values",
     "to_f32",
     "topk_sorted",
     "value_code",
+    "write_kept_values",
 ]
 
 # Wire ids of the index coders of wire/index_coding.py.
@@ -151,3 +154,52 @@ def read_values(codes: np.ndarray, bits: int, scale: float) -> np.ndarray:
 def to_f32(x: np.ndarray) -> torch.Tensor:
     """float64 values to a float32 tensor, saturating at the float32 range (NaN stays NaN for the caller)."""
     return torch.from_numpy(np.clip(x, -FP32_MAX, FP32_MAX).astype(np.float32))
+
+
+# -- the "k values and a flag" body of randk and seedproj --------------------------------------------------
+# k u32, value_bits u8, a 0/1 flag u8, an f32 scale unless value_bits == 32, then k value codes.
+KEPT_HEAD_BITS = 32 + 8 + 8
+
+
+def kept_body_bits(k: np.ndarray | int, value_bits: int) -> np.ndarray | int:
+    """Bits of a kept-values body with ``k`` values of ``value_bits`` bits (before byte padding)."""
+    return KEPT_HEAD_BITS + (0 if value_bits == 32 else 32) + k * value_bits
+
+
+def write_kept_values(vals: np.ndarray, value_bits: int, flag: bool) -> bytes:
+    """Code ``vals`` (float64) with :func:`value_code` into a kept-values body."""
+    scale, codes = value_code(vals, value_bits)
+    w = BitWriter()
+    w.write_uint(vals.size, 32)
+    w.write_uint(value_bits, 8)
+    w.write_uint(int(flag), 8)
+    if value_bits != 32:
+        w.write_f32(scale)
+    w.write_uints(codes, value_bits)
+    return w.getvalue()
+
+
+def read_kept_values(
+    name: str, body: bytes, kmax: int, kmax_name: str, allowed_bits: tuple[int, ...], flag_name: str
+) -> tuple[np.ndarray, bool]:
+    """Inverse of :func:`write_kept_values`: ``(values, flag)``.
+
+    Every header field is checked before anything of size ``k`` is read: ``k <= kmax``, a width in
+    ``allowed_bits``, a 0/1 flag, the exact body length and a valid scale; a violation is a
+    :class:`PayloadError` naming the codec.
+    """
+    r = BitReader(body)
+    k = r.read_uint(32, "k")
+    vb = r.read_uint(8, "value_bits")
+    flag = r.read_uint(8, flag_name)
+    if k > kmax:
+        raise PayloadError(f"{name}: k={k} exceeds {kmax_name}={kmax}")
+    if vb not in allowed_bits:
+        raise PayloadError(f"{name}: invalid value_bits {vb}")
+    if flag not in (0, 1):
+        raise PayloadError(f"{name}: invalid {flag_name} flag {flag}")
+    expect_body_bits(name, body, int(kept_body_bits(k, vb)))
+    scale = read_scale(r, name) if vb != 32 else 0.0
+    vals = read_values(r.read_uints(k, vb, "values"), vb, scale)
+    r.expect_end()
+    return vals, bool(flag)

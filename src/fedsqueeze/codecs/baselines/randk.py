@@ -23,25 +23,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...errors import ConfigError, PayloadError
+from ...errors import ConfigError
 from ...spec import UpdateSpec
-from ...wire.bitpack import BitReader, BitWriter
 from ..base import Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
-from ._util import (
-    density_k,
-    expect_body_bits,
-    largest_fitting,
-    read_scale,
-    read_values,
-    to_f32,
-    value_code,
-)
+from ._util import density_k, kept_body_bits, largest_fitting, read_kept_values, to_f32, write_kept_values
 
 __all__ = ["RandK", "randk_indices"]
-
-_HEAD_BITS = 32 + 8 + 8
 
 
 def randk_indices(d: int, k: int, seed: int) -> np.ndarray:
@@ -94,7 +83,7 @@ class RandK(Codec):
             raise ConfigError(f"randk: unbiased must be True or False, got {self.unbiased!r}")
 
     def _body_bits(self, k: np.ndarray | int) -> np.ndarray | int:
-        return _HEAD_BITS + (32 if self.value_bits == 16 else 0) + k * self.value_bits
+        return kept_body_bits(k, self.value_bits)
 
     def choose_k(self, d: int) -> int:
         """Kept count for a vector of length ``d`` (from ``density`` or the ``rate`` search)."""
@@ -107,35 +96,13 @@ class RandK(Codec):
         d = spec.numel
         k = self.choose_k(d)
         idx = randk_indices(d, k, seed)
-        scale, codes = value_code(flat.numpy()[idx].astype(np.float64), self.value_bits)
-        w = BitWriter()
-        w.write_uint(k, 32)
-        w.write_uint(self.value_bits, 8)
-        w.write_uint(int(self.unbiased), 8)
-        if self.value_bits == 16:
-            w.write_f32(scale)
-        w.write_uints(codes, self.value_bits)
-        return w.getvalue()
+        return write_kept_values(flat.numpy()[idx].astype(np.float64), self.value_bits, self.unbiased)
 
     @classmethod
     def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
-        r = BitReader(body)
-        k = r.read_uint(32, "k")
-        vb = r.read_uint(8, "value_bits")
-        unbiased = r.read_uint(8, "unbiased")
-        if k > d:
-            raise PayloadError(f"randk: k={k} exceeds d={d}")
-        if vb not in (16, 32):
-            raise PayloadError(f"randk: invalid value_bits {vb}")
-        if unbiased not in (0, 1):
-            raise PayloadError(f"randk: invalid unbiased flag {unbiased}")
-        expect_body_bits(cls.name, body, _HEAD_BITS + (32 if vb == 16 else 0) + k * vb)
-        scale = 0.0
-        if vb == 16:
-            scale = read_scale(r, cls.name)
-        vals = read_values(r.read_uints(k, vb, "values"), vb, scale)
-        r.expect_end()
+        vals, unbiased = read_kept_values(cls.name, body, d, "d", (16, 32), "unbiased")
+        k = vals.size
         if unbiased and k:
             vals = vals * (d / k)
         out = np.zeros(d, dtype=np.float64)
@@ -144,4 +111,4 @@ class RandK(Codec):
 
     @classmethod
     def max_body_bytes(cls, spec: UpdateSpec) -> int:
-        return (_HEAD_BITS + 32 + 32 * spec.numel + 7) // 8
+        return (int(kept_body_bits(spec.numel, 32)) + 32 + 7) // 8

@@ -41,25 +41,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...errors import ConfigError, PayloadError
+from ...errors import ConfigError
 from ...spec import UpdateSpec
-from ...wire.bitpack import BitReader, BitWriter
 from ..base import FP32_MAX, Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
-from ._util import (
-    density_k,
-    expect_body_bits,
-    largest_fitting,
-    read_scale,
-    read_values,
-    to_f32,
-    value_code,
-)
+from ._util import density_k, kept_body_bits, largest_fitting, read_kept_values, to_f32, write_kept_values
 
 __all__ = ["SeedProj", "fwht", "seedproj_dim", "seedproj_directions"]
 
-_HEAD_BITS = 32 + 8 + 8
 # value_bits on the wire: raw fp32, the fp16-of-v/scale code, and three sign + magnitude widths.
 VALUE_BITS = (32, 16, 8, 4, 2)
 
@@ -176,7 +166,7 @@ class SeedProj(Codec):
             raise ConfigError(f"seedproj: unbiased must be True or False, got {self.unbiased!r}")
 
     def _body_bits(self, k: np.ndarray | int) -> np.ndarray | int:
-        return _HEAD_BITS + (0 if self.value_bits == 32 else 32) + k * self.value_bits
+        return kept_body_bits(k, self.value_bits)
 
     def choose_k(self, d: int) -> int:
         """Coefficient count for a vector of length ``d`` (from ``density`` or the ``rate`` search)."""
@@ -197,36 +187,14 @@ class SeedProj(Codec):
         y = fwht(x)
         # Saturate: a coefficient of a vector of near-FLT_MAX entries can exceed the float32 range.
         coef = np.clip(y[rows] / math.sqrt(n), -FP32_MAX, FP32_MAX)
-        scale, codes = value_code(coef, self.value_bits)
-        w = BitWriter()
-        w.write_uint(k, 32)
-        w.write_uint(self.value_bits, 8)
-        w.write_uint(int(self.unbiased), 8)
-        if self.value_bits != 32:
-            w.write_f32(scale)
-        w.write_uints(codes, self.value_bits)
-        return w.getvalue()
+        return write_kept_values(coef, self.value_bits, self.unbiased)
 
     @classmethod
     def decode_flat(cls, body: bytes, spec: UpdateSpec, *, seed: int) -> torch.Tensor:
         d = spec.numel
         n = seedproj_dim(d)
-        r = BitReader(body)
-        k = r.read_uint(32, "k")
-        vb = r.read_uint(8, "value_bits")
-        unbiased = r.read_uint(8, "unbiased")
-        if k > n:
-            raise PayloadError(f"seedproj: k={k} exceeds n={n}")
-        if vb not in VALUE_BITS:
-            raise PayloadError(f"seedproj: invalid value_bits {vb}")
-        if unbiased not in (0, 1):
-            raise PayloadError(f"seedproj: invalid unbiased flag {unbiased}")
-        expect_body_bits(cls.name, body, _HEAD_BITS + (0 if vb == 32 else 32) + k * vb)
-        scale = 0.0
-        if vb != 32:
-            scale = read_scale(r, cls.name)
-        vals = read_values(r.read_uints(k, vb, "values"), vb, scale)
-        r.expect_end()
+        vals, unbiased = read_kept_values(cls.name, body, n, "n", VALUE_BITS, "unbiased")
+        k = vals.size
         if unbiased and k:
             vals = vals * (n / k)
         signs, rows = seedproj_directions(n, k, seed)
@@ -239,4 +207,4 @@ class SeedProj(Codec):
 
     @classmethod
     def max_body_bytes(cls, spec: UpdateSpec) -> int:
-        return (_HEAD_BITS + 32 + 32 * seedproj_dim(spec.numel) + 7) // 8
+        return (int(kept_body_bits(seedproj_dim(spec.numel), 32)) + 32 + 7) // 8
