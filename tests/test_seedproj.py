@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedsqueeze
-from fedsqueeze import ConfigError, PayloadError, UpdateSpec
+from fedsqueeze import ConfigError, PayloadError, UpdateSpec, UsageError
 from fedsqueeze.codecs import get
 from fedsqueeze.codecs.baselines.seedproj import fwht, seedproj_dim, seedproj_directions
 from fedsqueeze.wire.frame import HEADER_SIZE
@@ -50,7 +50,7 @@ def test_fwht_is_the_hadamard_product_and_its_own_inverse_up_to_n(n: int) -> Non
 
 
 def test_fwht_refuses_a_length_that_is_not_a_power_of_two() -> None:
-    with pytest.raises(ValueError, match="power-of-two"):
+    with pytest.raises(UsageError, match="power-of-two"):
         fwht(np.zeros(12))
 
 

@@ -41,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...errors import ConfigError
+from ...errors import ConfigError, UsageError
 from ...spec import UpdateSpec
 from ..base import FP32_MAX, Codec
 from ..budget import check_density, check_one_budget, check_rate
@@ -78,7 +78,7 @@ def fwht(x: np.ndarray) -> np.ndarray:
     out = np.array(x, dtype=np.float64).reshape(-1)
     n = out.size
     if n & (n - 1):
-        raise ValueError(f"fwht needs a power-of-two length, got {n}")
+        raise UsageError(f"fwht needs a power-of-two length, got {n}")
     h = 1
     while h < n:
         v = out.reshape(-1, 2, h)
