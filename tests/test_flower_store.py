@@ -101,7 +101,7 @@ def test_compress_mod_codes_a_version_2_reply_in_parts_with_the_seed_sent_as_tex
     from fedsqueeze.codecs import ErrorFeedback
     from fedsqueeze.errors import ConfigError
     from fedsqueeze.flower import Compressed
-    from fedsqueeze.flower.frames import PARTS_KEY, SEED_KEY, read_parts_reply
+    from fedsqueeze.flower.frames import PARTS_KEY, ROUND_KEY, SEED_KEY, read_parts_reply, read_parts_round
     from fedsqueeze.flower.mods import compress_mod
 
     with pytest.raises(ConfigError, match="codec=None"):
@@ -124,6 +124,10 @@ def test_compress_mod_codes_a_version_2_reply_in_parts_with_the_seed_sent_as_tex
     conf = ConfigRecord({"server-round": 3, SEED_KEY: str(seed), PARTS_KEY: json.dumps(parts)})
     sent = ArrayRecord({k: Array(v) for k, v in theta.items()})
     msg = Message(RecordDict({"arrays": sent, "config": conf}), dst_node_id=5, message_type="train")
+    # The round alone (what the job ClientApp's codec needs), as read_parts_config gives it.
+    assert read_parts_round(msg.content) == 3
+    assert read_parts_round(RecordDict({"config": ConfigRecord({ROUND_KEY: 7, PARTS_KEY: "[]"})})) == 7
+    assert read_parts_round(RecordDict({"config": ConfigRecord({"server-round": 3})})) is None  # no parts
     local = {k: (v * 0.5).astype(np.float32) for k, v in theta.items()}
 
     def app(m, ctx):

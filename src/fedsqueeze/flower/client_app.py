@@ -62,7 +62,7 @@ from ..seeding import derive_seed
 from ..spec import UpdateSpec
 from .downlink import DOWN_META_KEY, Layout
 from .env import apply_offline_env
-from .frames import read_parts_config, read_parts_reply
+from .frames import read_parts_reply, read_parts_round
 from .job_strategy import ARRAYS_KEY, CONFIG_KEY
 from .node_data import NodeSettings, node_settings, node_workload
 from .records import sha256
@@ -326,8 +326,8 @@ def _job_codec(msg: Message, context: Context, part: str) -> Any:
     settings = node_settings(context.run_config, context.node_config)
     _, codec = _job_workload(settings, partition_id(context), conf)
     codec = codec if codec is not None else settings.config.codec.build()
-    asked = read_parts_config(msg.content)
-    rate = None if asked is None or asked[2] is None else settings.config.uplink_rate(asked[2])
+    rnd = read_parts_round(msg.content)  # compress_mod has checked the parts; only the round matters here
+    rate = None if rnd is None else settings.config.uplink_rate(rnd)
     return codec if rate is None else at_rate(codec, rate)
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "read_frame_reply",
     "read_parts_config",
     "read_parts_reply",
+    "read_parts_round",
     "spec_of",
     "to_float64",
 ]
@@ -296,10 +297,22 @@ def read_parts_config(content: RecordDict) -> tuple[list[dict[str, Any]], int | 
             raise ConfigError(f"{PARTS_KEY} must be a JSON list of parts with distinct names, got {raw!r}")
         if seed is not None and not (isinstance(seed, str) and seed.isdigit() and int(seed) < 1 << 64):
             raise ConfigError(f"{SEED_KEY} must be a uint64 as a decimal string, got {seed!r}")
-        rnd = record.get(ROUND_KEY, record.get("server-round"))
-        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None
-        return list(parts), None if seed is None else int(seed), rnd  # type: ignore[arg-type]
+        return list(parts), None if seed is None else int(seed), _record_round(record)  # type: ignore[arg-type]
     return None
+
+
+def read_parts_round(content: RecordDict) -> int | None:
+    """The round of a train message that asks for a version-2 reply (as :func:`read_parts_config` gives it),
+    without parsing its parts; ``None`` when it asks for none or names no round."""
+    for record in content.config_records.values():
+        if PARTS_KEY in record:
+            return _record_round(record)
+    return None
+
+
+def _record_round(record: ConfigRecord) -> int | None:
+    rnd = record.get(ROUND_KEY, record.get("server-round"))
+    return rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None
 
 
 def parts_meta(record_key: str, parts: list[dict[str, Any]]) -> ConfigRecord:

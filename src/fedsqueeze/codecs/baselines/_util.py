@@ -24,6 +24,7 @@ __all__ = [
     "expect_body_bits",
     "frame_bits",
     "kept_body_bits",
+    "kept_count",
     "largest_fitting",
     "read_kept_values",
     "read_scale",
@@ -164,6 +165,19 @@ KEPT_HEAD_BITS = 32 + 8 + 8
 def kept_body_bits(k: np.ndarray | int, value_bits: int) -> np.ndarray | int:
     """Bits of a kept-values body with ``k`` values of ``value_bits`` bits (before byte padding)."""
     return KEPT_HEAD_BITS + (0 if value_bits == 32 else 32) + k * value_bits
+
+
+def kept_count(name: str, density: float, rate: float | None, value_bits: int, d: int, pool: int) -> int:
+    """How many values a kept-values body holds: ``density`` of the ``pool`` candidates, or under ``rate``
+    the largest count whose frame fits ``floor(rate * d)`` bits (:func:`largest_fitting`).
+
+    ``pool`` is what the values are drawn from: ``d`` itself for randk, the padded transform length for
+    seedproj; the budget is always counted on ``d``, the parameters the frame stands for.
+    """
+    if rate is None:
+        return density_k(density, pool)
+    kmax = min(pool, int(rate * d) // value_bits + 1)
+    return largest_fitting(name, np.asarray(kept_body_bits(np.arange(kmax + 1), value_bits)), rate, d)
 
 
 def write_kept_values(vals: np.ndarray, value_bits: int, flag: bool) -> bytes:

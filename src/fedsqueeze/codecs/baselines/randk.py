@@ -28,7 +28,7 @@ from ...spec import UpdateSpec
 from ..base import Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
-from ._util import density_k, kept_body_bits, largest_fitting, read_kept_values, to_f32, write_kept_values
+from ._util import kept_body_bits, kept_count, read_kept_values, to_f32, write_kept_values
 
 __all__ = ["RandK", "randk_indices"]
 
@@ -82,15 +82,9 @@ class RandK(Codec):
         if not isinstance(self.unbiased, bool):
             raise ConfigError(f"randk: unbiased must be True or False, got {self.unbiased!r}")
 
-    def _body_bits(self, k: np.ndarray | int) -> np.ndarray | int:
-        return kept_body_bits(k, self.value_bits)
-
     def choose_k(self, d: int) -> int:
         """Kept count for a vector of length ``d`` (from ``density`` or the ``rate`` search)."""
-        if self.rate is None:
-            return density_k(self.density, d)
-        kmax = min(d, int(self.rate * d) // self.value_bits + 1)
-        return largest_fitting(self.name, np.asarray(self._body_bits(np.arange(kmax + 1))), self.rate, d)
+        return kept_count(self.name, self.density, self.rate, self.value_bits, d, pool=d)
 
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         d = spec.numel

@@ -46,7 +46,7 @@ from ...spec import UpdateSpec
 from ..base import FP32_MAX, Codec
 from ..budget import check_density, check_one_budget, check_rate
 from ..registry import register
-from ._util import density_k, kept_body_bits, largest_fitting, read_kept_values, to_f32, write_kept_values
+from ._util import kept_body_bits, kept_count, read_kept_values, to_f32, write_kept_values
 
 __all__ = ["SeedProj", "fwht", "seedproj_dim", "seedproj_directions"]
 
@@ -75,7 +75,11 @@ def fwht(x: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``H x`` as a new float64 array.
     """
-    out = np.array(x, dtype=np.float64).reshape(-1)
+    return _fwht_inplace(np.array(x, dtype=np.float64).reshape(-1))
+
+
+def _fwht_inplace(out: np.ndarray) -> np.ndarray:
+    """:func:`fwht` on a 1-D float64 array, overwriting it (the codec's own buffers need no copy)."""
     n = out.size
     if n & (n - 1):
         raise UsageError(f"fwht needs a power-of-two length, got {n}")
@@ -165,16 +169,9 @@ class SeedProj(Codec):
         if not isinstance(self.unbiased, bool):
             raise ConfigError(f"seedproj: unbiased must be True or False, got {self.unbiased!r}")
 
-    def _body_bits(self, k: np.ndarray | int) -> np.ndarray | int:
-        return kept_body_bits(k, self.value_bits)
-
     def choose_k(self, d: int) -> int:
         """Coefficient count for a vector of length ``d`` (from ``density`` or the ``rate`` search)."""
-        n = seedproj_dim(d)
-        if self.rate is None:
-            return density_k(self.density, n)
-        kmax = min(n, int(self.rate * d) // self.value_bits + 1)
-        return largest_fitting(self.name, np.asarray(self._body_bits(np.arange(kmax + 1))), self.rate, d)
+        return kept_count(self.name, self.density, self.rate, self.value_bits, d, pool=seedproj_dim(d))
 
     def encode_flat(self, flat: torch.Tensor, spec: UpdateSpec, *, seed: int) -> bytes:
         d = spec.numel
@@ -184,7 +181,7 @@ class SeedProj(Codec):
         x = np.zeros(n, dtype=np.float64)
         x[:d] = flat.numpy()
         x *= signs
-        y = fwht(x)
+        y = _fwht_inplace(x)
         # Saturate: a coefficient of a vector of near-FLT_MAX entries can exceed the float32 range.
         coef = np.clip(y[rows] / math.sqrt(n), -FP32_MAX, FP32_MAX)
         return write_kept_values(coef, self.value_bits, self.unbiased)
@@ -200,7 +197,7 @@ class SeedProj(Codec):
         signs, rows = seedproj_directions(n, k, seed)
         z = np.zeros(n, dtype=np.float64)
         z[rows] = vals
-        out = fwht(z)
+        out = _fwht_inplace(z)
         out *= signs
         out /= math.sqrt(n)
         return to_f32(out[:d])
