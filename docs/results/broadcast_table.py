@@ -29,6 +29,14 @@ PAIRS = (
     ("wf_ecq@r0.25", "wf_ecq-down_wf_ecq1@r0.25"),
     ("wf_ecq@r1", "wf_ecq-down_wf_ecq1@r1"),
     ("wf_ecq@r1", "wf_ecq-down_wf_ecq2@r1"),
+    ("wf_ecq@r2", "wf_ecq-down_wf_ecq2@r2"),
+    # the run default's broadcast (wf_ecq at 2 bits/param, re-encoded catch-up) under the 0.25-bit uplinks
+    ("topk@r0.25", "topk-down_wf_ecq2-reencode@r0.25"),
+    ("flm_topk-threshold@r0.25", "flm_topk-threshold-down_wf_ecq2-reencode@r0.25"),
+    ("fed_cvlc@r0.25", "fed_cvlc-down_wf_ecq2-reencode@r0.25"),
+    ("compeft@r0.25", "compeft-down_wf_ecq2-reencode@r0.25"),
+    ("wf_ecq@r0.25", "wf_ecq-down_wf_ecq2-reencode@r0.25"),
+    ("wf_ecq@r2", "wf_ecq-down_wf_ecq2-reencode@r2"),
 )
 
 
