@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test test-slow lint bench clean fuzz reproduce docs
+.PHONY: help setup run test test-slow lint bench bench-gpu clean fuzz reproduce docs
 
 help:  ## list the targets with what they do
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,3 +54,14 @@ STUDY ?= default
 STUDY_ARGS ?=
 reproduce: setup  ## the reproduction study grid (CPU-sized default; STUDY=full for all)
 	$(VENV)/bin/fedsqueeze study $(STUDY) $(STUDY_ARGS)
+
+# The SmolLM2 codec grid (seed 0) with LoRA on all 30 layers, several cells at once on one CUDA GPU, into the
+# CPU benchmark's folder layout. Needs a CUDA build of torch in .venv: docs/how-to/run-on-a-gpu.md.
+GPU_JOBS ?= 8
+GPU_COLUMNS ?= identity topk@* flm_topk-even@* flm_topk-threshold@* fed_cvlc@* wf_ecq@* compeft@* signsgd \
+	blockwise8 nf4 qsgd@* powersgd@*
+GPU_OUT ?= docs/results/smollm2-bench
+bench-gpu: setup  ## the SmolLM2 codec grid, all 30 layers with LoRA, on one CUDA GPU (GPU_JOBS=8 cells at once)
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit(f'make bench-gpu: torch {torch.__version__} sees no CUDA GPU; install a CUDA build of torch into $(VENV) (docs/how-to/run-on-a-gpu.md)')"
+	$(VENV)/bin/fedsqueeze study smollm2-bench --jobs $(GPU_JOBS) --out $(GPU_OUT) \
+		$(foreach c,$(GPU_COLUMNS),--only 'smollm2-rt-verbalizer-gpu/iid/$(c)/seed0')

@@ -129,6 +129,7 @@ def test_outputs_fields_eval_schedule_and_target(tmp_path):
         assert key in on_disk
     assert on_disk["config"] == make_config(rounds=5, eval_every=2, target_metric=0.5).to_dict()
     assert on_disk["versions"]["torch"] == metadata.version("torch")
+    assert on_disk["versions"]["device"] == "cpu"  # where local training ran
     evals = [r for r in rows if r["eval_metric"] is not None]
     assert summary["final_metric"] == evals[-1]["eval_metric"]
     assert summary["best_metric"] == max(r["eval_metric"] for r in evals)
@@ -249,3 +250,13 @@ def test_checkpoint_keeps_numpy_values_exactly(tmp_path):
     assert back["b"][0].dtype == np.int16 and back["b"][0].tolist() == list(range(5))
     assert back["b"][1] == (np.uint64(2**63 + 1), "x") and type(back["b"][1][0]) is np.uint64
     assert torch.equal(back["t"], torch.ones(2)) and back["raw"] == b"\x00\x01"
+
+
+def test_device_name_says_cpu_or_names_the_gpu(monkeypatch):
+    from fedsqueeze.fl.report import device_name
+
+    assert device_name("cpu") == device_name(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU{i}")
+    assert device_name("cuda") == "cuda:1 (GPU1)"  # the current device when none is named
+    assert device_name("cuda:0") == "cuda:0 (GPU0)"

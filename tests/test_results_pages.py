@@ -132,7 +132,13 @@ def test_a_grid_with_missing_cells_renders_with_its_seed_counts(tmp_path: Path) 
     assert "with no finished cell: `t/dir0.5`" in text
     assert "| 2.0 |" in text  # 4 MB of the dense baseline over 2 MB
     assert "fewer seeds than the grid's" in text
+    assert "local training on the CPU: the project's development machine" in text
     assert pages.render(bench, tmp_path) == text
+    # A study with cells trained on a GPU names it instead of claiming the CPU.
+    results["run_devices"] = ["cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"]
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    text = pages.render(bench, tmp_path)
+    assert "on the CPU or on cuda:0 (NVIDIA H100 80GB HBM3)" in text and "development machine" not in text
 
 
 def test_the_broadcast_table_in_the_downlink_page_is_what_its_script_prints() -> None:

@@ -371,6 +371,7 @@ def _machine(results: dict, done: list[dict]) -> list[str]:
     m = results.get("machine", {})
     gpu = m.get("gpu") or "no GPU"
     platforms = results.get("run_platforms", [])
+    gpus = [d for d in results.get("run_devices", ["cpu"]) if d != "cpu"]
     walls = sorted(c["wall_s"] for c in done if c.get("wall_s") is not None)
     out = [
         "## Machine",
@@ -379,10 +380,15 @@ def _machine(results: dict, done: list[dict]) -> list[str]:
         f"{m.get('cpus_usable', '?')} "
         f"usable CPUs of {m.get('cpu_count', '?')}, {gpu}, Python {m.get('python', '?')}, torch "
         f"{m.get('torch', '?')}. The cells ran on {len(platforms)} platform"
-        f"{'s' if len(platforms) != 1 else ''} (`run_platforms`): the project's development machine, a "
-        "shared CPU, so wall times are upper bounds. Floats differ between CPU types from round 1 on; the "
-        "same "
-        "command on the same machine reproduces a cell bit for bit.",
+        f"{'s' if len(platforms) != 1 else ''} (`run_platforms`), "
+        + (
+            f"local training on the CPU or on {', '.join(gpus)} (`run_devices`; a cell's `device` says which). "
+            if gpus
+            else "local training on the CPU: the project's development machine, a shared CPU, so wall times "
+            "are upper bounds. "
+        )
+        + "Floats differ between CPU types from round 1 on; the same command on the same machine reproduces "
+        "a cell bit for bit.",
     ]
     if walls:
         out += [

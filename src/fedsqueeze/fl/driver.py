@@ -26,6 +26,7 @@ from ..config import RunConfig
 from .checkpoint import append_jsonl, load_checkpoint, save_checkpoint, write_jsonl
 from .federation import Federation
 from .hooks import RunContext, RunHook, hooks_for
+from .report import device_name
 from .summary import write_run_outputs
 from .workload import Workload
 
@@ -216,5 +217,6 @@ def drive(
     title = f"{config.model.name} / {config.data.dataset} / {config.codec.name}{outputs.title_suffix}"
     return write_run_outputs(
         fed, out, engine=outputs.engine, t_start=t0, load_s=load_s, title=title, pre_traffic=ctx.pre_traffic,
-        extra=outputs.extra, versions=outputs.versions,
+        extra=outputs.extra, versions={"device": device_name(getattr(workload, "device", "cpu")),
+                                       **(outputs.versions or {})},
     )  # fmt: skip

@@ -16,6 +16,7 @@ __all__ = [
     "TGAP_INCLUDED",
     "Progress",
     "StepProgress",
+    "device_name",
     "eval_columns",
     "include_tgap",
     "package_versions",
@@ -44,6 +45,17 @@ _PACKAGES = (
     "constriction",
     "matplotlib",
 )
+
+
+def device_name(device: Any) -> str:
+    """``"cpu"``, or ``"cuda:N (<GPU name>)"`` for a CUDA device: where a run's local training ran."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev.type
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def package_versions() -> dict[str, str]:

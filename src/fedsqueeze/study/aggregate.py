@@ -103,6 +103,7 @@ def aggregate(grid: StudyGrid, root: str | Path, *, command: str = "") -> dict[s
         "command": command,
         "machine": machine_info(),
         "run_platforms": sorted({r["platform"] for r in recs if r.get("platform")}),
+        "run_devices": sorted({r["device"] for r in recs if r.get("device")}),
         "baseline": grid.baseline,
         "seeds": list(grid.seeds),
         "rates": list(grid.rates),

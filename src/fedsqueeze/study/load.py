@@ -93,6 +93,8 @@ def load_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
             rounds=summary["rounds"],
             wall_s=summary["wall_s"],
             platform=summary.get("versions", {}).get("platform"),
+            # summaries older than this field were all made on a CPU
+            device=summary.get("versions", {}).get("device", "cpu"),
             curve=[[r["round"], offset + r["cum_uplink_bytes"], r["eval_metric"]] for r in evals],
             curve_total=[
                 [

@@ -198,6 +198,7 @@ def markdown(results: dict[str, Any], grid: StudyGrid) -> str:
         f"Machine: {m['platform']}, {m['cpus_usable']} usable CPUs ({m['cpu_count']} on the host), "
         f"torch {m['torch']}, GPU: {m['gpu'] or 'none'}  ",
         f"Runs made on: {', '.join(results['run_platforms']) or '–'}  ",
+        f"Local training on: {', '.join(results.get('run_devices', [])) or '–'}  ",
         f"Cells: {st['done']} done, {st['failed']} failed, {st['missing']} missing; seeds "
         f"{', '.join(map(str, results['seeds']))}. Values are mean ± std over the seeds that finished.",
         "",
