@@ -176,3 +176,39 @@ def test_the_transfer_table_in_the_results_page_is_what_its_script_prints() -> N
     assert committed == printed, (
         "rerun the command above the <!-- transfer-table --> block of docs/results.md and paste its table"
     )
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "results" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_task_table_in_the_results_page_is_what_its_script_prints() -> None:
+    module = _script("task_table")
+    page = (ROOT / "docs/results.md").read_text(encoding="utf-8")
+    start, end = "<!-- task-table -->\n", "<!-- /task-table -->"
+    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
+    results = json.loads((ROOT / "docs/results/smollm2-bench/results.json").read_text(encoding="utf-8"))
+    groups = ["smollm2-rt-verbalizer/iid", "smollm2-rt-verbalizer/dir0.5", "smollm2-bbc-verbalizer/iid",
+              "smollm2-gsm8k-sft/iid"]  # fmt: skip
+    assert committed == module.table(results, groups), (
+        "rerun the command above the <!-- task-table --> block of docs/results.md and paste its table"
+    )
+
+
+def test_the_task_table_pairs_seeds_and_signs_a_loss_against_dense() -> None:
+    module = _script("task_table")
+
+    def col(name, finals):
+        return {"codec": name, "per_seed": {s: {"final": f} for s, f in finals.items()}}
+
+    acc = {"task": "a", "partition": "iid", "metric_name": "accuracy", "metric_higher_is_better": True,
+           "codecs": [col("identity", {"0": 0.80, "1": 0.90}), col("x", {"0": 0.75, "1": 0.80, "2": 0.5})]}
+    loss = {"task": "b", "partition": "iid", "metric_name": "eval_loss", "metric_higher_is_better": False,
+            "codecs": [col("identity", {"0": 1.000}), col("x", {"0": 1.020})]}  # fmt: skip
+    text = module.table({"groups": [acc, loss]}, ["a/iid", "b/iid"], columns=("x", "y"))
+    # accuracy: seeds 0 and 1 pair (-5.0 and -10.0 points), seed 2 has no dense seed; loss: +0.020 is worse
+    assert "| `x` | 0.750 / 0.800 / 0.500: -7.5 ± 3.5 (2) | 1.020: +0.020 (1) |" in text
+    assert "| `y` | – | – |" in text and "| `identity` | 0.800 / 0.900 (2) | 1.000 (1) |" in text
