@@ -204,11 +204,27 @@ def test_the_task_table_pairs_seeds_and_signs_a_loss_against_dense() -> None:
     def col(name, finals):
         return {"codec": name, "per_seed": {s: {"final": f} for s, f in finals.items()}}
 
-    acc = {"task": "a", "partition": "iid", "metric_name": "accuracy", "metric_higher_is_better": True,
-           "codecs": [col("identity", {"0": 0.80, "1": 0.90}), col("x", {"0": 0.75, "1": 0.80, "2": 0.5})]}
+    acc = {
+        "task": "a",
+        "partition": "iid",
+        "metric_name": "accuracy",
+        "metric_higher_is_better": True,
+        "codecs": [col("identity", {"0": 0.80, "1": 0.90}), col("x", {"0": 0.75, "1": 0.80, "2": 0.5})],
+    }
     loss = {"task": "b", "partition": "iid", "metric_name": "eval_loss", "metric_higher_is_better": False,
             "codecs": [col("identity", {"0": 1.000}), col("x", {"0": 1.020})]}  # fmt: skip
     text = module.table({"groups": [acc, loss]}, ["a/iid", "b/iid"], columns=("x", "y"))
     # accuracy: seeds 0 and 1 pair (-5.0 and -10.0 points), seed 2 has no dense seed; loss: +0.020 is worse
     assert "| `x` | 0.750 / 0.800 / 0.500: -7.5 ± 3.5 (2) | 1.020: +0.020 (1) |" in text
     assert "| `y` | – | – |" in text and "| `identity` | 0.800 / 0.900 (2) | 1.000 (1) |" in text
+
+
+def test_the_smollm2_broadcast_table_in_the_results_page_is_what_its_script_prints() -> None:
+    module = _script("broadcast_table")
+    page = (ROOT / "docs/results.md").read_text(encoding="utf-8")
+    start, end = "<!-- broadcast-table smollm2-bench -->\n", "<!-- /broadcast-table smollm2-bench -->"
+    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
+    results = json.loads((ROOT / "docs/results/smollm2-bench/results.json").read_text(encoding="utf-8"))
+    assert committed == module.table(results, "smollm2-rt-verbalizer/iid"), (
+        "rerun the command above the <!-- broadcast-table smollm2-bench --> block of docs/results.md"
+    )

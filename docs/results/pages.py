@@ -382,7 +382,8 @@ def _machine(results: dict, done: list[dict]) -> list[str]:
         f"{m.get('torch', '?')}. The cells ran on {len(platforms)} platform"
         f"{'s' if len(platforms) != 1 else ''} (`run_platforms`), "
         + (
-            f"local training on the CPU or on {', '.join(gpus)} (`run_devices`; a cell's `device` says which). "
+            f"local training on the CPU or on {', '.join(gpus)} "
+            "(`run_devices`; a cell's `device` says which). "
             if gpus
             else "local training on the CPU: the project's development machine, a shared CPU, so wall times "
             "are upper bounds. "
