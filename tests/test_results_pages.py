@@ -185,15 +185,22 @@ def _script(name: str):
     return module
 
 
+def _results_page_block(marker: str) -> str:
+    """The text between ``<!-- marker -->`` and ``<!-- /marker -->`` in docs/results.md."""
+    page = (ROOT / "docs/results.md").read_text(encoding="utf-8")
+    return page.split(f"<!-- {marker} -->\n", 1)[1].split(f"<!-- /{marker} -->", 1)[0].strip()
+
+
+def _smollm2_results() -> dict:
+    return json.loads((ROOT / "docs/results/smollm2-bench/results.json").read_text(encoding="utf-8"))
+
+
 def test_the_task_table_in_the_results_page_is_what_its_script_prints() -> None:
     module = _script("task_table")
-    page = (ROOT / "docs/results.md").read_text(encoding="utf-8")
-    start, end = "<!-- task-table -->\n", "<!-- /task-table -->"
-    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
-    results = json.loads((ROOT / "docs/results/smollm2-bench/results.json").read_text(encoding="utf-8"))
+    committed = _results_page_block("task-table")
     groups = ["smollm2-rt-verbalizer/iid", "smollm2-rt-verbalizer/dir0.5", "smollm2-bbc-verbalizer/iid",
               "smollm2-gsm8k-sft/iid"]  # fmt: skip
-    assert committed == module.table(results, groups), (
+    assert committed == module.table(_smollm2_results(), groups), (
         "rerun the command above the <!-- task-table --> block of docs/results.md and paste its table"
     )
 
@@ -221,10 +228,7 @@ def test_the_task_table_pairs_seeds_and_signs_a_loss_against_dense() -> None:
 
 def test_the_smollm2_broadcast_table_in_the_results_page_is_what_its_script_prints() -> None:
     module = _script("broadcast_table")
-    page = (ROOT / "docs/results.md").read_text(encoding="utf-8")
-    start, end = "<!-- broadcast-table smollm2-bench -->\n", "<!-- /broadcast-table smollm2-bench -->"
-    committed = page.split(start, 1)[1].split(end, 1)[0].strip()
-    results = json.loads((ROOT / "docs/results/smollm2-bench/results.json").read_text(encoding="utf-8"))
-    assert committed == module.table(results, "smollm2-rt-verbalizer/iid"), (
+    committed = _results_page_block("broadcast-table smollm2-bench")
+    assert committed == module.table(_smollm2_results(), "smollm2-rt-verbalizer/iid"), (
         "rerun the command above the <!-- broadcast-table smollm2-bench --> block of docs/results.md"
     )
