@@ -67,7 +67,7 @@ def table(results: dict, group: str, *, catch_up: bool = False) -> str:
         ca, cb = cols.get(a), cols.get(b)
         if ca is None or cb is None:
             continue  # a column this study does not define
-        seeds = sorted(set(ca["per_seed"]) & set(cb["per_seed"])) if ca and cb else []
+        seeds = sorted(set(ca["per_seed"]) & set(cb["per_seed"]))
         if not seeds:
             lines.append(f"| `{a}` | `{b}` | – | not run | | | | |")
             continue
